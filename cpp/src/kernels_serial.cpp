@@ -1,0 +1,45 @@
+// The oracle: plain std::popcount over 64-bit words. Kept obvious on purpose; every SIMD
+// kernel is tested against it. Built with baseline flags only.
+#include <bit>
+#include <cstring>
+
+#include "bne/kernels.hpp"
+
+namespace bne::kernels::serial {
+namespace {
+
+uint32_t distance(const uint8_t* a, const uint8_t* b, size_t words) noexcept {
+    uint32_t d = 0;
+    for (size_t w = 0; w < words; ++w) {
+        uint64_t x, y;
+        std::memcpy(&x, a + 8 * w, 8);
+        std::memcpy(&y, b + 8 * w, 8);
+        d += static_cast<uint32_t>(std::popcount(x ^ y));
+    }
+    return d;
+}
+
+void hamming_many(const uint8_t* q, const uint8_t* codes, size_t n, size_t words,
+                  uint32_t* out) noexcept {
+    for (size_t i = 0; i < n; ++i) out[i] = distance(q, codes + i * words * 8, words);
+}
+
+size_t hamming_filter(const uint8_t* q, const uint8_t* codes, size_t n, size_t words, uint32_t thr,
+                      uint32_t* idx, uint32_t* dist) noexcept {
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        uint32_t d = distance(q, codes + i * words * 8, words);
+        if (d < thr) {
+            idx[m] = static_cast<uint32_t>(i);
+            dist[m] = d;
+            ++m;
+        }
+    }
+    return m;
+}
+
+}  // namespace
+
+const KernelTable table{"serial", hamming_many, hamming_filter};
+
+}  // namespace bne::kernels::serial

@@ -1,0 +1,230 @@
+// The only file that sees both pybind11 and bne/*.hpp: numpy arrays in, spans to the core,
+// outputs allocated here, the GIL released during scans, C++ exceptions mapped to Python.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "bne/dispatch.hpp"
+#include "bne/errors.hpp"
+#include "bne/flat_index.hpp"
+#include "bne/search.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// A C-contiguous 2-D uint8 array with `width` bytes per row (width 0: any), or TypeError/ValueError.
+bne::CodeView as_codes(const py::array& a, const char* name, size_t width) {
+    if (!a.dtype().is(py::dtype::of<uint8_t>()))
+        throw py::type_error(std::string(name) + " must have dtype uint8 (packed bits), got " +
+                             std::string(py::str(a.dtype())));
+    if (a.ndim() != 2)
+        throw py::value_error(std::string(name) + " must be a 2-D array (n, bytes_per_code), got shape " + shape_str(a));
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be C-contiguous; pass numpy.ascontiguousarray(" + name + ")");
+    const size_t cols = static_cast<size_t>(a.shape(1));
+    if (width && cols != width)
+        throw py::value_error(std::string(name) + " must have " + std::to_string(width) + " bytes per row (" +
+                              std::to_string(width * 8) + " bits), got " + std::to_string(cols));
+    return {static_cast<const uint8_t*>(a.data()), static_cast<size_t>(a.shape(0)), cols};
+}
+
+// Runs a core call without the GIL; Ctrl-C (or any pending signal handler that raises) stops it.
+template <class Fn>
+void without_gil(bne::SearchOptions& opt, Fn fn) {
+    std::optional<py::error_already_set> pending;
+    opt.interrupted = [&pending]() {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+            pending.emplace();  // fetches and holds the Python exception (KeyboardInterrupt)
+            return true;
+        }
+        return false;
+    };
+    try {
+        py::gil_scoped_release release;
+        fn();
+    } catch (const bne::Interrupted&) {
+        if (pending) throw std::move(*pending);
+        throw;
+    }
+}
+
+// Allow-list: a bool array over positions, packed to the 64-bit words the core filter reads.
+std::vector<uint64_t> pack_filter(const std::optional<py::array>& allow, size_t n) {
+    std::vector<uint64_t> words;
+    if (!allow) return words;
+    const py::array& a = *allow;
+    if (!a.dtype().is(py::dtype::of<bool>()))
+        throw py::type_error("allow must be a bool array with one entry per position, got dtype " +
+                             std::string(py::str(a.dtype())));
+    if (a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != n)
+        throw py::value_error("allow must have shape (" + std::to_string(n) + ",), got " + shape_str(a));
+    auto mask = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);
+    words.assign((n + 63) / 64, 0);
+    const bool* m = mask.data();
+    for (size_t i = 0; i < n; ++i)
+        if (m[i]) words[i >> 6] |= uint64_t{1} << (i & 63);
+    return words;
+}
+
+const bne::KernelTable* table_for(const std::optional<std::string>& isa) {
+    return isa ? &bne::kernels_for(*isa) : nullptr;
+}
+
+py::tuple knn(const bne::CodeView& db, const py::array& queries, long long k, int threads,
+              const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+    if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+    auto q = as_codes(queries, "queries", db.code_bytes);
+    auto filter_words = pack_filter(allow, db.n);
+    bne::SearchOptions opt;
+    opt.threads = threads;
+    opt.kernels = table_for(isa);
+    opt.filter.words = allow ? filter_words.data() : nullptr;
+    const auto nq = static_cast<py::ssize_t>(q.n), kk = static_cast<py::ssize_t>(k);
+    py::array_t<int32_t> D({nq, kk});
+    py::array_t<int64_t> I({nq, kk});
+    int32_t* d = D.mutable_data();
+    int64_t* ids = I.mutable_data();
+    without_gil(opt, [&] { bne::knn_search(db, q.data, q.n, static_cast<size_t>(k), d, ids, opt); });
+    return py::make_tuple(D, I);
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+}
+
+py::tuple range(const bne::CodeView& db, const py::array& queries, long long radius, int threads,
+                const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+    if (radius < 0) throw py::value_error("radius must be >= 0, got " + std::to_string(radius));
+    auto q = as_codes(queries, "queries", db.code_bytes);
+    auto filter_words = pack_filter(allow, db.n);
+    bne::SearchOptions opt;
+    opt.threads = threads;
+    opt.kernels = table_for(isa);
+    opt.filter.words = allow ? filter_words.data() : nullptr;
+    const uint32_t r = radius > static_cast<long long>(UINT32_MAX - 1) ? UINT32_MAX - 1 : static_cast<uint32_t>(radius);
+    bne::RangeResult res;
+    without_gil(opt, [&] { res = bne::range_search(db, q.data, q.n, r, opt); });
+    std::vector<int64_t> lims(res.lims.begin(), res.lims.end());
+    return py::make_tuple(to_numpy(lims), to_numpy(res.distances), to_numpy(res.positions));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "bne native core: packed-Hamming kernels (serial / AVX2 / AVX-512) and exact search";
+#ifdef BNE_VERSION
+    m.attr("__version__") = BNE_VERSION;
+#endif
+    static py::exception<bne::FormatError> format_error(m, "IndexFormatError", PyExc_ValueError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const bne::FormatError& e) {
+            py::set_error(format_error, e.what());
+        } catch (const bne::IoError& e) {
+            PyErr_SetObject(PyExc_OSError, py::make_tuple(e.err, e.what()).ptr());
+        } catch (const bne::Interrupted& e) {
+            PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+        }
+    });
+
+    m.def("available_isas", &bne::available_isas, "ISAs this CPU can run, plainest first.");
+    m.def("active_isa", [] { return std::string(bne::active_kernels().isa); }, "The ISA searches use now.");
+    m.def("set_isa", &bne::set_isa, py::arg("isa"), "Force an ISA for every later search (ValueError if unavailable).");
+    m.def("get_num_threads", &bne::default_threads, "Threads a search uses when threads=0.");
+    m.def("set_num_threads", &bne::set_default_threads, py::arg("threads"),
+          "Default thread count for searches; 0 restores all cores.");
+
+    m.def(
+        "knn",
+        [](const py::array& codes, const py::array& queries, long long k, int threads,
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+            return knn(as_codes(codes, "codes", 0), queries, k, threads, allow, isa);
+        },
+        py::arg("codes"), py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("allow") = py::none(),
+        py::arg("isa") = py::none(), "Exact top-k over a 2-D uint8 array of codes: (D int32, I int64).");
+    m.def(
+        "range_search",
+        [](const py::array& codes, const py::array& queries, long long radius, int threads,
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+            return range(as_codes(codes, "codes", 0), queries, radius, threads, allow, isa);
+        },
+        py::arg("codes"), py::arg("queries"), py::arg("radius"), py::arg("threads") = 0,
+        py::arg("allow") = py::none(), py::arg("isa") = py::none(),
+        "Every code within distance <= radius: (lims int64, D int32, I int64).");
+    m.def(
+        "hamming",
+        [](const py::array& a, const py::array& b, int threads, const std::optional<std::string>& isa) {
+            auto va = as_codes(a, "a", 0);
+            auto vb = as_codes(b, "b", va.code_bytes);
+            if (va.code_bytes % 8 != 0)
+                throw py::value_error("a must have a multiple of 8 bytes per row (bits a multiple of 64), got " +
+                                      std::to_string(va.code_bytes));
+            py::array_t<int32_t> out({static_cast<py::ssize_t>(va.n), static_cast<py::ssize_t>(vb.n)});
+            int32_t* o = out.mutable_data();
+            bne::SearchOptions opt;
+            opt.threads = threads;
+            opt.kernels = table_for(isa);
+            without_gil(opt, [&] { bne::pairwise_hamming(va, vb, o, opt); });
+            return out;
+        },
+        py::arg("a"), py::arg("b"), py::arg("threads") = 0, py::arg("isa") = py::none(),
+        "Pairwise Hamming distances (len(a), len(b)) as int32.");
+
+    py::class_<bne::FlatIndex>(m, "FlatIndex")
+        .def(py::init<size_t>(), py::arg("bits"))
+        .def_property_readonly("bits", &bne::FlatIndex::bits)
+        .def_property_readonly("code_bytes", &bne::FlatIndex::code_bytes)
+        .def("__len__", &bne::FlatIndex::size)
+        .def(
+            "add",
+            [](bne::FlatIndex& self, const py::array& codes) {
+                auto v = as_codes(codes, "codes", self.code_bytes());
+                self.add(v.data, v.n);
+            },
+            py::arg("codes"))
+        .def("reserve", &bne::FlatIndex::reserve, py::arg("n"))
+        .def("reset", &bne::FlatIndex::reset)
+        .def(
+            "search",
+            [](const bne::FlatIndex& self, const py::array& queries, long long k, int threads,
+               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+                return knn(self.view(), queries, k, threads, allow, isa);
+            },
+            py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("allow") = py::none(),
+            py::arg("isa") = py::none())
+        .def(
+            "range_search",
+            [](const bne::FlatIndex& self, const py::array& queries, long long radius, int threads,
+               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+                return range(self.view(), queries, radius, threads, allow, isa);
+            },
+            py::arg("queries"), py::arg("radius"), py::arg("threads") = 0, py::arg("allow") = py::none(),
+            py::arg("isa") = py::none())
+        .def(
+            "codes",
+            [](py::object self_obj) {
+                // A read-only view that keeps the index alive; invalidated by add(), so copy it.
+                auto& self = self_obj.cast<const bne::FlatIndex&>();
+                py::array_t<uint8_t> view({static_cast<py::ssize_t>(self.size()), static_cast<py::ssize_t>(self.code_bytes())},
+                                          self.view().data ? self.view().data : reinterpret_cast<const uint8_t*>(""),
+                                          self_obj);
+                return py::array_t<uint8_t>(view.attr("copy")());
+            },
+            "A copy of the stored codes, shape (len, bits/8).");
+}

@@ -1,0 +1,37 @@
+"""bne: exact Hamming search over native binary text embeddings.
+
+Search needs only numpy; the encoder (torch + transformers) is imported on first use of
+``bne.Encoder`` / ``bne.BinaryEmbedder``.
+"""
+
+from __future__ import annotations
+
+from ._core import IndexFormatError, active_isa, available_isas, get_num_threads, set_num_threads
+from ._core import __version__
+from ._core import set_isa as _set_isa
+from .codes import pack, unpack
+from .index import PAD_DISTANCE, Index, hamming, knn, split_ranges
+
+
+def set_isa(isa: str) -> None:
+    """Forces the kernels every later search uses: 'serial', 'avx2' or 'avx512'.
+    Raises ValueError when this CPU lacks the ISA (``available_isas()`` lists those it has)."""
+    _set_isa(isa)
+
+
+__all__ = [
+    "Index",
+    "IndexFormatError",
+    "PAD_DISTANCE",
+    "__version__",
+    "active_isa",
+    "available_isas",
+    "get_num_threads",
+    "hamming",
+    "knn",
+    "pack",
+    "set_isa",
+    "set_num_threads",
+    "split_ranges",
+    "unpack",
+]

@@ -1,0 +1,115 @@
+"""Packing embeddings to binary codes and back, and the checks every code array goes through.
+
+Bit order: dimension 0 is the most significant bit of byte 0 (numpy ``packbits`` order, the same
+as sentence-transformers' ``quantize_embeddings(precision="ubinary")``). ``bitorder="little"``
+gives FAISS's ``fvecs2bitvecs`` order (dimension 0 is the least significant bit of byte 0).
+A dimension is 1 when its value is > 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+BitOrder = Literal["big", "little"]
+
+
+def _check_bitorder(bitorder: str) -> None:
+    if bitorder not in ("big", "little"):
+        raise ValueError(f"bitorder must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bitorder!r}")
+
+
+def pack(x: np.typing.ArrayLike, bitorder: BitOrder = "big") -> np.ndarray:
+    """Packs ``{-1,+1}``, bool or float embeddings of shape ``(..., dim)`` to uint8 codes of
+    shape ``(..., ceil(dim / 8))``; a dimension becomes bit 1 when its value is > 0.
+
+    NaN raises ValueError (its sign is meaningless). Index codes need ``dim`` to be a multiple of 64.
+    """
+    _check_bitorder(bitorder)
+    a = np.asarray(x)
+    if a.ndim == 0:
+        raise ValueError("pack needs an array of shape (..., dim), got a scalar")
+    if a.dtype == np.bool_:
+        bits = a
+    elif np.issubdtype(a.dtype, np.number):
+        if np.issubdtype(a.dtype, np.complexfloating):
+            raise TypeError(f"pack needs real-valued embeddings, got dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
+            bad = np.argwhere(np.isnan(a))[0]
+            raise ValueError(f"pack input contains NaN (first at index {tuple(int(i) for i in bad)}); the sign of NaN is undefined")
+        bits = a > 0
+    else:
+        raise TypeError(f"pack needs a bool or numeric array, got dtype {a.dtype}")
+    return np.packbits(bits, axis=-1, bitorder=bitorder)
+
+
+def unpack(codes: np.ndarray, bits: int | None = None, bitorder: BitOrder = "big", *, signs: bool = True) -> np.ndarray:
+    """Inverse of :func:`pack`: ``(..., bytes)`` uint8 codes to ``(..., bits)`` values,
+    int8 in ``{-1,+1}`` (``signs=True``) or uint8 in ``{0,1}``. ``bits`` defaults to 8 * bytes."""
+    _check_bitorder(bitorder)
+    c = check_uint8(codes, "codes")
+    nbits = c.shape[-1] * 8 if c.ndim else 0
+    if bits is None:
+        bits = nbits
+    if not isinstance(bits, (int, np.integer)) or not 0 < bits <= nbits:
+        raise ValueError(f"bits must be an int in 1..{nbits} for codes of {c.shape[-1] if c.ndim else 0} bytes, got {bits!r}")
+    b = np.unpackbits(c, axis=-1, count=int(bits), bitorder=bitorder)
+    if not signs:
+        return b
+    return (b.astype(np.int8) * 2 - 1).astype(np.int8)
+
+
+def check_uint8(x: object, name: str) -> np.ndarray:
+    """The array itself if it is a uint8 ndarray; TypeError naming ``name`` otherwise (no silent cast)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint8 array of packed bits, got {type(x).__name__}")
+    if x.dtype != np.uint8:
+        hint = " (use bne.pack for {-1,+1}, bool or float embeddings)" if x.dtype != np.int8 else ""
+        raise TypeError(f"{name} must have dtype uint8 (packed bits), got {x.dtype}{hint}")
+    return x
+
+
+def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarray:
+    """A C-contiguous (n, code_bytes) uint8 array, or a TypeError/ValueError naming ``name``.
+
+    1-D arrays are refused (use ``x.reshape(1, -1)`` for one code); non-contiguous arrays are
+    accepted and copied once.
+    """
+    a = check_uint8(x, name)
+    if a.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array (n, bytes_per_code), got shape {a.shape}"
+            + ("; for a single code use x.reshape(1, -1)" if a.ndim == 1 else "")
+        )
+    if code_bytes is not None and a.shape[1] != code_bytes:
+        raise ValueError(f"{name} must have {code_bytes} bytes per row ({code_bytes * 8} bits), got {a.shape[1]}")
+    if code_bytes is None and (a.shape[1] == 0 or a.shape[1] % 8):
+        raise ValueError(f"{name} must have a multiple of 8 bytes per row (bits a multiple of 64), got {a.shape[1]}")
+    return np.ascontiguousarray(a)
+
+
+def check_bits(bits: object) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
+    if bits <= 0 or bits % 64:
+        raise ValueError(f"bits must be a positive multiple of 64, got {bits}")
+    return int(bits)
+
+
+def check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def check_threads(threads: object) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 or None = all cores), got {threads}")
+    return int(threads)
