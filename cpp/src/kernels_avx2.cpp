@@ -107,48 +107,43 @@ void many(const A& acc, const uint8_t* codes, size_t n, size_t stride, uint32_t*
 }
 
 template <class A>
-size_t filter(const A& acc, const uint8_t* codes, size_t n, size_t stride, uint32_t thr, uint32_t* idx,
-              uint32_t* dist) noexcept {
+void each_query(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, uint32_t* out) noexcept {
+    for (size_t a = 0; a < nq; ++a) many(A(queries + a * words * 8), codes, n, words * 8, out + a * n);
+}
+
+void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                   uint32_t* out) noexcept {
+    if (words == 16) return each_query<Acc1024>(queries, nq, codes, n, words, out);
+    if (words == 32) return each_query<Acc2048>(queries, nq, codes, n, words, out);
+    for (size_t a = 0; a < nq; ++a) many(Acc(queries + a * words * 8, words), codes, n, words * 8, out + a * n);
+}
+
+size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {
     // Distances are far below 2^31, so a signed compare against a clamped threshold is exact.
-    const __m128i vthr = _mm_set1_epi32(static_cast<int>(thr > 0x7fffffffu ? 0x7fffffffu : thr));
-    size_t m = 0;
-    for (size_t i = 0; i < n; i += 4) {
-        size_t count = n - i < 4 ? n - i : 4;
-        __m128i d = group4(acc, codes + i * stride, stride, count);
-        unsigned keep = static_cast<unsigned>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(vthr, d))));
-        keep &= (1u << count) - 1u;
-        if (keep) {
-            alignas(16) uint32_t tmp[4];
-            _mm_store_si128(reinterpret_cast<__m128i*>(tmp), d);
-            while (keep) {
-                unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
-                idx[m] = static_cast<uint32_t>(i + j);
-                dist[m] = tmp[j];
-                ++m;
-                keep &= keep - 1;
-            }
+    const __m256i vthr = _mm256_set1_epi32(static_cast<int>(thr > 0x7fffffffu ? 0x7fffffffu : thr));
+    size_t m = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
+        unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, v))));
+        while (keep) {  // rare once a top-k threshold has settled
+            const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
+            idx[m] = static_cast<uint32_t>(i + j);
+            dist[m] = d[i + j];
+            ++m;
+            keep &= keep - 1;
         }
     }
+    for (; i < n; ++i)
+        if (d[i] < thr) {
+            idx[m] = static_cast<uint32_t>(i);
+            dist[m] = d[i];
+            ++m;
+        }
     return m;
-}
-
-void hamming_many(const uint8_t* q, const uint8_t* codes, size_t n, size_t words, uint32_t* out) noexcept {
-    const size_t stride = words * 8;
-    if (words == 16) return many(Acc1024(q), codes, n, stride, out);
-    if (words == 32) return many(Acc2048(q), codes, n, stride, out);
-    many(Acc(q, words), codes, n, stride, out);
-}
-
-size_t hamming_filter(const uint8_t* q, const uint8_t* codes, size_t n, size_t words, uint32_t thr,
-                      uint32_t* idx, uint32_t* dist) noexcept {
-    const size_t stride = words * 8;
-    if (words == 16) return filter(Acc1024(q), codes, n, stride, thr, idx, dist);
-    if (words == 32) return filter(Acc2048(q), codes, n, stride, thr, idx, dist);
-    return filter(Acc(q, words), codes, n, stride, thr, idx, dist);
 }
 
 }  // namespace
 
-const KernelTable table{"avx2", hamming_many, hamming_filter};
+const KernelTable table{"avx2", hamming_block, filter_below};
 
 }  // namespace bne::kernels::avx2

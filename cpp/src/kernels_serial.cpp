@@ -19,27 +19,25 @@ uint32_t distance(const uint8_t* a, const uint8_t* b, size_t words) noexcept {
     return d;
 }
 
-void hamming_many(const uint8_t* q, const uint8_t* codes, size_t n, size_t words,
-                  uint32_t* out) noexcept {
-    for (size_t i = 0; i < n; ++i) out[i] = distance(q, codes + i * words * 8, words);
+void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                   uint32_t* out) noexcept {
+    for (size_t a = 0; a < nq; ++a)
+        for (size_t i = 0; i < n; ++i) out[a * n + i] = distance(queries + a * words * 8, codes + i * words * 8, words);
 }
 
-size_t hamming_filter(const uint8_t* q, const uint8_t* codes, size_t n, size_t words, uint32_t thr,
-                      uint32_t* idx, uint32_t* dist) noexcept {
+size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {
     size_t m = 0;
-    for (size_t i = 0; i < n; ++i) {
-        uint32_t d = distance(q, codes + i * words * 8, words);
-        if (d < thr) {
+    for (size_t i = 0; i < n; ++i)
+        if (d[i] < thr) {
             idx[m] = static_cast<uint32_t>(i);
-            dist[m] = d;
+            dist[m] = d[i];
             ++m;
         }
-    }
     return m;
 }
 
 }  // namespace
 
-const KernelTable table{"serial", hamming_many, hamming_filter};
+const KernelTable table{"serial", hamming_block, filter_below};
 
 }  // namespace bne::kernels::serial

@@ -150,22 +150,29 @@ private:
     std::chrono::steady_clock::time_point next_;
 };
 
-// Scans task t: for each database block, every query of the task through the fused filter.
-// `sink(q, distance, position)` receives each candidate under the query's current threshold.
+constexpr size_t kQueryBatch = 4;  // queries per kernel call: each loaded code serves all of them
+
+// Scans task t: for each database block (kept in L2), the task's queries in batches through the
+// block kernel, then each distance row (still in L1) through the threshold filter, so only codes
+// that can still enter a query's top-k reach `sink(q, distance, position)`.
 template <class Threshold, class Sink>
 void scan(const CodeView& db, const uint8_t* queries, const Task& t, const KernelTable& kt,
           const PositionFilter& filter, Poller& poller, Threshold threshold, Sink sink) {
     const size_t cb = db.code_bytes, words = cb / 8, rows = block_rows(cb);
-    std::vector<uint32_t> idx(rows), dist(rows);
+    std::vector<uint32_t> dbuf(kQueryBatch * rows), idx(rows), dist(rows);
     for (size_t p = t.p0; p < t.p1; p += rows) {
         if (poller.should_stop()) return;
         const size_t nb = std::min(rows, t.p1 - p);
         const uint8_t* block = db.data + p * cb;
-        for (size_t q = t.q0; q < t.q1; ++q) {
-            size_t m = kt.hamming_filter(queries + q * cb, block, nb, words, threshold(q), idx.data(), dist.data());
-            for (size_t j = 0; j < m; ++j) {
-                const size_t pos = p + idx[j];
-                if (filter.allows(pos)) sink(q, dist[j], static_cast<int64_t>(pos));
+        for (size_t q = t.q0; q < t.q1; q += kQueryBatch) {
+            const size_t nqb = std::min(kQueryBatch, t.q1 - q);
+            kt.hamming_block(queries + q * cb, nqb, block, nb, words, dbuf.data());
+            for (size_t a = 0; a < nqb; ++a) {
+                const size_t m = kt.filter_below(dbuf.data() + a * nb, nb, threshold(q + a), idx.data(), dist.data());
+                for (size_t j = 0; j < m; ++j) {
+                    const size_t pos = p + idx[j];
+                    if (filter.allows(pos)) sink(q + a, dist[j], static_cast<int64_t>(pos));
+                }
             }
         }
     }
@@ -286,11 +293,14 @@ void pairwise_hamming(const CodeView& a, const CodeView& b, int32_t* out, const 
     run_tasks(tasks.size(), opt.interrupted, stop, [&](size_t t) {
         Poller poller(opt.interrupted, stop, t == 0);
         const Task& tk = tasks[t];
-        std::vector<uint32_t> row(tk.p1 - tk.p0);
-        for (size_t i = tk.q0; i < tk.q1; ++i) {
+        const size_t width = tk.p1 - tk.p0;
+        std::vector<uint32_t> rowbuf(kQueryBatch * width);
+        for (size_t i = tk.q0; i < tk.q1; i += kQueryBatch) {
             if (poller.should_stop()) return;
-            kt.hamming_many(a.data + i * a.code_bytes, b.data + tk.p0 * b.code_bytes, tk.p1 - tk.p0, words, row.data());
-            std::copy(row.begin(), row.end(), out + i * b.n + tk.p0);
+            const size_t nqb = std::min(kQueryBatch, tk.q1 - i);
+            kt.hamming_block(a.data + i * a.code_bytes, nqb, b.data + tk.p0 * b.code_bytes, width, words, rowbuf.data());
+            for (size_t r = 0; r < nqb; ++r)
+                std::copy(rowbuf.begin() + r * width, rowbuf.begin() + (r + 1) * width, out + (i + r) * b.n + tk.p0);
         }
     });
 }

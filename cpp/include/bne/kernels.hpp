@@ -8,19 +8,20 @@
 
 namespace bne {
 
-// out[i] = popcount(q XOR codes[i]) for i < n.
-using HammingManyFn = void (*)(const uint8_t* q, const uint8_t* codes, size_t n, size_t words,
-                               uint32_t* out) noexcept;
+// out[a * n + i] = popcount(query_a XOR codes[i]) for a < nq, i < n. The nq queries are
+// consecutive rows of `words` words; kernels reuse each loaded code for several queries.
+using HammingBlockFn = void (*)(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n,
+                                size_t words, uint32_t* out) noexcept;
 
-// Fused threshold filter: for every i < n with distance < thr, writes idx[m] = i and
-// dist[m] = distance, in increasing i; returns m. idx/dist must hold n entries.
-using HammingFilterFn = size_t (*)(const uint8_t* q, const uint8_t* codes, size_t n, size_t words,
-                                   uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept;
+// Threshold filter over a distance row still in L1: for every i < n with d[i] < thr, writes
+// idx[m] = i and dist[m] = d[i] in increasing i; returns m. idx/dist must hold n entries.
+using FilterBelowFn = size_t (*)(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx,
+                                 uint32_t* dist) noexcept;
 
 struct KernelTable {
     const char* isa;  // "serial", "avx2", "avx512"
-    HammingManyFn hamming_many;
-    HammingFilterFn hamming_filter;
+    HammingBlockFn hamming_block;
+    FilterBelowFn filter_below;
 };
 
 namespace kernels {

