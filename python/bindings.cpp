@@ -143,6 +143,9 @@ PYBIND11_MODULE(_core, m) {
         }
     });
 
+    // Resolve the ISA now, so a bad BNE_ISA fails at import with its message, not mid-search.
+    bne::active_kernels();
+
     m.def("available_isas", &bne::available_isas, "ISAs this CPU can run, plainest first.");
     m.def("active_isa", [] { return std::string(bne::active_kernels().isa); }, "The ISA searches use now.");
     m.def("set_isa", &bne::set_isa, py::arg("isa"), "Force an ISA for every later search (ValueError if unavailable).");

@@ -1,0 +1,115 @@
+"""Runtime ISA choice, BNE_ISA, import hygiene and Ctrl-C, each in a fresh interpreter."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bne
+
+ISAS = ["serial", "avx2", "avx512"]
+
+
+def run_py(code, env_extra=None, **kw):
+    env = dict(os.environ)
+    env.pop("BNE_ISA", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_available_isas_order_and_default_is_best():
+    isas = bne.available_isas()
+    assert isas[0] == "serial" and set(isas) <= set(ISAS)
+    assert isas == sorted(isas, key=ISAS.index)
+    out = run_py("import bne; print(bne.active_isa())")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == isas[-1]  # never silently at scalar speed
+
+
+@pytest.mark.parametrize("isa", bne.available_isas())
+def test_env_forces_isa(isa):
+    out = run_py("import bne; print(bne.active_isa())", {"BNE_ISA": isa})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == isa
+
+
+def test_env_unknown_or_unsupported_isa_is_a_clear_error():
+    out = run_py("import bne", {"BNE_ISA": "avx9000"})
+    assert out.returncode != 0
+    assert "BNE_ISA: unknown ISA 'avx9000'; available: serial" in out.stderr
+    missing = [i for i in ISAS if i not in bne.available_isas()]
+    if missing:
+        out = run_py("import bne", {"BNE_ISA": missing[0]})
+        assert f"this CPU does not support ISA '{missing[0]}'" in out.stderr
+
+
+def test_set_isa_switches_and_restores():
+    out = run_py(
+        "import bne\n"
+        "for isa in bne.available_isas():\n"
+        "    bne.set_isa(isa); assert bne.active_isa() == isa, isa\n"
+        "print('ok')"
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_import_does_not_import_torch():
+    out = run_py("import sys, bne; print('torch' in sys.modules, 'transformers' in sys.modules)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False False"
+
+
+def test_ctrl_c_interrupts_a_long_search():
+    code = (
+        "import numpy as np, bne, sys, time\n"
+        "x = np.random.default_rng(0).integers(0, 256, (400_000, 128), dtype=np.uint8)\n"
+        "idx = bne.Index(1024); idx.add(x)\n"
+        "print('ready', flush=True)\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    idx.search(x[:20000], 10)\n"
+        "    print('finished', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted %.3f' % (time.perf_counter() - t), flush=True)\n"
+    )
+    env = dict(os.environ)
+    env.pop("BNE_ISA", None)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    # 20000 queries x 400k codes take many seconds; the interrupt must land within a second.
+    assert out.startswith("interrupted"), (out, err)
+    assert float(out.split()[1]) < 5.0
+
+
+def test_no_march_native_in_build():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [root / "CMakeLists.txt", *root.joinpath("cpp").rglob("*")]:
+        if path.is_file():
+            assert "-march=native" not in path.read_text(errors="ignore"), path
+
+
+def test_baseline_objects_have_no_wide_vector_instructions():
+    """Only the ISA files may contain ymm/zmm code; everything else must run on any x86-64."""
+    import shutil
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    objects = list(root.glob("build/**/bne_core.dir/**/*.o"))
+    if not objects or not shutil.which("objdump"):
+        pytest.skip("no build tree with object files here")
+    for obj in objects:
+        text = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True).stdout
+        wide = "%ymm" in text or "%zmm" in text
+        if "kernels_avx" in obj.name:
+            assert wide, obj
+        else:
+            assert not wide, obj
