@@ -189,6 +189,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("a"), py::arg("b"), py::arg("threads") = 0, py::arg("isa") = py::none(),
         "Pairwise Hamming distances (len(a), len(b)) as int32.");
 
+    m.def(
+        "stream_xor",
+        [](const py::array& codes) {
+            auto v = as_codes(codes, "codes", 0);
+            py::gil_scoped_release release;
+            return bne::stream_xor(v);
+        },
+        py::arg("codes"), "XOR of every word: reads the codes once (a memory-bandwidth yardstick for benchmarks).");
+
     py::class_<bne::FlatIndex>(m, "FlatIndex")
         .def(py::init<size_t>(), py::arg("bits"))
         .def_property_readonly("bits", &bne::FlatIndex::bits)

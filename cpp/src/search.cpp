@@ -11,6 +11,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -57,7 +58,7 @@ struct Task {
 };
 
 size_t block_rows(size_t code_bytes) {
-    size_t rows = (size_t{128} << 10) / code_bytes;  // ~128 KiB of codes: stays in L2
+    size_t rows = (size_t{32} << 10) / code_bytes;  // ~32 KiB of codes: stays in L1 across query batches
     return std::max<size_t>(64, rows & ~size_t{7});
 }
 
@@ -186,6 +187,24 @@ void check_widths(const CodeView& db, const char* what) {
 }
 
 }  // namespace
+
+uint64_t stream_xor(const CodeView& db) {
+    uint64_t acc[4] = {0, 0, 0, 0};
+    const size_t words = db.n * db.code_bytes / 8;
+    size_t w = 0;
+    for (; w + 4 <= words; w += 4)
+        for (size_t j = 0; j < 4; ++j) {
+            uint64_t x;
+            std::memcpy(&x, db.data + 8 * (w + j), 8);
+            acc[j] ^= x;
+        }
+    for (; w < words; ++w) {
+        uint64_t x;
+        std::memcpy(&x, db.data + 8 * w, 8);
+        acc[0] ^= x;
+    }
+    return acc[0] ^ acc[1] ^ acc[2] ^ acc[3];
+}
 
 int default_threads() {
     int t = g_default_threads.load();

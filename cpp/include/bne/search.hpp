@@ -55,6 +55,10 @@ RangeResult range_search(const CodeView& db, const uint8_t* queries, size_t nq, 
 void pairwise_hamming(const CodeView& a, const CodeView& b, int32_t* out,
                       const SearchOptions& opt = {});
 
+// Reads every byte of the codes once (XOR of all words): the memory-bandwidth floor a
+// single-query scan is compared with in the benchmarks.
+uint64_t stream_xor(const CodeView& db);
+
 // Default thread count (hardware threads, at least 1), and the process-wide setting used
 // when SearchOptions::threads is 0.
 int default_threads();

@@ -1,0 +1,278 @@
+"""Evaluation of binary encoders (``bne eval``): STS Spearman and BEIR retrieval, with baselines.
+
+For every text the backbone runs once; the methods compared on the same features are:
+
+* ``float``   - the backbone's L2-normalised mean-pooled embedding, cosine similarity;
+* ``sign``    - post-hoc sign of the backbone embedding (``hidden`` bits), Hamming;
+* ``lsh``     - random-hyperplane LSH of the normalised embedding at the model's bit count, Hamming;
+* ``binary``  - the trained head, Hamming (``1 - 2 * hamming / bits`` for STS);
+* ``binary+rescore`` - retrieval only: top ``--rescore`` Hamming candidates re-ranked by the float
+  query logits against the candidates' {-1,+1} bits.
+
+Retrieval searches go through :class:`bne.Index` (exact Hamming top-k). Metrics: Spearman x 100 is
+NOT applied; STS numbers are plain Spearman correlations, retrieval Recall@10 / nDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
+
+DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", "sts15", "sts16")
+DEFAULT_BEIR = ("scifact", "scifact:train", "cisi", "cranfield")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Hamming distance between two equally shaped uint8 code arrays."""
+    x = np.bitwise_xor(a, b)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).sum(axis=1, dtype=np.int64)
+    return np.unpackbits(x, axis=1).sum(axis=1, dtype=np.int64)  # pragma: no cover - numpy < 2
+
+
+def retrieval_metrics(ranked: np.ndarray, qrels: list[dict[int, int]], k: int = 10) -> tuple[float, float]:
+    """(Recall@k, nDCG@k) averaged over queries; ``ranked`` (nq, >=k) doc rows (-1 = none),
+    ``qrels[i]`` {doc row: graded relevance > 0}. nDCG uses the graded relevance as gain (BEIR)."""
+    rec, nd = [], []
+    for row, rel in zip(ranked[:, :k], qrels):
+        hits = [rel.get(int(d), 0) for d in row]
+        rec.append(sum(1 for h in hits if h > 0) / max(1, len(rel)))
+        dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
+        ideal = sorted(rel.values(), reverse=True)[:k]
+        idcg = sum(h / math.log2(i + 2) for i, h in enumerate(ideal))
+        nd.append(dcg / idcg if idcg > 0 else 0.0)
+    return float(np.mean(rec)), float(np.mean(nd))
+
+
+class Methods:
+    """Turns raw backbone features into each method's representation."""
+
+    def __init__(self, encoder, bits: int, lsh_seed: int = 0, baselines: Sequence[str] = ("float", "sign", "lsh")) -> None:
+        self.encoder = encoder
+        self.bits = bits
+        hidden = int(encoder.model.encoder.config.hidden_size)
+        self.hidden = hidden
+        rng = np.random.default_rng(lsh_seed)
+        self.lsh_w = rng.standard_normal((hidden, bits)).astype(np.float32)
+        self.baselines = tuple(baselines)
+
+    @staticmethod
+    def _norm(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def names(self) -> list[str]:
+        out = []
+        if "float" in self.baselines:
+            out.append("float")
+        if "sign" in self.baselines:
+            out.append(f"sign-{self.hidden}")
+        if "lsh" in self.baselines:
+            out.append(f"lsh-{self.bits}")
+        out.append(f"binary-{self.bits}")
+        return out
+
+    def represent(self, name: str, feats: np.ndarray):
+        """float: (normalised vectors, None); binary kinds: (packed codes, float logits)."""
+        from ..codes import pack
+
+        if name == "float":
+            return self._norm(feats), None
+        if name.startswith("sign-"):
+            pad = (-feats.shape[1]) % 64
+            f = np.pad(feats, ((0, 0), (0, pad))) if pad else feats  # zero pads are the same bit for all
+            return pack(f > 0), f
+        if name.startswith("lsh-"):
+            z = self._norm(feats) @ self.lsh_w
+            return pack(z > 0), z
+        codes, z = self.encoder.project(feats, return_logits=True)
+        return codes, z
+
+
+def eval_sts(methods: Methods, feats: dict[str, np.ndarray], s1: list[str], s2: list[str], gold: np.ndarray) -> dict[str, float]:
+    a = np.stack([feats[t] for t in s1])
+    b = np.stack([feats[t] for t in s2])
+    out = {}
+    for name in methods.names():
+        ra, _ = methods.represent(name, a)
+        rb, _ = methods.represent(name, b)
+        if name == "float":
+            sim = (ra * rb).sum(1)
+        else:
+            nbits = ra.shape[1] * 8
+            sim = 1.0 - 2.0 * hamming_rows(ra, rb) / nbits
+        out[name] = spearman(sim, gold)
+    return out
+
+
+def eval_retrieval(methods: Methods, qf: np.ndarray, df: np.ndarray, qrels: list[dict[int, int]], *, k: int = 10,
+                   rescore: int = 0, threads: int | None = None) -> dict[str, dict[str, float]]:
+    from ..index import Index
+
+    out: dict[str, dict[str, float]] = {}
+    for name in methods.names():
+        rq, lq = methods.represent(name, qf)
+        rd, _ = methods.represent(name, df)
+        if name == "float":
+            s = rq @ rd.T
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            r, n = retrieval_metrics(top, qrels, k)
+            out[name] = {"recall@10": r, "ndcg@10": n}
+            continue
+        index = Index(rd.shape[1] * 8)
+        index.add(rd)
+        m = max(k, rescore or 0)
+        _, ids = index.search(rq, m, threads=threads)
+        r, n = retrieval_metrics(ids, qrels, k)
+        out[name] = {"recall@10": r, "ndcg@10": n}
+        if rescore and name.startswith("binary"):
+            from .encoder import rescore_candidates
+
+            _, rids = rescore_candidates(lq, rd, ids, k)
+            r, n = retrieval_metrics(rids, qrels, k)
+            out[name + "+rescore"] = {"recall@10": r, "ndcg@10": n}
+    return out
+
+
+def _parse_beir(spec: str) -> tuple[str, str]:
+    name, _, split = spec.partition(":")
+    return name, split or "test"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bne eval", description="Evaluate a binary encoder on STS and BEIR retrieval, next to float / sign / LSH baselines.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--head", default=None, help="a head file (.safetensors + .json) on all-MiniLM-L6-v2 (default: the shipped head for --bits)")
+    src.add_argument("--model", default=None, help="a BinaryEmbedder checkpoint (file or folder, bne-binary layout)")
+    p.add_argument("--bits", type=int, default=1024, help="shipped head to evaluate (1024 or 2048)")
+    p.add_argument("--data", default=None, help="shared/data folder (default: $BNE_DATA or ../shared/data next to the repo)")
+    p.add_argument("--sts", nargs="*", default=list(DEFAULT_STS), help=f"STS sets ({', '.join(STS_SETS)})")
+    p.add_argument("--beir", nargs="*", default=list(DEFAULT_BEIR), help="BEIR sets as name[:split] (scifact, scifact:train, cisi, cranfield)")
+    p.add_argument("--baselines", nargs="*", default=["float", "sign", "lsh"], choices=["float", "sign", "lsh"])
+    p.add_argument("--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)")
+    p.add_argument("--lsh-seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)")
+    p.add_argument("--threads", type=int, default=None, help="torch and search threads")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def load_encoder(args) -> Any:
+    from .encoder import Encoder
+
+    if args.model:
+        from .model import BinaryEmbedder, default_tokenizer
+
+        model = BinaryEmbedder.from_pretrained(args.model)
+        enc = Encoder(model, default_tokenizer(), max_length=args.max_length or 128, threads=args.threads, info={"name": str(args.model)})
+    elif args.head:
+        enc = Encoder.from_head(args.head, threads=args.threads)
+    else:
+        enc = Encoder.default(args.bits, threads=args.threads)
+    if args.max_length:
+        enc.max_length = args.max_length
+    return enc
+
+
+def run(args) -> dict[str, Any]:
+    root = data_root(args.data)
+    enc = load_encoder(args)
+    methods = Methods(enc, enc.bits, args.lsh_seed, args.baselines)
+    show = None if not args.quiet else False
+    results: dict[str, Any] = {"model": enc.info.get("name", "custom"), "bits": enc.bits, "max_length": enc.max_length,
+                               "rescore": args.rescore, "lsh_seed": args.lsh_seed, "sts": {}, "retrieval": {}}
+    t0 = time.time()
+    # STS: every sentence once
+    sts_data = {}
+    for name in args.sts:
+        s1, s2, gold = load_sts(name, root)
+        if args.limit:
+            s1, s2, gold = s1[: args.limit], s2[: args.limit], gold[: args.limit]
+        sts_data[name] = (s1, s2, gold)
+    texts = list(dict.fromkeys(t for s1, s2, _ in sts_data.values() for t in s1 + s2))
+    if texts:
+        f = enc.embed(texts, batch_size=args.batch_size, show_progress=show, normalize=False)
+        feats = dict(zip(texts, f))
+        for name, (s1, s2, gold) in sts_data.items():
+            results["sts"][name] = eval_sts(methods, feats, s1, s2, gold)
+    for spec in args.beir:
+        name, split = _parse_beir(spec)
+        corpus, queries, qrels = load_beir(name, split, root)
+        qids = list(queries)
+        if args.limit:
+            qids = qids[: args.limit]
+            keep = {d for q in qids for d in qrels[q]}
+            extra = [d for d in corpus if d not in keep][: max(0, 10 * args.limit)]
+            corpus = {d: corpus[d] for d in list(keep) + extra}
+        dids = list(corpus)
+        row = {d: i for i, d in enumerate(dids)}
+        qrel_rows = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
+        df = enc.embed([corpus[d] for d in dids], batch_size=args.batch_size, show_progress=show, normalize=False)
+        qf = enc.embed([queries[q] for q in qids], batch_size=args.batch_size, show_progress=show, normalize=False)
+        results["retrieval"][f"{name}-{split}"] = eval_retrieval(methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads)
+    results["seconds"] = round(time.time() - t0, 1)
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [f"model {results['model']}  bits {results['bits']}  max_length {results['max_length']}  (* = held out)"]
+    sts = results["sts"]
+    if sts:
+        names = list(sts)
+        methods = list(next(iter(sts.values())))
+        w = max(len(m) for m in methods) + 2
+        lines.append("STS Spearman".ljust(w) + "".join(f"{n + ('*' if n in HELD_OUT else ''):>11}" for n in names))
+        for m in methods:
+            lines.append(m.ljust(w) + "".join(f"{sts[n][m]:>11.4f}" for n in names))
+    ret = results["retrieval"]
+    if ret:
+        names = list(ret)
+        methods = []
+        for n in names:
+            methods += [m for m in ret[n] if m not in methods]
+        w = max(len(m) for m in methods) + 2
+        lines.append("")
+        lines.append("R@10 / nDCG@10".ljust(w) + "".join(f"{n + ('*' if n.split('-')[0] in HELD_OUT else ''):>18}" for n in names))
+        for m in methods:
+            cells = []
+            for n in names:
+                v = ret[n].get(m)
+                cells.append(f"{v['recall@10']:.4f} / {v['ndcg@10']:.4f}".rjust(18) if v else "-".rjust(18))
+            lines.append(m.ljust(w) + "".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = run(args)
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    print(f"({results['seconds']}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
