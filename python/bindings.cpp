@@ -60,21 +60,20 @@ void without_gil(bne::SearchOptions& opt, Fn fn) {
     }
 }
 
-// Allow-list: a bool array over positions, packed to the 64-bit words the core filter reads.
-std::vector<uint64_t> pack_filter(const std::optional<py::array>& allow, size_t n) {
+// Allow-list: a bitmap over positions, bit i of byte i/8 (numpy packbits bitorder="little"),
+// padded to whole 64-bit words: exactly the words the core filter reads.
+std::vector<uint64_t> read_filter(const std::optional<py::array>& allow, size_t n) {
     std::vector<uint64_t> words;
     if (!allow) return words;
     const py::array& a = *allow;
-    if (!a.dtype().is(py::dtype::of<bool>()))
-        throw py::type_error("allow must be a bool array with one entry per position, got dtype " +
-                             std::string(py::str(a.dtype())));
-    if (a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != n)
-        throw py::value_error("allow must have shape (" + std::to_string(n) + ",), got " + shape_str(a));
-    auto mask = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);
-    words.assign((n + 63) / 64, 0);
-    const bool* m = mask.data();
-    for (size_t i = 0; i < n; ++i)
-        if (m[i]) words[i >> 6] |= uint64_t{1} << (i & 63);
+    const size_t need = (n + 63) / 64 * 8;
+    if (!a.dtype().is(py::dtype::of<uint8_t>()) || a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != need)
+        throw py::value_error("allow must be a uint8 bitmap of " + std::to_string(need) +
+                              " bytes (numpy.packbits(mask, bitorder='little'), padded to 64-bit words), got dtype " +
+                              std::string(py::str(a.dtype())) + " and shape " + shape_str(a));
+    words.resize(need / 8);
+    auto c = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    if (need) std::memcpy(words.data(), c.data(), need);  // little-endian: byte order == bit order
     return words;
 }
 
@@ -86,7 +85,7 @@ py::tuple knn(const bne::CodeView& db, const py::array& queries, long long k, in
               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
     if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
     auto q = as_codes(queries, "queries", db.code_bytes);
-    auto filter_words = pack_filter(allow, db.n);
+    auto filter_words = read_filter(allow, db.n);
     bne::SearchOptions opt;
     opt.threads = threads;
     opt.kernels = table_for(isa);
@@ -111,7 +110,7 @@ py::tuple range(const bne::CodeView& db, const py::array& queries, long long rad
                 const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
     if (radius < 0) throw py::value_error("radius must be >= 0, got " + std::to_string(radius));
     auto q = as_codes(queries, "queries", db.code_bytes);
-    auto filter_words = pack_filter(allow, db.n);
+    auto filter_words = read_filter(allow, db.n);
     bne::SearchOptions opt;
     opt.threads = threads;
     opt.kernels = table_for(isa);

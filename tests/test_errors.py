@@ -40,8 +40,8 @@ CASES = [
     ("empty index range", lambda: index_with(0).range_search(u8(1, 128), 3), ValueError, "range_search on an empty index"),
     ("radius negative", lambda: index_with().range_search(u8(1, 128), -1), ValueError, "radius must be >= 0, got -1"),
     ("threads negative", lambda: index_with().search(u8(1, 128), 1, threads=-1), ValueError, "threads must be >= 0"),
-    ("allow wrong dtype", lambda: index_with().search(u8(1, 128), 1, allow=np.ones(10, np.int8)), TypeError, "allow must be a bool mask"),
-    ("allow wrong shape", lambda: index_with().search(u8(1, 128), 1, allow=np.ones(9, bool)), ValueError, "allow must have shape (10,), got (9,)"),
+    ("allow wrong dtype", lambda: index_with().search(u8(1, 128), 1, allow=np.ones(10, np.float32)), TypeError, "allow must be a list/array of ids or a bool mask, got dtype float32"),
+    ("allow wrong shape", lambda: index_with().search(u8(1, 128), 1, allow=np.ones(9, bool)), ValueError, "allow as a bool mask must have shape (10,) (one entry per stored code), got (9,)"),
     ("hamming width mismatch", lambda: bne.hamming(u8(1, 128), u8(1, 256)), ValueError, "b must have 128 bytes per row (1024 bits), got 256"),
     ("hamming width not x8", lambda: bne.hamming(u8(1, 12), u8(1, 12)), ValueError, "a must have a multiple of 8 bytes per row"),
     ("knn empty", lambda: bne.knn(u8(0, 128), u8(1, 128), 1), ValueError, "codes is empty"),
@@ -60,6 +60,12 @@ CASES = [
     ("core k", lambda: _core.knn(u8(4, 128), u8(1, 128), 0), ValueError, "k must be >= 1, got 0"),
     ("core bits", lambda: _core.FlatIndex(100), ValueError, "bits must be a positive multiple of 64, got 100"),
     ("core code width", lambda: _core.knn(u8(4, 12), u8(1, 12), 1), ValueError, "positive multiple of 8 bytes (64 bits), got 12"),
+    ("core allow bitmap", lambda: _core.knn(u8(4, 128), u8(1, 128), 1, allow=np.ones(4, bool)), ValueError, "allow must be a uint8 bitmap of 8 bytes"),
+    ("ids wrong length", lambda: index_with(0).add(u8(2, 128), ids=[1]), ValueError, "ids must have shape (2,), one per code, got (1,)"),
+    ("ids float", lambda: index_with(0).add(u8(2, 128), ids=[1.0, 2.0]), TypeError, "ids must be integers (int64), got dtype float64"),
+    ("ids duplicate in batch", lambda: index_with(0).add(u8(2, 128), ids=[7, 7]), ValueError, "duplicate ids in this batch: [7]"),
+    ("ids already present", lambda: index_with(3).add(u8(1, 128), ids=[1]), ValueError, "ids already in the index (remove them first): [1]"),
+    ("remove float ids", lambda: index_with(3).remove([1.5]), TypeError, "ids must be integers"),
     ("core isa", lambda: _core.knn(u8(4, 128), u8(1, 128), 1, isa="neon"), ValueError, "unknown ISA 'neon'"),
 ]
 

@@ -10,7 +10,7 @@ from ._core import IndexFormatError, active_isa, available_isas, get_num_threads
 from ._core import __version__
 from ._core import set_isa as _set_isa
 from .codes import pack, unpack
-from .index import PAD_DISTANCE, Index, hamming, knn, split_ranges
+from .index import PAD_DISTANCE, Index, IndexLockedError, MappedIndex, hamming, knn, open, split_ranges
 
 
 def set_isa(isa: str) -> None:
@@ -22,6 +22,9 @@ def set_isa(isa: str) -> None:
 __all__ = [
     "Index",
     "IndexFormatError",
+    "IndexLockedError",
+    "MappedIndex",
+    "open",
     "PAD_DISTANCE",
     "__version__",
     "active_isa",

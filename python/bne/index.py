@@ -1,25 +1,31 @@
-"""Exact Hamming search: the FAISS-shaped :class:`Index` and array-level helpers."""
+"""Exact Hamming search: the in-memory :class:`Index`, the file-backed :class:`MappedIndex`
+(``bne.open``), and array-level helpers.
+
+Both index kinds hold codes in one or more *parts* (the RAM buffer; the segments of a file, one
+per commit; codes added but not yet committed) and search them with the same code path: each
+part is scanned by the native core (tombstones and allow-lists as bitmaps), and the per-part
+top-k lists are merged under the tie rule: by distance, then by position (insertion order).
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
 import numpy as np
 
-from . import _core
+from . import _core, storage
+from ._core import IndexFormatError
 from .codes import check_bits, check_codes, check_k, check_threads
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
 
 
-def _check_allow(allow: object, n: int) -> np.ndarray | None:
-    if allow is None:
-        return None
-    a = np.asarray(allow)
-    if a.dtype != np.bool_:
-        raise TypeError(f"allow must be a bool mask with one entry per stored code, got dtype {a.dtype}")
-    if a.shape != (n,):
-        raise ValueError(f"allow must have shape ({n},), got {a.shape}")
-    return np.ascontiguousarray(a)
+class IndexLockedError(BlockingIOError):
+    """Another writer holds the index file (one writer at a time)."""
 
 
 def _check_radius(radius: object) -> int:
@@ -30,74 +36,557 @@ def _check_radius(radius: object) -> int:
     return int(radius)
 
 
-class Index:
-    """Exact top-k Hamming search over packed binary codes, held in memory.
+def _check_ids(ids: object, n: int) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"ids must be integers (int64), got dtype {a.dtype}")
+    if a.shape != (n,):
+        raise ValueError(f"ids must have shape ({n},), one per code, got {a.shape}")
+    return a.astype(np.int64, copy=False)
 
-    Codes are uint8 rows of ``bits / 8`` bytes (see :func:`bne.pack`). Results follow one tie
-    rule: by increasing distance, and among equal distances by increasing id (insertion
-    position), so the top-k list is unique and identical on every ISA and thread count.
-    """
 
-    def __init__(self, bits: int) -> None:
-        self._flat = _core.FlatIndex(check_bits(bits))
+def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
+    """Packed little-endian bitmap over n positions (padded to 64-bit words): all bits set except
+    `positions` (allow=False), or only `positions` set (allow=True)."""
+    nbytes = (n + 63) // 64 * 8
+    pos = np.asarray(positions, np.int64)
+    if allow:
+        bits = np.zeros(nbytes, np.uint8)
+        np.bitwise_or.at(bits, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
+    else:
+        bits = np.full(nbytes, 0xFF, np.uint8)
+        np.bitwise_and.at(bits, pos >> 3, (~(1 << (pos & 7))).astype(np.uint8))
+    return bits
 
-    @property
-    def bits(self) -> int:
-        return self._flat.bits
 
-    @property
-    def code_bytes(self) -> int:
-        return self._flat.code_bytes
+class _Part:
+    """A contiguous run of positions [base, base + n) backed by a code array or a FlatIndex."""
+
+    __slots__ = ("base", "n", "codes", "flat", "ids")
+
+    def __init__(self, base: int, n: int, ids: np.ndarray | None, codes: np.ndarray | None = None, flat=None):
+        self.base, self.n, self.ids, self.codes, self.flat = base, n, ids, codes, flat
+
+    def knn(self, q, k, threads, bits):
+        if self.flat is not None:
+            return self.flat.search(q, k, threads, bits)
+        return _core.knn(self.codes, q, k, threads, bits)
+
+    def range(self, q, radius, threads, bits):
+        if self.flat is not None:
+            return self.flat.range_search(q, radius, threads, bits)
+        return _core.range_search(self.codes, q, radius, threads, bits)
+
+    def code_array(self) -> np.ndarray:
+        return self.flat.codes() if self.flat is not None else self.codes
+
+
+class _SearchMixin:
+    """search / range_search / ids over `_parts()`, with tombstones and id lookups."""
+
+    bits: int
+    code_bytes: int
+
+    # Implemented by subclasses.
+    def _parts(self) -> list[_Part]: ...
+    def _tombstones(self) -> np.ndarray: ...
+
+    # -- sizes ------------------------------------------------------------------------------
+    def _npositions(self) -> int:
+        parts = self._parts()
+        return parts[-1].base + parts[-1].n if parts else 0
+
+    def __len__(self) -> int:
+        """Number of live (searchable) codes."""
+        return self._npositions() - len(self._tombstones())
 
     @property
     def ntotal(self) -> int:
-        """Number of stored codes (FAISS's name for ``len(index)``)."""
-        return len(self._flat)
+        """FAISS's name for ``len(index)``."""
+        return len(self)
 
-    def __len__(self) -> int:
-        return len(self._flat)
+    # -- ids --------------------------------------------------------------------------------
+    def ids(self) -> np.ndarray:
+        """External ids of every stored position (removed ones included), in insertion order."""
+        out = [p.ids if p.ids is not None else np.arange(p.base, p.base + p.n, dtype=np.int64) for p in self._parts()]
+        return np.concatenate(out) if out else np.empty(0, np.int64)
 
-    def __repr__(self) -> str:
-        return f"bne.Index(bits={self.bits}, ntotal={len(self)})"
+    def _ids_of(self, positions: np.ndarray) -> np.ndarray:
+        out = np.full(positions.shape, -1, np.int64)
+        for p in self._parts():
+            sel = (positions >= p.base) & (positions < p.base + p.n)
+            if sel.any():
+                local = positions[sel] - p.base
+                out[sel] = local + p.base if p.ids is None else p.ids[local]
+        return out
 
-    def add(self, codes: np.ndarray) -> None:
-        """Appends ``codes`` (uint8, shape ``(n, bits/8)``); their ids are their positions."""
-        self._flat.add(check_codes(codes, "codes", self.code_bytes))
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted live ids, their positions); built on first use, dropped on every change."""
+        cache = getattr(self, "_lookup_cache", None)
+        if cache is None:
+            ids = self.ids()
+            pos = np.arange(len(ids), dtype=np.int64)
+            tomb = self._tombstones()
+            if len(tomb):
+                keep = np.ones(len(ids), bool)
+                keep[tomb] = False
+                ids, pos = ids[keep], pos[keep]
+            order = np.argsort(ids, kind="stable")
+            cache = (ids[order], pos[order])
+            self._lookup_cache = cache
+        return cache
 
-    def codes(self) -> np.ndarray:
-        """A copy of the stored codes, shape ``(len(self), bits/8)``."""
-        return self._flat.codes()
+    def _changed(self) -> None:
+        self._lookup_cache = None
+        self._bits_cache = {}
 
+    def positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Positions of the given live ids (-1 where an id is absent or removed)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        sorted_ids, pos = self._lookup()
+        if not len(sorted_ids):
+            return np.full(len(ids), -1, np.int64)
+        i = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        return np.where(sorted_ids[i] == ids, pos[i], -1)
+
+    # -- filters ----------------------------------------------------------------------------
+    def _allowed_positions(self, allow: object) -> np.ndarray | None:
+        if allow is None:
+            return None
+        a = np.asarray(allow)
+        n = self._npositions()
+        if a.dtype == np.bool_:
+            if a.shape != (n,):
+                raise ValueError(f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}")
+            return np.flatnonzero(a)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"allow must be a list/array of ids or a bool mask, got dtype {a.dtype}")
+        pos = self.positions_of(a)
+        return np.unique(pos[pos >= 0])
+
+    def _part_bits(self, part: _Part, allowed: np.ndarray | None) -> np.ndarray | None:
+        """The bitmap of searchable positions of a part, or None when all are searchable."""
+        cache = self.__dict__.setdefault("_bits_cache", {})
+        key = (part.base, part.n)
+        if key not in cache:
+            tomb = self._tombstones()
+            lo, hi = np.searchsorted(tomb, [part.base, part.base + part.n])
+            cache[key] = _bitmap(part.n, tomb[lo:hi] - part.base, allow=False) if hi > lo else None
+        bits = cache[key]
+        if allowed is None:
+            return bits
+        lo, hi = np.searchsorted(allowed, [part.base, part.base + part.n])
+        mine = _bitmap(part.n, allowed[lo:hi] - part.base, allow=True)
+        return mine if bits is None else mine & bits
+
+    # -- search -----------------------------------------------------------------------------
     def search(
-        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest codes of each query.
+        """The ``k`` nearest live codes of each query.
 
         Returns ``(D, I)``: int32 distances and int64 ids, both of shape ``(nq, k)``, rows sorted
-        by (distance, id). When fewer than ``k`` codes can be returned, the remaining slots hold
-        id ``-1`` and distance ``bne.PAD_DISTANCE`` (2**31 - 1). ``allow`` (bool, one entry per
-        stored code) restricts the search to the codes marked True. ``threads``: None or 0 uses
+        by distance, ties by insertion order (for default ids: smaller id first). When fewer than
+        ``k`` codes can be returned, the remaining slots hold id ``-1`` and distance
+        ``bne.PAD_DISTANCE`` (2**31 - 1). ``allow`` restricts the search to the given ids (or to a
+        bool mask over stored codes, in insertion order). ``threads``: None or 0 uses
         :func:`bne.get_num_threads`. Ctrl-C interrupts a long search.
         """
         q = check_codes(queries, "queries", self.code_bytes)
         k = check_k(k)
+        threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("search on an empty index: add codes first")
-        return self._flat.search(q, k, check_threads(threads), _check_allow(allow, len(self)))
+        allowed = self._allowed_positions(allow)
+        results = []
+        for part in self._parts():
+            bits = self._part_bits(part, allowed)
+            if bits is not None and not bits.any():
+                continue
+            D, P = part.knn(q, k, threads, bits)
+            results.append((D, np.where(P >= 0, P + part.base, -1)))
+        if not results:
+            return np.full((len(q), k), PAD_DISTANCE, np.int32), np.full((len(q), k), -1, np.int64)
+        if len(results) == 1:
+            D, P = results[0]
+        else:
+            D = np.concatenate([r[0] for r in results], axis=1)
+            P = np.concatenate([r[1] for r in results], axis=1)
+            key = np.where(P >= 0, P, np.iinfo(np.int64).max)  # padding sorts last
+            order = np.lexsort((key, D), axis=1)[:, :k]
+            D, P = np.take_along_axis(D, order, 1), np.take_along_axis(P, order, 1)
+        return D, self._ids_of(P)
 
     def range_search(
-        self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: np.ndarray | None = None
+        self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: object = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every code at distance ``<= radius`` from each query, FAISS-style.
+        """Every live code at distance ``<= radius`` from each query, FAISS-style.
 
         Returns ``(lims, D, I)``: the hits of query ``i`` are ``D[lims[i]:lims[i+1]]`` and
-        ``I[lims[i]:lims[i+1]]``, sorted by (distance, id). (FAISS's binary range search keeps
-        distances ``< radius``; bne's radius is inclusive.)
+        ``I[lims[i]:lims[i+1]]`` (ids), sorted by distance then insertion order. (FAISS's
+        binary range search keeps distances ``< radius``; bne's radius is inclusive.)
+        ``bne.split_ranges(lims, I)`` gives one array per query.
         """
         q = check_codes(queries, "queries", self.code_bytes)
+        radius = _check_radius(radius)
+        threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
-        return self._flat.range_search(q, _check_radius(radius), check_threads(threads), _check_allow(allow, len(self)))
+        allowed = self._allowed_positions(allow)
+        qs, Ds, Ps = [], [], []
+        for part in self._parts():
+            bits = self._part_bits(part, allowed)
+            if bits is not None and not bits.any():
+                continue
+            lims, D, P = part.range(q, radius, threads, bits)
+            qs.append(np.repeat(np.arange(len(q)), np.diff(lims)))
+            Ds.append(D)
+            Ps.append(P + part.base)
+        qi = np.concatenate(qs) if qs else np.empty(0, np.int64)
+        D = np.concatenate(Ds) if Ds else np.empty(0, np.int32)
+        P = np.concatenate(Ps) if Ps else np.empty(0, np.int64)
+        if len(Ds) > 1:
+            order = np.lexsort((P, D, qi))
+            qi, D, P = qi[order], D[order], P[order]
+        lims = np.zeros(len(q) + 1, np.int64)
+        np.cumsum(np.bincount(qi, minlength=len(q)), out=lims[1:])
+        return lims, D, self._ids_of(P)
+
+    # -- shared mutation helpers ---------------------------------------------------------------
+    def _new_ids(self, n: int, ids: object, max_id: int) -> np.ndarray:
+        if ids is None:
+            return np.arange(max_id + 1, max_id + 1 + n, dtype=np.int64)
+        new = _check_ids(ids, n)
+        if len(np.unique(new)) != n:
+            vals, counts = np.unique(new, return_counts=True)
+            raise ValueError(f"duplicate ids in this batch: {vals[counts > 1][:10].tolist()}")
+        if n and new.min() <= max_id:
+            clash = new[self.positions_of(new) >= 0]
+            if len(clash):
+                raise ValueError(f"ids already in the index (remove them first): {clash[:10].tolist()}")
+        return new
+
+    def _positions_to_remove(self, ids: object) -> np.ndarray:
+        a = np.asarray(ids)
+        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got dtype {a.dtype}")
+        pos = self.positions_of(a.ravel())
+        return np.unique(pos[pos >= 0])
+
+
+class Index(_SearchMixin):
+    """Exact top-k Hamming search over packed binary codes, held in memory.
+
+    Codes are uint8 rows of ``bits / 8`` bytes (see :func:`bne.pack`). Ids default to
+    0, 1, 2, ... in insertion order; ``add(codes, ids=...)`` stores int64 ids of your own.
+    """
+
+    def __init__(self, bits: int) -> None:
+        self._flat = _core.FlatIndex(check_bits(bits))
+        self._id_array: np.ndarray | None = None  # None: ids are positions
+        self._tomb = np.empty(0, np.int64)
+        self._max_id = -1
+        self._changed()
+
+    bits = property(lambda self: self._flat.bits)
+    code_bytes = property(lambda self: self._flat.code_bytes)
+
+    def _parts(self) -> list[_Part]:
+        return [_Part(0, len(self._flat), self._id_array, flat=self._flat)] if len(self._flat) else []
+
+    def _tombstones(self) -> np.ndarray:
+        return self._tomb
+
+    def __repr__(self) -> str:
+        return f"bne.Index(bits={self.bits}, ntotal={len(self)})"
+
+    def add(self, codes: np.ndarray, ids: object = None) -> None:
+        """Appends ``codes`` (uint8, shape ``(n, bits/8)``) with int64 ``ids`` (default: the next
+        integers after the largest id so far). Duplicate ids raise ValueError."""
+        c = check_codes(codes, "codes", self.code_bytes)
+        new = self._new_ids(len(c), ids, self._max_id)
+        n0 = len(self._flat)
+        if ids is not None and self._id_array is None and not np.array_equal(new, np.arange(n0, n0 + len(c))):
+            self._id_array = np.arange(n0, dtype=np.int64)
+        self._flat.add(c)
+        if self._id_array is not None:
+            self._id_array = np.concatenate([self._id_array, new])
+        if len(new):
+            self._max_id = max(self._max_id, int(new.max()))
+        self._changed()
+
+    def remove(self, ids: object) -> int:
+        """Removes the codes with these ids from every later search; returns how many were live."""
+        pos = self._positions_to_remove(ids)
+        self._tomb = np.union1d(self._tomb, pos).astype(np.int64)
+        self._changed()
+        return len(pos)
+
+    def codes(self) -> np.ndarray:
+        """A copy of the stored codes (removed ones included), shape ``(positions, bits/8)``."""
+        return self._flat.codes()
+
+    def compact(self) -> None:
+        """Drops removed codes from memory (ids are kept, positions renumbered)."""
+        if not len(self._tomb):
+            return
+        keep = np.ones(len(self._flat), bool)
+        keep[self._tomb] = False
+        codes, ids = self._flat.codes()[keep], self.ids()[keep]
+        self._flat.reset()
+        self._flat.add(codes)
+        self._id_array, self._tomb = ids, np.empty(0, np.int64)
+        self._changed()
+
+    def save(self, path: str | os.PathLike, *, metadata: dict | None = None, bit_order: str = "big") -> None:
+        """Writes the live codes and their ids to ``path`` atomically (temporary file in the same
+        folder, fsync, rename, fsync of the folder); open it with :func:`bne.open`."""
+        keep = np.ones(len(self._flat), bool)
+        keep[self._tomb] = False
+        codes, ids = self._flat.codes()[keep], self.ids()[keep]
+        header = storage.new_header(self.bits, bit_order, metadata)
+        storage.save_atomic(path, header, [(codes, ids)], self._max_id)
+
+
+class MappedIndex(_SearchMixin):
+    """An index file mapped read-only into memory; see :func:`bne.open`.
+
+    Searches read the codes straight from the mapping. In mode ``"a"`` the index also takes
+    ``add`` / ``remove``; they are visible to this object's searches at once and reach the file
+    at ``commit()``. Changes not committed are lost when the object is closed or the process dies.
+    """
+
+    def __init__(self, path, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
+                 bits: int | None = None, metadata: dict | None = None, bit_order: str = "big") -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        self._fd = -1
+        self._closed = False
+        if mode == "a" and not os.path.exists(self.path):
+            if bits is None:
+                raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
+            storage.save_atomic(self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1)
+        self._fd = os.open(self.path, os.O_RDWR if mode == "a" else os.O_RDONLY)
+        try:
+            if mode == "a":
+                self._lock(self._fd)
+            self._load()
+            if expect_bits is not None and expect_bits != self.bits:
+                raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
+            if mode == "a":
+                self._repair()
+            if verify:
+                self.verify()
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    # -- state ------------------------------------------------------------------------------
+    def _lock(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexLockedError(f"{self.path}: another writer has this index open in append mode") from None
+
+    def _load(self) -> None:
+        size = os.fstat(self._fd).st_size
+        self._header, self._commit, self._damaged = storage.read_state(self.path, self._fd, size)
+        self._mm = storage.map_file(self._fd, self._commit.end_offset)
+        self._segments = []
+        base = 0
+        for seg in self._commit.segments:
+            codes, ids = storage.segment_arrays(self._mm, self._header, seg)
+            self._segments.append(_Part(base, seg.count, ids, codes=codes))
+            base += seg.count
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_flat = None
+        self._tomb = self._commit.tombstones
+        self._max_id = self._commit.max_id
+        self._changed()
+        if self._damaged and self.mode == "r":
+            names = ", ".join("AB"[s] for s in self._damaged)
+            warnings.warn(f"{self.path}: commit slot {names} is damaged (a crash during commit leaves this); "
+                          f"opened commit {self._commit.seq}; opening in mode='a' repairs it", RuntimeWarning, 2)
+
+    def _repair(self) -> None:
+        """Writer only: forget a torn tail and clear damaged commit slots."""
+        fixed = False
+        if os.fstat(self._fd).st_size > self._commit.end_offset:
+            storage.io.ftruncate(self._fd, self._commit.end_offset)
+            fixed = True
+        for slot in self._damaged:
+            storage._pwrite_all(self._fd, bytes(storage.PAGE), storage.SLOT_OFFSETS[slot])
+            fixed = True
+        if fixed:
+            storage.io.fsync(self._fd)
+            self._damaged = []
+
+    def _parts(self) -> list[_Part]:
+        if self._pending_flat is not None and len(self._pending_flat):
+            base = self._commit.count
+            ids = np.concatenate([i for _, i in self._pending])
+            return [*self._segments, _Part(base, len(self._pending_flat), ids, flat=self._pending_flat)]
+        return self._segments
+
+    def _tombstones(self) -> np.ndarray:
+        return self._tomb
+
+    def _check_open(self) -> None:
+        if self._closed or self._fd < 0:
+            raise ValueError(f"{self.path}: index is closed")
+
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.mode != "a":
+            raise PermissionError(f"{self.path}: opened read-only; {what} needs bne.open(path, mode='a')")
+
+    # -- properties -------------------------------------------------------------------------
+    bits = property(lambda self: self._header.bits)
+    code_bytes = property(lambda self: self._header.code_bytes)
+    bit_order = property(lambda self: self._header.bit_order)
+    metadata = property(lambda self: dict(self._header.metadata))
+
+    def info(self) -> dict[str, Any]:
+        """Format version, bits, counts, segments, commit number, metadata, file size."""
+        d = storage.describe(self._header, self._commit)
+        d.update(path=self.path, file_bytes=os.fstat(self._fd).st_size if self._fd >= 0 else None,
+                 pending=self._npositions() - self._commit.count, isa=_core.active_isa())
+        return d
+
+    def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Zero-copy read-only (codes, ids) views of each committed segment inside the mapping."""
+        return [(p.codes, p.ids) for p in self._segments]
+
+    def codes(self) -> np.ndarray:
+        """All stored codes (removed ones included): the mapped array itself for a one-segment
+        file (no copy), a concatenated copy otherwise."""
+        parts = [p.code_array() for p in self._parts()]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty((0, self.code_bytes), np.uint8)
+
+    def __repr__(self) -> str:
+        return f"bne.MappedIndex({self.path!r}, mode={self.mode!r}, bits={self.bits}, ntotal={len(self)})"
+
+    # -- writing ----------------------------------------------------------------------------
+    def add(self, codes: np.ndarray, ids: object = None) -> None:
+        """Adds codes (and int64 ids; default: the next integers after the largest id) to the
+        pending batch; searchable at once by this object, durable after ``commit()``."""
+        self._check_writable("add")
+        c = check_codes(codes, "codes", self.code_bytes)
+        new = self._new_ids(len(c), ids, self._max_id)
+        if not len(c):
+            return
+        if self._pending_flat is None:
+            self._pending_flat = _core.FlatIndex(self.bits)
+        self._pending_flat.add(c)
+        self._pending.append((c.copy(), new))
+        self._max_id = max(self._max_id, int(new.max()))
+        self._changed()
+
+    def remove(self, ids: object) -> int:
+        """Marks the codes with these ids removed (tombstones written at ``commit()``); returns
+        how many were live."""
+        self._check_writable("remove")
+        pos = self._positions_to_remove(ids)
+        self._tomb = np.union1d(self._tomb, pos).astype(np.int64)
+        self._changed()
+        return len(pos)
+
+    def commit(self) -> None:
+        """Makes every add/remove so far durable (fsync). After a crash the file opens with every
+        committed code and nothing of what was not committed."""
+        self._check_writable("commit")
+        if not self._pending and np.array_equal(self._tomb, self._commit.tombstones) and self._max_id == self._commit.max_id:
+            return
+        parts = [(np.concatenate([c for c, _ in self._pending]), np.concatenate([i for _, i in self._pending]))] if self._pending else []
+        storage.write_commit(self._fd, self._commit, parts, self._tomb, self._max_id)
+        self._load()
+
+    def compact(self, path: str | os.PathLike | None = None) -> None:
+        """Writes the live codes and ids (no tombstones, one segment) to a new file, atomically.
+        Without ``path`` (append mode only) the new file replaces this one and this object
+        switches to it; readers of the old file keep their mapping."""
+        self._check_open()
+        if path is None:
+            self._check_writable("compact() in place")
+            self.commit()
+        keep = np.ones(self._npositions(), bool)
+        keep[self._tomb] = False
+        codes, ids = self.codes()[keep], self.ids()[keep]
+        header = storage.new_header(self.bits, self.bit_order, self._header.metadata)
+        if path is not None:
+            storage.save_atomic(path, header, [(codes, ids)], self._max_id)
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
+        try:
+            self._lock(fd)  # the new inode is locked before it becomes visible
+            storage.create(fd, header, [(codes, ids)], self._max_id)
+            storage.io.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        storage.fsync_dir(self.path)
+        os.close(self._fd)
+        self._fd = fd
+        self._load()
+
+    # -- checking and closing -----------------------------------------------------------------
+    def verify(self) -> None:
+        """Recomputes every checksum (header, commit records, table, codes and ids of every
+        segment); raises IndexFormatError naming the first damaged part."""
+        self._check_open()
+        size = os.fstat(self._fd).st_size
+        _, commit, damaged = storage.read_state(self.path, self._fd, size)
+        if damaged:
+            raise IndexFormatError(f"{self.path}: commit slot {'AB'[damaged[0]]} is damaged")
+        storage.verify_segments(self.path, self._mm, self._header, self._commit)
+
+    def close(self) -> None:
+        """Releases the file (and the writer lock); uncommitted changes are discarded."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        self._closed = True
+
+    def __enter__(self) -> "MappedIndex":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Commits (append mode, on success) and closes."""
+        try:
+            if exc_type is None and self.mode == "a" and not self._closed:
+                self.commit()
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open(path: str | os.PathLike, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
+         bits: int | None = None, metadata: dict | None = None, bit_order: str = "big") -> MappedIndex:
+    """Opens an index file written by ``Index.save`` or by a writer.
+
+    ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
+    ``mode="a"``: append (one writer at a time, a file lock); creates the file when ``bits`` is
+    given and it does not exist. ``verify=True`` checks every checksum first. ``expect_bits``
+    raises IndexFormatError when the file holds codes of another width.
+    """
+    return MappedIndex(path, mode, verify=verify, expect_bits=expect_bits, bits=bits, metadata=metadata,
+                       bit_order=bit_order)
 
 
 def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,3 +609,6 @@ def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.n
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]
+
+
+Opener = Callable[..., MappedIndex]

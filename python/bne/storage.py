@@ -1,0 +1,370 @@
+"""The bne index file: layout, validation, atomic save and crash-safe appends.
+
+Layout (little-endian; docs/FORMAT.md is the full description):
+
+    [0, 4096)        file header: magic, version, bits, code bytes, bit order, metric, id width,
+                     section flags, JSON metadata; CRC-32 in its last 4 bytes
+    [4096, 8192)     commit slot A  \\ two commit records, written alternately (LMDB-style); the
+    [8192, 12288)    commit slot B  / valid one with the highest sequence number is the state
+    [12288, ...)     segments, one per commit that added codes: codes (page-aligned, read by the
+                     kernels straight from the mapping), then int64 ids; then the commit's table
+                     (segment records with CRC-32 of codes and ids, then tombstone positions)
+
+A commit writes its segment and table past the committed end, fsyncs, then writes the other
+commit slot and fsyncs again. A crash at any point leaves the previous commit intact; bytes past
+the committed end (a torn tail) are ignored by readers and cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import mmap
+import os
+import struct
+import tempfile
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+
+from ._core import IndexFormatError
+
+MAGIC = b"\x89BNEIDX\n"
+COMMIT_MAGIC = b"BNECOMIT"
+MAJOR, MINOR = 1, 0
+PAGE = 4096
+SLOT_OFFSETS = (PAGE, 2 * PAGE)
+DATA_START = 3 * PAGE
+BIT_ORDERS = {"big": 0, "little": 1}
+BIT_ORDER_NAMES = {v: k for k, v in BIT_ORDERS.items()}
+FLAG_IDS, FLAG_TOMBSTONES = 1, 2
+METRIC_HAMMING = 0
+ENDIAN_LITTLE = 1
+
+# magic, major, minor, header_bytes, bits, code_bytes, bit_order, metric, id_bytes, endian,
+# page, flags, created_unix, metadata_len
+HEADER = struct.Struct("<8sHHIIIBBBBIQQI")
+HEADER_CRC_AT = PAGE - 4
+MAX_METADATA = HEADER_CRC_AT - HEADER.size
+# magic, seq, count, n_tombstones, n_segments, table_offset, table_bytes, end_offset, max_id, table_crc
+COMMIT = struct.Struct("<8sQQQQQQQqI")
+COMMIT_CRC_AT = COMMIT.size
+# codes_offset, count, ids_offset, codes_crc, ids_crc
+SEGMENT = struct.Struct("<QQQII")
+assert HEADER.size == 52 and COMMIT.size == 76 and SEGMENT.size == 32  # pinned by the golden-bytes test
+
+
+def crc32(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    bits: int
+    bit_order: str = "big"
+    metadata: dict = dataclasses.field(default_factory=dict)
+    created: int = 0
+    minor: int = MINOR
+
+    @property
+    def code_bytes(self) -> int:
+        return self.bits // 8
+
+    def encode(self) -> bytes:
+        meta = json.dumps(self.metadata, sort_keys=True).encode()
+        if len(meta) > MAX_METADATA:
+            raise ValueError(f"metadata must encode to at most {MAX_METADATA} bytes of JSON, got {len(meta)}")
+        fixed = HEADER.pack(MAGIC, MAJOR, self.minor, PAGE, self.bits, self.code_bytes, BIT_ORDERS[self.bit_order],
+                            METRIC_HAMMING, 8, ENDIAN_LITTLE, PAGE, FLAG_IDS | FLAG_TOMBSTONES, self.created, len(meta))
+        page = bytearray(PAGE)
+        page[: HEADER.size] = fixed
+        page[HEADER.size : HEADER.size + len(meta)] = meta
+        page[HEADER_CRC_AT:] = struct.pack("<I", crc32(page[:HEADER_CRC_AT]))
+        return bytes(page)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    codes_offset: int
+    count: int
+    ids_offset: int
+    codes_crc: int
+    ids_crc: int
+
+
+@dataclasses.dataclass
+class Commit:
+    seq: int
+    count: int
+    segments: list[Segment]
+    tombstones: np.ndarray  # sorted unique int64 positions
+    table_offset: int
+    table_bytes: int
+    end_offset: int
+    max_id: int
+    slot: int
+
+    def encode(self, table_crc: int) -> bytes:
+        rec = COMMIT.pack(COMMIT_MAGIC, self.seq, self.count, len(self.tombstones), len(self.segments),
+                          self.table_offset, self.table_bytes, self.end_offset, self.max_id, table_crc)
+        return rec + struct.pack("<I", crc32(rec))
+
+
+def encode_table(segments: list[Segment], tombstones: np.ndarray) -> bytes:
+    recs = b"".join(SEGMENT.pack(s.codes_offset, s.count, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments)
+    return recs + np.asarray(tombstones, dtype="<i8").tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validation: every size and offset is checked against the file before it is used,
+# in Python integers (no overflow), and nothing larger than the file is ever allocated.
+
+
+def _fail(path, msg: str) -> IndexFormatError:
+    return IndexFormatError(f"{os.fspath(path)}: {msg}")
+
+
+def parse_header(path, page: bytes, file_size: int) -> Header:
+    if file_size == 0:
+        raise _fail(path, "file is empty (0 bytes); not a bne index")
+    if len(page) < len(MAGIC) or page[: len(MAGIC)] != MAGIC:
+        raise _fail(path, f"wrong magic {bytes(page[:8])!r}: not a bne index file (expected {MAGIC!r})")
+    if len(page) < HEADER.size + 4:
+        raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
+    (_, major, minor, header_bytes, bits, code_bytes, bit_order, metric, id_bytes, endian, page_size, flags,
+     created, meta_len) = HEADER.unpack_from(page)
+    if major != MAJOR:
+        raise _fail(path, f"unknown major version {major}.{minor} (this bne reads {MAJOR}.x; upgrade bne)")
+    if len(page) < PAGE:
+        raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
+    stored = struct.unpack_from("<I", page, HEADER_CRC_AT)[0]
+    if stored != crc32(page[:HEADER_CRC_AT]):
+        raise _fail(path, "header checksum mismatch: the header is corrupt")
+    if endian != ENDIAN_LITTLE:
+        raise _fail(path, f"unsupported byte order marker {endian} (files are little-endian)")
+    if header_bytes != PAGE or page_size != PAGE:
+        raise _fail(path, f"header size {header_bytes} / page size {page_size} disagree with version {major}.{minor}")
+    if bits == 0 or bits % 64:
+        raise _fail(path, f"bits must be a positive multiple of 64, header says {bits}")
+    if code_bytes != bits // 8:
+        raise _fail(path, f"bits ({bits}) and bytes per code ({code_bytes}) disagree")
+    if bit_order not in BIT_ORDER_NAMES or metric != METRIC_HAMMING or id_bytes != 8:
+        raise _fail(path, f"unsupported bit order {bit_order} / metric {metric} / id width {id_bytes}")
+    if flags & ~(FLAG_IDS | FLAG_TOMBSTONES) and minor <= MINOR:
+        raise _fail(path, f"unknown section flags {flags:#x}")
+    if meta_len > MAX_METADATA:
+        raise _fail(path, f"metadata length {meta_len} exceeds the header page")
+    try:
+        metadata = json.loads(bytes(page[HEADER.size : HEADER.size + meta_len]) or b"{}")
+    except ValueError as e:
+        raise _fail(path, f"metadata is not valid JSON ({e})") from None
+    if not isinstance(metadata, dict):
+        raise _fail(path, "metadata is not a JSON object")
+    return Header(bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor)
+
+
+def _parse_slot(buf: bytes) -> tuple[int, bytes] | None:
+    """(seq, record) for a slot whose record checksum holds, else None."""
+    rec = buf[: COMMIT.size + 4]
+    if len(rec) < COMMIT.size + 4 or rec[:8] != COMMIT_MAGIC:
+        return None
+    if struct.unpack_from("<I", rec, COMMIT_CRC_AT)[0] != crc32(rec[:COMMIT_CRC_AT]):
+        return None
+    return COMMIT.unpack_from(rec)[1], rec
+
+
+def read_state(path, fd: int, file_size: int) -> tuple[Header, Commit, list[int]]:
+    """Header, the newest valid commit, and the slots that hold a damaged record."""
+    header = parse_header(path, os.pread(fd, PAGE, 0), file_size)
+    if file_size < DATA_START:
+        raise _fail(path, f"file truncated: {file_size} bytes, the header and commit slots take {DATA_START}")
+    valid, damaged = [], []
+    for slot, off in enumerate(SLOT_OFFSETS):
+        buf = os.pread(fd, COMMIT.size + 4, off)
+        parsed = _parse_slot(buf)
+        if parsed:
+            valid.append((parsed[0], slot, parsed[1]))
+        elif any(buf):
+            damaged.append(slot)
+    if not valid:
+        raise _fail(path, "no valid commit record (both commit slots are damaged)")
+    seq, slot, rec = max(valid)
+    commit = _parse_commit(path, fd, header, rec, slot, file_size)
+    return header, commit, damaged
+
+
+def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_size: int) -> Commit:
+    (_, seq, count, ntomb, nseg, table_offset, table_bytes, end_offset, max_id, table_crc) = COMMIT.unpack_from(rec)
+    if end_offset > file_size:
+        raise _fail(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
+    if not DATA_START <= table_offset <= end_offset or table_offset + table_bytes != end_offset:
+        raise _fail(path, f"commit table at {table_offset}+{table_bytes} lies outside the committed data (end {end_offset})")
+    if nseg * SEGMENT.size + ntomb * 8 != table_bytes:
+        raise _fail(path, f"commit table size {table_bytes} disagrees with {nseg} segments and {ntomb} tombstones")
+    if ntomb > count:
+        raise _fail(path, f"{ntomb} tombstones for {count} codes")
+    table = os.pread(fd, table_bytes, table_offset)
+    if len(table) != table_bytes or crc32(table) != table_crc:
+        raise _fail(path, "commit table checksum mismatch: the segment table is corrupt")
+    cb = header.code_bytes
+    segments, total, prev_end = [], 0, DATA_START
+    for i in range(nseg):
+        s = Segment(*SEGMENT.unpack_from(table, i * SEGMENT.size))
+        codes_end = s.codes_offset + s.count * cb
+        if s.codes_offset % PAGE or s.codes_offset < prev_end or s.ids_offset != codes_end:
+            raise _fail(path, f"segment {i}: codes at {s.codes_offset} are misaligned or overlap earlier data")
+        if s.ids_offset + 8 * s.count > table_offset:
+            raise _fail(path, f"segment {i}: {s.count} codes at {s.codes_offset} run past the commit table at {table_offset}")
+        segments.append(s)
+        total += s.count
+        prev_end = s.ids_offset + 8 * s.count
+    if total != count:
+        raise _fail(path, f"segments hold {total} codes but the commit record says {count}")
+    tomb = np.frombuffer(table, dtype="<i8", count=ntomb, offset=nseg * SEGMENT.size).astype(np.int64)
+    if ntomb and (tomb[0] < 0 or tomb[-1] >= count or (ntomb > 1 and (np.diff(tomb) <= 0).any())):
+        raise _fail(path, "tombstones are not sorted positions inside the index")
+    if max_id < -1:
+        raise _fail(path, f"invalid max id {max_id}")
+    return Commit(seq, count, segments, tomb, table_offset, table_bytes, end_offset, max_id, slot)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing. All writes go through `io` (the os module by default) so tests can inject faults.
+
+
+class _OsIO:
+    open = staticmethod(os.open)
+    pwrite = staticmethod(os.pwrite)
+    fsync = staticmethod(os.fsync)
+    replace = staticmethod(os.replace)
+    ftruncate = staticmethod(os.ftruncate)
+    close = staticmethod(os.close)
+
+
+io = _OsIO()
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        n = io.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        view, offset = view[n:], offset + n
+
+
+def fsync_dir(path) -> None:
+    dfd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        io.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_commit(fd: int, prev: Commit | None, new_parts: list[tuple[np.ndarray, np.ndarray]],
+                 tombstones: np.ndarray, max_id: int) -> Commit:
+    """Appends segments for `new_parts` ((codes, ids) pairs) and a commit; returns the new commit.
+
+    Order: data and table past the committed end, fsync, then the commit record into the slot
+    the current commit does not use, fsync. A failed fsync raises and is never retried.
+    """
+    cursor = prev.end_offset if prev else DATA_START
+    segments = list(prev.segments) if prev else []
+    count = prev.count if prev else 0
+    for codes, ids in new_parts:
+        if not len(codes):
+            continue
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        ids = np.ascontiguousarray(ids, dtype="<i8")
+        offset = _align(cursor, PAGE)  # page-aligned codes: kernels read them in place
+        _pwrite_all(fd, codes, offset)
+        _pwrite_all(fd, ids, offset + codes.nbytes)
+        segments.append(Segment(offset, len(codes), offset + codes.nbytes, crc32(codes), crc32(ids)))
+        count += len(codes)
+        cursor = offset + codes.nbytes + ids.nbytes
+    table_offset = _align(cursor, 8)
+    table = encode_table(segments, tombstones)
+    _pwrite_all(fd, table, table_offset)
+    io.fsync(fd)
+    seq = (prev.seq if prev else 0) + 1
+    slot = 1 - prev.slot if prev else 0
+    commit = Commit(seq, count, segments, np.asarray(tombstones, np.int64), table_offset, len(table),
+                    table_offset + len(table), max_id, slot)
+    _pwrite_all(fd, commit.encode(crc32(table)), SLOT_OFFSETS[slot])
+    io.fsync(fd)
+    return commit
+
+
+def create(fd: int, header: Header, parts: list[tuple[np.ndarray, np.ndarray]] = (), max_id: int = -1) -> Commit:
+    """Writes the header, empty commit slots and a first commit holding `parts` into an empty file."""
+    _pwrite_all(fd, header.encode(), 0)
+    _pwrite_all(fd, bytes(2 * PAGE), PAGE)
+    return write_commit(fd, None, list(parts), np.empty(0, np.int64), max_id)
+
+
+def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int) -> None:
+    """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
+    fsyncs the folder: `path` always holds either its old complete content or the new one."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
+    try:
+        try:
+            create(fd, header, parts, max_id)
+        finally:
+            io.close(fd)
+        io.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path)
+
+
+def new_header(bits: int, bit_order: str = "big", metadata: dict | None = None) -> Header:
+    return Header(bits=bits, bit_order=bit_order, metadata=dict(metadata or {}), created=int(time.time()))
+
+
+def map_file(fd: int, length: int) -> mmap.mmap:
+    """A read-only shared mapping of the first `length` bytes (never written through)."""
+    return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+
+
+def segment_arrays(mm: mmap.mmap, header: Header, seg: Segment) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-copy, read-only views of a segment's codes and ids inside the mapping."""
+    codes = np.frombuffer(mm, dtype=np.uint8, count=seg.count * header.code_bytes, offset=seg.codes_offset)
+    ids = np.frombuffer(mm, dtype="<i8", count=seg.count, offset=seg.ids_offset)
+    return codes.reshape(seg.count, header.code_bytes), ids
+
+
+def verify_segments(path, mm: mmap.mmap, header: Header, commit: Commit) -> None:
+    """Recomputes every section checksum; IndexFormatError naming the first damaged section."""
+    for i, seg in enumerate(commit.segments):
+        codes, ids = segment_arrays(mm, header, seg)
+        if crc32(codes) != seg.codes_crc:
+            raise _fail(path, f"segment {i}: codes checksum mismatch ({seg.count} codes at byte {seg.codes_offset})")
+        if crc32(ids) != seg.ids_crc:
+            raise _fail(path, f"segment {i}: ids checksum mismatch")
+
+
+def describe(header: Header, commit: Commit) -> dict[str, Any]:
+    return {
+        "format_version": f"{MAJOR}.{header.minor}",
+        "bits": header.bits,
+        "bit_order": header.bit_order,
+        "codes": commit.count,
+        "tombstones": len(commit.tombstones),
+        "live": commit.count - len(commit.tombstones),
+        "segments": len(commit.segments),
+        "commit": commit.seq,
+        "metadata": header.metadata,
+    }
