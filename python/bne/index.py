@@ -372,7 +372,7 @@ class MappedIndex(_SearchMixin):
         try:
             if mode == "a":
                 self._lock(self._fd)
-            self._load()
+            self._load(warn=not verify)
             if expect_bits is not None and expect_bits != self.bits:
                 raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
             if mode == "a":
@@ -391,7 +391,7 @@ class MappedIndex(_SearchMixin):
         except BlockingIOError:
             raise IndexLockedError(f"{self.path}: another writer has this index open in append mode") from None
 
-    def _load(self) -> None:
+    def _load(self, warn: bool = True) -> None:
         size = os.fstat(self._fd).st_size
         self._header, self._commit, self._damaged = storage.read_state(self.path, self._fd, size)
         self._mm = storage.map_file(self._fd, self._commit.end_offset)
@@ -406,7 +406,7 @@ class MappedIndex(_SearchMixin):
         self._tomb = self._commit.tombstones
         self._max_id = self._commit.max_id
         self._changed()
-        if self._damaged and self.mode == "r":
+        if self._damaged and self.mode == "r" and warn:
             names = ", ".join("AB"[s] for s in self._damaged)
             warnings.warn(f"{self.path}: commit slot {names} is damaged (a crash during commit leaves this); "
                           f"opened commit {self._commit.seq}; opening in mode='a' repairs it", RuntimeWarning, 2)

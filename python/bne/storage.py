@@ -218,10 +218,10 @@ def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_siz
     for i in range(nseg):
         s = Segment(*SEGMENT.unpack_from(table, i * SEGMENT.size))
         codes_end = s.codes_offset + s.count * cb
+        if codes_end + 8 * s.count > table_offset:
+            raise _fail(path, f"segment {i}: {s.count} codes at {s.codes_offset} run past the commit table at {table_offset}")
         if s.codes_offset % PAGE or s.codes_offset < prev_end or s.ids_offset != codes_end:
             raise _fail(path, f"segment {i}: codes at {s.codes_offset} are misaligned or overlap earlier data")
-        if s.ids_offset + 8 * s.count > table_offset:
-            raise _fail(path, f"segment {i}: {s.count} codes at {s.codes_offset} run past the commit table at {table_offset}")
         segments.append(s)
         total += s.count
         prev_end = s.ids_offset + 8 * s.count
@@ -335,8 +335,19 @@ def new_header(bits: int, bit_order: str = "big", metadata: dict | None = None) 
 
 
 def map_file(fd: int, length: int) -> mmap.mmap:
-    """A read-only shared mapping of the first `length` bytes (never written through)."""
-    return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+    """A read-only shared mapping of the first `length` bytes (never written through).
+
+    Python's mmap keeps a duplicate of the descriptor it maps. It maps a fresh descriptor of the
+    same inode, so the mapping never holds the writer's flock (which lives on `fd`'s open file).
+    """
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    except OSError:
+        own = os.dup(fd)
+    try:
+        return mmap.mmap(own, length, access=mmap.ACCESS_READ)
+    finally:
+        os.close(own)
 
 
 def segment_arrays(mm: mmap.mmap, header: Header, seg: Segment) -> tuple[np.ndarray, np.ndarray]:
