@@ -149,6 +149,18 @@ class _SearchMixin:
         i = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
         return np.where(sorted_ids[i] == ids, pos[i], -1)
 
+    def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored codes of live ids (any shape of ids; -1 or absent ids give all-zero codes)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = self.positions_of(ids.ravel())
+        out = np.zeros((len(pos), self.code_bytes), np.uint8)
+        for p in self._parts():
+            sel = (pos >= p.base) & (pos < p.base + p.n)
+            if sel.any():
+                local = pos[sel] - p.base
+                out[sel] = p.codes[local] if p.flat is None else p.flat.codes()[local]
+        return out.reshape(*ids.shape, self.code_bytes)
+
     # -- filters ----------------------------------------------------------------------------
     def _allowed_positions(self, allow: object) -> np.ndarray | None:
         if allow is None:

@@ -377,5 +377,6 @@ def describe(header: Header, commit: Commit) -> dict[str, Any]:
         "live": commit.count - len(commit.tombstones),
         "segments": len(commit.segments),
         "commit": commit.seq,
+        "max_id": commit.max_id,
         "metadata": header.metadata,
     }
