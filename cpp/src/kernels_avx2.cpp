@@ -8,6 +8,8 @@
 namespace bne::kernels::avx2 {
 namespace {
 
+inline __m256i load(const uint8_t* p) noexcept { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
 // Per-byte popcount of a 256-bit vector.
 inline __m256i popcnt_bytes(__m256i x) noexcept {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -25,97 +27,92 @@ inline __m256i reduce4(const __m256i* v) noexcept {
     return _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20), _mm256_permute2x128_si256(t01, t23, 0x31));
 }
 
-// Per-qword popcounts of (query XOR code); byte counters are flushed through vpsadbw every
-// 8 chunks so they never exceed 64 (no overflow at any width). The tail uses vpmaskmovq, which
-// never reads masked-out bytes.
-struct Acc {
-    const uint8_t* q;
-    size_t chunks;
-    __m256i tail_mask;
-    bool has_tail;
-    Acc(const uint8_t* q_, size_t words) noexcept : q(q_), chunks(words / 4), has_tail(words % 4 != 0) {
+// Q queries against `count` (<= 4) codes; each loaded code chunk serves every query. Byte
+// counters (<= 8 per chunk) are flushed through vpsadbw every 8 chunks, so they never overflow.
+// C > 0: exactly C 32-byte chunks (unrolled); C == 0: any width, with a vpmaskmovq tail that
+// never reads past the code.
+template <size_t Q, size_t C>
+inline void group(const uint8_t* q, size_t words, const uint8_t* c, size_t count, __m128i* res) noexcept {
+    const size_t stride = words * 8;
+    const size_t chunks = C ? C : words / 4;
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i total[Q][4], bytes[Q][4];
+    for (size_t a = 0; a < Q; ++a)
+        for (size_t j = 0; j < 4; ++j) total[a][j] = bytes[a][j] = zero;
+    auto flush = [&] {
+        for (size_t a = 0; a < Q; ++a)
+            for (size_t j = 0; j < 4; ++j) {
+                total[a][j] = _mm256_add_epi64(total[a][j], _mm256_sad_epu8(bytes[a][j], zero));
+                bytes[a][j] = zero;
+            }
+    };
+    for (size_t w = 0; w < chunks; ++w) {
+        __m256i qa[Q];
+        for (size_t a = 0; a < Q; ++a) qa[a] = load(q + a * stride + 32 * w);
+        for (size_t j = 0; j < 4; ++j) {
+            if (j >= count) break;
+            const __m256i cw = load(c + j * stride + 32 * w);
+            for (size_t a = 0; a < Q; ++a)
+                bytes[a][j] = _mm256_add_epi8(bytes[a][j], popcnt_bytes(_mm256_xor_si256(qa[a], cw)));
+        }
+        if (w % 8 == 7) flush();
+    }
+    if (C == 0 && words % 4) {
         const size_t t = words % 4;
-        tail_mask = _mm256_setr_epi64x(t > 0 ? -1 : 0, t > 1 ? -1 : 0, t > 2 ? -1 : 0, 0);
-    }
-    static __m256i load(const uint8_t* p) noexcept { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    __m256i operator()(const uint8_t* c) const noexcept {
-        const __m256i zero = _mm256_setzero_si256();
-        __m256i total = zero;
-        size_t j = 0;
-        while (j < chunks) {
-            __m256i bytes = zero;
-            size_t end = j + 8 < chunks ? j + 8 : chunks;
-            for (; j < end; ++j) bytes = _mm256_add_epi8(bytes, popcnt_bytes(_mm256_xor_si256(load(q + 32 * j), load(c + 32 * j))));
-            total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, zero));
+        const __m256i m = _mm256_setr_epi64x(-1, t > 1 ? -1 : 0, t > 2 ? -1 : 0, 0);
+        const size_t off = 32 * chunks;
+        for (size_t j = 0; j < count; ++j) {
+            const __m256i cw = _mm256_maskload_epi64(reinterpret_cast<const long long*>(c + j * stride + off), m);
+            for (size_t a = 0; a < Q; ++a) {
+                const __m256i qw = _mm256_maskload_epi64(reinterpret_cast<const long long*>(q + a * stride + off), m);
+                bytes[a][j] = _mm256_add_epi8(bytes[a][j], popcnt_bytes(_mm256_xor_si256(qw, cw)));
+            }
         }
-        if (has_tail) {
-            auto lq = reinterpret_cast<const long long*>(q + 32 * j);
-            auto lc = reinterpret_cast<const long long*>(c + 32 * j);
-            __m256i x = _mm256_xor_si256(_mm256_maskload_epi64(lq, tail_mask), _mm256_maskload_epi64(lc, tail_mask));
-            total = _mm256_add_epi64(total, _mm256_sad_epu8(popcnt_bytes(x), zero));
-        }
-        return total;
     }
-};
-
-// 1024 bits: 4 chunks held in registers, one vpsadbw per code.
-struct Acc1024 {
-    __m256i qv[4];
-    explicit Acc1024(const uint8_t* q) noexcept {
-        for (int j = 0; j < 4; ++j) qv[j] = Acc::load(q + 32 * j);
+    flush();
+    for (size_t a = 0; a < Q; ++a) {
+        __m256i r = _mm256_permutevar8x32_epi32(reduce4(total[a]), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        res[a] = _mm256_castsi256_si128(r);
     }
-    __m256i operator()(const uint8_t* c) const noexcept {
-        __m256i b = popcnt_bytes(_mm256_xor_si256(qv[0], Acc::load(c)));
-        b = _mm256_add_epi8(b, popcnt_bytes(_mm256_xor_si256(qv[1], Acc::load(c + 32))));
-        b = _mm256_add_epi8(b, popcnt_bytes(_mm256_xor_si256(qv[2], Acc::load(c + 64))));
-        b = _mm256_add_epi8(b, popcnt_bytes(_mm256_xor_si256(qv[3], Acc::load(c + 96))));
-        return _mm256_sad_epu8(b, _mm256_setzero_si256());
-    }
-};
-
-// 2048 bits: 8 chunks from L1, byte counts (<= 64) flushed once per code.
-struct Acc2048 {
-    const uint8_t* q;
-    explicit Acc2048(const uint8_t* q_) noexcept : q(q_) {}
-    __m256i operator()(const uint8_t* c) const noexcept {
-        __m256i b = popcnt_bytes(_mm256_xor_si256(Acc::load(q), Acc::load(c)));
-        for (int j = 1; j < 8; ++j) b = _mm256_add_epi8(b, popcnt_bytes(_mm256_xor_si256(Acc::load(q + 32 * j), Acc::load(c + 32 * j))));
-        return _mm256_sad_epu8(b, _mm256_setzero_si256());
-    }
-};
-
-// Distances of codes [0, count) of a group of at most 4, as 4 uint32 (missing codes give 0).
-template <class A>
-inline __m128i group4(const A& acc, const uint8_t* codes, size_t stride, size_t count) noexcept {
-    __m256i v[4];
-    for (size_t j = 0; j < 4; ++j) v[j] = j < count ? acc(codes + j * stride) : _mm256_setzero_si256();
-    __m256i r = reduce4(v);  // 4 qwords, each < 2^32
-    r = _mm256_permutevar8x32_epi32(r, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
-    return _mm256_castsi256_si128(r);
 }
 
-template <class A>
-void many(const A& acc, const uint8_t* codes, size_t n, size_t stride, uint32_t* out) noexcept {
+template <size_t Q, size_t C>
+void rows(const uint8_t* q, const uint8_t* codes, size_t n, size_t words, uint32_t* out) noexcept {
+    const size_t stride = words * 8;
+    __m128i res[Q];
     size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), group4(acc, codes + i * stride, stride, 4));
+    for (; i + 4 <= n; i += 4) {
+        group<Q, C>(q, words, codes + i * stride, 4, res);
+        for (size_t a = 0; a < Q; ++a) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + a * n + i), res[a]);
+    }
     if (i < n) {
-        alignas(16) uint32_t tmp[4];
-        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), group4(acc, codes + i * stride, stride, n - i));
-        for (size_t j = 0; i + j < n; ++j) out[i + j] = tmp[j];
+        group<Q, C>(q, words, codes + i * stride, n - i, res);
+        for (size_t a = 0; a < Q; ++a) {
+            alignas(16) uint32_t tmp[4];
+            _mm_store_si128(reinterpret_cast<__m128i*>(tmp), res[a]);
+            for (size_t j = 0; i + j < n; ++j) out[a * n + i + j] = tmp[j];
+        }
     }
 }
 
-template <class A>
-void each_query(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, uint32_t* out) noexcept {
-    for (size_t a = 0; a < nq; ++a) many(A(queries + a * words * 8), codes, n, words * 8, out + a * n);
+// Two queries per pass: AVX2 has 16 ymm registers, and 2 x 4 byte counters plus the lookup
+// constants fit without spills.
+template <size_t C>
+void block_fixed(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                 uint32_t* out) noexcept {
+    const size_t stride = words * 8;
+    size_t a = 0;
+    for (; a + 2 <= nq; a += 2) rows<2, C>(queries + a * stride, codes, n, words, out + a * n);
+    if (a < nq) rows<1, C>(queries + a * stride, codes, n, words, out + a * n);
 }
 
 void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
                    uint32_t* out) noexcept {
-    if (words == 16) return each_query<Acc1024>(queries, nq, codes, n, words, out);
-    if (words == 32) return each_query<Acc2048>(queries, nq, codes, n, words, out);
-    for (size_t a = 0; a < nq; ++a) many(Acc(queries + a * words * 8, words), codes, n, words * 8, out + a * n);
+    switch (words) {
+        case 16: return block_fixed<4>(queries, nq, codes, n, words, out);  // 1024 bits
+        case 32: return block_fixed<8>(queries, nq, codes, n, words, out);  // 2048 bits
+        default: return block_fixed<0>(queries, nq, codes, n, words, out);
+    }
 }
 
 size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {

@@ -33,14 +33,23 @@ inline void group(const uint8_t* q, size_t words, const uint8_t* c, size_t count
     __m256i acc[Q][4];
     for (size_t a = 0; a < Q; ++a)
         for (size_t j = 0; j < 4; ++j) acc[a][j] = _mm256_setzero_si256();
-    for (size_t w = 0; w < chunks; ++w) {
-        __m256i qa[Q];
-        for (size_t a = 0; a < Q; ++a) qa[a] = load(q + a * stride + 32 * w);
+    if (Q == 1) {  // one query: walk each code front to back, the order the prefetcher expects
         for (size_t j = 0; j < 4; ++j) {
             if (j >= count) break;
-            const __m256i cw = load(c + j * stride + 32 * w);
-            for (size_t a = 0; a < Q; ++a)
-                acc[a][j] = _mm256_add_epi64(acc[a][j], _mm256_popcnt_epi64(_mm256_xor_si256(qa[a], cw)));
+            for (size_t w = 0; w < chunks; ++w)
+                acc[0][j] = _mm256_add_epi64(acc[0][j], _mm256_popcnt_epi64(_mm256_xor_si256(
+                                                            load(q + 32 * w), load(c + j * stride + 32 * w))));
+        }
+    } else {
+        for (size_t w = 0; w < chunks; ++w) {
+            __m256i qa[Q];
+            for (size_t a = 0; a < Q; ++a) qa[a] = load(q + a * stride + 32 * w);
+            for (size_t j = 0; j < 4; ++j) {
+                if (j >= count) break;
+                const __m256i cw = load(c + j * stride + 32 * w);
+                for (size_t a = 0; a < Q; ++a)
+                    acc[a][j] = _mm256_add_epi64(acc[a][j], _mm256_popcnt_epi64(_mm256_xor_si256(qa[a], cw)));
+            }
         }
     }
     if (C == 0 && words % 4) {
