@@ -13,6 +13,15 @@ from .codes import pack, unpack
 from .index import PAD_DISTANCE, Index, IndexLockedError, MappedIndex, hamming, knn, open, split_ranges
 
 
+def __getattr__(name: str):
+    # The encoder pulls in torch + transformers: import it only when it is asked for.
+    if name in ("Encoder", "BinaryEmbedder"):
+        from . import encoder
+
+        return getattr(encoder, name)
+    raise AttributeError(f"module 'bne' has no attribute {name!r}")
+
+
 def set_isa(isa: str) -> None:
     """Forces the kernels every later search uses: 'serial', 'avx2' or 'avx512'.
     Raises ValueError when this CPU lacks the ISA (``available_isas()`` lists those it has)."""
@@ -20,6 +29,8 @@ def set_isa(isa: str) -> None:
 
 
 __all__ = [
+    "BinaryEmbedder",
+    "Encoder",
     "Index",
     "IndexFormatError",
     "IndexLockedError",
