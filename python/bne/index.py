@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -88,8 +89,11 @@ class _SearchMixin:
     code_bytes: int
 
     # Implemented by subclasses.
-    def _parts(self) -> list[_Part]: ...
-    def _tombstones(self) -> np.ndarray: ...
+    def _parts(self) -> list[_Part]:
+        raise NotImplementedError
+
+    def _tombstones(self) -> np.ndarray:
+        raise NotImplementedError
 
     # -- sizes ------------------------------------------------------------------------------
     def _npositions(self) -> int:
@@ -137,8 +141,8 @@ class _SearchMixin:
         return cache
 
     def _changed(self) -> None:
-        self._lookup_cache = None
-        self._bits_cache = {}
+        self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._bits_cache: dict[tuple[int, int], np.ndarray | None] = {}
 
     def positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Positions of the given live ids (-1 where an id is absent or removed)."""
@@ -414,7 +418,7 @@ class MappedIndex(_SearchMixin):
             self._segments.append(_Part(base, seg.count, ids, codes=codes))
             base += seg.count
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_flat = None
+        self._pending_flat: _core.FlatIndex | None = None
         self._tomb = self._commit.tombstones
         self._max_id = self._commit.max_id
         self._changed()
@@ -534,8 +538,6 @@ class MappedIndex(_SearchMixin):
             storage.save_atomic(path, header, [(codes, ids)], self._max_id)
             return
         directory = os.path.dirname(os.path.abspath(self.path))
-        import tempfile
-
         fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
         try:
             self._lock(fd)  # the new inode is locked before it becomes visible
@@ -622,5 +624,3 @@ def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]
 
-
-Opener = Callable[..., MappedIndex]

@@ -26,7 +26,7 @@ import struct
 import tempfile
 import time
 import zlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -302,7 +302,7 @@ def write_commit(fd: int, prev: Commit | None, new_parts: list[tuple[np.ndarray,
     return commit
 
 
-def create(fd: int, header: Header, parts: list[tuple[np.ndarray, np.ndarray]] = (), max_id: int = -1) -> Commit:
+def create(fd: int, header: Header, parts: Sequence[tuple[np.ndarray, np.ndarray]] = (), max_id: int = -1) -> Commit:
     """Writes the header, empty commit slots and a first commit holding `parts` into an empty file."""
     _pwrite_all(fd, header.encode(), 0)
     _pwrite_all(fd, bytes(2 * PAGE), PAGE)
