@@ -17,6 +17,10 @@ namespace py = pybind11;
 
 namespace {
 
+// dtype equality by value: a dtype that arrived by pickling (Ray, multiprocessing) is an equal
+// but distinct object, so identity (`is`) is the wrong test.
+bool is_uint8(const py::array& a) { return a.dtype().kind() == 'u' && a.dtype().itemsize() == 1; }
+
 std::string shape_str(const py::array& a) {
     std::string s = "(";
     for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
@@ -25,7 +29,7 @@ std::string shape_str(const py::array& a) {
 
 // A C-contiguous 2-D uint8 array with `width` bytes per row (width 0: any), or TypeError/ValueError.
 bne::CodeView as_codes(const py::array& a, const char* name, size_t width) {
-    if (!a.dtype().is(py::dtype::of<uint8_t>()))
+    if (!is_uint8(a))
         throw py::type_error(std::string(name) + " must have dtype uint8 (packed bits), got " +
                              std::string(py::str(a.dtype())));
     if (a.ndim() != 2)
@@ -67,7 +71,7 @@ std::vector<uint64_t> read_filter(const std::optional<py::array>& allow, size_t 
     if (!allow) return words;
     const py::array& a = *allow;
     const size_t need = (n + 63) / 64 * 8;
-    if (!a.dtype().is(py::dtype::of<uint8_t>()) || a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != need)
+    if (!is_uint8(a) || a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != need)
         throw py::value_error("allow must be a uint8 bitmap of " + std::to_string(need) +
                               " bytes (numpy.packbits(mask, bitorder='little'), padded to 64-bit words), got dtype " +
                               std::string(py::str(a.dtype())) + " and shape " + shape_str(a));

@@ -181,3 +181,13 @@ def test_set_num_threads_roundtrip():
     finally:
         bne.set_num_threads(0)
     assert bne.get_num_threads() == before
+
+
+def test_arrays_that_travelled_through_pickle(rng):
+    """Ray and multiprocessing hand over unpickled arrays: equal dtypes, distinct objects."""
+    import pickle
+
+    db = pickle.loads(pickle.dumps(random_codes(rng, 50, 1024)))
+    q = pickle.loads(pickle.dumps(db[:3].copy()))
+    D, I = make_index(db).search(q, 1)
+    np.testing.assert_array_equal(I[:, 0], [0, 1, 2])

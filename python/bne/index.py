@@ -60,6 +60,24 @@ def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
     return bits
 
 
+def merge_topk(results: list[tuple[np.ndarray, ...]], k: int, nq: int) -> tuple[np.ndarray, ...]:
+    """Merges per-part top-k lists ``(D, positions, *payload)`` into one under the tie rule: by
+    distance, then by position, padding (-1) last. Payload arrays (ids) follow their hits."""
+    if not results:
+        return np.full((nq, k), PAD_DISTANCE, np.int32), np.full((nq, k), -1, np.int64)
+    if len(results) == 1:
+        return results[0]
+    cols = [np.concatenate([r[j] for r in results], axis=1) for j in range(len(results[0]))]
+    D, P = cols[0], cols[1]
+    key = np.where(P >= 0, P, np.iinfo(np.int64).max)
+    order = np.lexsort((key, D), axis=1)[:, :k]
+    out = [np.take_along_axis(c, order, 1) for c in cols]
+    if out[0].shape[1] < k:  # fewer hits than k in total: pad
+        pad = ((0, 0), (0, k - out[0].shape[1]))
+        out = [np.pad(c, pad, constant_values=PAD_DISTANCE if j == 0 else -1) for j, c in enumerate(out)]
+    return tuple(out)
+
+
 class _Part:
     """A contiguous run of positions [base, base + n) backed by a code array or a FlatIndex."""
 
@@ -208,6 +226,14 @@ class _SearchMixin:
         bool mask over stored codes, in insertion order). ``threads``: None or 0 uses
         :func:`bne.get_num_threads`. Ctrl-C interrupts a long search.
         """
+        D, P = self.search_positions(queries, k, threads=threads, allow=allow)
+        return D, self._ids_of(P)
+
+    def search_positions(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search`, but returns stored positions (insertion order, -1 = padding)
+        instead of ids: what a sharded search merges under the tie rule."""
         q = check_codes(queries, "queries", self.code_bytes)
         k = check_k(k)
         threads = check_threads(threads)
@@ -221,17 +247,8 @@ class _SearchMixin:
                 continue
             D, P = part.knn(q, k, threads, bits)
             results.append((D, np.where(P >= 0, P + part.base, -1)))
-        if not results:
-            return np.full((len(q), k), PAD_DISTANCE, np.int32), np.full((len(q), k), -1, np.int64)
-        if len(results) == 1:
-            D, P = results[0]
-        else:
-            D = np.concatenate([r[0] for r in results], axis=1)
-            P = np.concatenate([r[1] for r in results], axis=1)
-            key = np.where(P >= 0, P, np.iinfo(np.int64).max)  # padding sorts last
-            order = np.lexsort((key, D), axis=1)[:, :k]
-            D, P = np.take_along_axis(D, order, 1), np.take_along_axis(P, order, 1)
-        return D, self._ids_of(P)
+        D, P = merge_topk(results, k, len(q))
+        return D, P
 
     def range_search(
         self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: object = None

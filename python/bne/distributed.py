@@ -1,0 +1,322 @@
+"""Scale-out on Ray: sharded search and distributed index builds.
+
+* :func:`shard_index` splits one index file (or several, in order) into N shard files of
+  contiguous positions, so shard i covers global positions ``[base_i, base_i + n_i)``.
+* :class:`ShardedIndex` starts one Ray actor per shard file; each maps its file once. ``search``
+  scatters the queries to every shard and merges the per-shard top-k under the single-node tie
+  rule (distance, then global position), so results equal a search over the union of the shards.
+  Dead actors are restarted and the call retried; a shard that stays down raises
+  :class:`ShardUnavailableError` naming it, unless the caller asks for partial results.
+* :func:`build_sharded` (``bne build --ray``) encodes a corpus with Ray Data ``map_batches``, one
+  shard per task, and skips shards already written, so a failed build resumes where it stopped.
+
+Needs ``pip install 'bne[ray]'`` and a running Ray (``ray.init()`` or ``ray.init(address=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import index as bindex
+from . import storage
+from .codes import check_codes, check_k
+
+MANIFEST = "manifest.json"
+
+
+class ShardUnavailableError(RuntimeError):
+    """A shard could not answer after its retries (the message names it)."""
+
+
+# -- splitting ------------------------------------------------------------------------------------
+
+
+def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
+    """(codes, ids) of every live code of the source files, in position order, in chunks."""
+    for path in paths:
+        src = bindex.open(path)
+        tomb = src._tombstones()
+        base = 0
+        for codes, ids in src.segments():
+            keep = np.ones(len(codes), bool)
+            lo, hi = np.searchsorted(tomb, [base, base + len(codes)])
+            keep[tomb[lo:hi] - base] = False
+            for s in range(0, len(codes), chunk):
+                k = keep[s : s + chunk]
+                yield np.asarray(codes[s : s + chunk])[k], np.asarray(ids[s : s + chunk])[k]
+            base += len(codes)
+        src.close()
+
+
+def shard_index(sources: str | Sequence[str], n_shards: int, out_dir: str | os.PathLike, *, prefix: str = "shard") -> list[str]:
+    """Splits the live codes of ``sources`` (in order) into ``n_shards`` files of near-equal
+    size in ``out_dir`` and writes a manifest; returns the shard paths."""
+    paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    heads = [bindex.open(p) for p in paths]
+    bits = {h.bits for h in heads}
+    if len(bits) != 1:
+        raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
+    total = sum(len(h) for h in heads)
+    meta = dict(heads[0].metadata)
+    for h in heads:
+        h.close()
+    bits_v = bits.pop()
+    os.makedirs(out_dir, exist_ok=True)
+    bounds = [total * i // n_shards for i in range(n_shards + 1)]
+    out: list[str] = []
+    buf_c: list[np.ndarray] = []
+    buf_i: list[np.ndarray] = []
+    filled = 0
+
+    def flush(i: int) -> None:
+        codes = np.concatenate(buf_c) if buf_c else np.zeros((0, bits_v // 8), np.uint8)
+        ids = np.concatenate(buf_i) if buf_i else np.zeros(0, np.int64)
+        path = os.path.join(os.fspath(out_dir), f"{prefix}-{i:05d}.bne")
+        header = storage.new_header(bits_v, metadata={**meta, "shard": i, "shards": n_shards, "base": bounds[i]})
+        storage.save_atomic(path, header, [(codes, ids)], int(ids.max()) if len(ids) else -1)
+        out.append(path)
+
+    shard = 0
+    for codes, ids in _live_chunks(paths):
+        while len(codes):
+            room = bounds[shard + 1] - filled
+            take = min(room, len(codes))
+            buf_c.append(codes[:take])
+            buf_i.append(ids[:take])
+            codes, ids, filled = codes[take:], ids[take:], filled + take
+            if filled == bounds[shard + 1]:
+                flush(shard)
+                buf_c, buf_i, shard = [], [], shard + 1
+    while shard < n_shards:  # empty trailing shards when total < n_shards
+        flush(shard)
+        buf_c, buf_i, shard = [], [], shard + 1
+    write_manifest(out_dir, out, bits_v, meta)
+    return out
+
+
+def write_manifest(out_dir, shard_paths: Sequence[str], bits: int, metadata: dict) -> str:
+    path = os.path.join(os.fspath(out_dir), MANIFEST)
+    rel = [os.path.relpath(p, os.fspath(out_dir)) for p in shard_paths]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"bits": bits, "shards": rel, "metadata": metadata}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[list[str], dict]:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, MANIFEST)
+    with open(path) as f:
+        m = json.load(f)
+    folder = os.path.dirname(os.path.abspath(path))
+    return [os.path.join(folder, p) for p in m["shards"]], m
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+
+def _server_class():
+    import ray
+
+    @ray.remote
+    class ShardServer:
+        """Maps one shard file once and answers searches with global positions."""
+
+        def __init__(self, path: str) -> None:
+            self.path = path
+            self.index = bindex.open(path)
+            self.node = ray.get_runtime_context().get_node_id()
+
+        def info(self) -> dict[str, Any]:
+            return {"count": self.index._npositions(), "bits": self.index.bits, "node": self.node,
+                    "pid": os.getpid(), "base": self.index.metadata.get("base")}
+
+        def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
+            if len(self.index) == 0:
+                nq = len(queries)
+                return (np.full((nq, k), bindex.PAD_DISTANCE, np.int32), np.full((nq, k), -1, np.int64),
+                        np.full((nq, k), -1, np.int64))
+            D, P = self.index.search_positions(queries, k, threads=threads)
+            ids = self.index._ids_of(P)
+            return D, np.where(P >= 0, P + base, -1), ids
+
+    return ShardServer
+
+
+class ShardedIndex:
+    """A search over shard files served by Ray actors; results equal one index over their union.
+
+    ``paths``: shard files in position order (or a manifest / output folder of
+    :func:`shard_index` / :func:`build_sharded`). ``resources``: one dict of Ray resources per
+    shard (e.g. ``{"node_a": 1}``) to pin a shard to the machine that holds its file.
+    ``max_retries``: restarts of a dead actor and retries of its call before the shard counts as
+    unavailable. ``timeout``: seconds to wait for one shard's answer.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str], *, resources: Sequence[dict] | None = None,
+                 max_retries: int = 2, timeout: float = 60.0, threads: int | None = None) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not running in this process: call ray.init() or ray.init(address=...) first")
+        if isinstance(paths, (str, os.PathLike)):
+            paths, _ = read_manifest(paths)
+        self.paths = [os.fspath(p) for p in paths]
+        if resources is not None and len(resources) != len(self.paths):
+            raise ValueError(f"resources needs one entry per shard ({len(self.paths)}), got {len(resources)}")
+        self.max_retries, self.timeout, self.threads = int(max_retries), float(timeout), threads
+        server = _server_class()
+        self._server = server
+        self._resources = list(resources) if resources is not None else [None] * len(self.paths)
+        self.actors = [self._start(i) for i in range(len(self.paths))]
+        infos = self._gather([a.info.remote() for a in self.actors], "info")
+        bits = {i["bits"] for i in infos}
+        if len(bits) != 1:
+            raise ValueError(f"shards hold codes of different widths: {sorted(bits)}")
+        self.bits = bits.pop()
+        self.code_bytes = self.bits // 8
+        self.counts = [i["count"] for i in infos]
+        self.bases = list(np.cumsum([0] + self.counts[:-1]).tolist())
+        self.nodes = [i["node"] for i in infos]
+
+    def _start(self, i: int):
+        opts: dict[str, Any] = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
+        if self._resources[i]:
+            opts["resources"] = dict(self._resources[i])
+        return self._server.options(**opts).remote(self.paths[i])
+
+    def _gather(self, futures, what: str, allow_partial: bool = False):
+        """Results per shard. An actor that is dead (after its restarts and retries) or silent
+        past the timeout makes its shard unavailable; an error raised *by* a shard (bad input)
+        is re-raised as it is."""
+        import ray
+
+        out, missing = [], []
+        for i, fut in enumerate(futures):
+            try:
+                out.append(ray.get(fut, timeout=self.timeout))
+                continue
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+                outage: Exception = e
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+            if not allow_partial:
+                first = str(outage).strip().splitlines()[0] if str(outage).strip() else ""
+                raise ShardUnavailableError(f"shard {i} ({self.paths[i]}) is unavailable for {what} after "
+                                            f"{self.max_retries} retries: {type(outage).__name__}: {first}")
+            out.append(None)
+            missing.append(i)
+        return (out, missing) if allow_partial else out
+
+    def __len__(self) -> int:
+        return int(sum(self.counts))
+
+    def search(self, queries: np.ndarray, k: int, *, allow_partial: bool = False):
+        """Top-k over every shard, merged under the tie rule.
+
+        Returns ``(D, I)``; with ``allow_partial=True`` returns ``(D, I, missing)``, where
+        ``missing`` lists the shards that did not answer (empty: the answer is complete).
+        """
+        q = check_codes(queries, "queries", self.code_bytes)
+        k = check_k(k)
+        futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases)]
+        if allow_partial:
+            parts, missing = self._gather(futures, "search", allow_partial=True)
+        else:
+            parts, missing = self._gather(futures, "search"), []
+        D, _, ids = bindex.merge_topk([p for p in parts if p is not None], k, len(q))
+        return (D, ids, missing) if allow_partial else (D, ids)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+# -- distributed build --------------------------------------------------------------------------
+
+
+def _shard_done(path: str, expected: int, model: str, bits: int) -> bool:
+    """A shard file present with the right model, bits and count: written completely before
+    (saves are atomic), so a resumed build skips it."""
+    if not os.path.exists(path):
+        return False
+    try:
+        idx = bindex.open(path)
+    except (ValueError, OSError):
+        return False
+    ok = idx.bits == bits and idx.metadata.get("model") == model and len(idx) == expected
+    idx.close()
+    return ok
+
+
+class _EncodeShard:
+    """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it."""
+
+    def __init__(self, texts_ref, out_dir: str, bits: int, model: str, batch_size: int, n_shards: int,
+                 threads: int | None) -> None:
+        import ray
+
+        from .cli import load_encoder
+
+        self.texts = ray.get(texts_ref) if isinstance(texts_ref, ray.ObjectRef) else texts_ref
+        self.out_dir, self.bits, self.model = out_dir, bits, model
+        self.batch_size, self.n_shards = batch_size, n_shards
+        self.encoder = load_encoder(model, bits, threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done = []
+        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
+            path = os.path.join(self.out_dir, f"shard-{int(shard):05d}.bne")
+            if _shard_done(path, int(stop - start), self.model, self.bits):
+                done.append(0)
+                continue
+            codes = self.encoder.encode(self.texts[int(start) : int(stop)], batch_size=self.batch_size,
+                                        show_progress=False)
+            ids = np.arange(int(start), int(stop), dtype=np.int64)
+            header = storage.new_header(self.bits, metadata={"model": self.model, "bits": self.bits, "shard": int(shard),
+                                                             "shards": self.n_shards, "base": int(start)})
+            storage.save_atomic(path, header, [(codes, ids)], int(stop) - 1)
+            done.append(int(stop - start))
+        return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done)}
+
+
+def build_sharded(texts: Sequence[str], out_dir: str | os.PathLike, *, n_shards: int, bits: int = 1024,
+                  model: str = "default", batch_size: int = 64, concurrency: int | None = None,
+                  threads: int | None = 1) -> dict[str, Any]:
+    """Encodes ``texts`` on the Ray cluster (Ray Data ``map_batches``, one shard per task) into
+    ``n_shards`` shard files plus a manifest in ``out_dir``; ids are the texts' positions.
+    Shards already written by an earlier (interrupted) run are kept, not re-encoded."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not running in this process: call ray.init() or ray.init(address=...) first")
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(out_dir, exist_ok=True)
+    n = len(texts)
+    bounds = [n * i // n_shards for i in range(n_shards + 1)]
+    rows = [{"shard": i, "start": bounds[i], "stop": bounds[i + 1]} for i in range(n_shards)]
+    texts_ref = ray.put(list(texts))
+    ds = ray.data.from_items(rows, override_num_blocks=n_shards)
+    ds = ds.map_batches(_EncodeShard, batch_size=1, concurrency=concurrency or min(n_shards, 2), num_cpus=1,
+                        fn_constructor_kwargs=dict(texts_ref=texts_ref, out_dir=out_dir, bits=bits, model=model,
+                                                   batch_size=batch_size, n_shards=n_shards, threads=threads))
+    result = ds.take_all()
+    encoded = {int(r["shard"]): int(r["encoded"]) for r in result}
+    paths = [os.path.join(out_dir, f"shard-{i:05d}.bne") for i in range(n_shards)]
+    write_manifest(out_dir, paths, bits, {"model": model, "bits": bits})
+    return {"shards": paths, "encoded": encoded, "skipped": [i for i, c in encoded.items() if c == 0 and bounds[i + 1] > bounds[i]]}

@@ -1,0 +1,163 @@
+"""Ray cases, run by tests/test_distributed.py inside a network namespace that has only a
+loopback interface, so every Ray process can bind to and talk over 127.0.0.1 and nothing else."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import bne  # noqa: E402
+from bne import distributed  # noqa: E402
+
+PORT = 6391
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def random_codes(rng, n, bits):
+    return rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
+
+
+def listening_addresses():
+    out = subprocess.run(["ss", "-Htlnu"], capture_output=True, text=True).stdout
+    return {line.split()[4].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+
+
+def assert_loopback_only():
+    addrs = listening_addresses()
+    assert addrs and addrs <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]", "*", "0.0.0.0", "[::]"}, addrs
+    # In this namespace "*" can only be reached through lo: there is no other interface.
+    ifaces = os.listdir("/sys/class/net")
+    assert ifaces == ["lo"], ifaces
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def union(tmp_path):
+    rng = np.random.default_rng(3)
+    codes = random_codes(rng, 5000, 256)
+    codes[::3] &= 0x0F  # plenty of ties across shard borders
+    ids = rng.choice(10**9, 5000, replace=False).astype(np.int64)
+    index = bne.Index(256)
+    index.add(codes, ids=ids)
+    path = tmp_path / "union.bne"
+    index.save(path)
+    return index, path
+
+
+def test_sharded_equals_single_node(local_ray, union, tmp_path):
+    index, path = union
+    shards = distributed.shard_index(path, 3, tmp_path / "shards")
+    assert [len(bne.open(p)) for p in shards] == [1666, 1667, 1667]
+    sharded = distributed.ShardedIndex(tmp_path / "shards")
+    q = random_codes(np.random.default_rng(4), 17, 256) & 0x0F
+    for k in (1, 10, 200, 6000):
+        D, I = sharded.search(q, k)
+        rD, rI = index.search(q, k)
+        np.testing.assert_array_equal(D, rD)
+        np.testing.assert_array_equal(I, rI)
+    assert_loopback_only()
+    sharded.close()
+
+
+def test_dead_actor_is_restarted_and_query_retried(local_ray, union, tmp_path):
+    index, path = union
+    distributed.shard_index(path, 2, tmp_path / "s")
+    sharded = distributed.ShardedIndex(tmp_path / "s", max_retries=2)
+    q = random_codes(np.random.default_rng(5), 4, 256)
+    pid = ray.get(sharded.actors[1].info.remote())["pid"]
+    ray.kill(sharded.actors[1], no_restart=False)  # the actor dies; Ray restarts it
+    D, I = sharded.search(q, 5)
+    np.testing.assert_array_equal(I, index.search(q, 5)[1])
+    assert ray.get(sharded.actors[1].info.remote())["pid"] != pid
+    sharded.close()
+
+
+def test_unavailable_shard_raises_or_is_marked_partial(local_ray, union, tmp_path):
+    index, path = union
+    shards = distributed.shard_index(path, 3, tmp_path / "p")
+    sharded = distributed.ShardedIndex(tmp_path / "p", max_retries=1, timeout=30)
+    os.rename(shards[1], shards[1] + ".gone")  # the restarted actor cannot map its file any more
+    ray.kill(sharded.actors[1], no_restart=False)
+    q = random_codes(np.random.default_rng(6), 3, 256)
+    with pytest.raises(distributed.ShardUnavailableError, match=r"shard 1 \(.*shard-00001.bne\) is unavailable"):
+        sharded.search(q, 10)
+    D, I, missing = sharded.search(q, 10, allow_partial=True)
+    assert missing == [1]
+    # Exactly the single-node answer over the shards that answered.
+    keep = np.r_[0:1666, 3333:5000]
+    sub = bne.Index(256)
+    sub.add(index.codes()[keep], ids=index.ids()[keep])
+    np.testing.assert_array_equal(I, sub.search(q, 10)[1])
+    sharded.close()
+
+
+def test_distributed_build_resumes(local_ray, tmp_path):
+    head = os.environ.get("BNE_TEST_HEAD")
+    if not head:
+        pytest.skip("BNE_TEST_HEAD (a head file) not given")
+    texts = [f"document number {i} about {'cats' if i % 2 else 'finance'}" for i in range(60)]
+    out = distributed.build_sharded(texts, tmp_path / "b", n_shards=3, model=head)
+    assert sorted(out["encoded"].values()) == [20, 20, 20]
+    os.remove(out["shards"][1])  # as if the task writing shard 1 had failed
+    again = distributed.build_sharded(texts, tmp_path / "b", n_shards=3, model=head)
+    assert again["encoded"] == {0: 0, 1: 20, 2: 0} and again["skipped"] == [0, 2]
+    sharded = distributed.ShardedIndex(tmp_path / "b")
+    assert len(sharded) == 60
+    from bne.cli import load_encoder
+
+    codes = load_encoder(head, 1024, 1).encode(texts)
+    D, I = sharded.search(codes[:5], 1)
+    np.testing.assert_array_equal(I[:, 0], np.arange(5))
+    sharded.close()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(PORT),
+                    "--include-dashboard", "false", "--resources", json.dumps({"node_a": 1}), *common],
+                   check=True, env=env, capture_output=True)
+    subprocess.run(["ray", "start", "--address", f"127.0.0.1:{PORT}", "--node-ip-address", "127.0.0.1",
+                    "--resources", json.dumps({"node_b": 1}), *common], check=True, env=env, capture_output=True)
+    try:
+        yield f"127.0.0.1:{PORT}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+
+
+def test_two_node_cluster(two_node_cluster, union, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=two_node_cluster, logging_level="ERROR", configure_logging=False)
+    try:
+        deadline = time.time() + 30
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        index, path = union
+        distributed.shard_index(path, 2, tmp_path / "c")
+        sharded = distributed.ShardedIndex(tmp_path / "c", resources=[{"node_a": 0.5}, {"node_b": 0.5}])
+        assert len(set(sharded.nodes)) == 2  # one shard per node, pinned by resources
+        q = random_codes(np.random.default_rng(7), 9, 256)
+        D, I = sharded.search(q, 20)
+        rD, rI = index.search(q, 20)
+        np.testing.assert_array_equal(D, rD)
+        np.testing.assert_array_equal(I, rI)
+        assert_loopback_only()
+        sharded.close()
+    finally:
+        ray.shutdown()
