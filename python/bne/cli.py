@@ -68,6 +68,8 @@ def cmd_build(args) -> int:
     docs = list(read_corpus(args.input))
     if not docs:
         raise UserError(f"empty corpus: no documents in {args.input}")
+    if args.ray:
+        return build_on_ray(args, docs)
     exists = os.path.exists(out)
     if exists and not args.append:
         raise UserError(f"{out} already exists: pass --append to add to it, or remove it first")
@@ -129,6 +131,63 @@ def cmd_build(args) -> int:
     return 0
 
 
+def start_ray(address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'bne[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level="ERROR",
+                 configure_logging=False, include_dashboard=False if not address else None)
+    return ray
+
+
+def build_on_ray(args, docs) -> int:
+    """One shard file per Ray Data task in the output folder, a manifest, and one docstore."""
+    from . import distributed
+    from .docstore import DocStore
+
+    out = args.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out} exists and is not a folder (--ray writes a folder of shards)")
+    manifest = os.path.join(out, distributed.MANIFEST)
+    if os.path.exists(manifest) and not args.append:
+        _, m = distributed.read_manifest(out)
+        if m.get("metadata", {}).get("model") != model_key(args.model) or m.get("bits") != args.bits:
+            raise UserError(f"{out} holds shards of another model or bit count; remove it first")
+    start_ray(args.ray_address)
+    os.makedirs(out, exist_ok=True)
+    store_key = os.path.join(out, "corpus")
+    store = DocStore(store_key, create=True)
+    if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
+        store.delete_above(-1)
+        store.insert(range(len(docs)), docs)
+        store.commit()
+    store.close()
+    result = distributed.build_sharded([doc_text(d) for d in docs], out, n_shards=args.shards, bits=args.bits,
+                                       model=model_key(args.model), batch_size=args.batch_size, threads=args.threads)
+    print(f"{out}: {len(docs)} documents in {args.shards} shards ({len(result['skipped'])} already written, "
+          f"skipped); search with: bne search {out} \"query\"")
+    return 0
+
+
+def search_sharded(args, queries):
+    from . import distributed
+
+    start_ray(args.ray_address)
+    paths, manifest = distributed.read_manifest(args.index)
+    model = model_key(args.model) if args.model else manifest.get("metadata", {}).get("model", "default")
+    encoder = load_encoder(model, manifest["bits"], args.threads)
+    sharded = distributed.ShardedIndex(paths)
+    t0 = time.perf_counter()
+    codes = encoder.encode(queries, show_progress=False)
+    t1 = time.perf_counter()
+    D, I = sharded.search(codes, args.k)
+    t2 = time.perf_counter()
+    store = os.path.join(args.index if os.path.isdir(args.index) else os.path.dirname(args.index), "corpus")
+    return D, I, None, t0, t1, t2, len(sharded), store
+
+
 # -- search -------------------------------------------------------------------------------------
 
 
@@ -143,12 +202,10 @@ def read_queries(args) -> list[str]:
     return queries
 
 
-def cmd_search(args) -> int:
+def search_file(args, queries):
     from . import index as bindex
-    from .docstore import DocStore
 
     idx = bindex.open(args.index)
-    queries = read_queries(args)
     model = idx.metadata.get("model")
     if args.model:
         model = model_key(args.model)
@@ -160,19 +217,29 @@ def cmd_search(args) -> int:
     t0 = time.perf_counter()
     codes, logits = encoder.encode(queries, return_logits=True, show_progress=False)
     t1 = time.perf_counter()
+    scores = None
     if args.rescore:
         from .encoder import rescore_candidates
 
-        m = max(args.rescore, args.k)
-        _, cand = idx.search(codes, m, threads=args.threads)
+        _, cand = idx.search(codes, max(args.rescore, args.k), threads=args.threads)
         scores, ids = rescore_candidates(logits, idx.reconstruct(cand), cand, args.k)
         dist = None
     else:
         dist, ids = idx.search(codes, args.k, threads=args.threads)
-        scores = None
     t2 = time.perf_counter()
+    return dist, ids, scores, t0, t1, t2, len(idx), args.index
+
+
+def cmd_search(args) -> int:
+    from .docstore import DocStore
+
+    queries = read_queries(args)
+    if os.path.isdir(args.index) or args.index.endswith(".json"):
+        dist, ids, scores, t0, t1, t2, ncodes, store_key = search_sharded(args, queries)
+    else:
+        dist, ids, scores, t0, t1, t2, ncodes, store_key = search_file(args, queries)
     try:
-        store = DocStore(args.index)
+        store = DocStore(store_key)
         docs = store.get(np.unique(ids))
     except FileNotFoundError:
         docs = {}
@@ -191,7 +258,7 @@ def cmd_search(args) -> int:
             hits.append(hit)
         results.append({"query": q, "hits": hits})
     timing = {"encode_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "queries": len(queries),
-              "codes": len(idx), "isa": _core.active_isa()}
+              "codes": ncodes, "isa": _core.active_isa()}
     if args.json:
         print(json.dumps({"results": results, "timing": timing}, ensure_ascii=False, indent=1))
     else:
@@ -202,7 +269,7 @@ def cmd_search(args) -> int:
                 title = f"[{h['title']}] " if h["title"] else ""
                 print(f"  {h['rank']:3d}. {score}  {h['doc_id']:>12}  {title}{h['snippet']}")
         print(f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
-              f"({len(queries)} queries over {len(idx)} codes, {timing['isa']})", file=sys.stderr)
+              f"({len(queries)} queries over {ncodes} codes, {timing['isa']})", file=sys.stderr)
     return 0
 
 
@@ -227,6 +294,14 @@ def cmd_info(args) -> int:
                 "max_id", "file_bytes", "documents", "isa"):
         print(f"{key:15s} {info.get(key)}")
     print(f"{'model':15s} {meta.get('model')} ({meta.get('model_name', '')})")
+    return 0
+
+
+def cmd_shard(args) -> int:
+    from . import distributed
+
+    paths = distributed.shard_index(args.index, args.shards, args.output)
+    print(f"{args.output}: {len(paths)} shards and {distributed.MANIFEST}")
     return 0
 
 
@@ -286,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)")
+    b.add_argument("--shards", type=int, default=4, help="shards for --ray")
+    b.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     b.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("search", help="search an index with text queries")
@@ -298,7 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true")
     s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
+
+    sh = sub.add_parser("shard", help="split index files into N shard files for a Ray cluster")
+    sh.add_argument("index", nargs="+")
+    sh.add_argument("-o", "--output", required=True, help="folder for the shards and their manifest")
+    sh.add_argument("--shards", type=int, required=True)
+    sh.set_defaults(fn=cmd_shard)
 
     i = sub.add_parser("info", help="describe an index file")
     i.add_argument("index")

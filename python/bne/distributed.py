@@ -312,7 +312,8 @@ def build_sharded(texts: Sequence[str], out_dir: str | os.PathLike, *, n_shards:
     rows = [{"shard": i, "start": bounds[i], "stop": bounds[i + 1]} for i in range(n_shards)]
     texts_ref = ray.put(list(texts))
     ds = ray.data.from_items(rows, override_num_blocks=n_shards)
-    ds = ds.map_batches(_EncodeShard, batch_size=1, concurrency=concurrency or min(n_shards, 2), num_cpus=1,
+    pool = ray.data.ActorPoolStrategy(size=concurrency or min(n_shards, 2))
+    ds = ds.map_batches(_EncodeShard, batch_size=1, compute=pool, num_cpus=1,
                         fn_constructor_kwargs=dict(texts_ref=texts_ref, out_dir=out_dir, bits=bits, model=model,
                                                    batch_size=batch_size, n_shards=n_shards, threads=threads))
     result = ds.take_all()
