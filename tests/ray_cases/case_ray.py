@@ -161,3 +161,23 @@ def test_two_node_cluster(two_node_cluster, union, tmp_path):
         sharded.close()
     finally:
         ray.shutdown()
+
+
+def test_cli_build_and_search_on_ray(tmp_path):
+    head = os.environ.get("BNE_TEST_HEAD")
+    if not head:
+        pytest.skip("BNE_TEST_HEAD (a head file) not given")
+    if ray.is_initialized():
+        ray.shutdown()
+    docs = tmp_path / "docs.txt"
+    docs.write_text("The cat sat on the mat.\nStock markets fell sharply.\nThe kitten slept on the rug.\n")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bne.cli", *a], capture_output=True, text=True, env=env,  # noqa: E731
+                                    cwd=tmp_path, timeout=300)
+    out = run("build", "docs.txt", "-o", "shards", "--ray", "--shards", "2", "--model", head)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3 documents in 2 shards" in out.stdout
+    out = run("search", "shards", "Stock markets fell sharply.", "-k", "1", "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    hit = json.loads(out.stdout)["results"][0]["hits"][0]
+    assert hit["snippet"] == "Stock markets fell sharply." and hit["distance"] == 0
