@@ -585,3 +585,15 @@ def test_kill9_writer_a_few_times(tmp_path):  # issue item 4 (default suite)
 @pytest.mark.slow
 def test_kill9_writer_100_times(tmp_path):  # issue item 4 (opt-in: pytest -m slow)
     kill_trials(tmp_path, 100)
+
+
+def test_create_never_clobbers(tmp_path, rng):
+    """Creating an index publishes with link(): a file that appeared meanwhile is kept."""
+    path = small_file(tmp_path)
+    good = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        storage.save_atomic(path, storage.new_header(128), [], -1, overwrite=False)
+    assert path.read_bytes() == good and not list(tmp_path.glob(".bne-*"))
+    with bne.open(path, mode="a", bits=128) as w:  # exists: appends, bits must agree with the file
+        w.add(random_codes(rng, 2, 128))
+    assert len(bne.open(path)) == 22

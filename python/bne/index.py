@@ -400,7 +400,11 @@ class MappedIndex(_SearchMixin):
         if mode == "a" and not os.path.exists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
-            storage.save_atomic(self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1)
+            try:
+                storage.save_atomic(self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1,
+                                    overwrite=False)
+            except FileExistsError:
+                pass  # another process created it first: append to theirs
         self._fd = os.open(self.path, os.O_RDWR if mode == "a" else os.O_RDONLY)
         try:
             if mode == "a":

@@ -309,9 +309,12 @@ def create(fd: int, header: Header, parts: Sequence[tuple[np.ndarray, np.ndarray
     return write_commit(fd, None, list(parts), np.empty(0, np.int64), max_id)
 
 
-def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int) -> None:
+def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int,
+                *, overwrite: bool = True) -> None:
     """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
-    fsyncs the folder: `path` always holds either its old complete content or the new one."""
+    fsyncs the folder: `path` always holds either its old complete content or the new one.
+    ``overwrite=False`` publishes with link() instead, which fails with FileExistsError when
+    `path` appeared meanwhile (two processes creating the same index: one wins, none is lost)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
@@ -320,7 +323,11 @@ def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]]
             create(fd, header, parts, max_id)
         finally:
             io.close(fd)
-        io.replace(tmp, path)
+        if overwrite:
+            io.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
