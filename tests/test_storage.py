@@ -597,3 +597,9 @@ def test_create_never_clobbers(tmp_path, rng):
     with bne.open(path, mode="a", bits=128) as w:  # exists: appends, bits must agree with the file
         w.add(random_codes(rng, 2, 128))
     assert len(bne.open(path)) == 22
+
+
+def test_append_with_other_bits_is_refused(tmp_path):
+    path = small_file(tmp_path, bits=128)
+    with pytest.raises(bne.IndexFormatError, match="index holds 128-bit codes, expected 1024"):
+        bne.open(path, mode="a", bits=1024)

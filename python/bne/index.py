@@ -410,6 +410,7 @@ class MappedIndex(_SearchMixin):
             if mode == "a":
                 self._lock(self._fd)
             self._load(warn=not verify)
+            expect_bits = expect_bits if expect_bits is not None else bits
             if expect_bits is not None and expect_bits != self.bits:
                 raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
             if mode == "a":
