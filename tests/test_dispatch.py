@@ -83,9 +83,12 @@ def test_ctrl_c_interrupts_a_long_search():
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=180)
     finally:
         p.kill()
+        p.wait()
+        p.stdout.close()
+        p.stderr.close()
     # 20000 queries x 400k codes take many seconds; the interrupt must land within a second.
     assert out.startswith("interrupted"), (out, err)
     assert float(out.split()[1]) < 5.0
