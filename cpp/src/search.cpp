@@ -12,6 +12,7 @@
 #include <climits>
 #include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <thread>
 
@@ -94,6 +95,16 @@ void run_tasks(size_t ntasks, const std::function<bool()>& interrupted, std::ato
     std::mutex mu;
     std::condition_variable cv;
     size_t remaining = ntasks - 1;
+    std::exception_ptr failure;  // the first exception of any task (e.g. bad_alloc in a range search)
+    auto guarded = [&](size_t i) {
+        try {
+            fn(i);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (!failure) failure = std::current_exception();
+            stop = true;
+        }
+    };
     std::vector<std::thread> workers;
     workers.reserve(ntasks - 1);
     auto join_all = [&] {
@@ -102,7 +113,7 @@ void run_tasks(size_t ntasks, const std::function<bool()>& interrupted, std::ato
     try {
         for (size_t i = 1; i < ntasks; ++i)
             workers.emplace_back([&, i] {
-                fn(i);
+                guarded(i);
                 std::lock_guard<std::mutex> lock(mu);
                 if (--remaining == 0) cv.notify_all();
             });
@@ -111,20 +122,25 @@ void run_tasks(size_t ntasks, const std::function<bool()>& interrupted, std::ato
         join_all();
         throw;
     }
-    auto poll = [&] {
-        if (interrupted && interrupted()) stop = true;
-    };
-    fn(0);
+    guarded(0);
     if (interrupted) {
         std::unique_lock<std::mutex> lock(mu);
         while (remaining > 0 && !stop) {
             cv.wait_for(lock, std::chrono::milliseconds(20));
             lock.unlock();
-            poll();
+            try {
+                if (interrupted()) stop = true;
+            } catch (...) {
+                stop = true;
+                lock.lock();
+                if (!failure) failure = std::current_exception();
+                break;
+            }
             lock.lock();
         }
     }
     join_all();
+    if (failure) std::rethrow_exception(failure);
     if (stop) throw Interrupted();
 }
 
