@@ -191,3 +191,16 @@ def test_arrays_that_travelled_through_pickle(rng):
     q = pickle.loads(pickle.dumps(db[:3].copy()))
     D, I = make_index(db).search(q, 1)
     np.testing.assert_array_equal(I[:, 0], [0, 1, 2])
+
+
+def test_reconstruct_by_id(tmp_path, rng):
+    codes = random_codes(rng, 100, 256)
+    ids = np.arange(1000, 1100, dtype=np.int64)[::-1].copy()
+    index = bne.Index(256)
+    index.add(codes, ids=ids)
+    got = index.reconstruct(np.array([[1099, 1000], [-1, 1050]]))
+    np.testing.assert_array_equal(got[0, 0], codes[0])
+    np.testing.assert_array_equal(got[0, 1], codes[99])
+    assert not got[1, 0].any()  # -1 (padding) gives zeros
+    index.save(tmp_path / "r.bne")
+    np.testing.assert_array_equal(bne.open(tmp_path / "r.bne").reconstruct([1050]), codes[[49]])

@@ -28,9 +28,8 @@ def set_isa(isa: str) -> None:
     _set_isa(isa)
 
 
+# Encoder / BinaryEmbedder are left out of __all__ so that `from bne import *` stays numpy-only.
 __all__ = [
-    "BinaryEmbedder",
-    "Encoder",
     "Index",
     "IndexFormatError",
     "IndexLockedError",

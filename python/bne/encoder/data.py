@@ -92,7 +92,9 @@ def load_sts(name: str, root: str | os.PathLike | None = None) -> tuple[list[str
     if name not in STS_SETS:
         raise ValueError(f"unknown STS set {name!r}; known: {', '.join(STS_SETS)}")
     rel, c1, c2, cs = STS_SETS[name]
-    _, rows = read_tsv(data_root(root) / rel)
+    base = data_root(root)
+    assert base is not None  # required=True raises instead of returning None
+    _, rows = read_tsv(base / rel)
     s1 = [r[c1] for r in rows]
     s2 = [r[c2] for r in rows]
     scores = np.array([float(r[cs]) for r in rows], dtype=np.float64)
@@ -122,7 +124,9 @@ def beir_doc_text(doc: dict) -> str:
 def load_beir(name: str, split: str = "test", root: str | os.PathLike | None = None):
     """(corpus {id: text}, queries {id: text}, qrels {qid: {docid: score}}) of ``beir/<name>``,
     restricted to the queries judged in ``qrels/<split>.tsv``."""
-    base = data_root(root) / "beir" / name
+    droot = data_root(root)
+    assert droot is not None
+    base = droot / "beir" / name
     corpus: dict[str, str] = {}
     with _open_text(base / "corpus.jsonl.gz") as f:
         for line in f:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..codes import pack, unpack
-from .model import BinaryEmbedder, bert_tokenizer, minilm_dir
+from .model import BinaryEmbedder, bert_tokenizer, mean_pool, minilm_dir
 
 HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
 #: Texts above this count get a progress bar when ``show_progress`` is None.
@@ -136,6 +136,8 @@ class Encoder:
 
     # -- encoding --------------------------------------------------------------------------------
     def _batches(self, texts: list[str], batch_size: int, show_progress: bool | None, desc: str):
+        if not texts:
+            return
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # long first: memory peak up front
         if show_progress is None:
@@ -190,11 +192,9 @@ class Encoder:
         """The float backbone embeddings (mean pooled, L2-normalised by default): the float baseline."""
         texts = self._check_texts(texts)
         enc = self.model.encoder
-        out = np.empty((len(texts), int(enc.config.hidden_size)), dtype=np.float32)
+        out = np.empty((len(texts), int(self.model.bert_config.hidden_size)), dtype=np.float32)
         with torch_threads(threads or self.threads), torch.inference_mode():
             for idx, ids, mask in self._batches(texts, batch_size, show_progress, "embedding"):
-                from .model import mean_pool
-
                 e = mean_pool(enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
                 if normalize:
                     e = torch.nn.functional.normalize(e, dim=-1)
@@ -223,7 +223,8 @@ class Encoder:
             return index.search(codes, k, threads=threads)
         m = max(int(rescore), int(k))
         _, cand = index.search(codes, m, threads=threads)
-        return rescore_candidates(logits, index.codes(), cand, k)
+        # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
+        return rescore_candidates(logits, index.reconstruct(cand), cand, k)
 
 
 def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256):

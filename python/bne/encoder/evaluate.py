@@ -9,8 +9,9 @@ For every text the backbone runs once; the methods compared on the same features
 * ``binary+rescore`` - retrieval only: top ``--rescore`` Hamming candidates re-ranked by the float
   query logits against the candidates' {-1,+1} bits.
 
-Retrieval searches go through :class:`bne.Index` (exact Hamming top-k). Metrics: Spearman x 100 is
-NOT applied; STS numbers are plain Spearman correlations, retrieval Recall@10 / nDCG@10.
+Retrieval searches go through :class:`bne.Index` (exact Hamming top-k). Metrics: STS numbers are
+Spearman correlations (not x100); retrieval Recall@10 / nDCG@10 (graded gains, BEIR style).
+Held-out sets (SICK, STS12-16, CISI, Cranfield) are marked with ``*``: report them, never tune on them.
 """
 
 from __future__ import annotations
@@ -30,10 +31,26 @@ DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", 
 DEFAULT_BEIR = ("scifact", "scifact:train", "cisi", "cranfield")
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+def _rank(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
+    a = np.asarray(a, dtype=np.float64)
+    order = np.argsort(a, kind="mergesort")
+    s = a[order]
+    starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(len(a))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
 
-    return float(spearmanr(x, y).statistic)
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman correlation (Pearson of average ranks); numpy only."""
+    rx, ry = _rank(x), _rank(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
 def hamming_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,7 +81,7 @@ class Methods:
     def __init__(self, encoder, bits: int, lsh_seed: int = 0, baselines: Sequence[str] = ("float", "sign", "lsh")) -> None:
         self.encoder = encoder
         self.bits = bits
-        hidden = int(encoder.model.encoder.config.hidden_size)
+        hidden = int(encoder.model.bert_config.hidden_size)
         self.hidden = hidden
         rng = np.random.default_rng(lsh_seed)
         self.lsh_w = rng.standard_normal((hidden, bits)).astype(np.float32)
@@ -92,8 +109,8 @@ class Methods:
         if name == "float":
             return self._norm(feats), None
         if name.startswith("sign-"):
-            pad = (-feats.shape[1]) % 64
-            f = np.pad(feats, ((0, 0), (0, pad))) if pad else feats  # zero pads are the same bit for all
+            pad = (-feats.shape[1]) % 64  # bne.Index needs a multiple of 64 bits (384 already is)
+            f = np.pad(feats, ((0, 0), (0, pad))) if pad else feats  # padded bits are 0 for every text
             return pack(f > 0), f
         if name.startswith("lsh-"):
             z = self._norm(feats) @ self.lsh_w
@@ -155,13 +172,17 @@ def _parse_beir(spec: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bne eval", description="Evaluate a binary encoder on STS and BEIR retrieval, next to float / sign / LSH baselines.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--head", default=None, help="a head file (.safetensors + .json) on all-MiniLM-L6-v2 (default: the shipped head for --bits)")
+    src.add_argument("--head", nargs="+", default=None, help="head file(s) (.safetensors + .json) on all-MiniLM-L6-v2 (default: the shipped heads for --bits)")
     src.add_argument("--model", default=None, help="a BinaryEmbedder checkpoint (file or folder, bne-binary layout)")
-    p.add_argument("--bits", type=int, default=1024, help="shipped head to evaluate (1024 or 2048)")
+    p.add_argument("--bits", type=int, nargs="+", default=[1024], help="shipped head(s) to evaluate (1024, 2048); the backbone runs once for all")
+    p.add_argument("--cache-dir", default=None, help="cache backbone features here (.npy), reused by later runs")
     p.add_argument("--data", default=None, help="shared/data folder (default: $BNE_DATA or ../shared/data next to the repo)")
     p.add_argument("--sts", nargs="*", default=list(DEFAULT_STS), help=f"STS sets ({', '.join(STS_SETS)})")
     p.add_argument("--beir", nargs="*", default=list(DEFAULT_BEIR), help="BEIR sets as name[:split] (scifact, scifact:train, cisi, cranfield)")
     p.add_argument("--baselines", nargs="*", default=["float", "sign", "lsh"], choices=["float", "sign", "lsh"])
+    p.add_argument("--no-novel", dest="novel", action="store_false",
+                   help="do not add the '<set>-novel' rows: STS12-16 minus the pairs that also occur in STS-B train "
+                        "(21-50%% of STS12-16 pairs do; a model trained on STS-B train has seen them)")
     p.add_argument("--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)")
     p.add_argument("--lsh-seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
@@ -173,44 +194,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_encoder(args) -> Any:
+def load_encoders(args) -> list[Any]:
     from .encoder import Encoder
 
     if args.model:
         from .model import BinaryEmbedder, default_tokenizer
 
         model = BinaryEmbedder.from_pretrained(args.model)
-        enc = Encoder(model, default_tokenizer(), max_length=args.max_length or 128, threads=args.threads, info={"name": str(args.model)})
+        encs = [Encoder(model, default_tokenizer(), max_length=args.max_length or 128, threads=args.threads, info={"name": str(args.model), "backbone": str(args.model)})]
     elif args.head:
-        enc = Encoder.from_head(args.head, threads=args.threads)
+        encs = [Encoder.from_head(h, threads=args.threads) for h in args.head]
     else:
-        enc = Encoder.default(args.bits, threads=args.threads)
-    if args.max_length:
-        enc.max_length = args.max_length
-    return enc
+        encs = [Encoder.default(b, threads=args.threads) for b in args.bits]
+    if len(encs) > 1:  # one backbone for all heads
+        for e in encs[1:]:
+            e.model.encoder = encs[0].model.encoder
+    for e in encs:
+        if args.max_length:
+            e.max_length = args.max_length
+    if len({e.max_length for e in encs}) > 1:
+        raise SystemExit("the heads disagree on max_length; pass --max-length")
+    return encs
+
+
+def _stsb_train_pairs(root) -> set[tuple[str, str]]:
+    a, b, _ = load_sts("stsb-train", root)
+    pairs = {(x.strip().lower(), y.strip().lower()) for x, y in zip(a, b)}
+    return pairs | {(y, x) for x, y in pairs}
+
+
+def _embed(enc, texts: list[str], args, show) -> np.ndarray:
+    if args.cache_dir:
+        from .train import backbone_features
+
+        return backbone_features(texts, enc, batch_size=args.batch_size, cache_dir=args.cache_dir, show_progress=show)
+    return enc.embed(texts, batch_size=args.batch_size, show_progress=show, normalize=False)
 
 
 def run(args) -> dict[str, Any]:
+    """Evaluates every requested head; returns {"runs": [result per head]} sharing backbone features."""
     root = data_root(args.data)
-    enc = load_encoder(args)
-    methods = Methods(enc, enc.bits, args.lsh_seed, args.baselines)
+    encs = load_encoders(args)
+    # the backbone features are shared: computed once, then every head is scored on them
     show = None if not args.quiet else False
-    results: dict[str, Any] = {"model": enc.info.get("name", "custom"), "bits": enc.bits, "max_length": enc.max_length,
-                               "rescore": args.rescore, "lsh_seed": args.lsh_seed, "sts": {}, "retrieval": {}}
+    enc0 = encs[0]
+    enc0.info.setdefault("backbone", "all-MiniLM-L6-v2")
     t0 = time.time()
-    # STS: every sentence once
     sts_data = {}
     for name in args.sts:
         s1, s2, gold = load_sts(name, root)
         if args.limit:
             s1, s2, gold = s1[: args.limit], s2[: args.limit], gold[: args.limit]
         sts_data[name] = (s1, s2, gold)
+        if args.novel and name.startswith("sts1"):
+            seen = _stsb_train_pairs(root)
+            novel = [i for i, (a, b) in enumerate(zip(s1, s2)) if (a.strip().lower(), b.strip().lower()) not in seen]
+            sts_data[name + "-novel"] = ([s1[i] for i in novel], [s2[i] for i in novel], gold[novel])
     texts = list(dict.fromkeys(t for s1, s2, _ in sts_data.values() for t in s1 + s2))
-    if texts:
-        f = enc.embed(texts, batch_size=args.batch_size, show_progress=show, normalize=False)
-        feats = dict(zip(texts, f))
-        for name, (s1, s2, gold) in sts_data.items():
-            results["sts"][name] = eval_sts(methods, feats, s1, s2, gold)
+    feats = dict(zip(texts, _embed(enc0, texts, args, show))) if texts else {}
+    beir_data = []
     for spec in args.beir:
         name, split = _parse_beir(spec)
         corpus, queries, qrels = load_beir(name, split, root)
@@ -223,21 +265,31 @@ def run(args) -> dict[str, Any]:
         dids = list(corpus)
         row = {d: i for i, d in enumerate(dids)}
         qrel_rows = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
-        df = enc.embed([corpus[d] for d in dids], batch_size=args.batch_size, show_progress=show, normalize=False)
-        qf = enc.embed([queries[q] for q in qids], batch_size=args.batch_size, show_progress=show, normalize=False)
-        results["retrieval"][f"{name}-{split}"] = eval_retrieval(methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads)
-    results["seconds"] = round(time.time() - t0, 1)
-    return results
+        df = _embed(enc0, [corpus[d] for d in dids], args, show)
+        qf = _embed(enc0, [queries[q] for q in qids], args, show)
+        beir_data.append((f"{name}-{split}", qf, df, qrel_rows))
+    runs = []
+    for i, enc in enumerate(encs):
+        methods = Methods(enc, enc.bits, args.lsh_seed, args.baselines if i == 0 else [b for b in args.baselines if b == "lsh"])
+        res: dict[str, Any] = {"model": enc.info.get("name", "custom"), "bits": enc.bits, "max_length": enc.max_length,
+                               "rescore": args.rescore, "lsh_seed": args.lsh_seed, "sts": {}, "retrieval": {}}
+        for name, (s1, s2, gold) in sts_data.items():
+            res["sts"][name] = eval_sts(methods, feats, s1, s2, gold)
+        for key, qf, df, qrel_rows in beir_data:
+            res["retrieval"][key] = eval_retrieval(methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads)
+        runs.append(res)
+    return {"runs": runs, "seconds": round(time.time() - t0, 1)}
 
 
 def format_table(results: dict[str, Any]) -> str:
+    """The results of one head (one entry of ``run(...)["runs"]``) as a text table."""
     lines = [f"model {results['model']}  bits {results['bits']}  max_length {results['max_length']}  (* = held out)"]
     sts = results["sts"]
     if sts:
         names = list(sts)
         methods = list(next(iter(sts.values())))
         w = max(len(m) for m in methods) + 2
-        lines.append("STS Spearman".ljust(w) + "".join(f"{n + ('*' if n in HELD_OUT else ''):>11}" for n in names))
+        lines.append("STS Spearman".ljust(w) + "".join(f"{n.replace('-novel', '-nov') + ('*' if n.split('-')[0] in HELD_OUT or n in HELD_OUT else ''):>11}" for n in names))
         for m in methods:
             lines.append(m.ljust(w) + "".join(f"{sts[n][m]:>11.4f}" for n in names))
     ret = results["retrieval"]
@@ -265,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     results = run(args)
-    print(format_table(results))
+    print("\n\n".join(format_table(r) for r in results["runs"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

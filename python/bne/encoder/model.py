@@ -71,7 +71,7 @@ def bert_tokenizer(vocab_file: str | os.PathLike, *, do_lower_case: bool = True,
     """
     import inspect
 
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     params = inspect.signature(BertTokenizerFast.__init__).parameters
     if "vocab" in params:
@@ -152,10 +152,15 @@ class BinaryEmbedder(nn.Module):
 
             encoder = BertModel(_bert_config(config), add_pooling_layer=add_pooling_layer)
         self.encoder = encoder
-        hidden = int(self.encoder.config.hidden_size)
+        hidden = int(self.bert_config.hidden_size)
         self.projection = nn.Sequential(nn.Linear(hidden, binary_dim), nn.LayerNorm(binary_dim))
         self.binary_dim = binary_dim
         self.normalize = normalize
+
+    @property
+    def bert_config(self) -> Any:
+        """The backbone's transformers config."""
+        return getattr(self.encoder, "config")
 
     # -- forward ---------------------------------------------------------------------------------
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,7 +203,7 @@ class BinaryEmbedder(nn.Module):
         dev = torch.device(device) if device is not None else next(self.parameters()).device
         out = torch.empty((len(texts), self.binary_dim), dtype=torch.float32)
         try:
-            ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+            ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
             order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
@@ -229,7 +234,7 @@ class BinaryEmbedder(nn.Module):
             "binary_dim": self.binary_dim,
             "normalize": self.normalize,
             "pooling": "mean",
-            "backbone": self.encoder.config.to_diff_dict() if hasattr(self.encoder.config, "to_diff_dict") else {},
+            "backbone": self.bert_config.to_diff_dict() if hasattr(self.bert_config, "to_diff_dict") else {},
         }
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
@@ -239,11 +244,14 @@ class BinaryEmbedder(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = self.config_dict()
-        bb = self.encoder.config.to_dict()
+        bb = self.bert_config.to_dict()
         cfg["backbone"] = {k: v for k, v in bb.items() if k in _BERT_KEYS}
         (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(folder / "model.safetensors", 0o666 & ~mask)  # safetensors writes 0600
         return folder
 
     @classmethod
@@ -253,7 +261,11 @@ class BinaryEmbedder(nn.Module):
         or a Hugging Face Hub repo id (needs network; raises OSError offline)."""
         p = Path(name_or_path).expanduser()
         if p.is_file():
-            return cls._from_state_dict(load_weights(p), None, binary_dim, normalize)
+            side = p.with_suffix(".json")  # the config `bne train` writes next to its weights
+            cfg = json.loads(side.read_text()) if side.is_file() else None
+            if cfg is not None and not isinstance(cfg.get("backbone"), dict):
+                cfg = None
+            return cls._from_state_dict(load_weights(p), cfg, binary_dim, normalize)
         if p.is_dir():
             return cls._from_folder(p, binary_dim, normalize)
         if str(name_or_path).startswith((".", "/", "~")) or os.sep in str(name_or_path) and str(name_or_path).count("/") != 1:

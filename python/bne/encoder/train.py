@@ -34,7 +34,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -68,6 +68,16 @@ def contrastive_loss(za: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor | None
     return F.cross_entropy(s, labels)
 
 
+def cosent_loss(za: torch.Tensor, zb: torch.Tensor, gold: torch.Tensor, *, temperature: float = 0.05) -> torch.Tensor:
+    """CoSENT ranking loss on tanh codes: every pair (i, j) with ``gold[i] > gold[j]`` should have
+    ``cos(a_i, b_i) > cos(a_j, b_j)``; ``log(1 + sum exp((cos_j - cos_i) / temperature))``."""
+    c = (F.normalize(torch.tanh(za), dim=-1) * F.normalize(torch.tanh(zb), dim=-1)).sum(-1) / temperature
+    diff = c[None, :] - c[:, None]  # [i, j] = c_j - c_i
+    mask = gold[:, None] > gold[None, :]
+    diff = diff.masked_fill(~mask, float("-inf"))
+    return torch.logsumexp(torch.cat([torch.zeros(1, device=c.device), diff.flatten()]), dim=0)
+
+
 def distill_loss(z: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 0.05) -> torch.Tensor:
     """KL(teacher || student) between row-wise softmaxes of in-batch cosine similarities (diagonal
     excluded): teacher = float backbone embeddings, student = tanh codes."""
@@ -84,6 +94,16 @@ def distill_loss(z: torch.Tensor, teacher: torch.Tensor, *, temperature: float =
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def save_safetensors(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors.save_file, leaving the file world-readable per the umask (it writes 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(sd, str(path), metadata={"format": "pt"})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def set_seed(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -95,7 +115,8 @@ def set_seed(seed: int) -> torch.Generator:
 
 def lsh_init(head: nn.Sequential, seed: int) -> None:
     """Random-hyperplane initialisation: blocks of orthonormal directions, zero bias, identity LayerNorm."""
-    lin: nn.Linear = head[0]
+    lin = cast(nn.Linear, head[0])
+    ln = cast(nn.LayerNorm, head[1])
     out_dim, in_dim = lin.weight.shape
     g = torch.Generator().manual_seed(seed + 7919)
     w = torch.empty(out_dim, in_dim)
@@ -107,8 +128,8 @@ def lsh_init(head: nn.Sequential, seed: int) -> None:
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.zero_()
-        head[1].weight.fill_(1.0)
-        head[1].bias.zero_()
+        ln.weight.fill_(1.0)
+        ln.bias.zero_()
 
 
 def cosine_lambda(total: int, warmup: int):
@@ -122,16 +143,76 @@ def cosine_lambda(total: int, warmup: int):
 
 
 def read_training_tsvs(paths: Sequence[str], max_pairs: int | None = None) -> list[tuple[str, ...]]:
+    """Rows of the training TSVs. ``PATH*N`` repeats a file's rows N times (up-weights small sets)."""
+    import re
+
     from .data import load_pairs
 
     rows: list[tuple[str, ...]] = []
     for p in paths:
-        rows.extend(load_pairs(p))
+        m = re.fullmatch(r"(.*)\*(\d+)", str(p))
+        path, rep = (m.group(1), int(m.group(2))) if m and not Path(str(p)).exists() else (str(p), 1)
+        rows.extend(load_pairs(path) * rep)
     if max_pairs:
         rows = rows[:max_pairs]
-    if not rows:
-        raise ValueError("no training pairs read from " + ", ".join(map(str, paths)))
     return rows
+
+
+def read_scored(paths: Sequence[str]) -> list[tuple[str, str, float]]:
+    """Scored pairs for the CoSENT loss: ``score<TAB>sentence1<TAB>sentence2`` (a header line that
+    does not start with a number is skipped), e.g. shared/data/stsbenchmark/stsb-train.tsv.gz."""
+    from .data import read_tsv
+
+    out: list[tuple[str, str, float]] = []
+    for p in paths:
+        _, rows = read_tsv(p, header=False)
+        for r in rows:
+            try:
+                out.append((r[1], r[2], float(r[0])))
+            except (ValueError, IndexError):
+                continue
+    return out
+
+
+def split_sentences(text: str, min_chars: int = 20) -> list[str]:
+    import re
+
+    return [x for x in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text) if len(x) > min_chars]
+
+
+def recipe_minilm_default(root=None, *, sci_repeat: int = 20, sts_min_score: float = 4.0):
+    """The training data of the shipped heads, from ``shared/data`` (train splits only):
+
+    * pairs: Flickr30k caption pairs (304,685), MRPC train+val positives (2,753), STS-B train pairs
+      with gold >= ``sts_min_score``, SciFact train (query, relevant doc) pairs x ``sci_repeat``;
+    * scored (CoSENT): all STS-B train pairs with their gold scores;
+    * distillation pool: STS-B train + MRPC train sentences, SciFact train queries, their relevant
+      docs and those docs' sentences.
+
+    SICK, STS12-16, CISI, Cranfield, STS-B dev/test, SciFact test and the rest of the SciFact corpus
+    are not touched. Returns ``(rows, scored, pool)``.
+    """
+    from .data import data_root, load_beir, load_pairs, load_sts, read_tsv
+
+    root = data_root(root)
+    rows: list[tuple[str, ...]] = []
+    rows += load_pairs(root / "pairs" / "flickr30k-caption-pairs.tsv.gz")
+    rows += load_pairs(root / "pairs" / "mrpc-train-positive-pairs.tsv.gz")
+    s1, s2, gold = load_sts("stsb-train", root)
+    rows += [(a, b) for a, b, g in zip(s1, s2, gold) if g >= sts_min_score]
+    corpus, queries, qrels = load_beir("scifact", "train", root)
+    sci = [(queries[q], corpus[d]) for q in queries for d in qrels[q] if d in corpus]
+    rows += sci * sci_repeat
+    scored = [(a, b, float(g)) for a, b, g in zip(s1, s2, gold)]
+    _, mrpc = read_tsv(root / "mrpc" / "mrpc-train.tsv.gz")
+    docs = sorted({d for q in queries for d in qrels[q] if d in corpus})
+    pool = list(s1) + list(s2) + [r[3] for r in mrpc] + [r[4] for r in mrpc]
+    pool += [x for d in docs for x in split_sentences(corpus[d])]
+    pool += list(queries.values()) + [corpus[d] for d in docs]
+    return rows, scored, list(dict.fromkeys(pool))
+
+
+RECIPES = {"minilm-default": recipe_minilm_default}
 
 
 def read_texts(paths: Sequence[str]) -> list[str]:
@@ -149,16 +230,19 @@ def read_texts(paths: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def feature_cache_path(texts: list[str], encoder, cache_dir: str | os.PathLike) -> Path:
+    h = hashlib.sha256()
+    h.update(repr((encoder.info.get("backbone", "minilm"), encoder.max_length)).encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return Path(cache_dir) / f"feats-{h.hexdigest()[:20]}.npy"
+
+
 def backbone_features(texts: list[str], encoder, *, batch_size: int = 64, cache_dir: str | None = None,
                       show_progress: bool | None = None) -> np.ndarray:
     """Raw (unnormalised) mean-pooled backbone features of ``texts``, cached as .npy in ``cache_dir``."""
-    path = None
-    if cache_dir:
-        h = hashlib.sha256()
-        h.update(repr((encoder.info.get("backbone", "minilm"), encoder.max_length)).encode())
-        for t in texts:
-            h.update(t.encode("utf-8") + b"\0")
-        path = Path(cache_dir) / f"feats-{h.hexdigest()[:20]}.npy"
+    path = feature_cache_path(texts, encoder, cache_dir) if cache_dir else None
+    if path is not None:
         if path.is_file():
             return np.load(path)
     x = encoder.embed(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)
@@ -182,6 +266,9 @@ def train_head(
     distill_weight: float = 1.0,
     pool: np.ndarray | None = None,
     pool_batch: int = 0,
+    scored: np.ndarray | None = None,
+    scored_batch: int = 0,
+    scored_weight: float = 1.0,
     epochs: float = 1.0,
     batch_size: int = 256,
     temperature: float = 0.05,
@@ -203,6 +290,8 @@ def train_head(
     ``features`` (n, hidden) float32 are the backbone features of every text; ``pair_index``
     (m, 2 or 3) int rows (anchor, positive[, negative]) index into it. ``pool`` (indices into
     ``features``) adds ``pool_batch`` unlabelled texts per step to the distillation batch.
+    ``scored`` (m, 3) float rows (text a, text b, gold score) add a CoSENT loss on ``scored_batch``
+    random scored pairs per step (STS-style labels), weighted by ``scored_weight``.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -227,12 +316,10 @@ def train_head(
         step = int(resume["step"])
         g.set_state(resume["generator"])
     pool_t = torch.as_tensor(np.asarray(pool, dtype=np.int64)) if pool is not None and pool_batch > 0 else None
+    sc_t = torch.as_tensor(np.asarray(scored, dtype=np.float64)) if scored is not None and scored_batch > 0 else None
     use_d = objective in ("distill", "distill+contrastive")
     use_c = objective in ("contrastive", "distill+contrastive")
-    perm = torch.randperm(len(pairs), generator=g)
-    # replay the permutations consumed before a resume
-    for _ in range(step // steps_per_epoch):
-        perm = torch.randperm(len(pairs), generator=g)
+    perm = resume["perm"] if resume is not None else torch.randperm(len(pairs), generator=g)
     t0 = time.time()
     run = 0.0
     while step < total:
@@ -259,18 +346,22 @@ def train_head(
             uniq, first = _first_occurrence(ids)
             z = torch.cat(zs)[first]
             loss = loss + distill_weight * distill_loss(z, X[uniq], temperature=distill_temperature)
+        if sc_t is not None:
+            sb = sc_t[torch.randint(len(sc_t), (scored_batch,), generator=g)]
+            sa, sbb = sb[:, 0].long(), sb[:, 1].long()
+            loss = loss + scored_weight * cosent_loss(head(X[sa]), head(X[sbb]), sb[:, 2].float(), temperature=temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
-        run = 0.98 * run + 0.02 * float(loss) if step > 1 else float(loss)
+        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
             checkpoint_fn({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "step": step, "generator": g.get_state()})
+                           "step": step, "generator": g.get_state(), "perm": perm})
     return head.eval()
 
 
@@ -319,9 +410,7 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
         step = int(resume["step"])
         g.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
-    perm = torch.randperm(len(rows), generator=g)
-    for _ in range(step // steps_per_epoch):
-        perm = torch.randperm(len(rows), generator=g)
+    perm = resume["perm"] if resume is not None else torch.randperm(len(rows), generator=g)
     has_neg = all(len(r) > 2 and r[2] for r in rows)
 
     def tok(texts):
@@ -363,12 +452,12 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
         opt.step()
         sched.step()
         step += 1
-        run = 0.98 * run + 0.02 * float(loss) if step > 1 else float(loss)
+        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
             checkpoint_fn({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "step": step, "generator": g.get_state(), "torch_rng": torch.get_rng_state()})
+                           "step": step, "generator": g.get_state(), "torch_rng": torch.get_rng_state(), "perm": perm})
     return model.eval()
 
 
@@ -377,8 +466,16 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bne train", description="Train a natively binary text encoder (head-only on a frozen backbone, or end to end).")
-    p.add_argument("--data", action="append", required=True, metavar="TSV",
-                   help="training TSV(s): anchor<TAB>positive[<TAB>negative], optional header 'anchor...'; .gz ok; repeatable")
+    p.add_argument("--data", action="append", default=[], metavar="TSV",
+                   help="training TSV(s): anchor<TAB>positive[<TAB>negative], optional header 'anchor...'; .gz ok; "
+                        "PATH*N repeats a file N times; repeatable")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="built-in training data from shared/data (minilm-default: what trained the shipped heads); adds to --data")
+    p.add_argument("--data-root", default=None, help="shared/data folder for --recipe (default: $BNE_DATA or ../shared/data)")
+    p.add_argument("--scored", action="append", default=[], metavar="TSV",
+                   help="score<TAB>sentence1<TAB>sentence2 pairs for a CoSENT loss (head-only), e.g. stsb-train.tsv.gz")
+    p.add_argument("--scored-batch", type=int, default=128, help="scored pairs per step (0: off)")
+    p.add_argument("--scored-weight", type=float, default=0.2)
     p.add_argument("--texts", action="append", default=[], metavar="FILE",
                    help="extra unlabelled texts for distillation (one per line, or every field of a TSV); head-only; repeatable")
     p.add_argument("--out", required=True, help="output prefix: writes OUT.safetensors and OUT.json")
@@ -393,13 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 256 head-only, 64 full)")
-    p.add_argument("--pool-batch", type=int, default=0, help="unlabelled --texts added to each distillation batch")
+    p.add_argument("--pool-batch", type=int, default=256, help="unlabelled texts (--texts / recipe pool) added to each distillation batch")
     p.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature")
     p.add_argument("--distill-temperature", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=2e-5, help="backbone learning rate (the head gets lr * head-lr-mult)")
     p.add_argument("--head-lr-mult", type=float, default=50.0)
     p.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the steps (default 0.05 head-only, 0.1 full)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default 128 for training TSVs)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default 256 head-only = the inference length, 128 full)")
     p.add_argument("--no-normalize", dest="normalize", action="store_false", help="do not L2-normalise pooled features before the head")
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -423,7 +520,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     head_only = args.head_only if args.head_only is not None else args.backbone == "minilm"
     objective = args.objective or ("distill+contrastive" if head_only else "contrastive")
-    rows = read_training_tsvs(args.data, args.max_pairs)
+    rows = read_training_tsvs(args.data)
+    scored = read_scored(args.scored)
+    extra_texts = read_texts(args.texts)
+    if args.recipe:
+        r_rows, r_scored, r_pool = RECIPES[args.recipe](args.data_root)
+        rows += r_rows
+        scored += r_scored
+        extra_texts = list(dict.fromkeys(extra_texts + r_pool))
+    if args.max_pairs:
+        rows = rows[: args.max_pairs]
+    if not rows:
+        raise SystemExit("no training pairs: pass --data TSV and/or --recipe")
     out = Path(args.out)
     if out.suffix in (".safetensors", ".json"):
         out = out.with_suffix("")
@@ -443,43 +551,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         "temperature": args.temperature,
         "distill_temperature": args.distill_temperature,
         "seed": args.seed,
-        "training_data": [os.path.basename(str(d)) for d in args.data] + [os.path.basename(str(t)) for t in args.texts],
+        "batch_size": args.batch_size or (256 if head_only else 64),
+        "lr_backbone": None if head_only else args.lr,
+        "lr_head": args.lr * args.head_lr_mult,
+        "scored_weight": args.scored_weight if head_only else None,
+        "scored_batch": args.scored_batch if head_only else None,
+        "pool_batch": args.pool_batch if head_only else None,
+        "training_data": ([f"recipe:{args.recipe}"] if args.recipe else []) + [os.path.basename(str(d)) for d in args.data + args.scored + args.texts],
         "pairs": len(rows),
+        "scored_pairs": len(scored),
+        "pool_texts": len(extra_texts),
         "command": "bne train " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     t0 = time.time()
-    from safetensors.torch import save_file
-
     if head_only:
         if args.backbone != "minilm":
             raise SystemExit("--head-only supports --backbone minilm (all-MiniLM-L6-v2)")
         from .encoder import Encoder, load_minilm
         from .model import BinaryEmbedder, bert_tokenizer, minilm_dir
 
-        max_length = args.max_length or 128
+        max_length = args.max_length or 256
         enc = Encoder(BinaryEmbedder(args.bits, encoder=load_minilm(), normalize=args.normalize),
                       bert_tokenizer(minilm_dir() / "vocab.txt"), max_length=max_length, device=args.device)
         enc.info["backbone"] = "all-MiniLM-L6-v2"
-        texts = list(dict.fromkeys([t for r in rows for t in r] + read_texts(args.texts)))
+        texts = list(dict.fromkeys([t for r in rows for t in r] + [t for sc in scored for t in sc[:2]] + extra_texts))
         pos = {t: i for i, t in enumerate(texts)}
         pair_index = np.array([[pos[t] for t in r] for r in rows], dtype=np.int64) if len({len(r) for r in rows}) == 1 else \
             np.array([[pos[r[0]], pos[r[1]]] for r in rows], dtype=np.int64)
-        log(f"{len(rows)} pairs, {len(texts)} distinct texts: computing backbone features")
-        feats = backbone_features(texts, enc, cache_dir=args.cache_dir, show_progress=not args.quiet and None)
-        pool = np.array([pos[t] for t in read_texts(args.texts)], dtype=np.int64) if args.texts else None
+        log(f"{len(rows)} pairs, {len(scored)} scored pairs, {len(texts)} distinct texts: computing backbone features")
+        feats = backbone_features(texts, enc, cache_dir=args.cache_dir, show_progress=False if args.quiet else None)
+        pool = np.array([pos[t] for t in extra_texts], dtype=np.int64) if extra_texts else None
+        sc_arr = np.array([[pos[a], pos[b], g] for a, b, g in scored], dtype=np.float64) if scored else None
         head = train_head(pair_index, feats, bits=args.bits, objective=objective, distill_weight=args.distill_weight,
-                          pool=pool, pool_batch=args.pool_batch, epochs=args.epochs, batch_size=args.batch_size or 256,
+                          pool=pool, pool_batch=args.pool_batch, scored=sc_arr, scored_batch=args.scored_batch,
+                          scored_weight=args.scored_weight, epochs=args.epochs, batch_size=args.batch_size or 256,
                           temperature=args.temperature, distill_temperature=args.distill_temperature,
                           lr=args.lr * args.head_lr_mult, warmup=0.05 if args.warmup is None else args.warmup,
                           normalize=args.normalize, seed=args.seed, resume=resume, checkpoint_every=args.checkpoint_every,
                           checkpoint_fn=save_ckpt, log_every=args.log_every, log=log)
         sd = {"projection." + k: v.detach().contiguous() for k, v in head.state_dict().items()}
-        save_file(sd, str(out.with_suffix(".safetensors")), metadata={"format": "pt"})
+        save_safetensors(sd, out.with_suffix(".safetensors"))
         cfg = {"bits": args.bits, "backbone": "all-MiniLM-L6-v2", "pooling": "mean", "normalize": args.normalize,
                "max_length": 256, "train_max_length": max_length, **{k: v for k, v in cfg.items() if k != "bits"}}
     else:
         from .model import BinaryEmbedder, default_tokenizer
 
+        if scored or extra_texts:
+            log("--full trains on the pairs only: scored pairs (CoSENT) and distillation pool texts are head-only features, ignored")
         set_seed(args.seed)
         if args.backbone == "bert-mini":
             model = BinaryEmbedder(args.bits)  # the seed layout: no normalisation before the head
@@ -501,8 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            seed=args.seed, device=args.device, resume=resume, checkpoint_fn=save_ckpt,
                            checkpoint_every=args.checkpoint_every, log_every=args.log_every, log=log)
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(sd, str(out.with_suffix(".safetensors")), metadata={"format": "pt"})
-        bb = model.encoder.config.to_dict()
+        save_safetensors(sd, out.with_suffix(".safetensors"))
+        bb = model.bert_config.to_dict()
         from .model import _BERT_KEYS
 
         cfg = {"bits": args.bits, "binary_dim": args.bits, "backbone": {k: v for k, v in bb.items() if k in _BERT_KEYS},

