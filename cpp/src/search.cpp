@@ -72,7 +72,7 @@ int resolve_threads(int requested) {
 // (so a single query uses every core), otherwise over the queries.
 std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads) {
     constexpr size_t kMinRowsPerThread = 16384;
-    constexpr double kMinWorkPerThread = 1 << 20;  // word-ops below which a thread costs more than it saves
+    constexpr double kMinWorkPerThread = 1 << 23;  // word-ops (~0.5 ms of scan) below which a thread costs more than it saves
     size_t t = static_cast<size_t>(threads);
     const double work = static_cast<double>(n) * static_cast<double>(nq) * static_cast<double>(words);
     t = std::min<size_t>(t, std::max<size_t>(1, static_cast<size_t>(work / kMinWorkPerThread)));
