@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,12 @@ def loopback_namespace():
 
 
 def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # A private Ray temp dir: `ray start` records "the latest cluster on this machine" there, and
+    # ray.init() without an address would otherwise try a stale one left by another run.
+    ray_tmp = tempfile.mkdtemp(prefix="bray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               RAY_TMPDIR=ray_tmp)
+    env.pop("RAY_ADDRESS", None)
     head = tmp_path / "head.safetensors"
     if make_head(head):
         env["BNE_TEST_HEAD"] = str(head)
@@ -58,6 +64,7 @@ def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
          "--basetemp", str(tmp_path / "cases")],
         capture_output=True, text=True, env=env, timeout=900,
     )
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     print(out.stdout[-4000:])
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     summary = out.stdout.strip().splitlines()[-1]

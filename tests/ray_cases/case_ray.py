@@ -38,7 +38,7 @@ def assert_loopback_only():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
     yield
     ray.shutdown()
 
@@ -78,9 +78,13 @@ def test_dead_actor_is_restarted_and_query_retried(local_ray, union, tmp_path):
     q = random_codes(np.random.default_rng(5), 4, 256)
     pid = ray.get(sharded.actors[1].info.remote())["pid"]
     ray.kill(sharded.actors[1], no_restart=False)  # the actor dies; Ray restarts it
-    D, I = sharded.search(q, 5)
+    D, I = sharded.search(q, 5)  # during the restart: retried, same answer
     np.testing.assert_array_equal(I, index.search(q, 5)[1])
+    deadline = time.time() + 60  # ray.kill is asynchronous: wait for the new process
+    while ray.get(sharded.actors[1].info.remote())["pid"] == pid and time.time() < deadline:
+        time.sleep(0.2)
     assert ray.get(sharded.actors[1].info.remote())["pid"] != pid
+    np.testing.assert_array_equal(sharded.search(q, 5)[1], index.search(q, 5)[1])
     sharded.close()
 
 
@@ -90,6 +94,13 @@ def test_unavailable_shard_raises_or_is_marked_partial(local_ray, union, tmp_pat
     sharded = distributed.ShardedIndex(tmp_path / "p", max_retries=1, timeout=30)
     os.rename(shards[1], shards[1] + ".gone")  # the restarted actor cannot map its file any more
     ray.kill(sharded.actors[1], no_restart=False)
+    deadline = time.time() + 60  # ray.kill is asynchronous: wait until the shard is really down
+    while time.time() < deadline:
+        try:
+            ray.get(sharded.actors[1].info.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            break
+        time.sleep(0.2)
     q = random_codes(np.random.default_rng(6), 3, 256)
     with pytest.raises(distributed.ShardUnavailableError, match=r"shard 1 \(.*shard-00001.bne\) is unavailable"):
         sharded.search(q, 10)
