@@ -350,19 +350,24 @@ def train_head(
             sb = sc_t[torch.randint(len(sc_t), (scored_batch,), generator=g)]
             sa, sbb = sb[:, 0].long(), sb[:, 1].long()
             loss = loss + scored_weight * cosent_loss(head(X[sa]), head(X[sbb]), sb[:, 2].float(), temperature=temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        opt.step()
-        sched.step()
         step += 1
-        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
+        run = _optimizer_step(loss, head, opt, sched, run, step)
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
             checkpoint_fn({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                            "step": step, "generator": g.get_state(), "perm": perm})
     return head.eval()
+
+
+def _optimizer_step(loss: torch.Tensor, module: nn.Module, opt, sched, run: float, step: int) -> float:
+    """One update (clip 1.0, as in the seed recipe); returns the running loss for logging."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,13 +451,8 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
                 ids, mask = tok(texts)
                 tfeat = mean_pool(teacher(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
             loss = loss + distill_weight * distill_loss(torch.cat([za, zp])[first], tfeat, temperature=distill_temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
         step += 1
-        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
+        run = _optimizer_step(loss, model, opt, sched, run, step)
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
