@@ -89,11 +89,18 @@ def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarr
     return np.ascontiguousarray(a)
 
 
+#: Widest code an index takes: 2**20 bits (128 KiB per code), far above any text embedding;
+#: the file header stores bits as u32 and distances must fit int32.
+MAX_BITS = 1 << 20
+
+
 def check_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"bits must be an int, got {type(bits).__name__}")
     if bits <= 0 or bits % 64:
         raise ValueError(f"bits must be a positive multiple of 64, got {bits}")
+    if bits > MAX_BITS:
+        raise ValueError(f"bits must be at most {MAX_BITS} (2**20), got {bits}")
     return int(bits)
 
 

@@ -9,9 +9,7 @@ top-k lists are merged under the tie rule: by distance, then by position (insert
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 import warnings
 from typing import Any, Sequence
 
@@ -20,13 +18,10 @@ import numpy as np
 from . import _core, storage
 from ._core import IndexFormatError
 from .codes import check_bits, check_codes, check_k, check_threads
+from .storage import IndexLockedError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
-
-
-class IndexLockedError(BlockingIOError):
-    """Another writer holds the index file (one writer at a time)."""
 
 
 def _check_radius(radius: object) -> int:
@@ -37,13 +32,48 @@ def _check_radius(radius: object) -> int:
     return int(radius)
 
 
-def _check_ids(ids: object, n: int) -> np.ndarray:
+#: Ids are integers in [0, MAX_ID]: int64 without the negatives, so -1 means only "no hit".
+MAX_ID = int(np.iinfo(np.int64).max)
+
+
+def _integer_array(ids: object, what: str) -> np.ndarray:
     a = np.asarray(ids)
+    if a.dtype == np.object_:  # Python ints too large for int64 / uint64
+        raise ValueError(f"{what} must be integers in 0..2**63-1")
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"ids must be integers (int64), got dtype {a.dtype}")
+        raise TypeError(f"{what} must be integers (int64), got dtype {a.dtype}")
+    return a
+
+
+def _check_ids(ids: object, n: int) -> np.ndarray:
+    """New ids: int64 in 0..2**63-1 (uint64 values are range-checked before the cast, never wrapped)."""
+    a = _integer_array(ids, "ids")
     if a.shape != (n,):
         raise ValueError(f"ids must have shape ({n},), one per code, got {a.shape}")
+    if n and (a.min() < 0 or (a.dtype == np.uint64 and a.max() > MAX_ID)):
+        bad = a[(a < 0) | (a > MAX_ID)] if a.dtype != np.uint64 else a[a > MAX_ID]
+        raise ValueError(f"ids must be in 0..2**63-1 (-1 marks padding in results), got {bad[:5].tolist()}")
     return a.astype(np.int64, copy=False)
+
+
+def _lookup_ids(ids: object) -> np.ndarray:
+    """Ids to look up (positions_of, remove, allow): out-of-domain values become -1 (absent)
+    instead of wrapping onto a real id."""
+    a = _integer_array(ids, "ids").ravel()
+    if a.dtype == np.uint64:
+        return np.where(a > MAX_ID, -1, a.astype(np.int64))
+    return a.astype(np.int64, copy=False)
+
+
+#: search() results are (nq, k) arrays; padding beyond the stored codes is refused past this size.
+MAX_PADDED_RESULT_BYTES = 1 << 30
+
+
+def _check_result_size(nq: int, k: int, n: int) -> None:
+    """A k far above the number of codes would only allocate padding: refuse it by name."""
+    if k > n and nq * k * 12 > MAX_PADDED_RESULT_BYTES:
+        raise ValueError(f"k={k} asks for {nq * k * 12 / 2**30:.1f} GiB of results for {nq} queries, but the index "
+                         f"holds {n} codes; use k <= {n} (slots past the stored codes are only padding)")
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -155,8 +185,15 @@ class _SearchMixin:
                 ids, pos = ids[keep], pos[keep]
             order = np.argsort(ids, kind="stable")
             cache = (ids[order], pos[order])
+            self._check_stored_ids(cache[0])
             self._lookup_cache = cache
         return cache
+
+    def _check_stored_ids(self, sorted_ids: np.ndarray) -> None:
+        """Stored ids come from a file: a negative or repeated id would make hits ambiguous."""
+        if len(sorted_ids) and (sorted_ids[0] < 0 or bool((sorted_ids[1:] == sorted_ids[:-1]).any())):
+            where = getattr(self, "path", "index")
+            raise IndexFormatError(f"{where}: stored ids are negative or repeated; the file is damaged")
 
     def _changed(self) -> None:
         self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
@@ -164,7 +201,7 @@ class _SearchMixin:
 
     def positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Positions of the given live ids (-1 where an id is absent or removed)."""
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        ids = _lookup_ids(ids)
         sorted_ids, pos = self._lookup()
         if not len(sorted_ids):
             return np.full(len(ids), -1, np.int64)
@@ -173,7 +210,8 @@ class _SearchMixin:
 
     def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored codes of live ids (any shape of ids; -1 or absent ids give all-zero codes)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        shape = np.shape(ids)
+        ids = _lookup_ids(ids).reshape(shape)
         pos = self.positions_of(ids.ravel())
         out = np.zeros((len(pos), self.code_bytes), np.uint8)
         for p in self._parts():
@@ -239,6 +277,8 @@ class _SearchMixin:
         threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("search on an empty index: add codes first")
+        _check_result_size(len(q), k, len(self))
+        self._check_mapping()
         allowed = self._allowed_positions(allow)
         results = []
         for part in self._parts():
@@ -265,6 +305,7 @@ class _SearchMixin:
         threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
+        self._check_mapping()
         allowed = self._allowed_positions(allow)
         qs, Ds, Ps = [], [], []
         for part in self._parts():
@@ -285,6 +326,9 @@ class _SearchMixin:
         np.cumsum(np.bincount(qi, minlength=len(q)), out=lims[1:])
         return lims, D, self._ids_of(P)
 
+    def _check_mapping(self) -> None:
+        """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS)."""
+
     # -- shared mutation helpers ---------------------------------------------------------------
     def _new_ids(self, n: int, ids: object, max_id: int) -> np.ndarray:
         if ids is None:
@@ -300,10 +344,7 @@ class _SearchMixin:
         return new
 
     def _positions_to_remove(self, ids: object) -> np.ndarray:
-        a = np.asarray(ids)
-        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"ids must be integers, got dtype {a.dtype}")
-        pos = self.positions_of(a.ravel())
+        pos = self.positions_of(ids)
         return np.unique(pos[pos >= 0])
 
 
@@ -390,14 +431,15 @@ class MappedIndex(_SearchMixin):
     """
 
     def __init__(self, path, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
-                 bits: int | None = None, metadata: dict | None = None, bit_order: str = "big") -> None:
+                 bits: int | None = None, metadata: dict | None = None, bit_order: str = "big",
+                 repair: bool = False) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         self.path = os.fspath(path)
         self.mode = mode
         self._fd = -1
         self._closed = False
-        if mode == "a" and not os.path.exists(self.path):
+        if mode == "a" and not os.path.lexists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
             try:
@@ -405,16 +447,15 @@ class MappedIndex(_SearchMixin):
                                     overwrite=False)
             except FileExistsError:
                 pass  # another process created it first: append to theirs
-        self._fd = os.open(self.path, os.O_RDWR if mode == "a" else os.O_RDONLY)
+        self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
-            if mode == "a":
-                self._lock(self._fd)
             self._load(warn=not verify)
             expect_bits = expect_bits if expect_bits is not None else bits
             if expect_bits is not None and expect_bits != self.bits:
                 raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
             if mode == "a":
-                self._repair()
+                self._repair(repair)
+                storage.clean_temps(storage.real_target(self.path))
             if verify:
                 self.verify()
         except BaseException:
@@ -423,15 +464,9 @@ class MappedIndex(_SearchMixin):
             raise
 
     # -- state ------------------------------------------------------------------------------
-    def _lock(self, fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexLockedError(f"{self.path}: another writer has this index open in append mode") from None
-
     def _load(self, warn: bool = True) -> None:
         size = os.fstat(self._fd).st_size
-        self._header, self._commit, self._damaged = storage.read_state(self.path, self._fd, size)
+        self._header, self._commit, self._problems = storage.read_state(self.path, self._fd, size)
         self._mm = storage.map_file(self._fd, self._commit.end_offset)
         self._segments = []
         base = 0
@@ -444,23 +479,28 @@ class MappedIndex(_SearchMixin):
         self._tomb = self._commit.tombstones
         self._max_id = self._commit.max_id
         self._changed()
-        if self._damaged and self.mode == "r" and warn:
-            names = ", ".join("AB"[s] for s in self._damaged)
-            warnings.warn(f"{self.path}: commit slot {names} is damaged (a crash during commit leaves this); "
-                          f"opened commit {self._commit.seq}; opening in mode='a' repairs it", RuntimeWarning, 2)
+        if self._problems and self.mode == "r" and warn:
+            what = storage.describe_problems(self._problems, self._commit, size)
+            warnings.warn(f"{self.path}: {what}; opened commit {self._commit.seq}; `bne verify` reports it and "
+                          f"bne.open(path, mode='a') repairs it", RuntimeWarning, 2)
 
-    def _repair(self) -> None:
-        """Writer only: forget a torn tail and clear damaged commit slots."""
-        fixed = False
-        if os.fstat(self._fd).st_size > self._commit.end_offset:
-            storage.io.ftruncate(self._fd, self._commit.end_offset)
-            fixed = True
-        for slot in self._damaged:
-            storage._pwrite_all(self._fd, bytes(storage.PAGE), storage.SLOT_OFFSETS[slot])
-            fixed = True
-        if fixed:
-            storage.io.fsync(self._fd)
-            self._damaged = []
+    def _repair(self, allow_loss: bool) -> None:
+        """Writer only: forget a torn tail and rewrite bad commit slots, unless that could throw
+        away a commit whose record was lost (then refuse, unless repair=True)."""
+        size = os.fstat(self._fd).st_size
+        if not allow_loss and storage.may_hide_a_commit(self._problems, self._commit, size):
+            what = storage.describe_problems(self._problems, self._commit, size)
+            raise IndexFormatError(f"{self.path}: {what}. Nothing was changed; to keep commit {self._commit.seq} and "
+                                   f"drop those bytes, back the file up and open it with bne.open(path, 'a', repair=True)")
+        if storage.repair(self._fd, self._commit, self._problems):
+            self._problems = []
+
+    def _check_mapping(self) -> None:
+        self._check_open()
+        size = os.fstat(self._fd).st_size
+        if size < self._commit.end_offset:
+            raise IndexFormatError(f"{self.path}: the file shrank to {size} bytes while open (it held "
+                                   f"{self._commit.end_offset}); another program truncated it; reopen it")
 
     def _parts(self) -> list[_Part]:
         if self._pending_flat is not None and len(self._pending_flat):
@@ -559,22 +599,7 @@ class MappedIndex(_SearchMixin):
         if path is not None:
             storage.save_atomic(path, header, [(codes, ids)], self._max_id)
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
-        try:
-            self._lock(fd)  # the new inode is locked before it becomes visible
-            storage.create(fd, header, [(codes, ids)], self._max_id)
-            storage.io.replace(tmp, self.path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        storage.fsync_dir(self.path)
-        os.close(self._fd)
-        self._fd = fd
+        self._fd = storage.replace_locked(self._fd, self.path, header, [(codes, ids)], self._max_id)
         self._load()
 
     # -- checking and closing -----------------------------------------------------------------
@@ -583,10 +608,15 @@ class MappedIndex(_SearchMixin):
         segment); raises IndexFormatError naming the first damaged part."""
         self._check_open()
         size = os.fstat(self._fd).st_size
-        _, commit, damaged = storage.read_state(self.path, self._fd, size)
-        if damaged:
-            raise IndexFormatError(f"{self.path}: commit slot {'AB'[damaged[0]]} is damaged")
+        _, commit, problems = storage.read_state(self.path, self._fd, size)
+        if problems:
+            raise IndexFormatError(f"{self.path}: {storage.describe_problems(problems, commit, size)}")
+        self._check_mapping()
         storage.verify_segments(self.path, self._mm, self._header, self._commit)
+        ids = self.ids()
+        if len(ids) and (ids.min() < 0 or ids.max() > self._commit.max_id):
+            raise IndexFormatError(f"{self.path}: stored ids lie outside 0..{self._commit.max_id} (the recorded largest id)")
+        self._lookup()  # repeated ids
 
     def close(self) -> None:
         """Releases the file (and the writer lock); uncommitted changes are discarded."""
@@ -613,16 +643,20 @@ class MappedIndex(_SearchMixin):
 
 
 def open(path: str | os.PathLike, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
-         bits: int | None = None, metadata: dict | None = None, bit_order: str = "big") -> MappedIndex:
+         bits: int | None = None, metadata: dict | None = None, bit_order: str = "big",
+         repair: bool = False) -> MappedIndex:
     """Opens an index file written by ``Index.save`` or by a writer.
 
     ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
     ``mode="a"``: append (one writer at a time, a file lock); creates the file when ``bits`` is
     given and it does not exist. ``verify=True`` checks every checksum first. ``expect_bits``
-    raises IndexFormatError when the file holds codes of another width.
+    raises IndexFormatError when the file holds codes of another width. A writer repairs what a
+    crash leaves (a torn tail, a torn commit slot) but refuses a file where that could drop a
+    commit whose record was lost (a zeroed slot with data after the last valid commit);
+    ``repair=True`` accepts that loss explicitly.
     """
     return MappedIndex(path, mode, verify=verify, expect_bits=expect_bits, bits=bits, metadata=metadata,
-                       bit_order=bit_order)
+                       bit_order=bit_order, repair=repair)
 
 
 def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -632,6 +666,7 @@ def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None =
     k = check_k(k)
     if len(c) == 0:
         raise ValueError("codes is empty: nothing to search")
+    _check_result_size(len(q), k, len(c))
     return _core.knn(c, q, k, check_threads(threads))
 
 

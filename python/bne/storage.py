@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
+import glob
 import json
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import time
@@ -31,6 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._core import IndexFormatError
+
+
+class IndexLockedError(BlockingIOError):
+    """Another writer holds the index file (one writer at a time)."""
 
 MAGIC = b"\x89BNEIDX\n"
 COMMIT_MAGIC = b"BNECOMIT"
@@ -78,7 +85,14 @@ class Header:
         return self.bits // 8
 
     def encode(self) -> bytes:
-        meta = json.dumps(self.metadata, sort_keys=True).encode()
+        if self.bit_order not in BIT_ORDERS:
+            raise ValueError(f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {self.bit_order!r}")
+        try:
+            meta = json.dumps(self.metadata, sort_keys=True).encode()
+        except RecursionError:
+            raise ValueError("metadata is nested too deeply to store as JSON") from None
+        except TypeError as e:
+            raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
         if len(meta) > MAX_METADATA:
             raise ValueError(f"metadata must encode to at most {MAX_METADATA} bytes of JSON, got {len(meta)}")
         fixed = HEADER.pack(MAGIC, MAJOR, self.minor, PAGE, self.bits, self.code_bytes, BIT_ORDERS[self.bit_order],
@@ -165,6 +179,8 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         metadata = json.loads(bytes(page[HEADER.size : HEADER.size + meta_len]) or b"{}")
     except ValueError as e:
         raise _fail(path, f"metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise _fail(path, "metadata JSON is nested too deeply") from None
     if not isinstance(metadata, dict):
         raise _fail(path, "metadata is not a JSON object")
     return Header(bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor)
@@ -180,24 +196,67 @@ def _parse_slot(buf: bytes) -> tuple[int, bytes] | None:
     return COMMIT.unpack_from(rec)[1], rec
 
 
-def read_state(path, fd: int, file_size: int) -> tuple[Header, Commit, list[int]]:
-    """Header, the newest valid commit, and the slots that hold a damaged record."""
+@dataclasses.dataclass(frozen=True)
+class SlotProblem:
+    """A commit slot that is neither valid nor legitimately empty.
+
+    kind "damaged": bytes that are not a valid record (a torn record write during a crash
+    leaves this; the commit it was writing never completed). kind "zeroed": an all-zero slot in
+    a file that has had two or more commits, where both slots were written: a zeroed sector
+    or page can hide the record of the newest commit, so this is never taken as a clean state.
+    """
+
+    slot: int
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return "AB"[self.slot]
+
+
+def read_state(path, fd: int, file_size: int) -> tuple[Header, Commit, list[SlotProblem]]:
+    """Header, the newest valid commit, and the slots that are damaged or wrongly zero."""
     header = parse_header(path, os.pread(fd, PAGE, 0), file_size)
     if file_size < DATA_START:
         raise _fail(path, f"file truncated: {file_size} bytes, the header and commit slots take {DATA_START}")
-    valid, damaged = [], []
+    valid, zero, damaged = [], [], []
     for slot, off in enumerate(SLOT_OFFSETS):
         buf = os.pread(fd, COMMIT.size + 4, off)
         parsed = _parse_slot(buf)
         if parsed:
             valid.append((parsed[0], slot, parsed[1]))
         elif any(buf):
-            damaged.append(slot)
+            damaged.append(SlotProblem(slot, "damaged"))
+        else:
+            zero.append(slot)
     if not valid:
         raise _fail(path, "no valid commit record (both commit slots are damaged)")
     seq, slot, rec = max(valid)
     commit = _parse_commit(path, fd, header, rec, slot, file_size)
-    return header, commit, damaged
+    # Only the first commit leaves a slot that was never written.
+    problems = damaged + [SlotProblem(z, "zeroed") for z in zero if seq >= 2]
+    return header, commit, problems
+
+
+def describe_problems(problems: list[SlotProblem], commit: Commit, file_size: int) -> str:
+    """One sentence naming every bad slot and what it may mean for the data."""
+    parts = []
+    for p in problems:
+        if p.kind == "zeroed":
+            parts.append(f"commit slot {p.name} is all zero although the file has had {commit.seq} commits")
+        else:
+            parts.append(f"commit slot {p.name} is damaged")
+    tail = file_size - commit.end_offset
+    what = (f"; {tail} bytes follow commit {commit.seq}, which may belong to a newer commit whose record was lost"
+            if tail > 0 and any(p.kind == "zeroed" for p in problems) else "")
+    return "; ".join(parts) + what
+
+
+def may_hide_a_commit(problems: list[SlotProblem], commit: Commit, file_size: int) -> bool:
+    """True when repairing would throw away bytes that may be a committed (acknowledged) commit:
+    a zeroed slot cannot come from a torn record write, so the bytes after the last valid commit
+    may be a newer commit's data."""
+    return file_size > commit.end_offset and any(p.kind == "zeroed" for p in problems)
 
 
 def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_size: int) -> Commit:
@@ -228,7 +287,8 @@ def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_siz
     if total != count:
         raise _fail(path, f"segments hold {total} codes but the commit record says {count}")
     tomb = np.frombuffer(table, dtype="<i8", count=ntomb, offset=nseg * SEGMENT.size).astype(np.int64)
-    if ntomb and (tomb[0] < 0 or tomb[-1] >= count or (ntomb > 1 and (np.diff(tomb) <= 0).any())):
+    # Comparisons, not np.diff: a difference of int64 positions can wrap (e.g. -2**63).
+    if ntomb and (tomb[0] < 0 or tomb[-1] >= count or bool((tomb[1:] <= tomb[:-1]).any())):
         raise _fail(path, "tombstones are not sorted positions inside the index")
     if max_id < -1:
         raise _fail(path, f"invalid max id {max_id}")
@@ -309,35 +369,225 @@ def create(fd: int, header: Header, parts: Sequence[tuple[np.ndarray, np.ndarray
     return write_commit(fd, None, list(parts), np.empty(0, np.int64), max_id)
 
 
-def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int,
-                *, overwrite: bool = True) -> None:
-    """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
-    fsyncs the folder: `path` always holds either its old complete content or the new one.
-    ``overwrite=False`` publishes with link() instead, which fails with FileExistsError when
-    `path` appeared meanwhile (two processes creating the same index: one wins, none is lost)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bne-", suffix=".tmp", dir=directory)
+# ---------------------------------------------------------------------------------------------
+# Files: opening, the writer lock, temporary files and atomic publication. Every index file bne
+# creates or replaces goes through here.
+
+TEMP_MAX_AGE = 60.0  # seconds: an unlocked temp file older than this is a dead writer's leftover
+
+
+def open_index_file(path, writable: bool) -> int:
+    """A descriptor of the regular file at `path`. O_NONBLOCK so that a FIFO or a device given as
+    an index never blocks in open(); anything but a regular file is refused by name."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
     try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a bne index file", os.fspath(path)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a bne index file", os.fspath(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(path, "not a regular file (a FIFO, device or socket cannot hold an index)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_writer(path) -> int:
+    """Opens `path` read-write and takes the one-writer lock (flock, non-blocking).
+
+    After the lock is held, the descriptor must still be the file at `path`: compact() and save()
+    rename a new file over the path and only then release the old one, so a writer that opened
+    the old inode just before would otherwise append to an unlinked file and lose every commit.
+    """
+    for _ in range(100):
+        fd = open_index_file(path, writable=True)
         try:
-            create(fd, header, parts, max_id)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexLockedError(f"{os.fspath(path)}: another writer has this index open in append mode") from None
+            mine, now = os.fstat(fd), os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced meanwhile: lock the new file instead
+    raise IndexLockedError(f"{os.fspath(path)}: the file keeps being replaced; try again")
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # fallback (not thread-safe, hence only when /proc is missing)
+    os.umask(old)
+    return old
+
+
+def _temp_prefix(target: str) -> str:
+    return f".bne-{os.path.basename(target)}-"
+
+
+def new_temp(target: str) -> tuple[int, str]:
+    """A locked temporary file beside `target` (same folder: rename is atomic), with the mode the
+    published file must have: the existing file's mode, else 0666 minus the umask, as for any
+    file a program creates. The lock tells clean_temps() that its writer is alive."""
+    directory = os.path.dirname(target) or "."
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=directory)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def clean_temps(target: str) -> int:
+    """Removes temporary files that a killed save/compact of `target` left behind: unlocked and
+    older than TEMP_MAX_AGE. Returns how many were removed."""
+    removed = 0
+    pattern = os.path.join(glob.escape(os.path.dirname(target) or "."), glob.escape(_temp_prefix(target)) + "*.tmp")
+    for tmp in glob.glob(pattern):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < TEMP_MAX_AGE:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(tmp)
+            removed += 1
+        except OSError:
+            pass  # locked: its writer is alive
         finally:
-            io.close(fd)
+            os.close(fd)
+    return removed
+
+
+def real_target(path) -> str:
+    """The file a save or compact must replace: through symlinks, so a link stays a link."""
+    return os.path.realpath(os.fspath(path))
+
+
+def publish(tmp: str, path, *, overwrite: bool = True) -> None:
+    """Renames a complete, fsynced temporary file over `path` (or links it, failing with
+    FileExistsError if `path` appeared, when overwrite is False) and fsyncs the folder. OSErrors
+    name the user's path, not the temporary file."""
+    path = os.fspath(path)
+    try:
         if overwrite:
             io.replace(tmp, path)
         else:
             os.link(tmp, path)
             os.unlink(tmp)
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno is None:
+            raise
+        raise type(e)(e.errno, f"cannot write the index: {e.strerror}", path) from None
+    fsync_dir(path)
+
+
+def _check_target(path: str) -> None:
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name for the index", path)
+
+
+def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int,
+                *, overwrite: bool = True) -> None:
+    """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
+    fsyncs the folder: `path` always holds either its old complete content or the new one.
+    ``overwrite=False`` publishes with link() instead, which fails with FileExistsError when
+    `path` appeared meanwhile (two processes creating the same index: one wins, none is lost).
+    Replacing an index that a writer holds open raises IndexLockedError (its commits would go
+    to the replaced file)."""
+    target = real_target(path)
+    _check_target(target)
+    header.encode()  # validate before creating anything
+    clean_temps(target)
+    guard = -1
+    if overwrite and os.path.exists(target):
+        guard = lock_writer(target)  # no writer may be appending to the file we replace
+    try:
+        fd, tmp = new_temp(target)
+        try:
+            try:
+                create(fd, header, parts, max_id)
+            finally:
+                io.close(fd)
+            publish(tmp, target, overwrite=overwrite)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    finally:
+        if guard >= 0:
+            os.close(guard)
+
+
+def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]],
+                   max_id: int) -> int:
+    """compact() in place: writes a new file, locks it before it becomes visible, renames it over
+    `path` (the file behind a symlink), fsyncs the folder, then releases the old descriptor
+    `fd_old`. Returns the new locked descriptor. A writer waiting on the old file sees the
+    rename after the old lock is gone (lock_writer checks the inode) and retries on the new one."""
+    target = real_target(path)
+    clean_temps(target)
+    fd, tmp = new_temp(target)  # new_temp locks it
+    try:
+        create(fd, header, parts, max_id)
+        publish(tmp, target)
     except BaseException:
+        io.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    fsync_dir(path)
+    os.close(fd_old)
+    return fd
+
+
+def repair(fd: int, commit: Commit, problems: list[SlotProblem]) -> bool:
+    """Writer only: cuts a torn tail (bytes past the committed end) and rewrites bad commit slots
+    with a copy of the current record. Returns True if anything was written."""
+    fixed = False
+    if os.fstat(fd).st_size > commit.end_offset:
+        io.ftruncate(fd, commit.end_offset)
+        fixed = True
+    if problems:
+        rec = os.pread(fd, COMMIT.size + 4, SLOT_OFFSETS[commit.slot])
+        for p in problems:
+            _pwrite_all(fd, rec, SLOT_OFFSETS[p.slot])
+        fixed = True
+    if fixed:
+        io.fsync(fd)
+    return fixed
 
 
 def new_header(bits: int, bit_order: str = "big", metadata: dict | None = None) -> Header:
+    if bit_order not in BIT_ORDERS:
+        raise ValueError(f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bit_order!r}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     return Header(bits=bits, bit_order=bit_order, metadata=dict(metadata or {}), created=int(time.time()))
 
 

@@ -5,7 +5,9 @@ Longer, on demand:                        python tests/fuzz/fuzz_open.py -max_to
 Any exception other than bne.IndexFormatError is a finding (a crash aborts the process).
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -17,7 +19,9 @@ with atheris.instrument_imports():
 
     import bne
 
-PATH = os.path.join(tempfile.mkdtemp(prefix="bne-fuzz-"), "f.bne")
+_DIR = tempfile.mkdtemp(prefix="bne-fuzz-")
+atexit.register(shutil.rmtree, _DIR, True)  # libFuzzer exits through exit(): atexit still runs
+PATH = os.path.join(_DIR, "f.bne")
 SEED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "golden_v1.bne")
 
 
