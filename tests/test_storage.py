@@ -20,7 +20,8 @@ from bne import storage
 
 from reference import knn, random_codes
 
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.bne"
+GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.bne"  # written by bne 0.1 (format 1.0)
+GOLDEN_V2 = pathlib.Path(__file__).parent / "data" / "golden_v2.bne"
 
 
 def saved(tmp_path, codes, ids=None, name="x.bne", **kw):
@@ -158,7 +159,7 @@ def test_append_commit_reopen(tmp_path, rng):  # issue item 4
         w.add(batches[3], ids=np.arange(1000, 1017))
     idx = bne.open(path, verify=True)
     allc = np.concatenate(batches)
-    assert len(idx) == len(allc) and idx.info()["segments"] == 4 and idx.metadata == {"model": "test"}
+    assert len(idx) == len(allc) and idx.info()["segments"] == 1 and idx.metadata == {"model": "test"}  # extended in place
     np.testing.assert_array_equal(idx.codes(), allc)
     np.testing.assert_array_equal(idx.ids(), np.r_[np.arange(306), np.arange(1000, 1017)])
     q = random_codes(rng, 9, 1024)
@@ -245,42 +246,67 @@ def test_concurrent_searches_on_one_mapping(tmp_path, rng):  # 18
 # -- the format -----------------------------------------------------------------------------
 
 
-def golden_bytes(tmp_path):
-    codes = np.arange(4 * 16, dtype=np.uint8).reshape(4, 16)
+def golden_bytes(tmp_path, monkeypatch):
+    """Version 2.0: a save of 4 codes (exact size), an append that starts a segment with reserved
+    room, and an append that fills that room in place and removes one code."""
+    monkeypatch.setattr(storage, "SEGMENT_MIN_BYTES", 4096)  # small reserved room: a small fixture
     header = storage.Header(bits=128, bit_order="big", metadata={"model": "golden"}, created=0)
     path = tmp_path / "g.bne"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
-        storage.create(fd, header, [(codes, np.array([10, 11, 12, 13]))], 13)
+        codes = np.arange(4 * 16, dtype=np.uint8).reshape(4, 16)
+        c = storage.create(fd, header, [(codes, np.array([10, 11, 12, 13]))], 13)
+        c = storage.write_commit(fd, header, c, [(codes[:2] ^ 0xFF, np.array([20, 21]))], np.empty(0, np.int64), 21)
+        storage.write_commit(fd, header, c, [(codes[2:] ^ 0x0F, np.array([22, 23]))], np.array([1]), 23)
     finally:
         os.close(fd)
     return path.read_bytes()
 
 
-def test_golden_bytes(tmp_path):  # 1, 20: the layout is pinned
-    data = golden_bytes(tmp_path)
-    assert data == GOLDEN.read_bytes(), "file layout changed: bump the format version and keep the old reader"
+def test_golden_bytes(tmp_path, monkeypatch):  # 1, 20: the layout is pinned
+    data = golden_bytes(tmp_path, monkeypatch)
+    assert data == GOLDEN_V2.read_bytes(), "file layout changed: bump the format version and keep the old reader"
     assert data[:8] == b"\x89BNEIDX\n"
     magic, major, minor, hdr, bits, cb, order, metric, idw, endian, page, flags, created, mlen = storage.HEADER.unpack_from(data)
-    assert (major, minor, hdr, bits, cb, order, metric, idw, endian, page) == (1, 0, 4096, 128, 16, 0, 0, 8, 1, 4096)
+    assert (major, minor, hdr, bits, cb, order, metric, idw, endian, page) == (2, 0, 4096, 128, 16, 0, 0, 8, 1, 4096)
     assert data[storage.DATA_START : storage.DATA_START + 64] == bytes(range(64))  # codes at 12288
     assert np.frombuffer(data, "<i8", 4, storage.DATA_START + 64).tolist() == [10, 11, 12, 13]
-    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(GOLDEN.read_bytes()).hexdigest()
+    second = storage.DATA_START + storage.PAGE  # the appended segment: 256 codes of room, then 256 ids
+    assert data[second : second + 64] == bytes(b ^ 0xFF for b in range(32)) + bytes(b ^ 0x0F for b in range(32, 64))
+    assert np.frombuffer(data, "<i8", 4, second + 256 * 16).tolist() == [20, 21, 22, 23]
+    idx = bne.open(GOLDEN_V2, verify=True)
+    assert len(idx) == 7 and idx.info()["segments"] == 2 and idx.ids().tolist() == [10, 11, 12, 13, 20, 21, 22, 23]
 
 
-def test_golden_file_still_opens():  # 20: files of released versions stay readable
-    idx = bne.open(GOLDEN, verify=True)
-    assert idx.bits == 128 and len(idx) == 4 and idx.metadata == {"model": "golden"}
-    np.testing.assert_array_equal(idx.ids(), [10, 11, 12, 13])
-    D, I = idx.search(np.arange(16, dtype=np.uint8).reshape(1, 16), 1)
-    assert I[0, 0] == 10 and D[0, 0] == 0
+def test_golden_files_still_open():  # 20: files of released versions stay readable
+    for golden in (GOLDEN, GOLDEN_V2):
+        idx = bne.open(golden, verify=True)
+        assert idx.bits == 128 and idx.metadata == {"model": "golden"}
+        D, I = idx.search(np.arange(16, dtype=np.uint8).reshape(1, 16), 1)
+        assert I[0, 0] == 10 and D[0, 0] == 0
+    assert bne.open(GOLDEN).ids().tolist() == [10, 11, 12, 13] and bne.open(GOLDEN).info()["format_version"] == "1.0"
+
+
+def test_version_1_files_take_appends_and_stay_version_1(tmp_path, rng):
+    path = tmp_path / "v1.bne"
+    path.write_bytes(GOLDEN.read_bytes())
+    for _ in range(3):
+        with bne.open(path, mode="a") as w:
+            w.add(random_codes(rng, 2, 128))
+    idx = bne.open(path, verify=True)
+    assert idx.info()["format_version"] == "1.0" and len(idx) == 10 and idx.info()["segments"] == 4
+    assert path.read_bytes()[8:10] == struct.pack("<H", 1)  # an older bne still reads it
+    with bne.open(path, mode="a") as w:
+        w.compact()  # compact writes the current version
+    idx = bne.open(path, verify=True)
+    assert idx.info()["format_version"] == "2.0" and len(idx) == 10 and idx.ids()[:4].tolist() == [10, 11, 12, 13]
 
 
 def test_version_gate(tmp_path):  # 1
     path = small_file(tmp_path)
-    rewrite(path, 8, struct.pack("<H", 2))
+    rewrite(path, 8, struct.pack("<H", 3))
     fix_header_crc(path)
-    with pytest.raises(bne.IndexFormatError, match=r"unknown major version 2\.0"):
+    with pytest.raises(bne.IndexFormatError, match=r"unknown major version 3\.0"):
         bne.open(path)
     path = small_file(tmp_path, name="minor.bne")
     rewrite(path, 10, struct.pack("<H", 7))  # newer minor: still readable
@@ -354,7 +380,7 @@ def test_crafted_segment_past_end(tmp_path):  # 4
     rec = storage.COMMIT.unpack_from(data, storage.SLOT_OFFSETS[slot])
     table_offset = rec[5]
     seg = list(storage.SEGMENT.unpack_from(data, table_offset))
-    seg[1] = 2**40  # a count that runs far past the file
+    seg[1] = seg[2] = 2**40  # a count (and room) that runs far past the file
     table = bytearray(data[table_offset : rec[7]])
     table[: storage.SEGMENT.size] = storage.SEGMENT.pack(*seg)
     rewrite(path, table_offset, bytes(table))
@@ -603,3 +629,64 @@ def test_append_with_other_bits_is_refused(tmp_path):
     path = small_file(tmp_path, bits=128)
     with pytest.raises(bne.IndexFormatError, match="index holds 128-bit codes, expected 1024"):
         bne.open(path, mode="a", bits=1024)
+
+
+# -- few segments by construction (format 2.0) ------------------------------------------------------
+
+
+def test_tiny_commits_extend_one_segment(tmp_path, rng, monkeypatch):
+    """2,000 one-code commits: one segment, a file far below the 16 MiB bound (the old format
+    wrote 253 MiB for 4,000), and the same results as the codes in RAM."""
+    monkeypatch.setattr(storage.io, "fsync", lambda fd: None)  # layout, not durability, is tested here
+    path = tmp_path / "tiny.bne"
+    codes = random_codes(rng, 2000, 1024)
+    with bne.open(path, mode="a", bits=1024) as w:
+        for i in range(2000):
+            w.add(codes[i : i + 1])
+            w.commit()
+    idx = bne.open(path, verify=True)
+    assert len(idx) == 2000 and idx.info()["segments"] == 1 and idx.info()["commit"] == 2001
+    assert path.stat().st_size < 2 << 20
+    mem = bne.Index(1024)
+    mem.add(codes)
+    q = random_codes(rng, 7, 1024)
+    for got, want in zip(idx.search(q, 10), mem.search(q, 10)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_large_builds_keep_few_segments(tmp_path, rng, monkeypatch):
+    """Commits of a fixed size (bne build commits every 2048 documents) give O(log n) segments
+    and reserve at most about a quarter of the file."""
+    monkeypatch.setattr(storage.io, "fsync", lambda fd: None)
+    monkeypatch.setattr(storage, "SEGMENT_MIN_BYTES", 8 * 64)  # scaled down: 8 codes of 64 bytes
+    monkeypatch.setattr(storage, "SEGMENT_MAX_BYTES", 512 * 64)
+    path = tmp_path / "big.bne"
+    batch = random_codes(rng, 16, 512)
+    n = 0
+    with bne.open(path, mode="a", bits=512) as w:
+        for _ in range(489):
+            w.add(batch)
+            w.commit()
+            n += 16
+    info = bne.open(path, verify=True).info()
+    assert info["codes"] == n == 7824
+    assert info["segments"] <= 40  # 489 in format 1.0
+    assert info["file_bytes"] < 1.4 * n * (64 + 8) + 489 * 41 * 40  # data + reserve + old tables
+
+
+def test_empty_segments_cost_nothing_to_search(tmp_path, rng):
+    """A crafted file listing 100,000 empty segments opens and searches quickly."""
+    path = tmp_path / "empty.bne"
+    header = storage.new_header(128)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        c = storage.create(fd, header, [(random_codes(rng, 3, 128), np.arange(3))], 2)
+        empty = storage.Segment(storage.DATA_START, 0, storage.DATA_START, 0, 0, 0)
+        c.segments = [empty] * 100_000 + c.segments
+        storage.write_commit(fd, header, c, [], np.empty(0, np.int64), 2)
+    finally:
+        os.close(fd)
+    idx = bne.open(path, verify=True)
+    assert idx.info()["segments"] == 100_001 and len(idx) == 3
+    D, I = idx.search(random_codes(rng, 16, 128), 2)
+    assert I.shape == (16, 2) and (I >= 0).all()

@@ -194,9 +194,10 @@ def test_largest_id_works_and_lookups_never_wrap(tmp_path):
 
 def test_negative_stored_ids_are_caught(tmp_path):
     path = new_index(tmp_path, n=3)
+    with open(path, "rb") as f:
+        seg = storage.read_state(path, f.fileno(), os.fstat(f.fileno()).st_size)[1].segments[0]
     data = bytearray(path.read_bytes())
-    seg = storage.SEGMENT.unpack_from(data, storage.COMMIT.unpack_from(data, storage.SLOT_OFFSETS[newest_slot(path)])[5])
-    struct.pack_into("<q", data, seg[2], -1)  # first stored id becomes -1 (crc now wrong too)
+    struct.pack_into("<q", data, seg.ids_offset, -1)  # first stored id becomes -1 (crc now wrong too)
     path.write_bytes(bytes(data))
     with pytest.raises(bne.IndexFormatError):
         bne.open(path, verify=True)

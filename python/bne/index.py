@@ -471,8 +471,9 @@ class MappedIndex(_SearchMixin):
         self._segments = []
         base = 0
         for seg in self._commit.segments:
-            codes, ids = storage.segment_arrays(self._mm, self._header, seg)
-            self._segments.append(_Part(base, seg.count, ids, codes=codes))
+            if seg.count:  # a crafted file may list many empty segments: they hold nothing to scan
+                codes, ids = storage.segment_arrays(self._mm, self._header, seg)
+                self._segments.append(_Part(base, seg.count, ids, codes=codes))
             base += seg.count
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_flat: _core.FlatIndex | None = None
@@ -581,7 +582,7 @@ class MappedIndex(_SearchMixin):
         if not self._pending and np.array_equal(self._tomb, self._commit.tombstones) and self._max_id == self._commit.max_id:
             return
         parts = [(np.concatenate([c for c, _ in self._pending]), np.concatenate([i for _, i in self._pending]))] if self._pending else []
-        storage.write_commit(self._fd, self._commit, parts, self._tomb, self._max_id)
+        storage.write_commit(self._fd, self._header, self._commit, parts, self._tomb, self._max_id)
         self._load()
 
     def compact(self, path: str | os.PathLike | None = None) -> None:

@@ -41,7 +41,8 @@ class IndexLockedError(BlockingIOError):
 
 MAGIC = b"\x89BNEIDX\n"
 COMMIT_MAGIC = b"BNECOMIT"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 2, 0  # what this bne writes; it reads majors 1 and 2
+READABLE_MAJORS = (1, 2)
 PAGE = 4096
 SLOT_OFFSETS = (PAGE, 2 * PAGE)
 DATA_START = 3 * PAGE
@@ -59,9 +60,23 @@ MAX_METADATA = HEADER_CRC_AT - HEADER.size
 # magic, seq, count, n_tombstones, n_segments, table_offset, table_bytes, end_offset, max_id, table_crc
 COMMIT = struct.Struct("<8sQQQQQQQqI")
 COMMIT_CRC_AT = COMMIT.size
-# codes_offset, count, ids_offset, codes_crc, ids_crc
-SEGMENT = struct.Struct("<QQQII")
-assert HEADER.size == 52 and COMMIT.size == 76 and SEGMENT.size == 32  # pinned by the golden-bytes test
+# Version 1 segment record: codes_offset, count, ids_offset, codes_crc, ids_crc
+SEGMENT_V1 = struct.Struct("<QQQII")
+# Version 2 adds a capacity: the segment's regions are reserved for `capacity` codes and ids, so
+# later commits extend the tail segment in place instead of adding one segment per commit.
+# codes_offset, count, capacity, ids_offset, codes_crc, ids_crc
+SEGMENT = struct.Struct("<QQQQII")
+assert HEADER.size == 52 and COMMIT.size == 76 and SEGMENT_V1.size == 32 and SEGMENT.size == 40  # pinned by golden tests
+
+# A new tail segment reserves room for a quarter of the codes so far, within these bounds (bytes
+# of codes): few segments for any commit size, and at most ~1/4 of the file reserved and unused
+# (a sparse hole on Linux file systems until it fills).
+SEGMENT_MIN_BYTES = 256 << 10
+SEGMENT_MAX_BYTES = 16 << 20
+
+
+def segment_struct(major: int) -> struct.Struct:
+    return SEGMENT_V1 if major == 1 else SEGMENT
 
 
 def crc32(data) -> int:
@@ -79,6 +94,7 @@ class Header:
     metadata: dict = dataclasses.field(default_factory=dict)
     created: int = 0
     minor: int = MINOR
+    major: int = MAJOR
 
     @property
     def code_bytes(self) -> int:
@@ -95,7 +111,7 @@ class Header:
             raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
         if len(meta) > MAX_METADATA:
             raise ValueError(f"metadata must encode to at most {MAX_METADATA} bytes of JSON, got {len(meta)}")
-        fixed = HEADER.pack(MAGIC, MAJOR, self.minor, PAGE, self.bits, self.code_bytes, BIT_ORDERS[self.bit_order],
+        fixed = HEADER.pack(MAGIC, self.major, self.minor, PAGE, self.bits, self.code_bytes, BIT_ORDERS[self.bit_order],
                             METRIC_HAMMING, 8, ENDIAN_LITTLE, PAGE, FLAG_IDS | FLAG_TOMBSTONES, self.created, len(meta))
         page = bytearray(PAGE)
         page[: HEADER.size] = fixed
@@ -111,6 +127,11 @@ class Segment:
     ids_offset: int
     codes_crc: int
     ids_crc: int
+    capacity: int  # codes the regions are reserved for (== count in version 1 files)
+
+    def end(self) -> int:
+        """First byte after the segment's reserved ids region."""
+        return self.ids_offset + 8 * self.capacity
 
 
 @dataclasses.dataclass
@@ -131,8 +152,12 @@ class Commit:
         return rec + struct.pack("<I", crc32(rec))
 
 
-def encode_table(segments: list[Segment], tombstones: np.ndarray) -> bytes:
-    recs = b"".join(SEGMENT.pack(s.codes_offset, s.count, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments)
+def encode_table(segments: list[Segment], tombstones: np.ndarray, major: int) -> bytes:
+    if major == 1:
+        recs = b"".join(SEGMENT_V1.pack(s.codes_offset, s.count, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments)
+    else:
+        recs = b"".join(SEGMENT.pack(s.codes_offset, s.count, s.capacity, s.ids_offset, s.codes_crc, s.ids_crc)
+                        for s in segments)
     return recs + np.asarray(tombstones, dtype="<i8").tobytes()
 
 
@@ -154,8 +179,8 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
     (_, major, minor, header_bytes, bits, code_bytes, bit_order, metric, id_bytes, endian, page_size, flags,
      created, meta_len) = HEADER.unpack_from(page)
-    if major != MAJOR:
-        raise _fail(path, f"unknown major version {major}.{minor} (this bne reads {MAJOR}.x; upgrade bne)")
+    if major not in READABLE_MAJORS:
+        raise _fail(path, f"unknown major version {major}.{minor} (this bne reads versions 1.x and 2.x; upgrade bne)")
     if len(page) < PAGE:
         raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
     stored = struct.unpack_from("<I", page, HEADER_CRC_AT)[0]
@@ -171,7 +196,7 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         raise _fail(path, f"bits ({bits}) and bytes per code ({code_bytes}) disagree")
     if bit_order not in BIT_ORDER_NAMES or metric != METRIC_HAMMING or id_bytes != 8:
         raise _fail(path, f"unsupported bit order {bit_order} / metric {metric} / id width {id_bytes}")
-    if flags & ~(FLAG_IDS | FLAG_TOMBSTONES) and minor <= MINOR:
+    if flags & ~(FLAG_IDS | FLAG_TOMBSTONES) and minor == 0:
         raise _fail(path, f"unknown section flags {flags:#x}")
     if meta_len > MAX_METADATA:
         raise _fail(path, f"metadata length {meta_len} exceeds the header page")
@@ -183,7 +208,8 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         raise _fail(path, "metadata JSON is nested too deeply") from None
     if not isinstance(metadata, dict):
         raise _fail(path, "metadata is not a JSON object")
-    return Header(bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor)
+    return Header(bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor,
+                  major=major)
 
 
 def _parse_slot(buf: bytes) -> tuple[int, bytes] | None:
@@ -265,7 +291,8 @@ def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_siz
         raise _fail(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
     if not DATA_START <= table_offset <= end_offset or table_offset + table_bytes != end_offset:
         raise _fail(path, f"commit table at {table_offset}+{table_bytes} lies outside the committed data (end {end_offset})")
-    if nseg * SEGMENT.size + ntomb * 8 != table_bytes:
+    seg_rec = segment_struct(header.major)
+    if nseg * seg_rec.size + ntomb * 8 != table_bytes:
         raise _fail(path, f"commit table size {table_bytes} disagrees with {nseg} segments and {ntomb} tombstones")
     if ntomb > count:
         raise _fail(path, f"{ntomb} tombstones for {count} codes")
@@ -275,18 +302,24 @@ def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_siz
     cb = header.code_bytes
     segments, total, prev_end = [], 0, DATA_START
     for i in range(nseg):
-        s = Segment(*SEGMENT.unpack_from(table, i * SEGMENT.size))
-        codes_end = s.codes_offset + s.count * cb
-        if codes_end + 8 * s.count > table_offset:
-            raise _fail(path, f"segment {i}: {s.count} codes at {s.codes_offset} run past the commit table at {table_offset}")
-        if s.codes_offset % PAGE or s.codes_offset < prev_end or s.ids_offset != codes_end:
-            raise _fail(path, f"segment {i}: codes at {s.codes_offset} are misaligned or overlap earlier data")
+        if header.major == 1:
+            codes_offset, n, ids_offset, codes_crc, ids_crc = SEGMENT_V1.unpack_from(table, i * seg_rec.size)
+            cap = n
+        else:
+            codes_offset, n, cap, ids_offset, codes_crc, ids_crc = SEGMENT.unpack_from(table, i * seg_rec.size)
+        s = Segment(codes_offset, n, ids_offset, codes_crc, ids_crc, cap)
+        if n > cap:
+            raise _fail(path, f"segment {i}: {n} codes in room for {cap}")
+        if s.end() > table_offset:
+            raise _fail(path, f"segment {i}: {cap} codes at {codes_offset} run past the commit table at {table_offset}")
+        if codes_offset % PAGE or codes_offset < prev_end or ids_offset != codes_offset + cap * cb:
+            raise _fail(path, f"segment {i}: codes at {codes_offset} are misaligned or overlap earlier data")
         segments.append(s)
-        total += s.count
-        prev_end = s.ids_offset + 8 * s.count
+        total += n
+        prev_end = s.end()
     if total != count:
         raise _fail(path, f"segments hold {total} codes but the commit record says {count}")
-    tomb = np.frombuffer(table, dtype="<i8", count=ntomb, offset=nseg * SEGMENT.size).astype(np.int64)
+    tomb = np.frombuffer(table, dtype="<i8", count=ntomb, offset=nseg * seg_rec.size).astype(np.int64)
     # Comparisons, not np.diff: a difference of int64 positions can wrap (e.g. -2**63).
     if ntomb and (tomb[0] < 0 or tomb[-1] >= count or bool((tomb[1:] <= tomb[:-1]).any())):
         raise _fail(path, "tombstones are not sorted positions inside the index")
@@ -328,29 +361,54 @@ def fsync_dir(path) -> None:
         os.close(dfd)
 
 
-def write_commit(fd: int, prev: Commit | None, new_parts: list[tuple[np.ndarray, np.ndarray]],
-                 tombstones: np.ndarray, max_id: int) -> Commit:
-    """Appends segments for `new_parts` ((codes, ids) pairs) and a commit; returns the new commit.
+def _new_capacity(header: Header, n_new: int, count: int, reserve: bool) -> int:
+    if not reserve or header.major == 1:  # version 1 has no reserved room; saves are exact
+        return n_new
+    cb = header.code_bytes
+    lo, hi = -(-SEGMENT_MIN_BYTES // cb), max(1, SEGMENT_MAX_BYTES // cb)
+    return max(n_new, min(max(count // 4, lo), hi))
 
-    Order: data and table past the committed end, fsync, then the commit record into the slot
-    the current commit does not use, fsync. A failed fsync raises and is never retried.
+
+def write_commit(fd: int, header: Header, prev: Commit | None, new_parts: list[tuple[np.ndarray, np.ndarray]],
+                 tombstones: np.ndarray, max_id: int, *, reserve: bool = True) -> Commit:
+    """Writes the codes of `new_parts` ((codes, ids) pairs) and a commit; returns the new commit.
+
+    New codes first fill the room reserved in the tail segment (bytes no committed reader looks
+    at: they lie past its count), then go to a new page-aligned segment that reserves room for
+    later commits (``reserve``; saves and version 1 files reserve none). Then the table past the
+    committed end, fsync, then the commit record into the slot the current commit does not use,
+    fsync. A crash before the second fsync leaves the previous commit as it was. A failed fsync
+    raises and is never retried.
     """
+    cb = header.code_bytes
     cursor = prev.end_offset if prev else DATA_START
     segments = list(prev.segments) if prev else []
     count = prev.count if prev else 0
-    for codes, ids in new_parts:
-        if not len(codes):
-            continue
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        ids = np.ascontiguousarray(ids, dtype="<i8")
+    parts = [(np.ascontiguousarray(c, dtype=np.uint8), np.ascontiguousarray(i, dtype="<i8")) for c, i in new_parts
+             if len(c)]
+    codes = parts[0][0] if len(parts) == 1 else np.concatenate([c for c, _ in parts]) if parts else np.empty((0, cb), np.uint8)
+    ids = parts[0][1] if len(parts) == 1 else np.concatenate([i for _, i in parts]) if parts else np.empty(0, "<i8")
+    if len(codes) and segments and segments[-1].capacity > segments[-1].count:
+        tail = segments[-1]
+        take = min(tail.capacity - tail.count, len(codes))
+        c, i = codes[:take], ids[:take]
+        _pwrite_all(fd, c, tail.codes_offset + tail.count * cb)
+        _pwrite_all(fd, i, tail.ids_offset + tail.count * 8)
+        # CRC-32 continues over appended bytes: O(new codes), not O(segment)
+        segments[-1] = dataclasses.replace(tail, count=tail.count + take, codes_crc=zlib.crc32(c, tail.codes_crc),
+                                           ids_crc=zlib.crc32(i, tail.ids_crc))
+        codes, ids, count = codes[take:], ids[take:], count + take
+    if len(codes):
+        cap = _new_capacity(header, len(codes), count, reserve)
         offset = _align(cursor, PAGE)  # page-aligned codes: kernels read them in place
         _pwrite_all(fd, codes, offset)
-        _pwrite_all(fd, ids, offset + codes.nbytes)
-        segments.append(Segment(offset, len(codes), offset + codes.nbytes, crc32(codes), crc32(ids)))
+        _pwrite_all(fd, ids, offset + cap * cb)
+        seg = Segment(offset, len(codes), offset + cap * cb, crc32(codes), crc32(ids), cap)
+        segments.append(seg)
         count += len(codes)
-        cursor = offset + codes.nbytes + ids.nbytes
+        cursor = seg.end()
     table_offset = _align(cursor, 8)
-    table = encode_table(segments, tombstones)
+    table = encode_table(segments, tombstones, header.major)
     _pwrite_all(fd, table, table_offset)
     io.fsync(fd)
     seq = (prev.seq if prev else 0) + 1
@@ -366,7 +424,7 @@ def create(fd: int, header: Header, parts: Sequence[tuple[np.ndarray, np.ndarray
     """Writes the header, empty commit slots and a first commit holding `parts` into an empty file."""
     _pwrite_all(fd, header.encode(), 0)
     _pwrite_all(fd, bytes(2 * PAGE), PAGE)
-    return write_commit(fd, None, list(parts), np.empty(0, np.int64), max_id)
+    return write_commit(fd, header, None, list(parts), np.empty(0, np.int64), max_id, reserve=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,7 +684,7 @@ def verify_segments(path, mm: mmap.mmap, header: Header, commit: Commit) -> None
 
 def describe(header: Header, commit: Commit) -> dict[str, Any]:
     return {
-        "format_version": f"{MAJOR}.{header.minor}",
+        "format_version": f"{header.major}.{header.minor}",
         "bits": header.bits,
         "bit_order": header.bit_order,
         "codes": commit.count,
