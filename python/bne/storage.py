@@ -258,6 +258,9 @@ def read_state(path, fd: int, file_size: int) -> tuple[Header, Commit, list[Slot
     if not valid:
         raise _fail(path, "no valid commit record (both commit slots are damaged)")
     seq, slot, rec = max(valid)
+    # A writer may have committed between the caller's fstat and the slot reads above: the
+    # file only grows past a committed end, so the size taken now covers the record just read.
+    file_size = max(file_size, os.fstat(fd).st_size)
     commit = _parse_commit(path, fd, header, rec, slot, file_size)
     # Only the first commit leaves a slot that was never written.
     problems = damaged + [SlotProblem(z, "zeroed") for z in zero if seq >= 2]
