@@ -412,3 +412,44 @@ def test_compact_killed_mid_rewrite(tmp_path):
     with bne.open(path, mode="a") as w:
         assert len(w) == 50
     assert not list(tmp_path.glob(".bne-*.tmp"))
+
+
+# -- issue 9 item 3: no hidden copies ---------------------------------------------------------
+
+
+def test_reconstruct_costs_what_it_returns(tmp_path, rng):
+    """reconstruct(3 ids) on 200,000 codes (25.6 MB) allocates kilobytes, in RAM and mapped
+    (the old RAM index copied the whole database per call: what --rescore paid per batch)."""
+    import tracemalloc
+
+    codes = random_codes(rng, 200_000, 1024)
+    index = bne.Index(1024)
+    index.add(codes)
+    index.save(tmp_path / "r.bne")
+    want = codes[[5, 17, 199_999]]
+    for idx in (index, bne.open(tmp_path / "r.bne")):
+        idx.positions_of([0])  # the id lookup is built once per change, then reused
+        tracemalloc.start()
+        got = idx.reconstruct([5, 17, 199_999])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(got, want)
+        assert peak < 256 << 10, peak
+
+
+def test_writer_holds_pending_codes_once(tmp_path, rng):
+    """Pending codes live in one buffer that search reads and commit writes (no second copy)."""
+    import tracemalloc
+
+    batch = random_codes(rng, 1000, 1024)
+    with bne.open(tmp_path / "p.bne", mode="a", bits=1024) as w:
+        tracemalloc.start()
+        for _ in range(100):
+            w.add(batch)
+        current = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert len(w) == 100_000
+        assert current < 1.5 * 100_000 * (128 + 8), current  # codes + ids, with growth slack
+        D, I = w.search(batch[:2], 1)
+        assert (D[:, 0] == 0).all()
+    assert len(bne.open(tmp_path / "p.bne", verify=True)) == 100_000

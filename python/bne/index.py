@@ -108,6 +108,35 @@ def merge_topk(results: list[tuple[np.ndarray, ...]], k: int, nq: int) -> tuple[
     return tuple(out)
 
 
+class _Rows:
+    """Rows appended in batches and held once: a numpy array grown geometrically (amortised O(1)
+    per row), read through zero-copy views of its filled part. A view handed out stays valid
+    after later appends (growth moves to a new array; the old one lives while it is referenced)."""
+
+    __slots__ = ("_a", "n")
+
+    def __init__(self, width: int | None, dtype) -> None:
+        self._a = np.empty((0, width) if width else (0,), dtype)
+        self.n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self._a):
+            grown = np.empty((max(need, 2 * len(self._a), 256), *self._a.shape[1:]), self._a.dtype)
+            grown[: self.n] = self._a[: self.n]
+            self._a = grown
+        self._a[self.n : need] = rows
+        self.n = need
+
+    def view(self) -> np.ndarray:
+        v = self._a[: self.n]
+        v.flags.writeable = False  # searches and callers read; only append() writes
+        return v
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class _Part:
     """A contiguous run of positions [base, base + n) backed by a code array or a FlatIndex."""
 
@@ -356,17 +385,21 @@ class Index(_SearchMixin):
     """
 
     def __init__(self, bits: int) -> None:
-        self._flat = _core.FlatIndex(check_bits(bits))
-        self._id_array: np.ndarray | None = None  # None: ids are positions
+        self._bits = check_bits(bits)
+        self._codes = _Rows(self._bits // 8, np.uint8)
+        self._id_rows: _Rows | None = None  # None: ids are positions
         self._tomb = np.empty(0, np.int64)
         self._max_id = -1
         self._changed()
 
-    bits = property(lambda self: self._flat.bits)
-    code_bytes = property(lambda self: self._flat.code_bytes)
+    bits = property(lambda self: self._bits)
+    code_bytes = property(lambda self: self._bits // 8)
 
     def _parts(self) -> list[_Part]:
-        return [_Part(0, len(self._flat), self._id_array, flat=self._flat)] if len(self._flat) else []
+        if not len(self._codes):
+            return []
+        ids = self._id_rows.view() if self._id_rows is not None else None
+        return [_Part(0, len(self._codes), ids, codes=self._codes.view())]
 
     def _tombstones(self) -> np.ndarray:
         return self._tomb
@@ -379,12 +412,13 @@ class Index(_SearchMixin):
         integers after the largest id so far). Duplicate ids raise ValueError."""
         c = check_codes(codes, "codes", self.code_bytes)
         new = self._new_ids(len(c), ids, self._max_id)
-        n0 = len(self._flat)
-        if ids is not None and self._id_array is None and not np.array_equal(new, np.arange(n0, n0 + len(c))):
-            self._id_array = np.arange(n0, dtype=np.int64)
-        self._flat.add(c)
-        if self._id_array is not None:
-            self._id_array = np.concatenate([self._id_array, new])
+        n0 = len(self._codes)
+        if ids is not None and self._id_rows is None and not np.array_equal(new, np.arange(n0, n0 + len(c))):
+            self._id_rows = _Rows(None, np.int64)
+            self._id_rows.append(np.arange(n0, dtype=np.int64))
+        self._codes.append(c)
+        if self._id_rows is not None:
+            self._id_rows.append(new)
         if len(new):
             self._max_id = max(self._max_id, int(new.max()))
         self._changed()
@@ -398,27 +432,29 @@ class Index(_SearchMixin):
 
     def codes(self) -> np.ndarray:
         """A copy of the stored codes (removed ones included), shape ``(positions, bits/8)``."""
-        return self._flat.codes()
+        return self._codes.view().copy()
+
+    def _live(self) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.ones(len(self._codes), bool)
+        keep[self._tomb] = False
+        return self._codes.view()[keep], self.ids()[keep]
 
     def compact(self) -> None:
         """Drops removed codes from memory (ids are kept, positions renumbered)."""
         if not len(self._tomb):
             return
-        keep = np.ones(len(self._flat), bool)
-        keep[self._tomb] = False
-        codes, ids = self._flat.codes()[keep], self.ids()[keep]
-        self._flat.reset()
-        self._flat.add(codes)
-        self._id_array, self._tomb = ids, np.empty(0, np.int64)
+        codes, ids = self._live()
+        self._codes, self._id_rows = _Rows(self.code_bytes, np.uint8), _Rows(None, np.int64)
+        self._codes.append(codes)
+        self._id_rows.append(ids)
+        self._tomb = np.empty(0, np.int64)
         self._changed()
 
     def save(self, path: str | os.PathLike, *, metadata: dict | None = None, bit_order: str = "big") -> None:
         """Writes the live codes and their ids to ``path`` atomically (temporary file in the same
         folder, fsync, rename, fsync of the folder); open it with :func:`bne.open`."""
-        keep = np.ones(len(self._flat), bool)
-        keep[self._tomb] = False
-        codes, ids = self._flat.codes()[keep], self.ids()[keep]
         header = storage.new_header(self.bits, bit_order, metadata)
+        codes, ids = self._live()
         storage.save_atomic(path, header, [(codes, ids)], self._max_id)
 
 
@@ -475,8 +511,9 @@ class MappedIndex(_SearchMixin):
                 codes, ids = storage.segment_arrays(self._mm, self._header, seg)
                 self._segments.append(_Part(base, seg.count, ids, codes=codes))
             base += seg.count
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_flat: _core.FlatIndex | None = None
+        # Codes added since the last commit, held once (searched and written from these rows).
+        self._pending_codes = _Rows(self._header.code_bytes, np.uint8)
+        self._pending_ids = _Rows(None, np.int64)
         self._tomb = self._commit.tombstones
         self._max_id = self._commit.max_id
         self._changed()
@@ -504,10 +541,10 @@ class MappedIndex(_SearchMixin):
                                    f"{self._commit.end_offset}); another program truncated it; reopen it")
 
     def _parts(self) -> list[_Part]:
-        if self._pending_flat is not None and len(self._pending_flat):
-            base = self._commit.count
-            ids = np.concatenate([i for _, i in self._pending])
-            return [*self._segments, _Part(base, len(self._pending_flat), ids, flat=self._pending_flat)]
+        if len(self._pending_codes):
+            pending = _Part(self._commit.count, len(self._pending_codes), self._pending_ids.view(),
+                            codes=self._pending_codes.view())
+            return [*self._segments, pending]
         return self._segments
 
     def _tombstones(self) -> np.ndarray:
@@ -559,10 +596,8 @@ class MappedIndex(_SearchMixin):
         new = self._new_ids(len(c), ids, self._max_id)
         if not len(c):
             return
-        if self._pending_flat is None:
-            self._pending_flat = _core.FlatIndex(self.bits)
-        self._pending_flat.add(c)
-        self._pending.append((c.copy(), new))
+        self._pending_codes.append(c)
+        self._pending_ids.append(new)
         self._max_id = max(self._max_id, int(new.max()))
         self._changed()
 
@@ -579,9 +614,9 @@ class MappedIndex(_SearchMixin):
         """Makes every add/remove so far durable (fsync). After a crash the file opens with every
         committed code and nothing of what was not committed."""
         self._check_writable("commit")
-        if not self._pending and np.array_equal(self._tomb, self._commit.tombstones) and self._max_id == self._commit.max_id:
+        if not len(self._pending_codes) and np.array_equal(self._tomb, self._commit.tombstones) and self._max_id == self._commit.max_id:
             return
-        parts = [(np.concatenate([c for c, _ in self._pending]), np.concatenate([i for _, i in self._pending]))] if self._pending else []
+        parts = [(self._pending_codes.view(), self._pending_ids.view())] if len(self._pending_codes) else []
         storage.write_commit(self._fd, self._header, self._commit, parts, self._tomb, self._max_id)
         self._load()
 
