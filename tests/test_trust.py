@@ -64,36 +64,8 @@ def test_writer_that_opened_the_old_inode_retries_on_the_new_file(tmp_path, monk
     assert len(bne.open(path, verify=True)) == 25
 
 
-COMPACTOR = """
-import sys, time, bne
-path, stop = sys.argv[1], time.time() + float(sys.argv[2])
-while time.time() < stop:
-    try:
-        with bne.open(path, mode="a") as w:
-            w.compact()
-    except bne.IndexLockedError:
-        pass
-"""
-
-
-def test_commits_survive_a_concurrent_compact_loop(tmp_path, rng):
-    """The stress run of the report: one process compacts in a loop, this one appends; every
-    commit that returned must be in the file (on the old code nearly all were lost)."""
-    path = new_index(tmp_path, n=1)
-    proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(path), "3"])
-    done, deadline = 0, time.time() + 2.5
-    try:
-        while time.time() < deadline:
-            try:
-                with bne.open(path, mode="a") as w:
-                    w.add(random_codes(rng, 1, 128))
-                done += 1
-            except bne.IndexLockedError:
-                pass
-    finally:
-        proc.wait(timeout=30)
-    assert done > 5
-    assert len(bne.open(path, verify=True)) == 1 + done
+# The stress version (a compact loop in another process against this one's commits) is
+# tests/test_attack.py::test_no_commit_lost_to_a_compact_loop.
 
 
 def test_save_over_an_index_a_writer_holds_is_refused(tmp_path, rng):
