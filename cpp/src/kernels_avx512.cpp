@@ -2,9 +2,15 @@
 // dispatcher confirmed those features (cpuid + xgetbv). Everything here has internal linkage
 // so no AVX-512 instance of an inline function can leak into baseline code (the ODR trap).
 //
-// Measured on Zen 4 (this project's machine): the scan is bound by vector ALU throughput, and
-// 256-bit VPOPCNTQ (AVX-512VL) beats 512-bit ops; each loaded code chunk is reused for up to
-// 4 queries so loads never limit, and 4 codes' per-lane counts are reduced together.
+// Two variants share this file (same flags), chosen per CPU by the dispatcher:
+//  * table256: 256-bit VPOPCNTQ (AVX-512VL). Zen 4 splits every 512-bit op into two 256-bit
+//    halves, so wider registers buy nothing there while their cross-lane reductions cost more.
+//  * table512: 512-bit VPOPCNTQ. Intel (Ice Lake and later) issues VPOPCNTQ on one port, so a
+//    512-bit op does twice the work of a 256-bit one; Zen 5 has full-width units too.
+// Both scan row-major codes (the file layout), reuse each loaded code chunk for several
+// queries, reduce the per-lane counts of several (code, query) pairs together, and compare the
+// distances with the per-query bounds in registers (the fused threshold filter): only the rare
+// pairs that can still enter a result are stored.
 #include <immintrin.h>
 
 #include "bne/kernels.hpp"
@@ -106,27 +112,176 @@ void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size
     }
 }
 
-size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {
-    const __m512i vthr = _mm512_set1_epi32(static_cast<int>(thr));
-    const __m512i step = _mm512_set1_epi32(16);
-    __m512i vidx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+// ---- fused scan, 256-bit --------------------------------------------------------------------
+
+constexpr size_t kScanQueries = 8;
+
+// Lanes [0, count) set.
+inline __mmask8 first_lanes(size_t count) noexcept { return static_cast<__mmask8>((1u << count) - 1u); }
+
+// Rare path: writes the pairs of `keep` (lane j -> query a_of(j), code i_of(j)) to hits.
+template <class AOf, class IOf>
+inline size_t emit(unsigned keep, const uint32_t* d, ScanHit* hits, AOf a_of, IOf i_of) noexcept {
     size_t m = 0;
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 valid = n - i >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1u);
-        const __m512i v = _mm512_maskz_loadu_epi32(valid, d + i);
-        const __mmask16 keep = _mm512_mask_cmplt_epu32_mask(valid, v, vthr);
-        if (keep) {  // rare once a top-k threshold has settled
-            _mm512_mask_compressstoreu_epi32(idx + m, keep, vidx);
-            _mm512_mask_compressstoreu_epi32(dist + m, keep, v);
-            m += static_cast<size_t>(__builtin_popcount(keep));
-        }
-        vidx = _mm512_add_epi32(vidx, step);
+    while (keep) {
+        const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
+        hits[m++] = {static_cast<uint32_t>(a_of(j)), static_cast<uint32_t>(i_of(j)), d[j]};
+        keep &= keep - 1;
     }
     return m;
 }
 
+// Queries in sub-batches of 4 against groups of 4 codes: the group's 4 rows stay in L1 while
+// all queries of the batch pass over them.
+template <size_t C>
+size_t scan256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+               ScanHit* hits) noexcept {
+    const size_t stride = words * 8;
+    __m128i vthr[kScanQueries];
+    for (size_t a = 0; a < nq; ++a) vthr[a] = _mm_set1_epi32(static_cast<int>(thr[a]));
+    size_t m = 0;
+    __m128i res[4];
+    for (size_t i = 0; i < n; i += 4) {
+        const size_t count = n - i < 4 ? n - i : 4;
+        const __mmask8 valid = first_lanes(count);
+        const uint8_t* c = codes + i * stride;
+        size_t a = 0;
+        auto check = [&](size_t q, size_t nqs) {
+            for (size_t b = 0; b < nqs; ++b) {
+                const unsigned keep = _mm_mask_cmplt_epu32_mask(valid, res[b], vthr[q + b]);
+                if (keep) [[unlikely]] {
+                    alignas(16) uint32_t d[4];
+                    _mm_store_si128(reinterpret_cast<__m128i*>(d), res[b]);
+                    m += emit(keep, d, hits + m, [&](unsigned) { return q + b; }, [&](unsigned j) { return i + j; });
+                }
+            }
+        };
+        for (; a + 4 <= nq; a += 4) {
+            group<4, C>(queries + a * stride, words, c, count, res);
+            check(a, 4);
+        }
+        switch (nq - a) {
+            case 3: group<3, C>(queries + a * stride, words, c, count, res); check(a, 3); break;
+            case 2: group<2, C>(queries + a * stride, words, c, count, res); check(a, 2); break;
+            case 1: group<1, C>(queries + a * stride, words, c, count, res); check(a, 1); break;
+            default: break;
+        }
+    }
+    return m;
+}
+
+size_t scan_below256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                     const uint32_t* thr, ScanHit* hits) noexcept {
+    switch (words) {
+        case 16: return scan256<4>(queries, nq, codes, n, words, thr, hits);  // 1024 bits
+        case 32: return scan256<8>(queries, nq, codes, n, words, thr, hits);  // 2048 bits
+        case 8: return scan256<2>(queries, nq, codes, n, words, thr, hits);   // 512 bits
+        default: return scan256<0>(queries, nq, codes, n, words, thr, hits);
+    }
+}
+
+// ---- fused scan, 512-bit --------------------------------------------------------------------
+
+// Sums the 8 qwords of each of a[0..7]: lane j of the result is the total of a[j].
+inline __m512i reduce8(const __m512i* a) noexcept {
+    // Pairwise sums within 128-bit lanes, then across lanes in two shuffle-and-add steps.
+    const __m512i t01 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[0], a[1]), _mm512_unpackhi_epi64(a[0], a[1]));
+    const __m512i t23 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[2], a[3]), _mm512_unpackhi_epi64(a[2], a[3]));
+    const __m512i t45 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[4], a[5]), _mm512_unpackhi_epi64(a[4], a[5]));
+    const __m512i t67 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[6], a[7]), _mm512_unpackhi_epi64(a[6], a[7]));
+    const __m512i u0 = _mm512_add_epi64(_mm512_shuffle_i64x2(t01, t23, 0x88), _mm512_shuffle_i64x2(t01, t23, 0xdd));
+    const __m512i u1 = _mm512_add_epi64(_mm512_shuffle_i64x2(t45, t67, 0x88), _mm512_shuffle_i64x2(t45, t67, 0xdd));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
+}
+
+// Distances of one code against Q <= 8 queries (lane a = query a; lanes >= Q are 0).
+// C > 0: exactly C 64-byte chunks, with the queries held in `qv`; C == 0: any width, queries
+// read from memory, a masked tail for the last words % 8 words.
+template <size_t Q, size_t C>
+inline __m256i one_code512(const __m512i (*qv)[C ? C : 1], const uint8_t* q, size_t words, const uint8_t* c) noexcept {
+    __m512i acc[8];
+    for (size_t a = 0; a < 8; ++a) acc[a] = _mm512_setzero_si512();
+    if constexpr (C > 0) {
+        for (size_t w = 0; w < C; ++w) {
+            const __m512i cw = _mm512_loadu_si512(c + 64 * w);
+            for (size_t a = 0; a < Q; ++a)
+                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(qv[a][w], cw)));
+        }
+    } else {
+        const size_t stride = words * 8, chunks = words / 8;
+        for (size_t w = 0; w < chunks; ++w) {
+            const __m512i cw = _mm512_loadu_si512(c + 64 * w);
+            for (size_t a = 0; a < Q; ++a)
+                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(
+                                                      _mm512_loadu_si512(q + a * stride + 64 * w), cw)));
+        }
+        if (words % 8) {
+            const __mmask8 mk = first_lanes(words % 8);
+            const size_t off = 64 * chunks;
+            const __m512i cw = _mm512_maskz_loadu_epi64(mk, c + off);
+            for (size_t a = 0; a < Q; ++a)
+                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(
+                                                      _mm512_maskz_loadu_epi64(mk, q + a * stride + off), cw)));
+        }
+    }
+    return _mm512_cvtepi64_epi32(reduce8(acc));
+}
+
+template <size_t Q, size_t C>
+size_t scan512_q(const uint8_t* queries, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+                 ScanHit* hits) noexcept {
+    const size_t stride = words * 8;
+    alignas(32) uint32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bound 0: lanes without a query never report
+    for (size_t a = 0; a < Q; ++a) t[a] = thr[a];
+    const __m256i vthr = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+    // Queries copied into locals once: the compiler keeps them in registers (or one stack slot)
+    // instead of reloading them for every code, since `hits` stores could alias the input.
+    __m512i qv[Q][C ? C : 1];
+    if constexpr (C > 0)
+        for (size_t a = 0; a < Q; ++a)
+            for (size_t w = 0; w < C; ++w) qv[a][w] = _mm512_loadu_si512(queries + a * stride + 64 * w);
+    size_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const __m256i d = one_code512<Q, C>(qv, queries, words, codes + i * stride);
+        const unsigned keep = _mm256_cmplt_epu32_mask(d, vthr);
+        if (keep) [[unlikely]] {
+            alignas(32) uint32_t dd[8];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dd), d);
+            m += emit(keep, dd, hits + m, [](unsigned j) { return j; }, [i](unsigned) { return i; });
+        }
+    }
+    return m;
+}
+
+template <size_t C>
+size_t scan512(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+               ScanHit* hits) noexcept {
+    switch (nq) {
+        case 8: return scan512_q<8, C>(queries, codes, n, words, thr, hits);
+        case 7: return scan512_q<7, C>(queries, codes, n, words, thr, hits);
+        case 6: return scan512_q<6, C>(queries, codes, n, words, thr, hits);
+        case 5: return scan512_q<5, C>(queries, codes, n, words, thr, hits);
+        case 4: return scan512_q<4, C>(queries, codes, n, words, thr, hits);
+        case 3: return scan512_q<3, C>(queries, codes, n, words, thr, hits);
+        case 2: return scan512_q<2, C>(queries, codes, n, words, thr, hits);
+        case 1: return scan512_q<1, C>(queries, codes, n, words, thr, hits);
+        default: return 0;
+    }
+}
+
+size_t scan_below512(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                     const uint32_t* thr, ScanHit* hits) noexcept {
+    switch (words) {
+        case 16: return scan512<2>(queries, nq, codes, n, words, thr, hits);  // 1024 bits
+        case 32: return scan512<4>(queries, nq, codes, n, words, thr, hits);  // 2048 bits
+        case 8: return scan512<1>(queries, nq, codes, n, words, thr, hits);   // 512 bits
+        default: return scan512<0>(queries, nq, codes, n, words, thr, hits);
+    }
+}
+
 }  // namespace
 
-const KernelTable table{"avx512", hamming_block, filter_below};
+const KernelTable table256{"avx512", "avx512-256", kScanQueries, hamming_block, scan_below256};
+const KernelTable table512{"avx512", "avx512-512", kScanQueries, hamming_block, scan_below512};
 
 }  // namespace bne::kernels::avx512
