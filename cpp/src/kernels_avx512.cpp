@@ -181,73 +181,97 @@ size_t scan_below256(const uint8_t* queries, size_t nq, const uint8_t* codes, si
 }
 
 // ---- fused scan, 512-bit --------------------------------------------------------------------
+//
+// Eight codes at a time: each 64-byte chunk of the 8 codes is transposed in registers (8x8
+// qwords), so that vector j holds word j of all 8 codes. Each query word is then broadcast
+// against it, and lane r of the accumulator sums code r's distance directly: no horizontal
+// reduction, and the transpose is shared by up to 16 queries.
 
-// Sums the 8 qwords of each of a[0..7]: lane j of the result is the total of a[j].
-inline __m512i reduce8(const __m512i* a) noexcept {
-    // Pairwise sums within 128-bit lanes, then across lanes in two shuffle-and-add steps.
-    const __m512i t01 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[0], a[1]), _mm512_unpackhi_epi64(a[0], a[1]));
-    const __m512i t23 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[2], a[3]), _mm512_unpackhi_epi64(a[2], a[3]));
-    const __m512i t45 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[4], a[5]), _mm512_unpackhi_epi64(a[4], a[5]));
-    const __m512i t67 = _mm512_add_epi64(_mm512_unpacklo_epi64(a[6], a[7]), _mm512_unpackhi_epi64(a[6], a[7]));
-    const __m512i u0 = _mm512_add_epi64(_mm512_shuffle_i64x2(t01, t23, 0x88), _mm512_shuffle_i64x2(t01, t23, 0xdd));
-    const __m512i u1 = _mm512_add_epi64(_mm512_shuffle_i64x2(t45, t67, 0x88), _mm512_shuffle_i64x2(t45, t67, 0xdd));
-    return _mm512_add_epi64(_mm512_shuffle_i64x2(u0, u1, 0x88), _mm512_shuffle_i64x2(u0, u1, 0xdd));
+constexpr size_t kScanQueries512 = 16;
+
+// In place: v[j] lane r = word j of row r, from v[r] lane j = word j of row r.
+inline void transpose8(__m512i* v) noexcept {
+    __m512i lo[4], hi[4];
+    for (size_t p = 0; p < 4; ++p) {
+        lo[p] = _mm512_unpacklo_epi64(v[2 * p], v[2 * p + 1]);  // 128-bit lane l: words 2l of rows 2p, 2p+1
+        hi[p] = _mm512_unpackhi_epi64(v[2 * p], v[2 * p + 1]);  // words 2l+1
+    }
+    // x: lanes (w0|w2 of rows 0-1, w0|w2 of rows 2-3); y: the same for rows 4-7; then pick lanes.
+    const __m512i xl = _mm512_shuffle_i64x2(lo[0], lo[1], 0x44), yl = _mm512_shuffle_i64x2(lo[2], lo[3], 0x44);
+    const __m512i xh = _mm512_shuffle_i64x2(lo[0], lo[1], 0xee), yh = _mm512_shuffle_i64x2(lo[2], lo[3], 0xee);
+    const __m512i xl1 = _mm512_shuffle_i64x2(hi[0], hi[1], 0x44), yl1 = _mm512_shuffle_i64x2(hi[2], hi[3], 0x44);
+    const __m512i xh1 = _mm512_shuffle_i64x2(hi[0], hi[1], 0xee), yh1 = _mm512_shuffle_i64x2(hi[2], hi[3], 0xee);
+    v[0] = _mm512_shuffle_i64x2(xl, yl, 0x88);
+    v[2] = _mm512_shuffle_i64x2(xl, yl, 0xdd);
+    v[4] = _mm512_shuffle_i64x2(xh, yh, 0x88);
+    v[6] = _mm512_shuffle_i64x2(xh, yh, 0xdd);
+    v[1] = _mm512_shuffle_i64x2(xl1, yl1, 0x88);
+    v[3] = _mm512_shuffle_i64x2(xl1, yl1, 0xdd);
+    v[5] = _mm512_shuffle_i64x2(xh1, yh1, 0x88);
+    v[7] = _mm512_shuffle_i64x2(xh1, yh1, 0xdd);
 }
 
-// Distances of one code against Q <= 8 queries (lane a = query a; lanes >= Q are 0).
-// C > 0: exactly C 64-byte chunks, with the queries held in `qv`; C == 0: any width, queries
-// read from memory, a masked tail for the last words % 8 words.
+// Q queries against `count` (<= 8) codes: acc[a] lane r = distance of query a and code r.
+// C > 0: exactly C chunks of 8 words; C == 0: any width (the last chunk masked, and only its
+// real words are broadcast, so no query or code byte past a row is read).
 template <size_t Q, size_t C>
-inline __m256i one_code512(const __m512i (*qv)[C ? C : 1], const uint8_t* q, size_t words, const uint8_t* c) noexcept {
-    __m512i acc[8];
-    for (size_t a = 0; a < 8; ++a) acc[a] = _mm512_setzero_si512();
-    if constexpr (C > 0) {
-        for (size_t w = 0; w < C; ++w) {
-            const __m512i cw = _mm512_loadu_si512(c + 64 * w);
-            for (size_t a = 0; a < Q; ++a)
-                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(qv[a][w], cw)));
-        }
-    } else {
-        const size_t stride = words * 8, chunks = words / 8;
-        for (size_t w = 0; w < chunks; ++w) {
-            const __m512i cw = _mm512_loadu_si512(c + 64 * w);
-            for (size_t a = 0; a < Q; ++a)
-                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(
-                                                      _mm512_loadu_si512(q + a * stride + 64 * w), cw)));
-        }
-        if (words % 8) {
-            const __mmask8 mk = first_lanes(words % 8);
-            const size_t off = 64 * chunks;
-            const __m512i cw = _mm512_maskz_loadu_epi64(mk, c + off);
-            for (size_t a = 0; a < Q; ++a)
-                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(
-                                                      _mm512_maskz_loadu_epi64(mk, q + a * stride + off), cw)));
-        }
+inline void octet(const uint8_t* q, size_t words, const uint8_t* c, size_t count, __m512i* acc) noexcept {
+    const size_t stride = C ? C * 64 : words * 8;  // a constant for the unrolled widths: immediate offsets
+    const size_t chunks = C ? C : (words + 7) / 8;
+#pragma GCC unroll 16
+    for (size_t a = 0; a < Q; ++a) acc[a] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (size_t w = 0; w < chunks; ++w) {
+        const size_t nw = C ? 8 : (words - 8 * w < 8 ? words - 8 * w : 8);
+        const __mmask8 mk = first_lanes(nw);
+        __m512i v[8];
+#pragma GCC unroll 8
+        for (size_t r = 0; r < 8; ++r)
+            v[r] = r < count ? (C ? _mm512_loadu_si512(c + r * stride + 64 * w) : _mm512_maskz_loadu_epi64(mk, c + r * stride + 64 * w))
+                             : _mm512_setzero_si512();
+        transpose8(v);
+        const uint8_t* qw = q + 64 * w;
+        // Fully unrolled, so the accumulators stay in registers; each query word is a broadcast
+        // load folded into the XOR.
+#pragma GCC unroll 16
+        for (size_t a = 0; a < Q; ++a)
+#pragma GCC unroll 8
+            for (size_t j = 0; j < 8; ++j) {
+                if (!C && j >= nw) break;
+                const __m512i x = _mm512_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qw + a * stride + 8 * j)));
+                acc[a] = _mm512_add_epi64(acc[a], _mm512_popcnt_epi64(_mm512_xor_si512(v[j], x)));
+            }
     }
-    return _mm512_cvtepi64_epi32(reduce8(acc));
 }
 
 template <size_t Q, size_t C>
 size_t scan512_q(const uint8_t* queries, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
                  ScanHit* hits) noexcept {
-    const size_t stride = words * 8;
-    alignas(32) uint32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // bound 0: lanes without a query never report
-    for (size_t a = 0; a < Q; ++a) t[a] = thr[a];
-    const __m256i vthr = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
-    // Queries copied into locals once: the compiler keeps them in registers (or one stack slot)
-    // instead of reloading them for every code, since `hits` stores could alias the input.
-    __m512i qv[Q][C ? C : 1];
-    if constexpr (C > 0)
-        for (size_t a = 0; a < Q; ++a)
-            for (size_t w = 0; w < C; ++w) qv[a][w] = _mm512_loadu_si512(queries + a * stride + 64 * w);
+    const size_t stride = C ? C * 64 : words * 8;
+    // Bounds as 64-bit words, broadcast from memory at each compare (registers are all taken
+    // by the accumulators and the transposed codes).
+    alignas(64) uint64_t thr64[Q];
+    for (size_t a = 0; a < Q; ++a) thr64[a] = thr[a];
     size_t m = 0;
-    for (size_t i = 0; i < n; ++i) {
-        const __m256i d = one_code512<Q, C>(qv, queries, words, codes + i * stride);
-        const unsigned keep = _mm256_cmplt_epu32_mask(d, vthr);
-        if (keep) [[unlikely]] {
-            alignas(32) uint32_t dd[8];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(dd), d);
-            m += emit(keep, dd, hits + m, [](unsigned j) { return j; }, [i](unsigned) { return i; });
+    __m512i acc[Q];
+    for (size_t i = 0; i < n; i += 8) {
+        const size_t count = n - i < 8 ? n - i : 8;
+        octet<Q, C>(queries, words, codes + i * stride, count, acc);
+        const __mmask8 valid = first_lanes(count);
+#pragma GCC unroll 16
+        for (size_t a = 0; a < Q; ++a) {
+            const __m512i bound = _mm512_set1_epi64(static_cast<long long>(thr64[a]));
+            const unsigned keep = _mm512_mask_cmplt_epu64_mask(valid, acc[a], bound);
+            if (keep) [[unlikely]] {
+                alignas(64) uint64_t d[8];
+                _mm512_store_si512(d, acc[a]);
+                unsigned k = keep;
+                while (k) {
+                    const unsigned r = static_cast<unsigned>(__builtin_ctz(k));
+                    hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i + r), static_cast<uint32_t>(d[r])};
+                    k &= k - 1;
+                }
+            }
         }
     }
     return m;
@@ -256,17 +280,20 @@ size_t scan512_q(const uint8_t* queries, const uint8_t* codes, size_t n, size_t 
 template <size_t C>
 size_t scan512(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
                ScanHit* hits) noexcept {
-    switch (nq) {
-        case 8: return scan512_q<8, C>(queries, codes, n, words, thr, hits);
-        case 7: return scan512_q<7, C>(queries, codes, n, words, thr, hits);
-        case 6: return scan512_q<6, C>(queries, codes, n, words, thr, hits);
-        case 5: return scan512_q<5, C>(queries, codes, n, words, thr, hits);
-        case 4: return scan512_q<4, C>(queries, codes, n, words, thr, hits);
-        case 3: return scan512_q<3, C>(queries, codes, n, words, thr, hits);
-        case 2: return scan512_q<2, C>(queries, codes, n, words, thr, hits);
-        case 1: return scan512_q<1, C>(queries, codes, n, words, thr, hits);
-        default: return 0;
-    }
+    // Batches of 16, 8, 4, 2, 1 queries; hits of later batches get their query index shifted.
+    size_t m = 0, a = 0;
+    auto run = [&](auto fn, size_t nqs) {
+        const size_t got = fn(queries + a * words * 8, codes, n, words, thr + a, hits + m);
+        for (size_t j = m; j < m + got; ++j) hits[j].query += static_cast<uint32_t>(a);
+        m += got;
+        a += nqs;
+    };
+    while (nq - a >= 16) run(scan512_q<16, C>, 16);
+    if (nq - a >= 8) run(scan512_q<8, C>, 8);
+    if (nq - a >= 4) run(scan512_q<4, C>, 4);
+    if (nq - a >= 2) run(scan512_q<2, C>, 2);
+    if (nq - a >= 1) run(scan512_q<1, C>, 1);
+    return m;
 }
 
 size_t scan_below512(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
@@ -282,6 +309,6 @@ size_t scan_below512(const uint8_t* queries, size_t nq, const uint8_t* codes, si
 }  // namespace
 
 const KernelTable table256{"avx512", "avx512-256", kScanQueries, hamming_block, scan_below256};
-const KernelTable table512{"avx512", "avx512-512", kScanQueries, hamming_block, scan_below512};
+const KernelTable table512{"avx512", "avx512-512", kScanQueries512, hamming_block, scan_below512};
 
 }  // namespace bne::kernels::avx512
