@@ -2,15 +2,20 @@
 // dispatcher confirmed those features (cpuid + xgetbv). Everything here has internal linkage
 // so no AVX-512 instance of an inline function can leak into baseline code (the ODR trap).
 //
-// Two variants share this file (same flags), chosen per CPU by the dispatcher:
-//  * table256: 256-bit VPOPCNTQ (AVX-512VL). Zen 4 splits every 512-bit op into two 256-bit
-//    halves, so wider registers buy nothing there while their cross-lane reductions cost more.
-//  * table512: 512-bit VPOPCNTQ. Intel (Ice Lake and later) issues VPOPCNTQ on one port, so a
-//    512-bit op does twice the work of a 256-bit one; Zen 5 has full-width units too.
-// Both scan row-major codes (the file layout), reuse each loaded code chunk for several
-// queries, reduce the per-lane counts of several (code, query) pairs together, and compare the
-// distances with the per-query bounds in registers (the fused threshold filter): only the rare
-// pairs that can still enter a result are stored.
+// Two scan variants share this file (same flags); the dispatcher picks one per CPU:
+//  * table256: 256-bit VPOPCNTQ (AVX-512VL), 4 codes per group. Zen 4 splits every 512-bit op
+//    into two 256-bit halves, so wider registers buy nothing there.
+//  * table512: 512-bit VPOPCNTQ, 8 codes per group. Intel (Ice Lake and later) issues VPOPCNTQ
+//    on one port, so a 512-bit op does twice the work of a 256-bit one; Zen 5 has full-width
+//    units too.
+// Both read row-major codes (the file layout) and transpose each chunk of a code group in
+// registers, so that one vector holds the same word of every code of the group. Each query
+// word is then broadcast against it: the accumulator lanes are the distances of the group's
+// codes, with no horizontal reduction, and one transpose serves up to 16 queries. The
+// distances are compared with the per-query bounds in registers (the fused threshold filter):
+// only the rare pairs that can still enter a result are stored, so no distance array (of any
+// width) is ever written. hamming_block (the full distance matrix) keeps the simpler
+// reduce-per-code scheme.
 #include <immintrin.h>
 
 #include "bne/kernels.hpp"
@@ -112,73 +117,8 @@ void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size
     }
 }
 
-// ---- fused scan, 256-bit --------------------------------------------------------------------
-
-constexpr size_t kScanQueries = 8;
-
 // Lanes [0, count) set.
 inline __mmask8 first_lanes(size_t count) noexcept { return static_cast<__mmask8>((1u << count) - 1u); }
-
-// Rare path: writes the pairs of `keep` (lane j -> query a_of(j), code i_of(j)) to hits.
-template <class AOf, class IOf>
-inline size_t emit(unsigned keep, const uint32_t* d, ScanHit* hits, AOf a_of, IOf i_of) noexcept {
-    size_t m = 0;
-    while (keep) {
-        const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
-        hits[m++] = {static_cast<uint32_t>(a_of(j)), static_cast<uint32_t>(i_of(j)), d[j]};
-        keep &= keep - 1;
-    }
-    return m;
-}
-
-// Queries in sub-batches of 4 against groups of 4 codes: the group's 4 rows stay in L1 while
-// all queries of the batch pass over them.
-template <size_t C>
-size_t scan256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
-               ScanHit* hits) noexcept {
-    const size_t stride = words * 8;
-    __m128i vthr[kScanQueries];
-    for (size_t a = 0; a < nq; ++a) vthr[a] = _mm_set1_epi32(static_cast<int>(thr[a]));
-    size_t m = 0;
-    __m128i res[4];
-    for (size_t i = 0; i < n; i += 4) {
-        const size_t count = n - i < 4 ? n - i : 4;
-        const __mmask8 valid = first_lanes(count);
-        const uint8_t* c = codes + i * stride;
-        size_t a = 0;
-        auto check = [&](size_t q, size_t nqs) {
-            for (size_t b = 0; b < nqs; ++b) {
-                const unsigned keep = _mm_mask_cmplt_epu32_mask(valid, res[b], vthr[q + b]);
-                if (keep) [[unlikely]] {
-                    alignas(16) uint32_t d[4];
-                    _mm_store_si128(reinterpret_cast<__m128i*>(d), res[b]);
-                    m += emit(keep, d, hits + m, [&](unsigned) { return q + b; }, [&](unsigned j) { return i + j; });
-                }
-            }
-        };
-        for (; a + 4 <= nq; a += 4) {
-            group<4, C>(queries + a * stride, words, c, count, res);
-            check(a, 4);
-        }
-        switch (nq - a) {
-            case 3: group<3, C>(queries + a * stride, words, c, count, res); check(a, 3); break;
-            case 2: group<2, C>(queries + a * stride, words, c, count, res); check(a, 2); break;
-            case 1: group<1, C>(queries + a * stride, words, c, count, res); check(a, 1); break;
-            default: break;
-        }
-    }
-    return m;
-}
-
-size_t scan_below256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
-                     const uint32_t* thr, ScanHit* hits) noexcept {
-    switch (words) {
-        case 16: return scan256<4>(queries, nq, codes, n, words, thr, hits);  // 1024 bits
-        case 32: return scan256<8>(queries, nq, codes, n, words, thr, hits);  // 2048 bits
-        case 8: return scan256<2>(queries, nq, codes, n, words, thr, hits);   // 512 bits
-        default: return scan256<0>(queries, nq, codes, n, words, thr, hits);
-    }
-}
 
 // ---- fused scan, 512-bit --------------------------------------------------------------------
 //
@@ -187,7 +127,7 @@ size_t scan_below256(const uint8_t* queries, size_t nq, const uint8_t* codes, si
 // against it, and lane r of the accumulator sums code r's distance directly: no horizontal
 // reduction, and the transpose is shared by up to 16 queries.
 
-constexpr size_t kScanQueries512 = 16;
+constexpr size_t kScanQueries = 16;  // queries per pass: each transposed chunk serves all of them
 
 // In place: v[j] lane r = word j of row r, from v[r] lane j = word j of row r.
 inline void transpose8(__m512i* v) noexcept {
@@ -306,9 +246,109 @@ size_t scan_below512(const uint8_t* queries, size_t nq, const uint8_t* codes, si
     }
 }
 
+// ---- fused scan, 256-bit ------------------------------------------------------------
+//
+// The 512-bit scheme at half width: four codes at a time, each 32-byte chunk transposed 4x4 so
+// that vector j holds word j of the four codes, then every query word broadcast against it.
+
+inline void transpose4(__m256i* v) noexcept {
+    const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]), t1 = _mm256_unpackhi_epi64(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi64(v[2], v[3]), t3 = _mm256_unpackhi_epi64(v[2], v[3]);
+    v[0] = _mm256_permute2x128_si256(t0, t2, 0x20);
+    v[1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+    v[2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+    v[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+}
+
+template <size_t Q, size_t C>
+inline void quad(const uint8_t* q, size_t words, const uint8_t* c, size_t count, __m256i* acc) noexcept {
+    const size_t stride = C ? C * 32 : words * 8;
+    const size_t chunks = C ? C : (words + 3) / 4;
+#pragma GCC unroll 16
+    for (size_t a = 0; a < Q; ++a) acc[a] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (size_t w = 0; w < chunks; ++w) {
+        const size_t nw = C ? 4 : (words - 4 * w < 4 ? words - 4 * w : 4);
+        const __mmask8 mk = first_lanes(nw);
+        __m256i v[4];
+#pragma GCC unroll 4
+        for (size_t r = 0; r < 4; ++r)
+            v[r] = r < count ? (C ? load(c + r * stride + 32 * w) : _mm256_maskz_loadu_epi64(mk, c + r * stride + 32 * w))
+                             : _mm256_setzero_si256();
+        transpose4(v);
+        const uint8_t* qw = q + 32 * w;
+#pragma GCC unroll 16
+        for (size_t a = 0; a < Q; ++a)
+#pragma GCC unroll 4
+            for (size_t j = 0; j < 4; ++j) {
+                if (!C && j >= nw) break;
+                const __m256i x = _mm256_broadcastq_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qw + a * stride + 8 * j)));
+                acc[a] = _mm256_add_epi64(acc[a], _mm256_popcnt_epi64(_mm256_xor_si256(v[j], x)));
+            }
+    }
+}
+
+template <size_t Q, size_t C>
+size_t scan256_q(const uint8_t* queries, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+                  ScanHit* hits) noexcept {
+    const size_t stride = C ? C * 32 : words * 8;
+    alignas(64) uint64_t thr64[Q];
+    for (size_t a = 0; a < Q; ++a) thr64[a] = thr[a];
+    size_t m = 0;
+    __m256i acc[Q];
+    for (size_t i = 0; i < n; i += 4) {
+        const size_t count = n - i < 4 ? n - i : 4;
+        quad<Q, C>(queries, words, codes + i * stride, count, acc);
+        const __mmask8 valid = first_lanes(count);
+#pragma GCC unroll 16
+        for (size_t a = 0; a < Q; ++a) {
+            const unsigned keep = _mm256_mask_cmplt_epu64_mask(valid, acc[a], _mm256_set1_epi64x(static_cast<long long>(thr64[a])));
+            if (keep) [[unlikely]] {
+                alignas(32) uint64_t d[4];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(d), acc[a]);
+                unsigned k = keep;
+                while (k) {
+                    const unsigned r = static_cast<unsigned>(__builtin_ctz(k));
+                    hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i + r), static_cast<uint32_t>(d[r])};
+                    k &= k - 1;
+                }
+            }
+        }
+    }
+    return m;
+}
+
+template <size_t C>
+size_t scan256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+                ScanHit* hits) noexcept {
+    size_t m = 0, a = 0;
+    auto run = [&](auto fn, size_t nqs) {
+        const size_t got = fn(queries + a * words * 8, codes, n, words, thr + a, hits + m);
+        for (size_t j = m; j < m + got; ++j) hits[j].query += static_cast<uint32_t>(a);
+        m += got;
+        a += nqs;
+    };
+    while (nq - a >= 16) run(scan256_q<16, C>, 16);
+    if (nq - a >= 8) run(scan256_q<8, C>, 8);
+    if (nq - a >= 4) run(scan256_q<4, C>, 4);
+    if (nq - a >= 2) run(scan256_q<2, C>, 2);
+    if (nq - a >= 1) run(scan256_q<1, C>, 1);
+    return m;
+}
+
+size_t scan_below256(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                      const uint32_t* thr, ScanHit* hits) noexcept {
+    switch (words) {
+        case 16: return scan256<4>(queries, nq, codes, n, words, thr, hits);
+        case 32: return scan256<8>(queries, nq, codes, n, words, thr, hits);
+        case 8: return scan256<2>(queries, nq, codes, n, words, thr, hits);
+        default: return scan256<0>(queries, nq, codes, n, words, thr, hits);
+    }
+}
+
 }  // namespace
 
 const KernelTable table256{"avx512", "avx512-256", kScanQueries, hamming_block, scan_below256};
-const KernelTable table512{"avx512", "avx512-512", kScanQueries512, hamming_block, scan_below512};
+const KernelTable table512{"avx512", "avx512-512", kScanQueries, hamming_block, scan_below512};
 
 }  // namespace bne::kernels::avx512
