@@ -189,12 +189,11 @@ void scan(const Segments& db, const uint8_t* queries, const Task& t, const Kerne
     std::vector<uint32_t> thr(qb);
     for (size_t s = db.find(t.p0); s < db.count() && db.base(s) < t.p1; ++s) {
         const size_t lo = std::max(t.p0, db.base(s)), hi = std::min(t.p1, db.base(s + 1));
-        const uint8_t* seg = db.data(s) - db.base(s) * cb;  // position p lives at seg + p * cb
         for (size_t p = lo; p < hi; p += rows) {
             if (poller.should_stop()) return;
             const size_t nb = std::min(rows, hi - p);
             if (filter.words && filter.none_in(p, p + nb)) continue;  // e.g. a sparse allow-list
-            const uint8_t* block = seg + p * cb;
+            const uint8_t* block = db.data(s) + (p - db.base(s)) * cb;
             for (size_t q = t.q0; q < t.q1; q += qb) {
                 const size_t nqb = std::min(qb, t.q1 - q);
                 for (size_t a = 0; a < nqb; ++a) thr[a] = threshold(q + a);
@@ -208,7 +207,7 @@ void scan(const Segments& db, const uint8_t* queries, const Task& t, const Kerne
     }
 }
 
-// The first error for a segment list: width not a whole number of words, or no data.
+// Code widths must be whole 64-bit words.
 void check_widths(size_t code_bytes, const char* what) {
     if (code_bytes == 0 || code_bytes % 8 != 0)
         throw InvalidArgument(std::string(what) + ": code width must be a positive multiple of 8 bytes (64 bits), got " +
