@@ -190,7 +190,6 @@ struct Active {
 Active& active() {
     // Function-local static: initialised once, thread-safely, on first use.
     static Active* a = [] {
-        auto* s = new Active;
         std::string reason;
         const KernelTable* t;
         if (const char* env = std::getenv("BNE_KERNEL"); env && *env) {
@@ -202,6 +201,7 @@ Active& active() {
         } else {
             t = lookup(available_isas().back(), &reason);
         }
+        auto* s = new Active;  // never freed: searches may run during interpreter exit
         s->table = t;
         s->reason = reason;
         return s;
