@@ -12,7 +12,7 @@
 // code), and exports only its KernelTable(s).
 //
 // Adding an ISA (e.g. Arm NEON / SVE): a kernels_<isa>.cpp defining a KernelTable, its compile
-// flags in CMakeLists.txt (set_source_files_properties, never -march=native), a declaration
+// flags in CMakeLists.txt (set_source_files_properties; never the build machine's own -march flags), a declaration
 // below, and in dispatch.cpp its feature test, its names in lookup()/available_isas()/
 // available_kernels(), and its preference; tests/test_kernels.py then checks it automatically
 // (the `isa` fixture runs every available kernel).
