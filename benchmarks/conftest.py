@@ -19,10 +19,9 @@ def recorder():
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
-        return
     tr = terminalreporter
     rows = []
+    seg = {k[4]: t for k, t in RESULTS.items() if k[0] == "segments"}
     for key, t in sorted(RESULTS.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         if key[0] != "bne":
             continue
@@ -30,8 +29,9 @@ def pytest_terminal_summary(terminalreporter):
         faiss_t = RESULTS.get(("faiss", *case))
         stream_t = RESULTS.get(("stream", case[0], case[1]))
         rows.append((case, t, faiss_t, stream_t))
-    tr.write_sep("=", "bne vs faiss.IndexBinaryFlat (medians, same run)")
-    tr.write_line(f"{'case':42s} {'bne ms':>9s} {'faiss ms':>9s} {'faiss/bne':>9s} {'bne/stream':>10s}")
+    if rows:
+        tr.write_sep("=", "bne vs faiss.IndexBinaryFlat (medians, same run)")
+        tr.write_line(f"{'case':42s} {'bne ms':>9s} {'faiss ms':>9s} {'faiss/bne':>9s} {'bne/stream':>10s}")
     out = []
     for case, t, ft, st in rows:
         label = ", ".join(f"{k}={v}" for k, v in zip(("codes", "bits", "nq", "threads", "isa"), case))
@@ -40,6 +40,18 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"{label:42s} {t * 1e3:9.2f} {ft * 1e3 if ft else float('nan'):9.2f} {ratio} {sratio}")
         out.append({"case": dict(zip(("codes", "bits", "nq", "threads", "isa"), case)), "bne_s": t, "faiss_s": ft,
                     "stream_s": st, "faiss_over_bne": ft / t if ft else None})
+    if seg and 1 in seg:
+        tr.write_sep("=", "many segments vs one (one native call, 1M x 1024, nq=16, medians)")
+        for count in sorted(seg):
+            tr.write_line(f"{count:6d} segments {seg[count] * 1e3:9.2f} ms   ratio to one segment {seg[count] / seg[1]:.2f}")
+    try:
+        from bench_search import INTERLEAVED
+    except ImportError:
+        INTERLEAVED = []
+    if INTERLEAVED:
+        tr.write_sep("=", "one core, interleaved rounds (best of each; the machine may be loaded)")
+        for line in INTERLEAVED:
+            tr.write_line(line)
     path = os.environ.get("BNE_BENCH_JSON")
     if path:
         pathlib.Path(path).write_text(json.dumps(out, indent=2))

@@ -85,11 +85,11 @@ const bne::KernelTable* table_for(const std::optional<std::string>& isa) {
     return isa ? &bne::kernels_for(*isa) : nullptr;
 }
 
-py::tuple knn(const bne::CodeView& db, const py::array& queries, long long k, int threads,
+py::tuple knn(const bne::Segments& db, const py::array& queries, long long k, int threads,
               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
     if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
-    auto q = as_codes(queries, "queries", db.code_bytes);
-    auto filter_words = read_filter(allow, db.n);
+    auto q = as_codes(queries, "queries", db.code_bytes());
+    auto filter_words = read_filter(allow, db.size());
     bne::SearchOptions opt;
     opt.threads = threads;
     opt.kernels = table_for(isa);
@@ -103,6 +103,33 @@ py::tuple knn(const bne::CodeView& db, const py::array& queries, long long k, in
     return py::make_tuple(D, I);
 }
 
+// A list of code arrays (the segments of an index, in position order) as one Segments view.
+// `keep` holds a reference to every array while the GIL is released. Empty segments cost one
+// check each and are not searched.
+bne::Segments as_segments(const py::sequence& segments, size_t width, std::vector<py::array>& keep) {
+    bne::Segments db(width);
+    const size_t count = static_cast<size_t>(py::len(segments));
+    keep.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+        py::object item = segments[i];
+        if (!py::isinstance<py::array>(item))
+            throw py::type_error("segments[" + std::to_string(i) + "] must be a numpy uint8 array, got " +
+                                 std::string(py::str(item.get_type().attr("__name__"))));
+        py::array a = py::reinterpret_borrow<py::array>(item);
+        const std::string name = "segments[" + std::to_string(i) + "]";
+        auto v = as_codes(a, name.c_str(), width);
+        if (v.n == 0) continue;
+        keep.push_back(a);
+        db.add(v.data, v.n);
+    }
+    return db;
+}
+
+size_t query_width(const py::array& queries) {
+    if (!is_uint8(queries) || queries.ndim() != 2) as_codes(queries, "queries", 0);  // raises the clear error
+    return static_cast<size_t>(queries.shape(1));
+}
+
 template <class T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
     py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
@@ -110,11 +137,11 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
     return a;
 }
 
-py::tuple range(const bne::CodeView& db, const py::array& queries, long long radius, int threads,
+py::tuple range(const bne::Segments& db, const py::array& queries, long long radius, int threads,
                 const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
     if (radius < 0) throw py::value_error("radius must be >= 0, got " + std::to_string(radius));
-    auto q = as_codes(queries, "queries", db.code_bytes);
-    auto filter_words = read_filter(allow, db.n);
+    auto q = as_codes(queries, "queries", db.code_bytes());
+    auto filter_words = read_filter(allow, db.size());
     bne::SearchOptions opt;
     opt.threads = threads;
     opt.kernels = table_for(isa);
@@ -152,6 +179,28 @@ PYBIND11_MODULE(_core, m) {
     m.def("available_isas", &bne::available_isas, "ISAs this CPU can run, plainest first.");
     m.def("active_isa", [] { return std::string(bne::active_kernels().isa); }, "The ISA searches use now.");
     m.def("set_isa", &bne::set_isa, py::arg("isa"), "Force an ISA for every later search (ValueError if unavailable).");
+    m.def("available_kernels", &bne::available_kernels, "Kernel variants this CPU can run, plainest first.");
+    m.def(
+        "kernel_info",
+        [] {
+            const auto k = bne::kernel_info();
+            const auto& plan = bne::thread_plan_model();
+            py::dict d;
+            d["isa"] = k.isa;
+            d["kernel"] = k.kernel;
+            d["reason"] = k.reason;
+            d["cpu"] = k.brand;
+            d["vendor"] = k.vendor;
+            d["family"] = k.family;
+            d["model"] = k.model;
+            d["available"] = bne::available_kernels();
+            d["cores"] = bne::hardware_threads();
+            d["thread_cost_us"] = plan.thread_cost_s * 1e6;
+            d["scan_ns_per_word"] = plan.scan_s_per_word * 1e9;
+            d["min_work_per_thread"] = plan.min_work_words;
+            return d;
+        },
+        "The kernel in use and why, the CPU it was chosen for, and the measured thread-plan model.");
     m.def("get_num_threads", &bne::default_threads, "Threads a search uses when threads=0.");
     m.def("set_num_threads", &bne::set_default_threads, py::arg("threads"),
           "Default thread count for searches; 0 restores all cores.");
@@ -173,6 +222,27 @@ PYBIND11_MODULE(_core, m) {
         py::arg("codes"), py::arg("queries"), py::arg("radius"), py::arg("threads") = 0,
         py::arg("allow") = py::none(), py::arg("isa") = py::none(),
         "Every code within distance <= radius: (lims int64, D int32, I int64).");
+    m.def(
+        "search_segments",
+        [](const py::sequence& segments, const py::array& queries, long long k, int threads,
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+            std::vector<py::array> keep;
+            return knn(as_segments(segments, query_width(queries), keep), queries, k, threads, allow, isa);
+        },
+        py::arg("segments"), py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("allow") = py::none(),
+        py::arg("isa") = py::none(),
+        "Exact top-k over the segments of an index (code arrays in position order), in one call: "
+        "(D int32, I int64 positions). allow: one bitmap over all positions.");
+    m.def(
+        "range_segments",
+        [](const py::sequence& segments, const py::array& queries, long long radius, int threads,
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+            std::vector<py::array> keep;
+            return range(as_segments(segments, query_width(queries), keep), queries, radius, threads, allow, isa);
+        },
+        py::arg("segments"), py::arg("queries"), py::arg("radius"), py::arg("threads") = 0,
+        py::arg("allow") = py::none(), py::arg("isa") = py::none(),
+        "Range search over the segments of an index in one call: (lims int64, D int32, I int64 positions).");
     m.def(
         "hamming",
         [](const py::array& a, const py::array& b, int threads, const std::optional<std::string>& isa) {
@@ -231,6 +301,18 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("queries"), py::arg("radius"), py::arg("threads") = 0, py::arg("allow") = py::none(),
             py::arg("isa") = py::none())
+        .def(
+            "view",
+            [](py::object self_obj) {
+                // Zero-copy and read-only; keeps the index alive. Valid until the next add()/reset().
+                auto& self = self_obj.cast<const bne::FlatIndex&>();
+                py::array_t<uint8_t> view({static_cast<py::ssize_t>(self.size()), static_cast<py::ssize_t>(self.code_bytes())},
+                                          self.view().data ? self.view().data : reinterpret_cast<const uint8_t*>(""),
+                                          self_obj);
+                py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+                return view;
+            },
+            "A read-only view of the stored codes (no copy), valid until the next add() or reset().")
         .def(
             "codes",
             [](py::object self_obj) {

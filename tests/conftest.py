@@ -15,7 +15,8 @@ def rng():
     return np.random.default_rng(12345)
 
 
-@pytest.fixture(params=bne.available_isas())
+@pytest.fixture(params=bne.available_kernels())
 def isa(request):
-    """Every ISA this CPU can run; tests pass it explicitly to the core, so no global state changes."""
+    """Every kernel variant this CPU can run (each ISA and each of its variants); tests pass it
+    explicitly to the core, so no global state changes."""
     return request.param

@@ -116,3 +116,55 @@ def test_baseline_objects_have_no_wide_vector_instructions():
             assert wide, obj
         else:
             assert not wide, obj
+
+
+def test_kernel_info_says_what_and_why():
+    info = bne.kernel_info()
+    assert info["isa"] == bne.active_isa()
+    assert info["kernel"] in bne.available_kernels() == info["available"]
+    assert info["kernel"].split("-")[0] == info["isa"]
+    assert info["reason"] and isinstance(info["family"], int) and isinstance(info["model"], int)
+    if info["isa"] == "avx512":  # the choice names the CPU and the calibration it rests on
+        assert f"family {info['family']} model {info['model']}" in info["reason"]
+        assert "calibration" in info["reason"]
+    assert info["cores"] >= 1 and info["thread_cost_us"] > 0 and info["min_work_per_thread"] > 0
+
+
+@pytest.mark.parametrize("kernel", bne.available_kernels())
+def test_env_bne_kernel_forces_a_variant(kernel):
+    out = run_py("import bne; i = bne.kernel_info(); print(i['kernel'], i['isa'], i['reason'])", {"BNE_KERNEL": kernel})
+    assert out.returncode == 0, out.stderr
+    name, isa, reason = out.stdout.split(" ", 2)
+    assert name == kernel and isa == kernel.split("-")[0]
+    assert reason.startswith(f"BNE_KERNEL={kernel}")
+
+
+def test_env_bne_kernel_unknown_is_a_clear_error():
+    out = run_py("import bne", {"BNE_KERNEL": "avx512-1024"})
+    assert out.returncode != 0
+    assert "BNE_KERNEL: unknown ISA 'avx512-1024'; available: serial" in out.stderr
+    assert "kernels: serial" in out.stderr
+
+
+def test_set_isa_takes_kernel_names():
+    out = run_py(
+        "import bne\n"
+        "for k in bne.available_kernels():\n"
+        "    bne.set_isa(k); i = bne.kernel_info(); assert i['kernel'] == k and bne.active_isa() == i['isa'], k\n"
+        "print('ok')"
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_threads_clamped_to_the_cores():
+    out = run_py(
+        "import bne, os\n"
+        "cores = len(os.sched_getaffinity(0))\n"
+        "bne.set_num_threads(100_000)\n"
+        "print(bne.get_num_threads() == cores == bne.kernel_info()['cores'])"
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+    # Under an affinity of one core, the default is one thread.
+    if hasattr(os, "sched_setaffinity"):
+        out = run_py("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import bne; print(bne.get_num_threads())")
+        assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr

@@ -115,32 +115,42 @@ void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size
     }
 }
 
-size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {
-    // Distances are far below 2^31, so a signed compare against a clamped threshold is exact.
-    const __m256i vthr = _mm256_set1_epi32(static_cast<int>(thr > 0x7fffffffu ? 0x7fffffffu : thr));
-    size_t m = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
-        unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, v))));
-        while (keep) {  // rare once a top-k threshold has settled
-            const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
-            idx[m] = static_cast<uint32_t>(i + j);
-            dist[m] = d[i + j];
-            ++m;
-            keep &= keep - 1;
+// Fused scan on AVX2: distances of a slice of codes go to a small buffer that stays in L1, then
+// a vector compare against the query's bound picks the few pairs that are reported.
+constexpr size_t kScanQueries = 8;
+constexpr size_t kSlice = 256;  // codes per slice: 8 x 256 distances = 8 KiB
+
+size_t scan_below(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                  const uint32_t* thr, ScanHit* hits) noexcept {
+    alignas(32) uint32_t buf[kScanQueries * kSlice];
+    size_t m = 0;
+    for (size_t i0 = 0; i0 < n; i0 += kSlice) {
+        const size_t cnt = n - i0 < kSlice ? n - i0 : kSlice;
+        hamming_block(queries, nq, codes + i0 * words * 8, cnt, words, buf);
+        for (size_t a = 0; a < nq; ++a) {
+            // Distances are far below 2^31, so a signed compare against a clamped bound is exact.
+            const uint32_t t = thr[a] > 0x7fffffffu ? 0x7fffffffu : thr[a];
+            const __m256i vthr = _mm256_set1_epi32(static_cast<int>(t));
+            const uint32_t* d = buf + a * cnt;
+            size_t i = 0;
+            for (; i + 8 <= cnt; i += 8) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + i));
+                unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vthr, v))));
+                while (keep) {  // rare once a top-k bound has settled
+                    const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
+                    hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i0 + i + j), d[i + j]};
+                    keep &= keep - 1;
+                }
+            }
+            for (; i < cnt; ++i)
+                if (d[i] < thr[a]) hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i0 + i), d[i]};
         }
     }
-    for (; i < n; ++i)
-        if (d[i] < thr) {
-            idx[m] = static_cast<uint32_t>(i);
-            dist[m] = d[i];
-            ++m;
-        }
     return m;
 }
 
 }  // namespace
 
-const KernelTable table{"avx2", hamming_block, filter_below};
+const KernelTable table{"avx2", "avx2", kScanQueries, hamming_block, scan_below};
 
 }  // namespace bne::kernels::avx2

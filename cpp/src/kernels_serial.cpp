@@ -25,19 +25,19 @@ void hamming_block(const uint8_t* queries, size_t nq, const uint8_t* codes, size
         for (size_t i = 0; i < n; ++i) out[a * n + i] = distance(queries + a * words * 8, codes + i * words * 8, words);
 }
 
-size_t filter_below(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx, uint32_t* dist) noexcept {
+size_t scan_below(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                  const uint32_t* thr, ScanHit* hits) noexcept {
     size_t m = 0;
     for (size_t i = 0; i < n; ++i)
-        if (d[i] < thr) {
-            idx[m] = static_cast<uint32_t>(i);
-            dist[m] = d[i];
-            ++m;
+        for (size_t a = 0; a < nq; ++a) {
+            const uint32_t d = distance(queries + a * words * 8, codes + i * words * 8, words);
+            if (d < thr[a]) hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i), d};
         }
     return m;
 }
 
 }  // namespace
 
-const KernelTable table{"serial", hamming_block, filter_below};
+const KernelTable table{"serial", "serial", 16, hamming_block, scan_below};
 
 }  // namespace bne::kernels::serial

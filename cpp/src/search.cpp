@@ -1,9 +1,10 @@
-// Exact top-k / range search: the database is cut into cache-sized blocks; each block is
-// compared with every query of the batch while it sits in L2, through the fused-threshold
-// kernel, so only codes that can still enter a query's top-k reach the heap.
-// Threads take contiguous slices of the database (so one query uses every core), or slices
-// of the queries when the database is too small to split; partial results are merged under
-// the (distance, position) tie rule.
+// Exact top-k / range search over the segments of an index: positions run across every
+// segment, cut into cache-sized blocks; each block is compared with every query of the batch
+// while it sits in L1/L2, through the kernel's fused scan, so only codes that can still enter
+// a query's top-k reach the heap.
+// Threads take contiguous slices of the position range (so one query uses every core, and many
+// small segments fall into one slice), or slices of the queries when the codes are too few to
+// split; the partial results are merged once under the (distance, position) tie rule.
 #include "bne/search.hpp"
 
 #include <algorithm>
@@ -15,6 +16,10 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "bne/dispatch.hpp"
 #include "bne/errors.hpp"
@@ -65,21 +70,23 @@ size_t block_rows(size_t code_bytes) {
 
 int resolve_threads(int requested) {
     if (requested < 0) throw InvalidArgument("threads must be >= 0 (0 = all cores), got " + std::to_string(requested));
-    return requested > 0 ? requested : default_threads();
+    return std::min(requested > 0 ? requested : default_threads(), hardware_threads());
 }
 
-// Splits the work into at most `threads` tasks: over the database when it is big enough
-// (so a single query uses every core), otherwise over the queries.
+// Splits the work into at most `threads` tasks: over the positions when there are enough of
+// them (so a single query uses every core), otherwise over the queries. A thread is only
+// started for a share of work worth several times its cost (thread_plan_model()).
 std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads) {
-    constexpr size_t kMinRowsPerThread = 16384;
-    constexpr double kMinWorkPerThread = 1 << 23;  // word-ops (~0.5 ms of scan) below which a thread costs more than it saves
     size_t t = static_cast<size_t>(threads);
-    const double work = static_cast<double>(n) * static_cast<double>(nq) * static_cast<double>(words);
-    t = std::min<size_t>(t, std::max<size_t>(1, static_cast<size_t>(work / kMinWorkPerThread)));
+    if (t > 1 && n > 0 && nq > 0) {
+        const double work = static_cast<double>(n) * static_cast<double>(nq) * static_cast<double>(words);
+        t = std::min<size_t>(t, std::max<size_t>(1, static_cast<size_t>(work / thread_plan_model().min_work_words)));
+    }
     std::vector<Task> tasks;
+    const size_t min_rows = 4 * block_rows(words * 8);  // a slice of positions spans a few blocks
     if (t <= 1 || n == 0 || nq == 0) {
         tasks.push_back({0, nq, 0, n});
-    } else if (n >= t * kMinRowsPerThread || nq < t) {
+    } else if (n >= t * min_rows || nq < t) {
         t = std::min(t, n);
         for (size_t i = 0; i < t; ++i) tasks.push_back({0, nq, n * i / t, n * (i + 1) / t});
     } else {
@@ -167,39 +174,109 @@ private:
     std::chrono::steady_clock::time_point next_;
 };
 
-constexpr size_t kQueryBatch = 4;  // queries per kernel call: each loaded code serves all of them
+constexpr size_t kQueryBatch = 4;  // queries per hamming_block call in pairwise_hamming
 
-// Scans task t: for each database block (kept in L2), the task's queries in batches through the
-// block kernel, then each distance row (still in L1) through the threshold filter, so only codes
-// that can still enter a query's top-k reach `sink(q, distance, position)`.
+// Scans task t: walks the segments overlapping its positions block by block; each block goes
+// through the kernel's fused scan with the task's queries in batches, so only the pairs below
+// the current bound (a query's top-k threshold, or radius + 1) reach `sink(q, distance, position)`.
 template <class Threshold, class Sink>
-void scan(const CodeView& db, const uint8_t* queries, const Task& t, const KernelTable& kt,
+void scan(const Segments& db, const uint8_t* queries, const Task& t, const KernelTable& kt,
           const PositionFilter& filter, Poller& poller, Threshold threshold, Sink sink) {
-    const size_t cb = db.code_bytes, words = cb / 8, rows = block_rows(cb);
-    std::vector<uint32_t> dbuf(kQueryBatch * rows), idx(rows), dist(rows);
-    for (size_t p = t.p0; p < t.p1; p += rows) {
-        if (poller.should_stop()) return;
-        const size_t nb = std::min(rows, t.p1 - p);
-        const uint8_t* block = db.data + p * cb;
-        for (size_t q = t.q0; q < t.q1; q += kQueryBatch) {
-            const size_t nqb = std::min(kQueryBatch, t.q1 - q);
-            kt.hamming_block(queries + q * cb, nqb, block, nb, words, dbuf.data());
-            for (size_t a = 0; a < nqb; ++a) {
-                const size_t m = kt.filter_below(dbuf.data() + a * nb, nb, threshold(q + a), idx.data(), dist.data());
+    if (t.p0 >= t.p1 || t.q0 >= t.q1) return;
+    const size_t cb = db.code_bytes(), words = cb / 8, rows = block_rows(cb);
+    const size_t qb = std::max<size_t>(1, kt.max_queries);
+    std::vector<ScanHit> hits(qb * rows);
+    std::vector<uint32_t> thr(qb);
+    for (size_t s = db.find(t.p0); s < db.count() && db.base(s) < t.p1; ++s) {
+        const size_t lo = std::max(t.p0, db.base(s)), hi = std::min(t.p1, db.base(s + 1));
+        for (size_t p = lo; p < hi; p += rows) {
+            if (poller.should_stop()) return;
+            const size_t nb = std::min(rows, hi - p);
+            if (filter.words && filter.none_in(p, p + nb)) continue;  // e.g. a sparse allow-list
+            const uint8_t* block = db.data(s) + (p - db.base(s)) * cb;
+            for (size_t q = t.q0; q < t.q1; q += qb) {
+                const size_t nqb = std::min(qb, t.q1 - q);
+                for (size_t a = 0; a < nqb; ++a) thr[a] = threshold(q + a);
+                const size_t m = kt.scan_below(queries + q * cb, nqb, block, nb, words, thr.data(), hits.data());
                 for (size_t j = 0; j < m; ++j) {
-                    const size_t pos = p + idx[j];
-                    if (filter.allows(pos)) sink(q + a, dist[j], static_cast<int64_t>(pos));
+                    const size_t pos = p + hits[j].code;
+                    if (filter.allows(pos)) sink(q + hits[j].query, hits[j].dist, static_cast<int64_t>(pos));
                 }
             }
         }
     }
 }
 
-void check_widths(const CodeView& db, const char* what) {
-    if (db.code_bytes == 0 || db.code_bytes % 8 != 0)
+// Code widths must be whole 64-bit words.
+void check_widths(size_t code_bytes, const char* what) {
+    if (code_bytes == 0 || code_bytes % 8 != 0)
         throw InvalidArgument(std::string(what) + ": code width must be a positive multiple of 8 bytes (64 bits), got " +
-                              std::to_string(db.code_bytes) + " bytes");
+                              std::to_string(code_bytes) + " bytes");
+}
+
+void check_widths(const CodeView& db, const char* what) {
+    check_widths(db.code_bytes, what);
     if (db.n > 0 && db.data == nullptr) throw InvalidArgument(std::string(what) + ": null code pointer");
+}
+
+void check_segments(const Segments& db) {
+    check_widths(db.code_bytes(), "database");
+    for (size_t s = 0; s < db.count(); ++s)
+        if (db.data(s) == nullptr) throw InvalidArgument("database: null code pointer in segment " + std::to_string(s));
+}
+
+template <class Fn>
+double best_time(int reps, Fn fn) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+}
+
+ThreadPlanModel measure_plan_model() {
+    ThreadPlanModel m{};
+    // Start + join of one thread; the best of a few tries, since other processes only add noise.
+    m.thread_cost_s = best_time(7, [] {
+        std::thread th([] {});
+        th.join();
+    });
+    // Merging one more thread's partial top-k: the tie-rule sort of its hits (k ~ 10..100 per query).
+    {
+        std::vector<Hit> hits(256);
+        uint64_t x = 88172645463325252ull;
+        const double sort_s = best_time(5, [&] {
+            for (auto& h : hits) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                h = {static_cast<uint32_t>(x % 1024), static_cast<int64_t>(x >> 20)};
+            }
+            std::sort(hits.begin(), hits.end(), before);
+        });
+        m.thread_cost_s += sort_s;
+    }
+    // Scan rate of the active kernel: 8 queries against 2048 codes of 1024 bits, bounds at 0 so
+    // nothing is reported (the steady state of a top-k scan).
+    {
+        const size_t words = 16, n = 2048, nq = 8;
+        std::vector<uint8_t> codes(n * words * 8), q(nq * words * 8);
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (auto& b : codes) x = x * 6364136223846793005ull + 1442695040888963407ull, b = static_cast<uint8_t>(x >> 56);
+        for (auto& b : q) x = x * 6364136223846793005ull + 1442695040888963407ull, b = static_cast<uint8_t>(x >> 56);
+        const KernelTable& kt = active_kernels();
+        std::vector<uint32_t> thr(nq, 0);
+        std::vector<ScanHit> hits(nq * n);
+        const size_t qb = std::max<size_t>(1, std::min(nq, kt.max_queries));
+        const double s = best_time(5, [&] {
+            for (size_t a = 0; a < nq; a += qb)
+                kt.scan_below(q.data() + a * words * 8, std::min(qb, nq - a), codes.data(), n, words, thr.data(), hits.data());
+        });
+        m.scan_s_per_word = std::max(s / static_cast<double>(n * nq * words), 1e-13);
+    }
+    // A thread's share must take at least 8x its cost, so threads add at most ~12% overhead.
+    m.min_work_words = 8.0 * m.thread_cost_s / m.scan_s_per_word;
+    return m;
 }
 
 }  // namespace
@@ -222,30 +299,69 @@ uint64_t stream_xor(const CodeView& db) {
     return acc[0] ^ acc[1] ^ acc[2] ^ acc[3];
 }
 
+size_t Segments::find(size_t pos) const noexcept {
+    // The last segment whose base is <= pos.
+    auto it = std::upper_bound(base_.begin(), base_.end() - 1, pos);
+    return static_cast<size_t>(it - base_.begin()) - 1;
+}
+
+bool PositionFilter::none_in(size_t lo, size_t hi) const noexcept {
+    if (words == nullptr) return lo >= hi;
+    if (lo >= hi) return true;
+    const size_t w0 = lo >> 6, w1 = (hi - 1) >> 6;
+    for (size_t w = w0; w <= w1; ++w) {
+        uint64_t bits = words[w];
+        if (w == w0) bits &= ~uint64_t{0} << (lo & 63);
+        if (w == w1 && (hi & 63)) bits &= ~(~uint64_t{0} << (hi & 63));
+        if (bits) return false;
+    }
+    return true;
+}
+
+int hardware_threads() {
+    static const int n = [] {
+#if defined(__linux__)
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+            const int c = CPU_COUNT(&set);
+            if (c > 0) return c;
+        }
+#endif
+        const unsigned hw = std::thread::hardware_concurrency();
+        return hw > 0 ? static_cast<int>(hw) : 1;
+    }();
+    return n;
+}
+
 int default_threads() {
-    int t = g_default_threads.load();
-    if (t > 0) return t;
-    unsigned hw = std::thread::hardware_concurrency();
-    return hw > 0 ? static_cast<int>(hw) : 1;
+    const int t = g_default_threads.load();
+    return t > 0 ? std::min(t, hardware_threads()) : hardware_threads();
+}
+
+const ThreadPlanModel& thread_plan_model() {
+    static const ThreadPlanModel m = measure_plan_model();
+    return m;
 }
 
 void set_default_threads(int threads) {
     if (threads < 0) throw InvalidArgument("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
-    g_default_threads = threads;
+    g_default_threads = std::min(threads, hardware_threads());
 }
 
-void knn_search(const CodeView& db, const uint8_t* queries, size_t nq, size_t k, int32_t* distances,
+void knn_search(const Segments& db, const uint8_t* queries, size_t nq, size_t k, int32_t* distances,
                 int64_t* positions, const SearchOptions& opt) {
-    check_widths(db, "database");
+    check_segments(db);
     if (k < 1) throw InvalidArgument("k must be >= 1, got " + std::to_string(k));
     if (nq > 0 && queries == nullptr) throw InvalidArgument("queries: null pointer");
     const KernelTable& kt = opt.kernels ? *opt.kernels : active_kernels();
-    const auto tasks = plan(db.n, nq, db.code_bytes / 8, resolve_threads(opt.threads));
-    const size_t kk = std::min(k, std::max<size_t>(db.n, 1));  // never reserve more than can be found
+    const size_t n = db.size();
+    const auto tasks = plan(n, nq, db.code_bytes() / 8, resolve_threads(opt.threads));
 
-    // heaps[t][q - q0]: task t's top-k for each of its queries.
+    // heaps[t][q - q0]: task t's top-k for each of its queries; never larger than what the
+    // task's positions can return, so a huge k reserves nothing it cannot fill.
     std::vector<std::vector<TopK>> heaps(tasks.size());
-    for (size_t t = 0; t < tasks.size(); ++t) heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(kk));
+    for (size_t t = 0; t < tasks.size(); ++t)
+        heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(std::min(k, std::max<size_t>(tasks[t].p1 - tasks[t].p0, 1))));
 
     std::atomic<bool> stop{false};
     run_tasks(tasks.size(), opt.interrupted, stop, [&](size_t t) {
@@ -274,12 +390,12 @@ void knn_search(const CodeView& db, const uint8_t* queries, size_t nq, size_t k,
     }
 }
 
-RangeResult range_search(const CodeView& db, const uint8_t* queries, size_t nq, uint32_t radius,
+RangeResult range_search(const Segments& db, const uint8_t* queries, size_t nq, uint32_t radius,
                          const SearchOptions& opt) {
-    check_widths(db, "database");
+    check_segments(db);
     if (nq > 0 && queries == nullptr) throw InvalidArgument("queries: null pointer");
     const KernelTable& kt = opt.kernels ? *opt.kernels : active_kernels();
-    const auto tasks = plan(db.n, nq, db.code_bytes / 8, resolve_threads(opt.threads));
+    const auto tasks = plan(db.size(), nq, db.code_bytes() / 8, resolve_threads(opt.threads));
     const uint32_t thr = radius == UINT32_MAX ? UINT32_MAX : radius + 1;  // distances never reach 2^32-1
 
     std::vector<std::vector<std::vector<Hit>>> found(tasks.size());

@@ -6,7 +6,7 @@ Search needs only numpy; the encoder (torch + transformers) is imported on first
 
 from __future__ import annotations
 
-from ._core import IndexFormatError, active_isa, available_isas, get_num_threads, set_num_threads
+from ._core import IndexFormatError, active_isa, available_isas, available_kernels, get_num_threads, kernel_info, set_num_threads
 from ._core import __version__
 from ._core import set_isa as _set_isa
 from .codes import pack, unpack
@@ -23,8 +23,10 @@ def __getattr__(name: str):
 
 
 def set_isa(isa: str) -> None:
-    """Forces the kernels every later search uses: 'serial', 'avx2' or 'avx512'.
-    Raises ValueError when this CPU lacks the ISA (``available_isas()`` lists those it has)."""
+    """Forces the kernels every later search uses: an ISA ('serial', 'avx2', 'avx512': its best
+    variant here) or one kernel variant from ``available_kernels()`` (e.g. 'avx512-256').
+    Raises ValueError when this CPU lacks it (``available_isas()`` lists the ISAs it has).
+    ``kernel_info()`` says which kernel is in use and why."""
     _set_isa(isa)
 
 
@@ -39,8 +41,10 @@ __all__ = [
     "__version__",
     "active_isa",
     "available_isas",
+    "available_kernels",
     "get_num_threads",
     "hamming",
+    "kernel_info",
     "knn",
     "pack",
     "set_isa",

@@ -1,10 +1,11 @@
 """Exact Hamming search: the in-memory :class:`Index`, the file-backed :class:`MappedIndex`
 (``bne.open``), and array-level helpers.
 
-Both index kinds hold codes in one or more *parts* (the RAM buffer; the segments of a file, one
-per commit; codes added but not yet committed) and search them with the same code path: each
-part is scanned by the native core (tombstones and allow-lists as bitmaps), and the per-part
-top-k lists are merged under the tie rule: by distance, then by position (insertion order).
+Both index kinds hold codes in one or more *parts* (the RAM buffer; the segments of a file;
+codes added but not yet committed) and search them with the same code path: one native call
+takes every part (zero-copy views in position order) and one bitmap of searchable positions
+(tombstones and allow-list together), plans threads over all of them and merges once under the
+tie rule: by distance, then by position (insertion order).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
     `positions` (allow=False), or only `positions` set (allow=True)."""
     nbytes = (n + 63) // 64 * 8
     pos = np.asarray(positions, np.int64)
+    if len(pos) * 64 >= n:  # dense: one pass over a bool mask
+        mask = np.zeros(nbytes * 8, bool)
+        mask[pos] = True
+        bits = np.packbits(mask, bitorder="little")
+        return bits if allow else ~bits
     if allow:
         bits = np.zeros(nbytes, np.uint8)
         np.bitwise_or.at(bits, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
@@ -91,8 +97,9 @@ def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
 
 
 def merge_topk(results: list[tuple[np.ndarray, ...]], k: int, nq: int) -> tuple[np.ndarray, ...]:
-    """Merges per-part top-k lists ``(D, positions, *payload)`` into one under the tie rule: by
-    distance, then by position, padding (-1) last. Payload arrays (ids) follow their hits."""
+    """Merges top-k lists ``(D, positions, *payload)`` of disjoint position ranges (shards) into
+    one under the tie rule: by distance, then by position, padding (-1) last. Payload arrays (ids)
+    follow their hits. The segments of one index are merged inside the native search instead."""
     if not results:
         return np.full((nq, k), PAD_DISTANCE, np.int32), np.full((nq, k), -1, np.int64)
     if len(results) == 1:
@@ -138,25 +145,17 @@ class _Rows:
 
 
 class _Part:
-    """A contiguous run of positions [base, base + n) backed by a code array or a FlatIndex."""
+    """A contiguous run of positions [base, base + n): a zero-copy code array (a file segment,
+    the RAM buffer, a writer's pending codes) and its ids (None: the ids are the positions)."""
 
-    __slots__ = ("base", "n", "codes", "flat", "ids")
+    __slots__ = ("base", "n", "codes", "ids")
 
-    def __init__(self, base: int, n: int, ids: np.ndarray | None, codes: np.ndarray | None = None, flat=None):
-        self.base, self.n, self.ids, self.codes, self.flat = base, n, ids, codes, flat
+    def __init__(self, base: int, n: int, ids: np.ndarray | None, codes: np.ndarray) -> None:
+        self.base, self.n, self.ids, self.codes = base, n, ids, codes
 
-    def knn(self, q, k, threads, bits):
-        if self.flat is not None:
-            return self.flat.search(q, k, threads, bits)
-        return _core.knn(self.codes, q, k, threads, bits)
-
-    def range(self, q, radius, threads, bits):
-        if self.flat is not None:
-            return self.flat.range_search(q, radius, threads, bits)
-        return _core.range_search(self.codes, q, radius, threads, bits)
-
-    def code_array(self) -> np.ndarray:
-        return self.flat.codes() if self.flat is not None else self.codes
+    def view(self) -> np.ndarray:
+        """The codes without a copy (what the native search reads)."""
+        return self.codes
 
 
 class _SearchMixin:
@@ -192,13 +191,23 @@ class _SearchMixin:
         out = [p.ids if p.ids is not None else np.arange(p.base, p.base + p.n, dtype=np.int64) for p in self._parts()]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
+    def _by_part(self, positions: np.ndarray):
+        """(part, selection mask, local positions) for each part that holds some of `positions`
+        (-1 entries belong to none): work in proportion to the positions, not to the index."""
+        parts = self._parts()
+        if not parts or not positions.size:
+            return
+        bases = np.fromiter((p.base for p in parts), np.int64, len(parts))
+        which = np.searchsorted(bases, positions, side="right") - 1
+        which[(positions < 0) | (positions >= parts[-1].base + parts[-1].n)] = -1
+        for w in np.unique(which[which >= 0]):
+            sel = which == w
+            yield parts[w], sel, positions[sel] - parts[w].base
+
     def _ids_of(self, positions: np.ndarray) -> np.ndarray:
         out = np.full(positions.shape, -1, np.int64)
-        for p in self._parts():
-            sel = (positions >= p.base) & (positions < p.base + p.n)
-            if sel.any():
-                local = positions[sel] - p.base
-                out[sel] = local + p.base if p.ids is None else p.ids[local]
+        for p, sel, local in self._by_part(positions):
+            out[sel] = local + p.base if p.ids is None else p.ids[local]
         return out
 
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
@@ -243,11 +252,8 @@ class _SearchMixin:
         ids = _lookup_ids(ids).reshape(shape)
         pos = self.positions_of(ids.ravel())
         out = np.zeros((len(pos), self.code_bytes), np.uint8)
-        for p in self._parts():
-            sel = (pos >= p.base) & (pos < p.base + p.n)
-            if sel.any():
-                local = pos[sel] - p.base
-                out[sel] = p.codes[local] if p.flat is None else p.flat.codes()[local]
+        for p, sel, local in self._by_part(pos):
+            out[sel] = p.codes[local]
         return out.reshape(*ids.shape, self.code_bytes)
 
     # -- filters ----------------------------------------------------------------------------
@@ -265,20 +271,24 @@ class _SearchMixin:
         pos = self.positions_of(a)
         return np.unique(pos[pos >= 0])
 
-    def _part_bits(self, part: _Part, allowed: np.ndarray | None) -> np.ndarray | None:
-        """The bitmap of searchable positions of a part, or None when all are searchable."""
+    def _search_bits(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """One bitmap of searchable positions over every part (tombstones and allow-list
+        together), or None when every position is searchable. The tombstone bitmap is cached
+        until the next change."""
         cache = self.__dict__.setdefault("_bits_cache", {})
-        key = (part.base, part.n)
+        n = self._npositions()
+        key = ("tombstones", n)
         if key not in cache:
             tomb = self._tombstones()
-            lo, hi = np.searchsorted(tomb, [part.base, part.base + part.n])
-            cache[key] = _bitmap(part.n, tomb[lo:hi] - part.base, allow=False) if hi > lo else None
+            cache[key] = _bitmap(n, tomb, allow=False) if len(tomb) else None
         bits = cache[key]
         if allowed is None:
             return bits
-        lo, hi = np.searchsorted(allowed, [part.base, part.base + part.n])
-        mine = _bitmap(part.n, allowed[lo:hi] - part.base, allow=True)
+        mine = _bitmap(n, allowed, allow=True)
         return mine if bits is None else mine & bits
+
+    def _views(self) -> list[np.ndarray]:
+        return [p.view() for p in self._parts()]
 
     # -- search -----------------------------------------------------------------------------
     def search(
@@ -308,16 +318,8 @@ class _SearchMixin:
             raise ValueError("search on an empty index: add codes first")
         _check_result_size(len(q), k, len(self))
         self._check_mapping()
-        allowed = self._allowed_positions(allow)
-        results = []
-        for part in self._parts():
-            bits = self._part_bits(part, allowed)
-            if bits is not None and not bits.any():
-                continue
-            D, P = part.knn(q, k, threads, bits)
-            results.append((D, np.where(P >= 0, P + part.base, -1)))
-        D, P = merge_topk(results, k, len(q))
-        return D, P
+        bits = self._search_bits(self._allowed_positions(allow))
+        return _core.search_segments(self._views(), q, k, threads, bits)
 
     def range_search(
         self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: object = None
@@ -335,24 +337,8 @@ class _SearchMixin:
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
         self._check_mapping()
-        allowed = self._allowed_positions(allow)
-        qs, Ds, Ps = [], [], []
-        for part in self._parts():
-            bits = self._part_bits(part, allowed)
-            if bits is not None and not bits.any():
-                continue
-            lims, D, P = part.range(q, radius, threads, bits)
-            qs.append(np.repeat(np.arange(len(q)), np.diff(lims)))
-            Ds.append(D)
-            Ps.append(P + part.base)
-        qi = np.concatenate(qs) if qs else np.empty(0, np.int64)
-        D = np.concatenate(Ds) if Ds else np.empty(0, np.int32)
-        P = np.concatenate(Ps) if Ps else np.empty(0, np.int64)
-        if len(Ds) > 1:
-            order = np.lexsort((P, D, qi))
-            qi, D, P = qi[order], D[order], P[order]
-        lims = np.zeros(len(q) + 1, np.int64)
-        np.cumsum(np.bincount(qi, minlength=len(q)), out=lims[1:])
+        bits = self._search_bits(self._allowed_positions(allow))
+        lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits)
         return lims, D, self._ids_of(P)
 
     def _check_mapping(self) -> None:
@@ -579,7 +565,7 @@ class MappedIndex(_SearchMixin):
     def codes(self) -> np.ndarray:
         """All stored codes (removed ones included): the mapped array itself for a one-segment
         file (no copy), a concatenated copy otherwise."""
-        parts = [p.code_array() for p in self._parts()]
+        parts = [p.codes for p in self._parts()]
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.empty((0, self.code_bytes), np.uint8)

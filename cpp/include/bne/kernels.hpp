@@ -1,7 +1,21 @@
-// Hamming kernels: one query against a contiguous block of codes.
-// No allocation, validation, threads or Python here; callers check sizes.
-// Codes are rows of `words` little-endian uint64 words (bits = 64 * words), read with unaligned
-// loads so any numpy buffer or mapping offset works.
+// Hamming kernels: queries against a contiguous block of codes.
+//
+// The interface every kernel file implements (serial, AVX2, AVX-512; an Arm NEON/SVE file would
+// add one more table):
+//   * no allocation, validation, threads or Python here; callers check sizes;
+//   * codes are rows of `words` little-endian uint64 words (bits = 64 * words), read with
+//     unaligned loads so any numpy buffer or mapping offset works, and never read past row n-1;
+//   * every kernel returns exactly the distances of the scalar oracle (kernels_serial.cpp), so
+//     results never depend on the kernel (tests/test_kernels.py checks every table).
+// Each ISA lives in its own translation unit built with only its own flags, with internal
+// linkage throughout (no inline function compiled with wide-vector flags may leak into baseline
+// code), and exports only its KernelTable(s).
+//
+// Adding an ISA (e.g. Arm NEON / SVE): a kernels_<isa>.cpp defining a KernelTable, its compile
+// flags in CMakeLists.txt (set_source_files_properties; never the build machine's own -march flags), a declaration
+// below, and in dispatch.cpp its feature test, its names in lookup()/available_isas()/
+// available_kernels(), and its preference; tests/test_kernels.py then checks it automatically
+// (the `isa` fixture runs every available kernel).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,25 +24,42 @@ namespace bne {
 
 // out[a * n + i] = popcount(query_a XOR codes[i]) for a < nq, i < n. The nq queries are
 // consecutive rows of `words` words; kernels reuse each loaded code for several queries.
+// Used where every distance is wanted (pairwise matrices).
 using HammingBlockFn = void (*)(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n,
                                 size_t words, uint32_t* out) noexcept;
 
-// Threshold filter over a distance row still in L1: for every i < n with d[i] < thr, writes
-// idx[m] = i and dist[m] = d[i] in increasing i; returns m. idx/dist must hold n entries.
-using FilterBelowFn = size_t (*)(const uint32_t* d, size_t n, uint32_t thr, uint32_t* idx,
-                                 uint32_t* dist) noexcept;
+// One pair reported by a fused scan: query (index within the batch), code (index within the
+// block) and their distance.
+struct ScanHit {
+    uint32_t query;
+    uint32_t code;
+    uint32_t dist;
+};
+
+// The fused scan used by top-k and range search: distances are computed and compared with the
+// per-query bound thr[a] in registers; only pairs with popcount(query_a XOR codes[i]) < thr[a]
+// are written to hits (in any order), and their count is returned. nq <= KernelTable::max_queries;
+// hits must hold nq * n entries. Nothing else is written: distances that cannot enter a result
+// never reach memory.
+using ScanBelowFn = size_t (*)(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                               const uint32_t* thr, ScanHit* hits) noexcept;
 
 struct KernelTable {
-    const char* isa;  // "serial", "avx2", "avx512"
+    const char* isa;     // instruction set family: "serial", "avx2", "avx512"
+    const char* name;    // this variant: "serial", "avx2", "avx512-256", "avx512-512"
+    size_t max_queries;  // queries one scan_below call takes (the batch the caller should form)
     HammingBlockFn hamming_block;
-    FilterBelowFn filter_below;
+    ScanBelowFn scan_below;
 };
 
 namespace kernels {
 namespace serial { extern const KernelTable table; }
 #if defined(BNE_X86)
 namespace avx2 { extern const KernelTable table; }
-namespace avx512 { extern const KernelTable table; }
+namespace avx512 {
+extern const KernelTable table256;  // 256-bit VPOPCNTQ (AVX-512VL): best where 512-bit ops are split (Zen 4)
+extern const KernelTable table512;  // 512-bit VPOPCNTQ: best with full-width units (Ice Lake+, Zen 5)
+}  // namespace avx512
 #endif
 }  // namespace kernels
 
