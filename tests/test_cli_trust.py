@@ -335,10 +335,10 @@ def test_rescore_without_a_number_keeps_the_query(quick):
 
 
 def test_bench_sizes_take_suffixes():
-    assert cli.sizes_arg("10k,1M,2_000,1e3") == [1000, 2000, 10_000, 1_000_000]
+    assert cli.parse_sizes("10k,1M,2_000,1e3") == [1000, 2000, 10_000, 1_000_000]
     for bad in ("10x", "0", "1.5", ""):
         with pytest.raises(Exception, match="bad size"):
-            cli.sizes_arg(bad)
+            cli.parse_sizes(bad)
     one_line_error(*run("bench", "--sizes", "ten")[::2], "--sizes", "10k")
 
 

@@ -86,7 +86,7 @@ def threads_arg(text: str) -> int:
     return int_in(1)(text)
 
 
-def sizes_arg(text: str) -> list[int]:
+def parse_sizes(text: str) -> list[int]:
     """--sizes for bench: comma-separated counts, with k / M / G suffixes (10k, 1M) or 1e6."""
     out = []
     for part in text.split(","):
@@ -98,6 +98,10 @@ def sizes_arg(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"bad size {part!r}: a database size is a whole number >= 1")
         out.append(int(n))
     return sorted(set(out))
+
+
+def sizes_arg(text: str) -> str:
+    return ",".join(map(str, parse_sizes(text)))  # bench.py reads plain comma-separated counts
 
 
 def rescore_argv(argv: list[str]) -> list[str]:
