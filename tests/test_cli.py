@@ -167,7 +167,7 @@ def test_readme_quickstart_runs(tmp_path):
         if argv[:2] == ["bne", "search"]:  # the effect, not just the exit code
             assert "cat" in out.stdout or "kitten" in out.stdout, out.stdout
     # the last line appended more.txt: its document is in the index, the docstore and the results
-    added = [line for line in open(tmp_path / "more.txt").read().splitlines() if line.strip()]
+    added = [line for line in (tmp_path / "more.txt").read_text().splitlines() if line.strip()]
     assert len(bne.open(tmp_path / "docs.bne")) == 5 and len(added) == 1
     out = bne_cmd("search", "docs.bne", added[0], "-k", "1", "--json", cwd=tmp_path, check=True)
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"] == added[0]
