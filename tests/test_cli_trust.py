@@ -459,3 +459,11 @@ def test_docstore_mode_follows_the_index(quick, tmp_path):
         os.umask(old)
     assert code == 0 and count(idx) == 1, err
     assert stat.S_IMODE(os.stat(path_for(idx)).st_mode) == 0o640
+
+
+def test_demo_prints_hits_from_its_docstore(tmp_path):
+    needs_encoder()
+    code, out, err = run("demo", "--limit", "30", "--keep", tmp_path)
+    assert code == 0, err
+    assert out.count("query: ") == 5 and len(re.findall(r"^\s+d=\s*\d+\s+\S", out, re.M)) == 15
+    assert count(tmp_path / "stdlib.bne") == 30
