@@ -128,7 +128,10 @@ def load_encoder(model: str, bits: int, threads: int | None):
         return Encoder.default(bits=bits, threads=threads)
     if not os.path.exists(model):
         raise UserError(f"model not found: {model} (use 'default' or the path of a head .safetensors file)")
-    enc = Encoder.from_head(model, threads=threads)
+    try:
+        enc = Encoder.from_head(model, threads=threads)
+    except Exception as e:  # not a head file: safetensors, JSON and shape errors
+        raise UserError(f"cannot load model {model}: {type(e).__name__}: {e}") from None
     if enc.bits != bits:
         raise UserError(f"model {model} makes {enc.bits}-bit codes, but --bits is {bits}")
     return enc
@@ -154,6 +157,8 @@ def check_output(out: str, append: bool) -> bool:
     """Checks -o before anything is read or created; returns whether the index exists."""
     from .docstore import path_for
 
+    if not out:
+        raise UserError("-o is empty: give the index file to write")
     if os.path.isdir(out):
         raise UserError(f"-o {out} is a folder: give the index file to write, e.g. {os.path.join(out, 'index.bne')} "
                         f"(a folder of shards needs --ray)")
@@ -384,6 +389,8 @@ def read_queries(args) -> list[tuple[str, str | None]]:
                     obj = json.loads(line)
                 except ValueError as e:
                     raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
                 if isinstance(obj, str):
                     queries.append((obj, None))
                     continue
@@ -440,9 +447,18 @@ def source_of(meta: str) -> str | None:
     return f"{m['file']}:{m['line']}" if isinstance(m, dict) and "file" in m and "line" in m else None
 
 
+def index_arg(path: str, folder_ok: bool = False) -> str:
+    if not path:
+        raise UserError("the index path is empty")
+    if os.path.isdir(path) and not folder_ok:
+        raise UserError(f"{path} is a folder, not an index file")
+    return path
+
+
 def cmd_search(args) -> int:
     from .docstore import DocStore, DocStoreError, StoredDoc
 
+    index_arg(args.index, folder_ok=True)
     asked = read_queries(args)
     queries = [q for q, _ in asked]
     if os.path.isdir(args.index) or args.index.endswith(".json"):
@@ -497,7 +513,7 @@ def cmd_info(args) -> int:
     from . import index as bindex
     from .docstore import DocStore, DocStoreError
 
-    idx = bindex.open(args.index)
+    idx = bindex.open(index_arg(args.index))
     info = idx.info()
     try:
         store = DocStore(args.index)
@@ -532,7 +548,7 @@ def cmd_shard(args) -> int:
 def cmd_verify(args) -> int:
     from . import index as bindex
 
-    idx = bindex.open(args.index)
+    idx = bindex.open(index_arg(args.index))
     idx.verify()
     info = idx.info()
     print(f"OK: {safe(args.index)}: {info['codes']} codes in {info['segments']} segment(s), every checksum matches")

@@ -71,6 +71,8 @@ def _jsonl(path: Path) -> Iterator[Doc]:
             obj = json.loads(line)
         except ValueError as e:
             raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
         ext = obj.pop("_id", obj.pop("id", None))
