@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -467,3 +468,36 @@ def test_demo_prints_hits_from_its_docstore(tmp_path):
     assert code == 0, err
     assert out.count("query: ") == 5 and len(re.findall(r"^\s+d=\s*\d+\s+\S", out, re.M)) == 15
     assert count(tmp_path / "stdlib.bne") == 30
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_append_resumes_exactly(tmp_path):
+    """A real SIGINT during `bne build` (twice), then `--append`: every line once, in order."""
+    needs_encoder()
+    import signal
+
+    lines = [f"line {i} about {('cats', 'rates', 'bread')[i % 3]}" for i in range(3000)]
+    (tmp_path / "big.txt").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    idx = tmp_path / "r.bne"
+    for target in (500, 1500):
+        cmd = [sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "r.bne", "-q", "--commit-every", "50"]
+        p = subprocess.Popen(cmd + (["--append"] if idx.exists() else []), cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                             text=True)
+        while p.poll() is None:
+            try:
+                if len(bne.open(idx)) >= target:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        if p.returncode == 130:
+            assert "committed to r.bne" in err and "Traceback" not in err
+    res = subprocess.run(cmd[:-2] + ["--append"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "3000 codes" in res.stdout, res.stderr
+    db = sqlite3.connect(path_for(idx))
+    assert db.execute("SELECT text FROM docs ORDER BY id").fetchall() == [(t,) for t in lines]
+    db.close()
+    assert len(bne.open(idx)) == 3000
