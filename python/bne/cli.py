@@ -94,7 +94,7 @@ def parse_sizes(text: str) -> list[int]:
         if not m:
             raise argparse.ArgumentTypeError(f"bad size {part!r}: use numbers like 10000, 10k or 1M, comma-separated")
         n = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-        if n != int(n) or n < 1:
+        if not 1 <= n <= 1e12 or n != int(n):
             raise argparse.ArgumentTypeError(f"bad size {part!r}: a database size is a whole number >= 1")
         out.append(int(n))
     return sorted(set(out))
@@ -222,12 +222,16 @@ def cmd_build(args) -> int:
             idx.close()
             raise UserError(f"{out} was built with model {built_with[0]!r} at {built_with[1]} bits; "
                             f"asked for {key!r} at {args.bits} bits")
-        store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
-        dropped = store.delete_above(idx.info()["max_id"])  # rows of a batch whose index commit never happened
-        seen = store.ext_ids()
-        todo = [d for d in docs if d.ext_id not in seen]
-        old = legacy_present(store, todo)
-        todo = [d for d in todo if d.ext_id not in old]
+        try:
+            store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
+            dropped = store.delete_above(idx.info()["max_id"])  # rows of a batch whose index commit never happened
+            seen = store.ext_ids()
+            todo = [d for d in docs if d.ext_id not in seen]
+            old = legacy_present(store, todo)
+            todo = [d for d in todo if d.ext_id not in old]
+        except BaseException:
+            idx.close()  # release the writer lock now, not at exit
+            raise
         if dropped:
             print(f"bne: dropped {dropped} document rows left by an interrupted build", file=sys.stderr)
     else:
