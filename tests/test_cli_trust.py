@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -501,3 +502,28 @@ def test_ctrl_c_then_append_resumes_exactly(tmp_path):
     assert db.execute("SELECT text FROM docs ORDER BY id").fetchall() == [(t,) for t in lines]
     db.close()
     assert len(bne.open(idx)) == 3000
+
+
+@pytest.mark.parametrize("trials", [pytest.param(150, id="150"), pytest.param(5000, id="5000", marks=pytest.mark.slow)])
+def test_mutated_docstores_fail_cleanly(tmp_path, trials):
+    """Random byte damage to a docstore: every read either works or raises DocStoreError."""
+    idx = plain_index(tmp_path, [f"document {i} " * 20 for i in range(200)])
+    good = Path(path_for(idx)).read_bytes()
+    rng = np.random.default_rng(7)
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(trials):
+        data = bytearray(good)
+        for pos in rng.integers(0, len(data), rng.integers(1, 9)):
+            data[pos] = rng.integers(0, 256)
+        if rng.random() < 0.2:
+            data = data[: rng.integers(0, len(data))]
+        with open(path_for(idx), "wb") as f:
+            f.write(data)
+        try:
+            s = DocStore(idx)
+            s.count(), s.ext_ids(), s.get(range(0, 200, 7))
+            s.close()
+            outcomes["ok"] += 1
+        except DocStoreError:
+            outcomes["refused"] += 1
+    assert outcomes["ok"] + outcomes["refused"] == trials and outcomes["refused"] > 0

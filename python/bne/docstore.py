@@ -58,6 +58,7 @@ class DocStore:
     def __init__(self, index_path: str | os.PathLike, *, create: bool = False, file_mode: int | None = None) -> None:
         self.path = path_for(index_path)
         self.writable = create
+        self.db: sqlite3.Connection | None = None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -80,7 +81,7 @@ class DocStore:
             # nothing has a -wal file to replay, so reading the main file as immutable is exact
             self._connect(uri.replace("?mode=ro", "?immutable=1"))
         if create:
-            with self._errors("write"):
+            with self._errors("set up", closing=True):
                 # rollback journal, not WAL: readers in a folder they cannot write still work
                 self.db.execute("PRAGMA journal_mode=DELETE")
                 self.db.execute("PRAGMA synchronous=FULL")  # a commit here is durable, like the index's
@@ -91,8 +92,10 @@ class DocStore:
                     self.db.commit()
 
     def _connect(self, uri: str) -> None:
-        with self._errors("open"):
+        self.db = None
+        with self._errors("open", closing=True):
             self.db = sqlite3.connect(uri, uri=True)
+            self.db.text_factory = lambda b: b.decode("utf-8", "replace")  # damaged text is shown, not fatal
             self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
             self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
             self._check_schema()
@@ -106,11 +109,16 @@ class DocStore:
         return header[:16] == b"SQLite format 3\0" and header[18] == 2 and not os.path.exists(self.path + "-wal")
 
     @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str, *, closing: bool = False) -> Iterator[None]:
         try:
             yield
-        except sqlite3.DatabaseError as e:
-            msg = str(e)
+        except (sqlite3.DatabaseError, DocStoreError, UnicodeDecodeError) as e:
+            if closing and self.db is not None:  # a failed open leaves no connection behind
+                self.db.close()
+            if isinstance(e, DocStoreError):
+                raise
+            # SQLite's message about a damaged schema can quote bytes that are not UTF-8
+            msg = "damaged (an error message that is not UTF-8)" if isinstance(e, UnicodeDecodeError) else str(e)
             if "readonly" in msg or "read-only" in msg:
                 msg += " (the file or its folder is not writable)"
             raise DocStoreError(f"cannot {what} document store {self.path}: {msg}") from None
