@@ -374,6 +374,14 @@ def test_search_escapes_docstore_text_and_ids(quick, tmp_path):
     assert not RAW.search(out) and sorted(h["doc_id"] for h in hits) == [f"id{i}{EVIL}" for i in range(4)]
 
 
+def test_queries_that_are_not_utf8_are_one_line_errors(tmp_path):
+    idx = plain_index(tmp_path, QUICK)
+    one_line_error(*run("search", idx, "caf\udce9")[::2], "caf\\udce9", "not UTF-8")  # argv bytes 63 61 66 e9
+    res = subprocess.run([sys.executable, "-m", "bne.cli", "search", idx, "--queries", "-"], input=b"ok\ncaf\xe9\n",
+                         capture_output=True, timeout=120)
+    one_line_error(res.returncode, res.stderr.decode(), "<stdin>:2", "not UTF-8")
+
+
 def test_error_messages_are_escaped(tmp_path):
     code, _, err = run("build", f"missing{EVIL}.txt", "-o", tmp_path / "x.bne")
     line = one_line_error(code, err, "input not found")

@@ -33,9 +33,10 @@ class UserError(Exception):
 
 # C0 (newline and tab included: every field is printed on one line), DEL, C1 (U+009B is an 8-bit
 # CSI to some terminals), and the line separators and bidirectional overrides that can make text
-# look like something else ("Trojan Source")
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")  # json.dumps escapes C0
+# look like something else ("Trojan Source"); lone surrogates (bytes of a non-UTF-8 argument or
+# JSON "\\ud800") cannot be printed at all
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")  # json.dumps escapes C0
 
 
 def _escape(m: re.Match) -> str:
@@ -372,9 +373,22 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     queries.jsonl), or a JSON string."""
     from .corpus import CorpusError, _lines
 
-    queries: list[tuple[str, str | None]] = [(q, None) for q in args.query or []]
+    queries: list[tuple[str, str | None]] = []
+    for q in args.query or []:
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise UserError(f"query {safe(q)!s} is not UTF-8 text") from None
+        queries.append((q, None))
     if args.queries == "-":
-        queries += [(line.strip(), None) for line in sys.stdin if line.strip()]
+        lines = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else (t.encode("utf-8", "surrogateescape") for t in sys.stdin)
+        for lineno, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"<stdin>:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+            if line.strip():
+                queries.append((line.strip(), None))
     elif args.queries:
         path = args.queries
         if os.path.isdir(path) or not os.path.exists(path):
