@@ -535,3 +535,17 @@ def test_mutated_docstores_fail_cleanly(tmp_path, trials):
         except DocStoreError:
             outcomes["refused"] += 1
     assert outcomes["ok"] + outcomes["refused"] == trials and outcomes["refused"] > 0
+
+
+def test_safe_and_json_text_leave_no_control_character():
+    import unicodedata
+
+    bad = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs")
+           or 0x202A <= c <= 0x202E or 0x2066 <= c <= 0x2069]
+    text = "".join(bad)
+    shown = cli.safe(text)
+    assert not any(c in shown for c in bad) and shown.count("\\") == len(bad)
+    dumped = cli.json_text({"t": text})
+    assert not any(c in dumped for c in bad if c != "\n")  # newlines: only the indentation's
+    assert json.loads(dumped)["t"] == text  # escaped, not lost
+    assert cli.safe("plain é 日本") == "plain é 日本"
