@@ -264,7 +264,7 @@ def test_disk_full_in_the_docstore_is_one_line_and_leaves_nothing(tmp_path):
     import resource
     import signal
 
-    big = ["document %d " % i + "lorem ipsum dolor sit amet " * 800 for i in range(40)]  # ~22 KB each
+    big = ["document %d " % i + "lorem ipsum dolor sit amet " * 1200 for i in range(16)]  # ~32 KB each
     (tmp_path / "big.txt").write_text("\n".join(big) + "\n")
 
     def limit():
