@@ -135,9 +135,10 @@ def test_corpus_formats(tmp_path):
 
 def test_bench_writes_table_json_and_plot(tmp_path):
     pytest.importorskip("faiss")
-    out = bne_cmd("bench", "--sizes", "1000,3000", "--repeat", "1", "--queries", "4", "--out", tmp_path / "b", check=True)
+    out = bne_cmd("bench", "--sizes", "1k,3000", "--repeat", "1", "--queries", "4", "--out", tmp_path / "b", check=True)
     assert "bne 1024 vs FAISS binary 1024" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
+    assert data["sizes"] == [1000, 3000]
     assert set(data["ms"]) >= {"float32 IndexFlatIP", "INT8 IndexScalarQuantizer", "bne 2048"}
     if "matplotlib" in out.stdout or (tmp_path / "b.png").exists():
         assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
@@ -163,3 +164,12 @@ def test_readme_quickstart_runs(tmp_path):
         else:
             out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
+        if argv[:2] == ["bne", "search"]:  # the effect, not just the exit code
+            assert "cat" in out.stdout or "kitten" in out.stdout, out.stdout
+    # the last line appended more.txt: its document is in the index, the docstore and the results
+    added = [line for line in (tmp_path / "more.txt").read_text().splitlines() if line.strip()]
+    assert len(bne.open(tmp_path / "docs.bne")) == 5 and len(added) == 1
+    out = bne_cmd("search", "docs.bne", added[0], "-k", "1", "--json", cwd=tmp_path, check=True)
+    assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"] == added[0]
+    out = bne_cmd("info", "docs.bne", "--json", cwd=tmp_path, check=True)
+    assert json.loads(out.stdout)["documents"] == 5

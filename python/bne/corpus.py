@@ -1,7 +1,13 @@
 """Reading documents for ``bne build``: .txt, .jsonl, .tsv/.csv, or a BEIR folder.
 
-Every reader yields :class:`Doc` records; ``ext_id`` is the document's own id as text (a line
-number for .txt files).
+Every reader yields :class:`Doc` records; ``ext_id`` is the document's own id as text. A .txt
+line has no id of its own, so its ``ext_id`` is a hash of its text (``txt:`` + 16 hex digits, with
+``-2``, ``-3``... for repeats of the same line in one file) and its file name and line number go
+to ``meta``. ``bne build --append`` skips documents whose ``ext_id`` is already stored, so
+appending a new file adds its lines, and resuming an interrupted build of the same file adds
+nothing twice (keying by line number made a new file's line 1 look like the old file's line 1).
+
+Input must be UTF-8 (a BOM is allowed); a bad byte is reported with its file and line.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -28,10 +35,28 @@ class Doc:
     meta: str = ""  # JSON text of any other fields
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8", newline="")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) of a UTF-8 file; the ending is kept, as ``newline=""``
+    would, so csv sees quoted newlines. Decoded line by line to name the line of a bad byte."""
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}); convert the file to UTF-8") from None
+            except (OSError, EOFError) as e:  # a damaged .gz
+                raise CorpusError(f"{path}:{lineno}: cannot read: {e}") from None
+
+
+def txt_key(text: str, occurrence: int = 1) -> str:
+    """The ext_id of a .txt line: its content, so the same line of the same file keeps its key."""
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+    return f"txt:{h}" if occurrence == 1 else f"txt:{h}-{occurrence}"
 
 
 def _base_suffix(path: Path) -> str:
@@ -39,55 +64,69 @@ def _base_suffix(path: Path) -> str:
 
 
 def _jsonl(path: Path) -> Iterator[Doc]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
-            ext = obj.pop("_id", obj.pop("id", None))
-            text = obj.pop("text", None)
-            if text is None:
-                raise CorpusError(f"{path}:{lineno}: no 'text' field")
-            title = obj.pop("title", "") or ""
-            yield Doc(str(ext if ext is not None else lineno), str(text), str(title), json.dumps(obj) if obj else "")
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
+        ext = obj.pop("_id", obj.pop("id", None))
+        text = obj.pop("text", None)
+        if text is None:
+            raise CorpusError(f"{path}:{lineno}: no 'text' field")
+        title = obj.pop("title", "") or ""
+        yield Doc(str(ext if ext is not None else lineno), str(text), str(title), json.dumps(obj) if obj else "")
 
 
 def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
-    with _open_text(path) as f:
-        rows = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-        first = next(rows, None)
-        if first is None:
-            return
-        lower = [c.strip().lower() for c in first]
-        if "text" in lower:  # a header row names the columns
-            ti = lower.index("text")
-            ii = next((lower.index(c) for c in ("id", "_id") if c in lower), None)
-            hi = lower.index("title") if "title" in lower else None
-            data, start = rows, 2
-        else:  # no header: id, text[, title] when there are 2+ columns, else text only
-            ii, ti, hi = (0, 1, 2 if len(first) > 2 else None) if len(first) > 1 else (None, 0, None)
-            data, start = itertools.chain([first], rows), 1
-        for lineno, row in enumerate(data, start):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if ti >= len(row):
-                raise CorpusError(f"{path}:{lineno}: expected a text column at position {ti + 1}, got {len(row)} columns")
-            ext = row[ii] if ii is not None and ii < len(row) else str(lineno)
-            title = row[hi] if hi is not None and hi < len(row) else ""
-            yield Doc(str(ext), row[ti], title)
+    reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+
+    def checked():
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # a NUL byte, a field over the size limit, an unclosed quote
+                raise CorpusError(f"{path}:{reader.line_num}: {e}") from None
+            yield row
+
+    rows = checked()
+    first = next(rows, None)
+    if first is None:
+        return
+    lower = [c.strip().lower() for c in first]
+    if "text" in lower:  # a header row names the columns
+        ti = lower.index("text")
+        ii = next((lower.index(c) for c in ("id", "_id") if c in lower), None)
+        hi = lower.index("title") if "title" in lower else None
+        data, start = rows, 2
+    else:  # no header: id, text[, title] when there are 2+ columns, else text only
+        ii, ti, hi = (0, 1, 2 if len(first) > 2 else None) if len(first) > 1 else (None, 0, None)
+        data, start = itertools.chain([first], rows), 1
+    for lineno, row in enumerate(data, start):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if ti >= len(row):
+            raise CorpusError(f"{path}:{lineno}: expected a text column at position {ti + 1}, got {len(row)} columns")
+        ext = row[ii] if ii is not None and ii < len(row) else str(lineno)
+        title = row[hi] if hi is not None and hi < len(row) else ""
+        yield Doc(str(ext), row[ti], title)
 
 
 def _txt(path: Path) -> Iterator[Doc]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield Doc(str(lineno), line)
+    seen: dict[str, int] = {}
+    for lineno, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            n = seen[line] = seen.get(line, 0) + 1
+            yield Doc(txt_key(line, n), line, meta=json.dumps({"file": path.name, "line": lineno}))
 
 
 def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:

@@ -54,6 +54,7 @@ def run_demo(args) -> int:
     import numpy as np
 
     from . import index as bindex
+    from .cli import safe
     from .corpus import Doc
     from .docstore import DocStore
     from .encoder import Encoder
@@ -88,8 +89,8 @@ def run_demo(args) -> int:
     for q, drow, irow in zip(QUERIES, D, I):
         print(f"\nquery: {q}")
         for d, i in zip(drow, irow):
-            name, _, text = found[int(i)]
-            print(f"  d={d:4d}  {name:38s} {text[:70]}")
+            doc = found[int(i)]
+            print(f"  d={d:4d}  {safe(doc.ext_id):38s} {safe(doc.text[:70])}")
     print(f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; whole demo {time.perf_counter() - t0:.0f} s")
     print(f"try: bne search {path} \"your question\"")
     return 0

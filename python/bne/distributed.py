@@ -113,13 +113,31 @@ def write_manifest(out_dir, shard_paths: Sequence[str], bits: int, metadata: dic
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[list[str], dict]:
+    """(shard paths, manifest) of a manifest file or the folder holding one. Shard paths must be
+    relative and stay inside the manifest's folder (no absolute paths, no ``..``): a manifest
+    from elsewhere cannot make a reader open other files. A bad manifest raises ``ValueError``."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, MANIFEST)
-    with open(path) as f:
-        m = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (ValueError, RecursionError) as e:  # JSON syntax, not UTF-8, absurd nesting
+        raise ValueError(f"{path}: not a bne shard manifest ({type(e).__name__}: {e})") from None
+    if (not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not m["shards"]
+            or type(m.get("bits")) is not int or not isinstance(m.get("metadata", {}), dict)):
+        raise ValueError(f"{path}: not a bne shard manifest (needs \"bits\", a list of \"shards\" and a \"metadata\" object)")
     folder = os.path.dirname(os.path.abspath(path))
-    return [os.path.join(folder, p) for p in m["shards"]], m
+    out = []
+    for p in m["shards"]:
+        if not isinstance(p, str) or not p or "\0" in p:
+            raise ValueError(f"{path}: shard entry {p!r} is not a file name")
+        norm = os.path.normpath(p)
+        if os.path.isabs(p) or norm in (".", "..") or norm.startswith(".." + os.sep):
+            raise ValueError(f"{path}: shard path {p!r} leaves the manifest's folder; shard paths must be relative "
+                             f"to it, without '..'")
+        out.append(os.path.join(folder, norm))
+    return out, m
 
 
 # -- serving --------------------------------------------------------------------------------------

@@ -1,68 +1,193 @@
 """The SQLite document store written beside an index by ``bne build``: id -> text, title, metadata.
 
 The index's int64 ids are the store's row ids; a document's own id is kept as ``ext_id``.
+
+A docstore is a file a user may have been handed, so it is opened as data, never as code:
+
+* ``info`` / ``search`` open it read-only (``mode=ro``): nothing is written, so a read-only
+  folder or another user's index can be searched. Writers use a rollback journal, not WAL,
+  because a WAL file cannot be read from a folder the reader may not write to.
+* ``PRAGMA trusted_schema=OFF``, and every open checks the schema: exactly the ``docs`` table
+  and its index as bne writes them. A trigger, view or any other object (SQL stored in the
+  file that an INSERT or SELECT would run) is refused with :class:`DocStoreError`.
+* SQLite errors (not a database, damaged, disk full) become :class:`DocStoreError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from typing import Iterable, Sequence
+import stat
+import urllib.parse
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .corpus import Doc
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, meta TEXT);
-CREATE INDEX IF NOT EXISTS docs_ext_id ON docs(ext_id);
-"""
+DOCS_SQL = "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, meta TEXT)"
+INDEX_SQL = "CREATE INDEX docs_ext_id ON docs(ext_id)"
+EXPECTED_SCHEMA = {("table", "docs"): DOCS_SQL, ("index", "docs_ext_id"): INDEX_SQL}
+# user_version 1: .txt documents are keyed by content (see corpus.py); 0: by line number (bne <= 0.x)
+USER_VERSION = 1
+
+
+class DocStoreError(ValueError):
+    """The document store cannot be used: not a database, damaged, unwritable, or holding SQL
+    objects bne did not write. The message names the file."""
+
+
+class StoredDoc(NamedTuple):
+    ext_id: str
+    title: str
+    text: str
+    meta: str
 
 
 def path_for(index_path: str | os.PathLike) -> str:
     return os.fspath(index_path) + ".docs.sqlite"
 
 
+def _norm(sql: str | None) -> str:
+    return " ".join((sql or "").split())
+
+
 class DocStore:
-    def __init__(self, index_path: str | os.PathLike, *, create: bool = False) -> None:
+    """``create=False`` (the default): read-only, the file must exist. ``create=True``: read-write,
+    created when missing; ``file_mode`` gives a new file those permission bits (the index's)."""
+
+    def __init__(self, index_path: str | os.PathLike, *, create: bool = False, file_mode: int | None = None) -> None:
         self.path = path_for(index_path)
-        if not create and not os.path.exists(self.path):
-            raise FileNotFoundError(f"document store not found: {self.path}")
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a commit here is durable, like the index's
-        self.db.executescript(SCHEMA)
+        self.writable = create
+        self.db: sqlite3.Connection | None = None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(f"document store not found: {self.path}") from None
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):  # a FIFO would block sqlite's open forever
+            raise DocStoreError(f"{self.path}: not a regular file")
+        if st is None and file_mode is not None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
+            os.fchmod(fd, file_mode)  # the umask does not apply: the docstore is as private as its index
+            os.close(fd)
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + ("?mode=rwc" if create else "?mode=ro")
+        try:
+            self._connect(uri)
+        except DocStoreError:
+            if create or not self._legacy_wal():
+                raise
+            # a WAL-mode store of an older bne in a folder we may not write (no -shm can be made):
+            # nothing has a -wal file to replay, so reading the main file as immutable is exact
+            self._connect(uri.replace("?mode=ro", "?immutable=1"))
+        if create:
+            with self._errors("set up", closing=True):
+                # rollback journal, not WAL: readers in a folder they cannot write still work
+                self.db.execute("PRAGMA journal_mode=DELETE")
+                self.db.execute("PRAGMA synchronous=FULL")  # a commit here is durable, like the index's
+                if not self._objects():
+                    self.db.execute(DOCS_SQL)
+                    self.db.execute(INDEX_SQL)
+                    self.db.execute(f"PRAGMA user_version={USER_VERSION}")
+                    self.db.commit()
+
+    def _connect(self, uri: str) -> None:
+        self.db = None
+        with self._errors("open", closing=True):
+            self.db = sqlite3.connect(uri, uri=True)
+            self.db.text_factory = lambda b: b.decode("utf-8", "replace")  # damaged text is shown, not fatal
+            self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
+            self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
+            self._check_schema()
+
+    def _legacy_wal(self) -> bool:
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(20)
+        except OSError:
+            return False
+        return header[:16] == b"SQLite format 3\0" and header[18] == 2 and not os.path.exists(self.path + "-wal")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, *, closing: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.DatabaseError, DocStoreError, UnicodeDecodeError) as e:
+            if closing and self.db is not None:  # a failed open leaves no connection behind
+                self.db.close()
+            if isinstance(e, DocStoreError):
+                raise
+            # SQLite's message about a damaged schema can quote bytes that are not UTF-8
+            msg = "damaged (an error message that is not UTF-8)" if isinstance(e, UnicodeDecodeError) else str(e)
+            if "readonly" in msg or "read-only" in msg:
+                msg += " (the file or its folder is not writable)"
+            raise DocStoreError(f"cannot {what} document store {self.path}: {msg}") from None
+
+    def _objects(self) -> list[tuple[str, str, str | None]]:
+        return self.db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+
+    def _check_schema(self) -> None:
+        for kind, name, sql in self._objects():
+            if name.startswith(("sqlite_autoindex_", "sqlite_stat")):
+                continue  # SQLite's own bookkeeping
+            expected = EXPECTED_SCHEMA.get((kind, name))
+            if expected is None or _norm(sql) != _norm(expected):
+                raise DocStoreError(f"{self.path} holds a {kind} {name!r} that bne did not write; refusing to use "
+                                    f"it (SQL stored in a document store could run on open)")
+
+    @property
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
 
     def max_id(self) -> int:
-        row = self.db.execute("SELECT MAX(id) FROM docs").fetchone()
+        with self._errors("read"):
+            row = self.db.execute("SELECT MAX(id) FROM docs").fetchone()
         return -1 if row[0] is None else int(row[0])
 
     def ext_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT ext_id FROM docs")}
+        with self._errors("read"):
+            return {r[0] for r in self.db.execute("SELECT ext_id FROM docs")}
+
+    def texts_of(self, ext_ids: Sequence[str]) -> dict[str, str]:
+        """ext_id -> text for those of ``ext_ids`` that are stored."""
+        out: dict[str, str] = {}
+        with self._errors("read"):
+            for start in range(0, len(ext_ids), 500):
+                chunk = list(ext_ids[start : start + 500])
+                q = f"SELECT ext_id, text FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
+                out.update(self.db.execute(q, chunk).fetchall())
+        return out
 
     def insert(self, ids: Sequence[int], docs: Sequence[Doc]) -> None:
-        self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
-                            [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs)])
+        with self._errors("write"):
+            self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
+                                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs)])
 
     def delete_above(self, max_id: int) -> int:
         """Drops rows past the index's last committed id (left by a crash between the two commits)."""
-        cur = self.db.execute("DELETE FROM docs WHERE id > ?", (int(max_id),))
-        self.db.commit()
+        with self._errors("write"):
+            cur = self.db.execute("DELETE FROM docs WHERE id > ?", (int(max_id),))
+            self.db.commit()
         return cur.rowcount
 
     def commit(self) -> None:
-        self.db.commit()
+        with self._errors("write"):
+            self.db.commit()
 
-    def get(self, ids: Iterable[int]) -> dict[int, tuple[str, str, str]]:
+    def get(self, ids: Iterable[int]) -> dict[int, StoredDoc]:
         ids = [int(i) for i in ids if i >= 0]
-        out: dict[int, tuple[str, str, str]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            q = f"SELECT id, ext_id, title, text FROM docs WHERE id IN ({','.join('?' * len(chunk))})"
-            for i, ext, title, text in self.db.execute(q, chunk):
-                out[i] = (ext, title or "", text)
+        out: dict[int, StoredDoc] = {}
+        with self._errors("read"):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                q = f"SELECT id, ext_id, title, text, meta FROM docs WHERE id IN ({','.join('?' * len(chunk))})"
+                for i, ext, title, text, meta in self.db.execute(q, chunk):
+                    out[i] = StoredDoc(str(ext), str(title or ""), str(text), str(meta or ""))
         return out
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+        with self._errors("read"):
+            return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
