@@ -55,6 +55,15 @@ extern const KernelTable table256;  // 256-bit VPOPCNTQ (AVX-512VL): best where 
 extern const KernelTable table512;  // 512-bit VPOPCNTQ: best with full-width units (Ice Lake+, Zen 5)
 }  // namespace avx512
 #endif
+#if defined(BNE_ARM)
+namespace neon { extern const KernelTable table; }  // aarch64 baseline (Advanced SIMD)
+#if defined(BNE_HAVE_SVE)
+namespace sve {
+extern const KernelTable table;  // call only where getauxval(AT_HWCAP) reports SVE
+size_t vector_bits() noexcept;   // this CPU's SVE vector length
+}  // namespace sve
+#endif
+#endif
 }  // namespace kernels
 
 }  // namespace bne
