@@ -4,6 +4,7 @@ for aarch64 under qemu-aarch64 (NEON and SVE) where the cross tools are installe
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 
@@ -53,3 +54,24 @@ def test_arm_neon_and_sve_under_emulation():
     assert out.count("neon        max_queries=") == 5
     assert "FAIL" not in out
     assert out.rstrip().endswith("OK: aarch64 NEON and SVE kernels match the scalar oracle under emulation")
+    check_sve_stays_in_its_file()
+
+
+def check_sve_stays_in_its_file():
+    """SVE code only in kernels_sve.cpp, which exports nothing but its table: baseline code can
+    then run on any aarch64 CPU, and no SVE copy of an inline function can win at link time."""
+    objdump, nm = shutil.which("aarch64-linux-gnu-objdump"), shutil.which("aarch64-linux-gnu-nm")
+    if not objdump or not nm:
+        return
+    objects = sorted((SCRIPT.parents[2] / "build" / "cpp-aarch64").glob("**/bne_core.dir/**/*.o"))
+    assert any(o.name.startswith("kernels_neon") for o in objects), objects
+    sve_reg = re.compile(r"\bz\d+\.[bhsd]\b")
+    for obj in objects:
+        text = subprocess.run([objdump, "-d", str(obj)], capture_output=True, text=True, check=True).stdout
+        uses_sve = bool(sve_reg.search(text))
+        assert uses_sve == obj.name.startswith("kernels_sve"), obj
+        if uses_sve:
+            syms = subprocess.run([nm, "-C", "--defined-only", str(obj)], capture_output=True, text=True, check=True)
+            exported = {line.split(" ", 2)[2] for line in syms.stdout.splitlines() if line.split(" ")[1].isupper()}
+            exported = {x for x in exported if not x.startswith("DW.ref.")}  # exception-table data, no code
+            assert exported == {"bne::kernels::sve::table", "bne::kernels::sve::vector_bits()"}, exported
