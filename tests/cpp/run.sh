@@ -18,6 +18,7 @@ cd "$(dirname "$0")/../.."
 what="${1:-all}"
 jobs="${BNE_BUILD_JOBS:-2}"
 gen=()
+mkdir -p build
 if command -v ninja >/dev/null 2>&1; then gen=(-G Ninja); fi
 
 need() {
