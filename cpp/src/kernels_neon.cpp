@@ -11,7 +11,9 @@ namespace bne::kernels::neon {
 namespace {
 
 constexpr size_t kQ = 4;  // queries per pass
-constexpr size_t kJ = 4;  // codes per pass: 16 accumulators + 8 query + 2 code vectors < 32 registers
+// Codes per pass: 16 accumulators + 8 query + 2 code vectors fill the 32 registers (GCC 12 spills
+// a few accumulators; a step is ~96 SIMD ops, so those loads should not bound it - untimed).
+constexpr size_t kJ = 4;
 // 32-byte steps per 16-bit flush: a step adds at most 2 * 16 = 32 to a 16-bit lane, so
 // 2047 steps (65504 bytes, 524032 bits of code) never overflow it.
 constexpr size_t kStepsPerFlush = 2047;
