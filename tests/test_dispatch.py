@@ -11,7 +11,7 @@ import pytest
 
 import bne
 
-ISAS = ["serial", "avx2", "avx512"]
+ISAS = ["serial", "avx2", "avx512", "neon", "sve"]  # x86, then aarch64
 
 
 def run_py(code, env_extra=None, **kw):

@@ -66,7 +66,7 @@ CASES = [
     ("ids duplicate in batch", lambda: index_with(0).add(u8(2, 128), ids=[7, 7]), ValueError, "duplicate ids in this batch: [7]"),
     ("ids already present", lambda: index_with(3).add(u8(1, 128), ids=[1]), ValueError, "ids already in the index (remove them first): [1]"),
     ("remove float ids", lambda: index_with(3).remove([1.5]), TypeError, "ids must be integers"),
-    ("core isa", lambda: _core.knn(u8(4, 128), u8(1, 128), 1, isa="neon"), ValueError, "unknown ISA 'neon'"),
+    ("core isa", lambda: _core.knn(u8(4, 128), u8(1, 128), 1, isa="avx9000"), ValueError, "unknown ISA 'avx9000'"),
 ]
 
 

@@ -1,4 +1,5 @@
-// CPU detection and kernel choice. Baseline flags only: this file must run on any x86-64.
+// CPU detection and kernel choice. Baseline flags only: this file must run on any x86-64 (or,
+// on Arm, any aarch64 CPU).
 #include "bne/dispatch.hpp"
 
 #include <algorithm>
@@ -16,6 +17,15 @@
 #if defined(BNE_X86)
 #include <cpuid.h>
 #endif
+#if defined(BNE_ARM) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_SVE
+#define HWCAP_SVE (1UL << 22)
+#endif
+#endif
+#if defined(BNE_ARM) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 namespace bne {
 namespace {
@@ -23,9 +33,43 @@ namespace {
 struct CpuFeatures {
     bool avx2 = false;
     bool avx512 = false;  // F + BW + VL + VPOPCNTDQ, with ZMM state enabled by the OS
+    bool neon = false;    // aarch64: Advanced SIMD (always there; the baseline)
+    bool sve = false;     // aarch64: SVE, reported by the kernel (getauxval(AT_HWCAP) & HWCAP_SVE)
     std::string vendor, brand;
     unsigned family = 0, model = 0;
 };
+
+#if defined(BNE_ARM)
+// Vendor and core names from the Linux MIDR_EL1 register file (implementer, part number).
+void describe_arm(CpuFeatures& f) {
+    f.vendor = "aarch64";
+#if defined(__APPLE__)
+    char s[128] = {0};
+    size_t len = sizeof s - 1;
+    if (sysctlbyname("machdep.cpu.brand_string", s, &len, nullptr, 0) == 0) f.brand = s;
+    f.vendor = "Apple";
+#elif defined(__linux__)
+    std::FILE* fp = std::fopen("/sys/devices/system/cpu/cpu0/regs/identification/midr_el1", "r");
+    unsigned long long midr = 0;
+    const bool ok = fp && std::fscanf(fp, "%llx", &midr) == 1;
+    if (fp) std::fclose(fp);
+    if (!ok) return;
+    f.family = static_cast<unsigned>(midr >> 24) & 0xffu;  // implementer
+    f.model = static_cast<unsigned>(midr >> 4) & 0xfffu;   // part number
+    static const struct { unsigned code; const char* name; } vendors[] = {
+        {0x41, "ARM"}, {0x42, "Broadcom"}, {0x43, "Cavium"}, {0x46, "Fujitsu"}, {0x48, "HiSilicon"},
+        {0x4e, "NVIDIA"}, {0x51, "Qualcomm"}, {0x61, "Apple"}, {0x6d, "Microsoft"}, {0xc0, "Ampere"}};
+    for (const auto& v : vendors)
+        if (v.code == f.family) f.vendor = v.name;
+    static const struct { unsigned part; const char* name; } arm_parts[] = {
+        {0xd08, "Cortex-A72"}, {0xd0b, "Cortex-A76"}, {0xd0c, "Neoverse N1"}, {0xd40, "Neoverse V1"},
+        {0xd49, "Neoverse N2"}, {0xd4f, "Neoverse V2"}, {0xd8e, "Neoverse N3"}, {0xd84, "Neoverse V3"}};
+    if (f.family == 0x41)
+        for (const auto& p : arm_parts)
+            if (p.part == f.model) f.brand = p.name;
+#endif
+}
+#endif
 
 CpuFeatures detect() noexcept {
     CpuFeatures f;
@@ -68,6 +112,13 @@ CpuFeatures detect() noexcept {
     const bool vpopcntdq = c & (1u << 14);
     f.avx2 = ymm_state && avx2;
     f.avx512 = f.avx2 && zmm_state && avx512f && avx512bw && avx512vl && vpopcntdq;
+#endif
+#if defined(BNE_ARM)
+    f.neon = true;  // Advanced SIMD is mandatory in the aarch64 ABI the core is built for
+#if defined(BNE_HAVE_SVE) && defined(__linux__)
+    f.sve = (getauxval(AT_HWCAP) & HWCAP_SVE) != 0;
+#endif
+    describe_arm(f);
 #endif
     return f;
 }
@@ -160,12 +211,26 @@ const KernelTable* lookup(const std::string& name, std::string* reason = nullptr
     if (name == "avx512-256") return &kernels::avx512::table256;
     if (name == "avx512-512") return &kernels::avx512::table512;
 #endif
+#if defined(BNE_ARM)
+    if (name == "neon" && features().neon) {
+        say(features().sve ? "NEON (Advanced SIMD): vcntq_u8 popcount; SVE is available too"
+                           : "NEON (Advanced SIMD), no SVE on this CPU: vcntq_u8 popcount");
+        return &kernels::neon::table;
+    }
+#if defined(BNE_HAVE_SVE)
+    if (name == "sve" && features().sve) {
+        say("SVE (getauxval(AT_HWCAP) & HWCAP_SVE), " + std::to_string(kernels::sve::vector_bits()) +
+            "-bit vectors: svcnt + svdot popcount");
+        return &kernels::sve::table;
+    }
+#endif
+#endif
     return nullptr;
 }
 
 bool known(const std::string& name) {
     return name == "serial" || name == "avx2" || name == "avx512" || name == "avx512vpopcnt" || name == "avx512-256" ||
-           name == "avx512-512";
+           name == "avx512-512" || name == "neon" || name == "sve";
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -215,6 +280,8 @@ std::vector<std::string> available_isas() {
     std::vector<std::string> out{"serial"};
     if (features().avx2) out.emplace_back("avx2");
     if (features().avx512) out.emplace_back("avx512");
+    if (features().neon) out.emplace_back("neon");
+    if (features().sve) out.emplace_back("sve");
     return out;
 }
 
@@ -225,6 +292,8 @@ std::vector<std::string> available_kernels() {
         out.emplace_back("avx512-256");
         out.emplace_back("avx512-512");
     }
+    if (features().neon) out.emplace_back("neon");
+    if (features().sve) out.emplace_back("sve");
     return out;
 }
 

@@ -3,7 +3,8 @@
 //
 // Names: an ISA ("serial", "avx2", "avx512") is an instruction-set family; a kernel is one
 // variant of it ("serial", "avx2", "avx512-256", "avx512-512"). Naming an ISA selects its
-// preferred variant on this CPU; naming a kernel selects exactly that one.
+// preferred variant on this CPU; naming a kernel selects exactly that one. On aarch64 the ISAs
+// are "serial", "neon" and "sve" (getauxval(AT_HWCAP)), one kernel each.
 #pragma once
 #include <string>
 #include <vector>

@@ -1,7 +1,6 @@
 // Hamming kernels: queries against a contiguous block of codes.
 //
-// The interface every kernel file implements (serial, AVX2, AVX-512; an Arm NEON/SVE file would
-// add one more table):
+// The interface every kernel file implements (serial, AVX2, AVX-512; NEON and SVE on aarch64):
 //   * no allocation, validation, threads or Python here; callers check sizes;
 //   * codes are rows of `words` little-endian uint64 words (bits = 64 * words), read with
 //     unaligned loads so any numpy buffer or mapping offset works, and never read past row n-1;
@@ -45,7 +44,7 @@ using ScanBelowFn = size_t (*)(const uint8_t* queries, size_t nq, const uint8_t*
                                const uint32_t* thr, ScanHit* hits) noexcept;
 
 struct KernelTable {
-    const char* isa;     // instruction set family: "serial", "avx2", "avx512"
+    const char* isa;     // instruction set family: "serial", "avx2", "avx512", "neon", "sve"
     const char* name;    // this variant: "serial", "avx2", "avx512-256", "avx512-512"
     size_t max_queries;  // queries one scan_below call takes (the batch the caller should form)
     HammingBlockFn hamming_block;
@@ -60,6 +59,15 @@ namespace avx512 {
 extern const KernelTable table256;  // 256-bit VPOPCNTQ (AVX-512VL): best where 512-bit ops are split (Zen 4)
 extern const KernelTable table512;  // 512-bit VPOPCNTQ: best with full-width units (Ice Lake+, Zen 5)
 }  // namespace avx512
+#endif
+#if defined(BNE_ARM)
+namespace neon { extern const KernelTable table; }  // aarch64 baseline (Advanced SIMD)
+#if defined(BNE_HAVE_SVE)
+namespace sve {
+extern const KernelTable table;  // call only where getauxval(AT_HWCAP) reports SVE
+size_t vector_bits() noexcept;   // this CPU's SVE vector length
+}  // namespace sve
+#endif
 #endif
 }  // namespace kernels
 
