@@ -204,3 +204,13 @@ def test_reconstruct_by_id(tmp_path, rng):
     assert not got[1, 0].any()  # -1 (padding) gives zeros
     index.save(tmp_path / "r.bne")
     np.testing.assert_array_equal(bne.open(tmp_path / "r.bne").reconstruct([1050]), codes[[49]])
+
+
+def test_positions_api(rng):
+    """npositions / removed_positions / ids_at: what a sharded search needs without private names."""
+    index = bne.Index(64)
+    index.add(np.zeros((5, 8), np.uint8), ids=[50, 40, 30, 20, 10])
+    index.remove([40, 20])
+    assert index.npositions == 5 and len(index) == 3
+    assert index.removed_positions().tolist() == [1, 3] and not index.removed_positions().flags.writeable
+    assert index.ids_at(np.array([4, -1, 0, 7])).tolist() == [10, -1, 50, -1]

@@ -39,7 +39,7 @@ def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
     """(codes, ids) of every live code of the source files, in position order, in chunks."""
     for path in paths:
         src = bindex.open(path)
-        tomb = src._tombstones()
+        tomb = src.removed_positions()
         base = 0
         for codes, ids in src.segments():
             keep = np.ones(len(codes), bool)
@@ -156,7 +156,7 @@ def _server_class():
             self.node = ray.get_runtime_context().get_node_id()
 
         def info(self) -> dict[str, Any]:
-            return {"count": self.index._npositions(), "bits": self.index.bits, "node": self.node,
+            return {"count": self.index.npositions, "bits": self.index.bits, "node": self.node,
                     "pid": os.getpid(), "base": self.index.metadata.get("base")}
 
         def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
@@ -165,7 +165,7 @@ def _server_class():
                 return (np.full((nq, k), bindex.PAD_DISTANCE, np.int32), np.full((nq, k), -1, np.int64),
                         np.full((nq, k), -1, np.int64))
             D, P = self.index.search_positions(queries, k, threads=threads)
-            ids = self.index._ids_of(P)
+            ids = self.index.ids_at(P)
             return D, np.where(P >= 0, P + base, -1), ids
 
     return ShardServer

@@ -172,13 +172,22 @@ class _SearchMixin:
         raise NotImplementedError
 
     # -- sizes ------------------------------------------------------------------------------
-    def _npositions(self) -> int:
+    @property
+    def npositions(self) -> int:
+        """Stored positions, removed codes included: positions run 0 .. npositions-1 in
+        insertion order (what search_positions returns and a bool ``allow`` mask covers)."""
         parts = self._parts()
         return parts[-1].base + parts[-1].n if parts else 0
 
+    def removed_positions(self) -> np.ndarray:
+        """Sorted positions of removed codes (tombstones), a read-only view."""
+        t = self._tombstones().view()
+        t.flags.writeable = False
+        return t
+
     def __len__(self) -> int:
         """Number of live (searchable) codes."""
-        return self._npositions() - len(self._tombstones())
+        return self.npositions - len(self._tombstones())
 
     @property
     def ntotal(self) -> int:
@@ -204,7 +213,9 @@ class _SearchMixin:
             sel = which == w
             yield parts[w], sel, positions[sel] - parts[w].base
 
-    def _ids_of(self, positions: np.ndarray) -> np.ndarray:
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The ids stored at `positions` (-1 where a position is -1 or out of range)."""
+        positions = np.asarray(positions, np.int64)
         out = np.full(positions.shape, -1, np.int64)
         for p, sel, local in self._by_part(positions):
             out[sel] = local + p.base if p.ids is None else p.ids[local]
@@ -261,7 +272,7 @@ class _SearchMixin:
         if allow is None:
             return None
         a = np.asarray(allow)
-        n = self._npositions()
+        n = self.npositions
         if a.dtype == np.bool_:
             if a.shape != (n,):
                 raise ValueError(f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}")
@@ -276,7 +287,7 @@ class _SearchMixin:
         together), or None when every position is searchable. The tombstone bitmap is cached
         until the next change."""
         cache = self.__dict__.setdefault("_bits_cache", {})
-        n = self._npositions()
+        n = self.npositions
         key = ("tombstones", n)
         if key not in cache:
             tomb = self._tombstones()
@@ -304,7 +315,7 @@ class _SearchMixin:
         :func:`bne.get_num_threads`. Ctrl-C interrupts a long search.
         """
         D, P = self.search_positions(queries, k, threads=threads, allow=allow)
-        return D, self._ids_of(P)
+        return D, self.ids_at(P)
 
     def search_positions(
         self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
@@ -339,7 +350,7 @@ class _SearchMixin:
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
         lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits)
-        return lims, D, self._ids_of(P)
+        return lims, D, self.ids_at(P)
 
     def _check_mapping(self) -> None:
         """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS)."""
@@ -555,7 +566,7 @@ class MappedIndex(_SearchMixin):
         """Format version, bits, counts, segments, commit number, metadata, file size."""
         d = storage.describe(self._header, self._commit)
         d.update(path=self.path, file_bytes=os.fstat(self._fd).st_size if self._fd >= 0 else None,
-                 pending=self._npositions() - self._commit.count, isa=_core.active_isa())
+                 pending=self.npositions - self._commit.count, isa=_core.active_isa())
         return d
 
     def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -614,7 +625,7 @@ class MappedIndex(_SearchMixin):
         if path is None:
             self._check_writable("compact() in place")
             self.commit()
-        keep = np.ones(self._npositions(), bool)
+        keep = np.ones(self.npositions, bool)
         keep[self._tomb] = False
         codes, ids = self.codes()[keep], self.ids()[keep]
         header = storage.new_header(self.bits, self.bit_order, self._header.metadata)
