@@ -10,7 +10,6 @@
 
 #include "bne/dispatch.hpp"
 #include "bne/errors.hpp"
-#include "bne/flat_index.hpp"
 #include "bne/search.hpp"
 
 namespace py = pybind11;
@@ -270,58 +269,4 @@ PYBIND11_MODULE(_core, m) {
             return bne::stream_xor(v);
         },
         py::arg("codes"), "XOR of every word: reads the codes once (a memory-bandwidth yardstick for benchmarks).");
-
-    py::class_<bne::FlatIndex>(m, "FlatIndex")
-        .def(py::init<size_t>(), py::arg("bits"))
-        .def_property_readonly("bits", &bne::FlatIndex::bits)
-        .def_property_readonly("code_bytes", &bne::FlatIndex::code_bytes)
-        .def("__len__", &bne::FlatIndex::size)
-        .def(
-            "add",
-            [](bne::FlatIndex& self, const py::array& codes) {
-                auto v = as_codes(codes, "codes", self.code_bytes());
-                self.add(v.data, v.n);
-            },
-            py::arg("codes"))
-        .def("reserve", &bne::FlatIndex::reserve, py::arg("n"))
-        .def("reset", &bne::FlatIndex::reset)
-        .def(
-            "search",
-            [](const bne::FlatIndex& self, const py::array& queries, long long k, int threads,
-               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
-                return knn(self.view(), queries, k, threads, allow, isa);
-            },
-            py::arg("queries"), py::arg("k"), py::arg("threads") = 0, py::arg("allow") = py::none(),
-            py::arg("isa") = py::none())
-        .def(
-            "range_search",
-            [](const bne::FlatIndex& self, const py::array& queries, long long radius, int threads,
-               const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
-                return range(self.view(), queries, radius, threads, allow, isa);
-            },
-            py::arg("queries"), py::arg("radius"), py::arg("threads") = 0, py::arg("allow") = py::none(),
-            py::arg("isa") = py::none())
-        .def(
-            "view",
-            [](py::object self_obj) {
-                // Zero-copy and read-only; keeps the index alive. Valid until the next add()/reset().
-                auto& self = self_obj.cast<const bne::FlatIndex&>();
-                py::array_t<uint8_t> view({static_cast<py::ssize_t>(self.size()), static_cast<py::ssize_t>(self.code_bytes())},
-                                          self.view().data ? self.view().data : reinterpret_cast<const uint8_t*>(""),
-                                          self_obj);
-                py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-                return view;
-            },
-            "A read-only view of the stored codes (no copy), valid until the next add() or reset().")
-        .def(
-            "codes",
-            [](py::object self_obj) {
-                // A read-only view that keeps the index alive; invalidated by add(), so copy it.
-                auto& self = self_obj.cast<const bne::FlatIndex&>();
-                py::array_t<uint8_t> view({static_cast<py::ssize_t>(self.size()), static_cast<py::ssize_t>(self.code_bytes())},
-                                          self.view().data ? self.view().data : reinterpret_cast<const uint8_t*>(""),
-                                          self_obj);
-                return py::array_t<uint8_t>(view.attr("copy")());
-            },
-            "A copy of the stored codes, shape (len, bits/8).");
 }

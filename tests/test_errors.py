@@ -58,7 +58,6 @@ CASES = [
     ("core non-contiguous", lambda: _core.knn(u8(4, 256)[:, ::2], u8(1, 128), 1), ValueError, "codes must be C-contiguous"),
     ("core width", lambda: _core.knn(u8(4, 128), u8(1, 64), 1), ValueError, "queries must have 128 bytes per row (1024 bits), got 64"),
     ("core k", lambda: _core.knn(u8(4, 128), u8(1, 128), 0), ValueError, "k must be >= 1, got 0"),
-    ("core bits", lambda: _core.FlatIndex(100), ValueError, "bits must be a positive multiple of 64, got 100"),
     ("core code width", lambda: _core.knn(u8(4, 12), u8(1, 12), 1), ValueError, "positive multiple of 8 bytes (64 bits), got 12"),
     ("core allow bitmap", lambda: _core.knn(u8(4, 128), u8(1, 128), 1, allow=np.ones(4, bool)), ValueError, "allow must be a uint8 bitmap of 8 bytes"),
     ("ids wrong length", lambda: index_with(0).add(u8(2, 128), ids=[1]), ValueError, "ids must have shape (2,), one per code, got (1,)"),
