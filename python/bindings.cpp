@@ -159,14 +159,10 @@ PYBIND11_MODULE(_core, m) {
 #ifdef BNE_VERSION
     m.attr("__version__") = BNE_VERSION;
 #endif
-    static py::exception<bne::FormatError> format_error(m, "IndexFormatError", PyExc_ValueError);
+    // InvalidArgument derives from std::invalid_argument, which pybind11 maps to ValueError.
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
-        } catch (const bne::FormatError& e) {
-            py::set_error(format_error, e.what());
-        } catch (const bne::IoError& e) {
-            PyErr_SetObject(PyExc_OSError, py::make_tuple(e.err, e.what()).ptr());
         } catch (const bne::Interrupted& e) {
             PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
         }

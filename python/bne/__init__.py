@@ -6,11 +6,12 @@ Search needs only numpy; the encoder (torch + transformers) is imported on first
 
 from __future__ import annotations
 
-from ._core import IndexFormatError, active_isa, available_isas, available_kernels, get_num_threads, kernel_info, set_num_threads
+from ._core import active_isa, available_isas, available_kernels, get_num_threads, kernel_info, set_num_threads
 from ._core import __version__
 from ._core import set_isa as _set_isa
 from .codes import pack, unpack
-from .index import PAD_DISTANCE, Index, IndexLockedError, MappedIndex, hamming, knn, open, split_ranges
+from .errors import IndexFormatError, IndexLockedError
+from .index import PAD_DISTANCE, Index, MappedIndex, hamming, knn, open, split_ranges
 
 
 def __getattr__(name: str):

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from . import _core
+from .errors import IndexFormatError
 
 EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -703,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError, KeyError, sqlite3.Error) as e:
         if debug:
             raise
-        code = EXIT_FAIL if isinstance(e, _core.IndexFormatError) else EXIT_USAGE
+        code = EXIT_FAIL if isinstance(e, IndexFormatError) else EXIT_USAGE
         if isinstance(e, KeyError):
             msg = f"missing {e}"
         elif isinstance(e, OSError) and e.strerror and e.filename is not None:  # e.g. disk full, permission denied

@@ -22,9 +22,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-
-class CorpusError(ValueError):
-    """The input cannot be read as a corpus (missing, unknown format, malformed, empty)."""
+from .errors import CorpusError
 
 
 @dataclasses.dataclass

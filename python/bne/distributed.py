@@ -24,12 +24,9 @@ import numpy as np
 from . import index as bindex
 from . import storage
 from .codes import check_codes, check_k
+from .errors import ShardUnavailableError
 
 MANIFEST = "manifest.json"
-
-
-class ShardUnavailableError(RuntimeError):
-    """A shard could not answer after its retries (the message names it)."""
 
 
 # -- splitting ------------------------------------------------------------------------------------

@@ -23,17 +23,13 @@ import urllib.parse
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .corpus import Doc
+from .errors import DocStoreError
 
 DOCS_SQL = "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, meta TEXT)"
 INDEX_SQL = "CREATE INDEX docs_ext_id ON docs(ext_id)"
 EXPECTED_SCHEMA = {("table", "docs"): DOCS_SQL, ("index", "docs_ext_id"): INDEX_SQL}
 # user_version 1: .txt documents are keyed by content (see corpus.py); 0: by line number (bne <= 0.x)
 USER_VERSION = 1
-
-
-class DocStoreError(ValueError):
-    """The document store cannot be used: not a database, damaged, unwritable, or holding SQL
-    objects bne did not write. The message names the file."""
 
 
 class StoredDoc(NamedTuple):

@@ -17,9 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _core, storage
-from ._core import IndexFormatError
+from .errors import IndexFormatError, IndexLockedError
 from .codes import check_bits, check_codes, check_k, check_threads
-from .storage import IndexLockedError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)

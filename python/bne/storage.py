@@ -33,11 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._core import IndexFormatError
-
-
-class IndexLockedError(BlockingIOError):
-    """Another writer holds the index file (one writer at a time)."""
+from .errors import IndexFormatError, IndexLockedError
 
 MAGIC = b"\x89BNEIDX\n"
 COMMIT_MAGIC = b"BNECOMIT"

@@ -1,0 +1,26 @@
+"""Every exception bne raises on purpose, in one place. Each is a subclass of the built-in error
+a caller would already catch (ValueError for bad content, BlockingIOError for a busy file), and
+each message names the file or argument that is wrong."""
+
+from __future__ import annotations
+
+
+class IndexFormatError(ValueError):
+    """An index file is damaged, truncated, foreign, or of an unknown version (names the file)."""
+
+
+class IndexLockedError(BlockingIOError):
+    """Another writer holds the index file (one writer at a time)."""
+
+
+class DocStoreError(ValueError):
+    """The document store cannot be used: not a database, damaged, unwritable, or holding SQL
+    objects bne did not write. The message names the file."""
+
+
+class CorpusError(ValueError):
+    """The input cannot be read as a corpus (missing, unknown format, malformed, empty)."""
+
+
+class ShardUnavailableError(RuntimeError):
+    """A shard could not answer after its retries (the message names it)."""
