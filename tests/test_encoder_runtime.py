@@ -151,6 +151,30 @@ def test_onnx_codes_agree_with_torch(use_cache, torch_enc):
         onnx_enc.encode("not a list")
 
 
+@pytest.mark.parametrize("precision,floor", [("fp32", 0.999), ("bf16", 0.99)])
+def test_openvino_codes_agree_with_torch(use_cache, torch_enc, precision, floor):
+    pytest.importorskip("openvino")
+    enc = runtime.load("default", 1024, backend="openvino", precision=precision, threads=1)
+    assert enc.backend == "openvino" and enc.precision == precision
+    z_t = torch_enc.encode(TEXTS, return_logits=True)[1]
+    c, z = enc.encode(TEXTS, batch_size=5, return_logits=True)
+    assert np.mean((z_t >= 0) == (z >= 0)) >= floor
+    import bne
+
+    assert np.array_equal(c, bne.pack(z >= 0))
+
+
+def test_default_backend_rule(monkeypatch):
+    monkeypatch.setattr(runtime, "_have", lambda m: True)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime.default_cpu_backend("query") == ("onnx", "fp32")
+    assert runtime.default_cpu_backend("bulk") == ("openvino", "bf16")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    assert runtime.default_cpu_backend("bulk") == ("openvino", "fp32")
+    monkeypatch.setattr(runtime, "_have", lambda m: False)
+    assert runtime.default_cpu_backend("bulk") == ("onnx", "fp32")
+
+
 def test_search_with_rescore(use_cache):
     import bne
 
