@@ -175,6 +175,18 @@ def test_default_backend_rule(monkeypatch):
     assert runtime.default_cpu_backend("bulk") == ("onnx", "fp32")
 
 
+def test_chunked_tokenisation_keeps_order(use_cache, monkeypatch):
+    enc = runtime.OnnxEncoder.default(1024)
+    whole = enc.encode(TEXTS, batch_size=4)
+    monkeypatch.setattr(runtime, "TOKENIZE_CHUNK", 5)  # 12 texts -> chunks of 5, 5, 2, tokenised ahead
+    chunked = enc.encode(TEXTS, batch_size=4)
+    assert np.mean(np.unpackbits(chunked) == np.unpackbits(whole)) >= 0.999
+    # rows land in input order: each text's code is nearest to its own single-text code
+    single = np.concatenate([enc.encode([t]) for t in TEXTS])
+    d = np.unpackbits(chunked[:, None, :] ^ single[None, :, :], axis=2).sum(2)
+    assert list(d.argmin(1)) == list(range(len(TEXTS)))
+
+
 def test_search_with_rescore(use_cache):
     import bne
 

@@ -28,8 +28,9 @@ from .base import cache_dir, default_head, file_sha256, minilm_dir, read_head_co
 EXPORT_VERSION = 1
 BACKENDS = ("auto", "onnx", "openvino", "torch")
 DEVICES = ("cpu", "cuda", "auto")
-#: Texts tokenised at once: bounds the memory of tokenizer output for huge inputs.
-TOKENIZE_CHUNK = 8192
+#: Texts tokenised at once (bounds the tokenizer's output for huge inputs); the next chunk is
+#: tokenised on a helper thread while the model runs on this one.
+TOKENIZE_CHUNK = 2048
 PROGRESS_THRESHOLD = 2000
 
 
@@ -207,9 +208,15 @@ class OnnxEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), desc=desc, unit="text")
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="bne-tokenize")  # tokenizers releases the GIL
         try:
+            nxt = pool.submit(tok.encode_batch, texts[:TOKENIZE_CHUNK])
             for c0 in range(0, len(texts), TOKENIZE_CHUNK):
-                encs = tok.encode_batch(texts[c0 : c0 + TOKENIZE_CHUNK])
+                encs = nxt.result()
+                if c0 + TOKENIZE_CHUNK < len(texts):
+                    nxt = pool.submit(tok.encode_batch, texts[c0 + TOKENIZE_CHUNK : c0 + 2 * TOKENIZE_CHUNK])
                 lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
                 order = np.argsort(-lens, kind="stable")
                 for s in range(0, len(order), batch_size):
@@ -224,6 +231,7 @@ class OnnxEncoder:
                     if bar is not None:
                         bar.update(len(rows))
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
 
