@@ -118,6 +118,26 @@ def test_cache_name_follows_head_content(use_cache, tmp_path):
     assert runtime.onnx_path(copy).name != p1.name
 
 
+def test_damaged_cache_file_is_exported_again(use_cache, tmp_path, monkeypatch, capsys):
+    good = runtime.onnx_path(default_head(1024))
+    monkeypatch.setenv("BNE_CACHE_DIR", str(tmp_path))
+    bad = runtime.onnx_path(default_head(1024))
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a model" * 100)  # damaged outside bne (atomic renames never leave this)
+    exports = []
+
+    def fake_ensure(head, quiet=False):  # stands in for the 10 s export: copies the good file
+        if not bad.exists():
+            exports.append(head)
+            bad.write_bytes(good.read_bytes())
+        return bad
+
+    monkeypatch.setattr(runtime, "ensure_onnx", fake_ensure)
+    enc = runtime.OnnxEncoder.from_head(default_head(1024))
+    assert len(exports) == 1 and enc.encode(["a cat"]).shape == (1, 128)
+    assert "is unreadable" in capsys.readouterr().err
+
+
 def test_tokenizer_matches_transformers():
     from bne.encoder import default_tokenizer
     from bne.encoder.base import minilm_dir

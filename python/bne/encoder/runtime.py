@@ -146,8 +146,19 @@ class OnnxEncoder:
 
     @classmethod
     def from_head(cls, head: str | os.PathLike, *, threads: int | None = None, quiet: bool = False, **kw: Any) -> OnnxEncoder:
-        """The encoder of a head file, exporting its ONNX graph into the cache on first use."""
-        return cls(ensure_onnx(head, quiet=quiet), head, threads=threads, **kw)
+        """The encoder of a head file, exporting its ONNX graph into the cache on first use. A cached
+        file that the runtime cannot read (damaged outside bne) is removed and exported again, once."""
+        path = ensure_onnx(head, quiet=quiet)
+        try:
+            return cls(path, head, threads=threads, **kw)
+        except (KeyboardInterrupt, ValueError, TypeError):
+            raise
+        except Exception as e:  # onnxruntime / openvino raise their own Exception subclasses
+            if not quiet:
+                print(f"bne: cached model {path} is unreadable ({_first_line(e)}); exporting it again", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return cls(ensure_onnx(head, quiet=quiet), head, threads=threads, **kw)
 
     @classmethod
     def default(cls, bits: int = 1024, *, threads: int | None = None, **kw: Any) -> OnnxEncoder:
@@ -323,6 +334,11 @@ class _OvSession:
         return [np.array(r[self.model.output(n)], dtype=np.float32, copy=True) for n in names]  # its buffers are reused
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -425,14 +441,16 @@ def load(model: str | os.PathLike = "default", bits: int = 1024, *, backend: str
         if backend in ("onnx", "openvino"):
             try:
                 if backend == "openvino":
-                    return OpenVinoEncoder(ensure_onnx(head, quiet=quiet), head, threads=threads, precision=precision)
+                    return OpenVinoEncoder.from_head(head, threads=threads, precision=precision, quiet=quiet)
                 return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
-            except (OSError, RuntimeError, ImportError) as e:  # a read-only cache, a failed export: torch still works
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # a read-only cache, a failed export: torch still works
                 if not quiet:
-                    print(f"bne: ONNX encoder unavailable ({e}); using torch", file=sys.stderr)
+                    print(f"bne: {backend} encoder unavailable ({_first_line(e)}); using torch", file=sys.stderr)
                 backend = "torch"
     if backend == "openvino":
-        return OpenVinoEncoder(ensure_onnx(head, quiet=quiet), head, threads=threads, precision=precision or "fp32")
+        return OpenVinoEncoder.from_head(head, threads=threads, precision=precision or "fp32", quiet=quiet)
     if backend == "onnx":
         if precision not in (None, "fp32"):
             raise ValueError("the ONNX backend runs fp32; use the torch backend for bf16/fp16")
