@@ -386,7 +386,7 @@ def cpu_flags() -> set[str]:
 def default_cpu_backend(purpose: str = "query") -> tuple[str, str]:
     """(backend, precision) for CPU encoding, by a rule from measurements (docs/ENCODER.md).
 
-    * queries (latency, cold start): ONNX Runtime fp32 - session ready in ~0.1 s, codes equal to
+    * queries (latency, cold start): ONNX Runtime fp32 - session ready in ~0.3 s, codes equal to
       torch fp32 (100.000 % of bits on SciFact passages);
     * bulk (``bne build``): OpenVINO, in bf16 where the CPU has AVX512-BF16 or AMX-BF16 (2.4x less
       CPU per passage than ONNX Runtime fp32 on an AVX512-BF16 EPYC, 99.8 % of bits equal), else fp32;
@@ -432,23 +432,23 @@ def load(model: str | os.PathLike = "default", bits: int = 1024, *, backend: str
 
         return Encoder.from_head(head, threads=threads, device="cuda", precision=precision or "fp16")
     if backend == "auto":
-        backend, auto_precision = default_cpu_backend(purpose)
-        precision = precision or auto_precision
-        if backend in ("onnx", "openvino") and not _onnx_available():
-            backend = "torch"
-        if backend == "onnx" and precision != "fp32":
-            backend = "torch"
-        if backend in ("onnx", "openvino"):
+        # The rule's choice, then ONNX Runtime fp32, then torch: a missing package, a read-only
+        # cache or a failed export degrades the speed, never the ability to encode.
+        choice, auto_precision = default_cpu_backend(purpose)
+        tries = []
+        if choice == "openvino" and precision in (None, "fp32", "bf16"):
+            tries.append(("openvino", precision or auto_precision))
+        if precision in (None, "fp32"):
+            tries.append(("onnx", "fp32"))
+        for name, prec in tries if _onnx_available() else []:
             try:
-                if backend == "openvino":
-                    return OpenVinoEncoder.from_head(head, threads=threads, precision=precision, quiet=quiet)
+                if name == "openvino":
+                    return OpenVinoEncoder.from_head(head, threads=threads, precision=prec, quiet=quiet)
                 return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # a read-only cache, a failed export: torch still works
+            except Exception as e:
                 if not quiet:
-                    print(f"bne: {backend} encoder unavailable ({_first_line(e)}); using torch", file=sys.stderr)
-                backend = "torch"
+                    print(f"bne: {name} encoder unavailable ({_first_line(e)}); trying the next runtime", file=sys.stderr)
+        backend = "torch"
     if backend == "openvino":
         return OpenVinoEncoder.from_head(head, threads=threads, precision=precision or "fp32", quiet=quiet)
     if backend == "onnx":
