@@ -121,18 +121,18 @@ def rescore_argv(argv: list[str]) -> list[str]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def load_encoder(model: str, bits: int, threads: int | None):
-    try:
-        from .encoder import Encoder
-    except ImportError as e:  # torch / transformers missing
-        raise UserError(f"the encoder needs the 'encoder' extra (pip install 'bne[encoder]'): {e}") from None
-    if model == "default":
-        return Encoder.default(bits=bits, threads=threads)
-    if not os.path.exists(model):
+def load_encoder(model: str, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query"):
+    """ONNX Runtime on the CPU (no torch import once the model is in the cache), torch on a GPU or as
+    the fallback; see bne.encoder.runtime.load."""
+    if model != "default" and not os.path.exists(model):
         raise UserError(f"model not found: {model} (use 'default' or the path of a head .safetensors file)")
     try:
-        enc = Encoder.from_head(model, threads=threads)
-    except Exception as e:  # not a head file: safetensors, JSON and shape errors
+        from .encoder.runtime import load
+
+        enc = load(model, bits, device=device, threads=threads, purpose=purpose)
+    except ImportError as e:  # onnxruntime / torch / transformers missing
+        raise UserError(f"the encoder needs the 'encoder' extra (pip install 'bne[encoder]'): {e}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # not a head file: safetensors, JSON, shapes, devices
         raise UserError(f"cannot load model {model}: {type(e).__name__}: {e}") from None
     if enc.bits != bits:
         raise UserError(f"model {model} makes {enc.bits}-bit codes, but --bits is {bits}")
@@ -239,7 +239,7 @@ def cmd_build(args) -> int:
     else:
         todo = docs
         idx = store = None
-    encoder = load_encoder(args.model, args.bits, args.threads)
+    encoder = load_encoder(args.model, args.bits, args.threads, device=args.device, purpose="bulk")
     if args.threads:
         _core.set_num_threads(args.threads)
     done = 0
@@ -354,7 +354,7 @@ def search_sharded(args, queries):
     paths, manifest = open_manifest(args.index)
     start_ray(args.ray_address)
     model = model_key(args.model) if args.model else manifest.get("metadata", {}).get("model", "default")
-    encoder = load_encoder(model, manifest["bits"], args.threads)
+    encoder = load_encoder(model, manifest["bits"], args.threads, device=args.device)
     sharded = distributed.ShardedIndex(paths)
     t0 = time.perf_counter()
     codes = encoder.encode(queries, show_progress=False)
@@ -436,7 +436,7 @@ def search_file(args, queries):
             raise UserError(f"{args.index} was built with model {idx.metadata.get('model')!r}, not {model!r}")
     if model is None:
         raise UserError(f"{args.index} does not record the model that built it; pass --model")
-    encoder = load_encoder(model, idx.bits, args.threads)
+    encoder = load_encoder(model, idx.bits, args.threads, device=args.device)
     t0 = time.perf_counter()
     codes, logits = encoder.encode(queries, return_logits=True, show_progress=False)
     t1 = time.perf_counter()
@@ -618,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int_in(1, 1 << 20), default=64)
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)")
     b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)")
@@ -637,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true")
     s.add_argument("--threads", type=threads_arg, default=None)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where to encode the queries (default cpu: no GPU start-up for a few queries)")
     s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
 

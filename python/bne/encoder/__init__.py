@@ -1,27 +1,54 @@
-"""bne's text encoder (needs torch + transformers: ``pip install 'bne[encoder]'``).
+"""bne's text encoder.
 
+* :func:`load` - the inference encoder for a head: ONNX Runtime + ``tokenizers`` (no torch in the
+  process once the model is exported into the cache), or torch as a fallback and on GPUs.
+* :class:`OnnxEncoder` - the torch-free encoder (``bne.encoder.runtime``).
 * :class:`BinaryEmbedder` - BERT -> mean pooling -> Linear -> LayerNorm -> sign, the layout of the
-  published ``bne-binary-1024`` checkpoints; trainable end to end (straight-through sign).
-* :class:`Encoder` - ready to use: ``Encoder.default(bits=1024)`` is all-MiniLM-L6-v2 plus a shipped
-  natively binary head; ``encode`` returns packed codes for :class:`bne.Index`.
+  published ``bne-binary-1024`` checkpoints; trainable end to end (straight-through sign). Needs torch.
+* :class:`Encoder` - the torch encoder: ``Encoder.default(bits=1024)`` is all-MiniLM-L6-v2 plus a
+  shipped natively binary head; ``encode`` returns packed codes for :class:`bne.Index`.
 * :func:`rescore` - re-rank Hamming candidates by float query logits against their bits.
+
+Names are imported on first use, so ``from bne.encoder import load`` or ``rescore_candidates`` does
+not import torch or transformers.
 """
 
-from .encoder import Encoder, available_heads, head_path, load_minilm, rescore_candidates
-from .model import BinaryEmbedder, bert_tokenizer, default_tokenizer, minilm_dir, sign_ste
+from __future__ import annotations
 
-rescore = rescore_candidates
+import importlib
+from typing import Any
 
-__all__ = [
-    "BinaryEmbedder",
-    "Encoder",
-    "available_heads",
-    "bert_tokenizer",
-    "default_tokenizer",
-    "head_path",
-    "load_minilm",
-    "minilm_dir",
-    "rescore",
-    "rescore_candidates",
-    "sign_ste",
-]
+_LAZY = {
+    # torch-free
+    "available_heads": "base",
+    "head_path": "base",
+    "minilm_dir": "base",
+    "cache_dir": "base",
+    "rescore_candidates": "base",
+    "rescore": "base",
+    "load": "runtime",
+    "OnnxEncoder": "runtime",
+    "onnx_path": "runtime",
+    # torch + transformers
+    "Encoder": "encoder",
+    "load_minilm": "encoder",
+    "BinaryEmbedder": "model",
+    "bert_tokenizer": "model",
+    "default_tokenizer": "model",
+    "sign_ste": "model",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'bne.encoder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), "rescore_candidates" if name == "rescore" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -18,21 +18,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..codes import pack, unpack
+from ..codes import pack
+from .base import HEADS_DIR, available_heads, default_head, head_path, read_head_config, rescore_candidates, search_with  # noqa: F401
 from .model import BinaryEmbedder, bert_tokenizer, mean_pool, minilm_dir
 
-HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
 #: Texts above this count get a progress bar when ``show_progress`` is None.
 PROGRESS_THRESHOLD = 2000
-
-
-def head_path(bits: int, backbone: str = "minilm-l6") -> Path:
-    """Path of a shipped head: ``bne/heads/<backbone>-<bits>.safetensors``."""
-    return HEADS_DIR / f"{backbone}-{bits}.safetensors"
-
-
-def available_heads() -> list[str]:
-    return sorted(p.stem for p in HEADS_DIR.glob("*.safetensors")) if HEADS_DIR.is_dir() else []
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def load_minilm(folder: str | os.PathLike | None = None):
@@ -70,8 +62,12 @@ class Encoder:
     """Texts -> packed binary codes for :class:`bne.Index`.
 
     Wraps a :class:`BinaryEmbedder` and its tokenizer. ``threads`` caps torch's intra-op threads
-    while encoding (None: torch's current setting).
+    while encoding (None: torch's current setting). ``precision`` "fp32" (default), "bf16" or "fp16"
+    runs the backbone under ``torch.autocast`` (bf16 on CPUs with AVX512-BF16/AMX, fp16/bf16 on GPUs);
+    the head and the sign stay float32.
     """
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -82,6 +78,7 @@ class Encoder:
         threads: int | None = None,
         device: str | torch.device = "cpu",
         info: dict[str, Any] | None = None,
+        precision: str = "fp32",
     ) -> None:
         if model.binary_dim % 64:
             raise ValueError(f"bne.Index needs a multiple of 64 bits, the model has {model.binary_dim}")
@@ -91,10 +88,13 @@ class Encoder:
         self.threads = threads
         self.device = torch.device(device)
         self.info = dict(info or {})
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     def __repr__(self) -> str:
         name = self.info.get("name", "custom")
-        return f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length})"
+        return f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, device={str(self.device)!r}, precision={self.precision!r})"
 
     @property
     def bits(self) -> int:
@@ -102,27 +102,19 @@ class Encoder:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def default(cls, bits: int = 1024, *, threads: int | None = None, device: str | torch.device = "cpu") -> Encoder:
+    def default(cls, bits: int = 1024, *, threads: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> Encoder:
         """all-MiniLM-L6-v2 + the shipped ``minilm-l6-<bits>`` head (1024 or 2048 bits), offline."""
-        p = head_path(bits)
-        if not p.is_file():
-            have = ", ".join(available_heads()) or "none"
-            raise FileNotFoundError(f"no shipped head for {bits} bits ({p.name}); shipped heads: {have}")
-        return cls.from_head(p, threads=threads, device=device)
+        return cls.from_head(default_head(bits), threads=threads, device=device, precision=precision)
 
     @classmethod
-    def from_head(cls, path: str | os.PathLike, *, threads: int | None = None, device: str | torch.device = "cpu") -> Encoder:
+    def from_head(cls, path: str | os.PathLike, *, threads: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> Encoder:
         """An encoder from a head file (``<name>.safetensors`` with ``projection.*`` weights, and its
         ``<name>.json`` config) on top of the all-MiniLM-L6-v2 backbone."""
         from safetensors.torch import load_file
 
         path = Path(path)
+        cfg = read_head_config(path)
         cfg_path = path.with_suffix(".json")
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        if cfg.get("backbone", "all-MiniLM-L6-v2") not in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-            raise ValueError(f"{path.name} is a head for backbone {cfg['backbone']!r}; only all-MiniLM-L6-v2 is shipped")
-        if cfg.get("pooling", "mean") != "mean":
-            raise ValueError(f"unsupported pooling {cfg['pooling']!r}")
         sd = load_file(str(path))
         sd = {k if k.startswith("projection.") else "projection." + k: v for k, v in sd.items()}
         bits = int(sd["projection.0.weight"].shape[0])
@@ -132,7 +124,7 @@ class Encoder:
         model.projection.load_state_dict({k[len("projection.") :]: v for k, v in sd.items()})
         tok = bert_tokenizer(minilm_dir() / "vocab.txt")
         info = {"name": path.stem, **cfg}
-        return cls(model, tok, max_length=int(cfg.get("max_length", 256)), threads=threads, device=device, info=info)
+        return cls(model, tok, max_length=int(cfg.get("max_length", 256)), threads=threads, device=device, info=info, precision=precision)
 
     # -- encoding --------------------------------------------------------------------------------
     def _batches(self, texts: list[str], batch_size: int, show_progress: bool | None, desc: str):
@@ -184,7 +176,7 @@ class Encoder:
         logits = np.empty((len(texts), self.bits), dtype=np.float32)
         with torch_threads(threads or self.threads), torch.inference_mode():
             for idx, ids, mask in self._batches(texts, batch_size, show_progress, "encoding"):
-                logits[idx] = self.model.logits(ids, mask).float().cpu().numpy()
+                logits[idx] = self._logits(ids, mask).cpu().numpy()
         codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
         return (codes, logits) if return_logits else codes
 
@@ -195,7 +187,8 @@ class Encoder:
         out = np.empty((len(texts), int(self.model.bert_config.hidden_size)), dtype=np.float32)
         with torch_threads(threads or self.threads), torch.inference_mode():
             for idx, ids, mask in self._batches(texts, batch_size, show_progress, "embedding"):
-                e = mean_pool(enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+                with self._autocast():
+                    e = mean_pool(enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask).float()
                 if normalize:
                     e = torch.nn.functional.normalize(e, dim=-1)
                 out[idx] = e.float().cpu().numpy()
@@ -212,53 +205,24 @@ class Encoder:
         codes = pack(z >= 0)
         return (codes, z) if return_logits else codes
 
+    def _logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Only the backbone runs in reduced precision; pooling, normalisation and the head stay float32.
+        with self._autocast():
+            h = self.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        e = mean_pool(h.float(), mask)
+        if self.model.normalize:
+            e = torch.nn.functional.normalize(e, dim=-1)
+        return self.model.projection(e).float()
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
     # -- search ----------------------------------------------------------------------------------
     def search(self, index, texts: Sequence[str], k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
         """Encodes ``texts`` and searches ``index``. Without ``rescore``: the index's ``(D, I)``
         (Hamming distances). With ``rescore=m``: the top ``m`` Hamming candidates are re-ranked by
         the float query logits against their {-1,+1} bits; returns ``(scores float32, I)`` with
         scores decreasing."""
-        codes, logits = self.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
-        if rescore is None:
-            return index.search(codes, k, threads=threads)
-        m = max(int(rescore), int(k))
-        _, cand = index.search(codes, m, threads=threads)
-        # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
-        return rescore_candidates(logits, index.reconstruct(cand), cand, k)
-
-
-def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256):
-    """Asymmetric re-ranking: score = ``query_logits . unpack(code)`` with the code's bits as {-1,+1}.
-
-    ``candidate_ids`` (nq, m) are the Hamming top-m ids (-1 = padding). ``candidate_codes`` is either
-    the stored code table ``(n, bytes)`` (indexed by the ids) or the candidates' codes ``(nq, m, bytes)``.
-    Returns ``(scores float32 (nq, k), ids int64 (nq, k))``, best first; ties keep the Hamming order;
-    missing slots hold id -1 and score -inf.
-    """
-    q = np.asarray(query_logits, dtype=np.float32)
-    ids = np.asarray(candidate_ids, dtype=np.int64)
-    codes = np.asarray(candidate_codes)
-    if q.ndim != 2 or ids.ndim != 2 or len(q) != len(ids):
-        raise ValueError(f"query_logits (nq, bits) and candidate_ids (nq, m) must agree, got {q.shape} and {ids.shape}")
-    bits = q.shape[1]
-    if codes.dtype != np.uint8 or codes.shape[-1] * 8 < bits or codes.ndim not in (2, 3):
-        raise ValueError(f"candidate_codes must be uint8 (n, {bits // 8}) or (nq, m, {bits // 8}), got {codes.dtype} {codes.shape}")
-    if codes.ndim == 3 and codes.shape[:2] != ids.shape:
-        raise ValueError(f"candidate_codes {codes.shape} does not match candidate_ids {ids.shape}")
-    k = int(k)
-    nq, m = ids.shape
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    kk = min(k, m)
-    for s in range(0, nq, chunk):
-        sl = slice(s, s + chunk)
-        cid = ids[sl]
-        c = codes[sl] if codes.ndim == 3 else codes[np.clip(cid, 0, None)]
-        signs = unpack(c, bits).astype(np.float32)  # (b, m, bits)
-        sc = np.einsum("qb,qmb->qm", q[sl], signs)
-        sc[cid < 0] = -np.inf
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
-        out_s[sl, :kk] = np.take_along_axis(sc, order, 1)
-        out_i[sl, :kk] = np.take_along_axis(cid, order, 1)
-    out_i[~np.isfinite(out_s)] = -1
-    return out_s, out_i
+        return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)

@@ -81,7 +81,7 @@ class Methods:
     def __init__(self, encoder, bits: int, lsh_seed: int = 0, baselines: Sequence[str] = ("float", "sign", "lsh")) -> None:
         self.encoder = encoder
         self.bits = bits
-        hidden = int(encoder.model.bert_config.hidden_size)
+        hidden = int(getattr(encoder, "hidden_size", None) or encoder.model.bert_config.hidden_size)
         self.hidden = hidden
         rng = np.random.default_rng(lsh_seed)
         self.lsh_w = rng.standard_normal((hidden, bits)).astype(np.float32)
@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch and search threads")
+    p.add_argument("--backend", choices=("torch", "onnx", "openvino"), default="torch",
+                   help="inference runtime of the backbone (torch: the reference)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="backbone precision (torch: autocast; openvino: inference precision hint)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -202,11 +206,17 @@ def load_encoders(args) -> list[Any]:
 
         model = BinaryEmbedder.from_pretrained(args.model)
         encs = [Encoder(model, default_tokenizer(), max_length=args.max_length or 128, threads=args.threads, info={"name": str(args.model), "backbone": str(args.model)})]
+    elif getattr(args, "backend", "torch") != "torch" or getattr(args, "precision", None):
+        from .base import default_head
+        from .runtime import load
+
+        heads = args.head or [default_head(b) for b in args.bits]
+        encs = [load(h, backend=args.backend, threads=args.threads, precision=args.precision) for h in heads]
     elif args.head:
         encs = [Encoder.from_head(h, threads=args.threads) for h in args.head]
     else:
         encs = [Encoder.default(b, threads=args.threads) for b in args.bits]
-    if len(encs) > 1:  # one backbone for all heads
+    if len(encs) > 1 and all(e.backend == "torch" for e in encs):  # one backbone for all heads
         for e in encs[1:]:
             e.model.encoder = encs[0].model.encoder
     for e in encs:
@@ -312,7 +322,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
+    if args.threads and args.backend == "torch":
         import torch
 
         torch.set_num_threads(args.threads)

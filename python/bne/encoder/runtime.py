@@ -1,0 +1,460 @@
+"""The torch-free inference encoder: ONNX Runtime + the ``tokenizers`` library.
+
+The model graph (backbone + head, see :mod:`bne.encoder.export`) is exported from the installed
+torch weights on first use into ``<cache>/onnx/<head>-<hash>.onnx``, named by the content hashes of
+the head, its config and the backbone, so a changed head or backbone gets a new file. The export
+runs under a file lock and lands by atomic rename, so concurrent first runs export once and never
+see a partial file. After that no process imports torch or transformers to encode.
+
+    >>> enc = load("default", 1024)                  # OnnxEncoder on CPU (torch fallback)
+    >>> codes = enc.encode(["a cat sits on the mat"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..codes import pack
+from .base import cache_dir, default_head, file_sha256, minilm_dir, read_head_config, search_with
+
+#: Bump when the exported graph changes (inputs, outputs, opset): old cache files are then ignored.
+EXPORT_VERSION = 1
+BACKENDS = ("auto", "onnx", "openvino", "torch")
+DEVICES = ("cpu", "cuda", "auto")
+#: Texts tokenised at once (bounds the tokenizer's output for huge inputs); the next chunk is
+#: tokenised on a helper thread while the model runs on this one.
+TOKENIZE_CHUNK = 2048
+PROGRESS_THRESHOLD = 2000
+
+
+def onnx_path(head: str | os.PathLike) -> Path:
+    """Cache path of the ONNX graph for ``head``: versioned by the head, config and backbone hashes."""
+    head = Path(head)
+    h = hashlib.sha256()
+    h.update(file_sha256(head, memo=False).encode())
+    cfg = head.with_suffix(".json")
+    if cfg.is_file():
+        h.update(file_sha256(cfg, memo=False).encode())
+    h.update(file_sha256(minilm_dir() / "model.safetensors").encode())
+    h.update(f"export-v{EXPORT_VERSION}".encode())
+    return cache_dir() / "onnx" / f"{head.stem}-{h.hexdigest()[:20]}.onnx"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the atomic rename alone keeps files whole
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_onnx(head: str | os.PathLike, *, quiet: bool = False) -> Path:
+    """The cached ONNX graph of ``head``, exporting it first if needed (imports torch only then)."""
+    path = onnx_path(head)
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the model cache {path.parent} ({e.strerror}); set BNE_CACHE_DIR to a writable folder") from None
+    with _locked(path.with_name(path.name + ".lock")):
+        if path.is_file():  # another process exported it while we waited
+            return path
+        if not quiet:
+            print(f"bne: exporting {Path(head).name} to ONNX once (cached in {path.parent})", file=sys.stderr)
+        from .export import export_onnx
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            export_onnx(head, tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return path
+
+
+def bert_wordpiece(vocab_file: str | os.PathLike, max_length: int):
+    """BERT uncased WordPiece as a ``tokenizers.Tokenizer``: the same pipeline transformers'
+    ``BertTokenizerFast`` builds from a vocab.txt ([CLS] ... [SEP], truncation to ``max_length``)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from tokenizers.processors import BertProcessing
+
+    vocab: dict[str, int] = {}
+    with open(vocab_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab[line.rstrip("\n")] = i
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = BertPreTokenizer()
+    tok.post_processor = BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    tok.enable_truncation(max_length=int(max_length))
+    tok.no_padding()
+    return tok
+
+
+class OnnxEncoder:
+    """Texts -> packed binary codes with ONNX Runtime (CPU), no torch. Same interface as
+    :class:`bne.encoder.Encoder`: ``encode``, ``embed``, ``project``, ``search``, ``bits``, ``info``.
+
+    ``threads``: ONNX Runtime intra-op threads (None: ONNX Runtime's default, one per physical core).
+    ``optimization``: ONNX Runtime graph optimisation level, "all" (default), "extended", "basic"
+    or "disable".
+    """
+
+    backend = "onnx"
+    device = "cpu"
+    precision = "fp32"
+
+    def __init__(self, model: str | os.PathLike, head: str | os.PathLike, *, threads: int | None = None,
+                 max_length: int | None = None, optimization: str = "all", info: dict[str, Any] | None = None) -> None:
+        self.model_path = Path(model)
+        self.head_path = Path(head)
+        cfg = read_head_config(self.head_path)
+        self.normalize = bool(cfg.get("normalize", True))
+        self.max_length = int(max_length or cfg.get("max_length", 256))
+        self.threads = threads
+        self.optimization = optimization
+        self.info = {"name": self.head_path.stem, **cfg, **(info or {})}
+        self._sessions: dict[int, Any] = {}
+        self._tok = None
+        self._tok_len = -1
+        self._head: dict[str, np.ndarray] | None = None
+        sess = self._session(threads)
+        out = {o.name: o.shape for o in sess.get_outputs()}
+        self.bits = int(out["logits"][1])
+        self.hidden_size = int(out["pooled"][1])
+        if self.bits % 64:
+            raise ValueError(f"bne.Index needs a multiple of 64 bits, the model has {self.bits}")
+
+    @classmethod
+    def from_head(cls, head: str | os.PathLike, *, threads: int | None = None, quiet: bool = False, **kw: Any) -> OnnxEncoder:
+        """The encoder of a head file, exporting its ONNX graph into the cache on first use. A cached
+        file that the runtime cannot read (damaged outside bne) is removed and exported again, once."""
+        path = ensure_onnx(head, quiet=quiet)
+        try:
+            return cls(path, head, threads=threads, **kw)
+        except (KeyboardInterrupt, ValueError, TypeError):
+            raise
+        except Exception as e:  # onnxruntime / openvino raise their own Exception subclasses
+            if not quiet:
+                print(f"bne: cached model {path} is unreadable ({_first_line(e)}); exporting it again", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return cls(ensure_onnx(head, quiet=quiet), head, threads=threads, **kw)
+
+    @classmethod
+    def default(cls, bits: int = 1024, *, threads: int | None = None, **kw: Any) -> OnnxEncoder:
+        return cls.from_head(default_head(bits), threads=threads, **kw)
+
+    def __repr__(self) -> str:
+        return (f"bne.encoder.{type(self).__name__}({self.info.get('name')!r}, bits={self.bits}, max_length={self.max_length}, "
+                f"precision={self.precision!r})")
+
+    # -- runtime pieces --------------------------------------------------------------------------
+    def _session(self, threads: int | None):
+        n = int(threads or self.threads or 0)
+        s = self._sessions.get(n)
+        if s is None:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.graph_optimization_level = {
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            }[self.optimization]
+            so.intra_op_num_threads = n
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            s = ort.InferenceSession(str(self.model_path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._sessions[n] = s
+        return s
+
+    @property
+    def tokenizer(self):
+        if self._tok is None or self._tok_len != self.max_length:  # max_length may be changed after load
+            self._tok = bert_wordpiece(minilm_dir() / "vocab.txt", self.max_length)
+            self._tok_len = self.max_length
+        return self._tok
+
+    def _check_texts(self, texts: Sequence[str] | str) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts; wrap a single text as [text]")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return texts
+
+    def _run(self, texts: list[str], batch_size: int, show_progress: bool | None, threads: int | None, desc: str):
+        """Yields (row indices, logits, pooled) per batch; batches hold texts of similar length
+        (long first), each padded only to its own longest text."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sess = self._session(threads)
+        tok = self.tokenizer
+        if show_progress is None:
+            show_progress = len(texts) > PROGRESS_THRESHOLD
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc=desc, unit="text")
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="bne-tokenize")  # tokenizers releases the GIL
+        try:
+            nxt = pool.submit(tok.encode_batch, texts[:TOKENIZE_CHUNK])
+            for c0 in range(0, len(texts), TOKENIZE_CHUNK):
+                encs = nxt.result()
+                if c0 + TOKENIZE_CHUNK < len(texts):
+                    nxt = pool.submit(tok.encode_batch, texts[c0 + TOKENIZE_CHUNK : c0 + 2 * TOKENIZE_CHUNK])
+                lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+                order = np.argsort(-lens, kind="stable")
+                for s in range(0, len(order), batch_size):
+                    rows = order[s : s + batch_size]
+                    width = int(lens[rows[0]])
+                    ids = np.zeros((len(rows), width), dtype=np.int64)
+                    for r, i in enumerate(rows):
+                        ids[r, : lens[i]] = encs[i].ids
+                    mask = (np.arange(width)[None, :] < lens[rows][:, None]).astype(np.int64)
+                    z, pooled = sess.run(["logits", "pooled"], {"input_ids": ids, "attention_mask": mask})
+                    yield rows + c0, z, pooled
+                    if bar is not None:
+                        bar.update(len(rows))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+
+    # -- public API ------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], batch_size: int = 64, return_logits: bool = False,
+               show_progress: bool | None = None, threads: int | None = None):
+        """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order; with
+        ``return_logits=True`` also the float32 pre-sign logits ``(n, bits)``."""
+        texts = self._check_texts(texts)
+        logits = np.empty((len(texts), self.bits), dtype=np.float32)
+        for rows, z, _ in self._run(texts, batch_size, show_progress, threads, "encoding"):
+            logits[rows] = z
+        codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
+        return (codes, logits) if return_logits else codes
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None,
+              threads: int | None = None, normalize: bool = True) -> np.ndarray:
+        """The float backbone embeddings (mean pooled, L2-normalised by default)."""
+        texts = self._check_texts(texts)
+        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        for rows, _, pooled in self._run(texts, batch_size, show_progress, threads, "embedding"):
+            out[rows] = pooled
+        return _l2(out) if normalize else out
+
+    def project(self, features: np.ndarray, return_logits: bool = False):
+        """Codes (and logits) of precomputed backbone features (:meth:`embed` with ``normalize=False``)."""
+        if self._head is None:
+            from safetensors.numpy import load_file
+
+            sd = load_file(str(self.head_path))
+            self._head = {k[len("projection."):] if k.startswith("projection.") else k: v.astype(np.float32) for k, v in sd.items()}
+        w = self._head
+        x = np.asarray(features, dtype=np.float32)
+        if self.normalize:
+            x = _l2(x)
+        z = x @ w["0.weight"].T + w["0.bias"]
+        mu = z.mean(1, keepdims=True)
+        var = z.var(1, keepdims=True)
+        z = ((z - mu) / np.sqrt(var + 1e-5) * w["1.weight"] + w["1.bias"]).astype(np.float32)
+        codes = pack(z >= 0)
+        return (codes, z) if return_logits else codes
+
+    def search(self, index, texts: Sequence[str], k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+        """As :meth:`bne.encoder.Encoder.search`."""
+        return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)
+
+
+class OpenVinoEncoder(OnnxEncoder):
+    """The same cached ONNX graph run by OpenVINO (optional: ``pip install openvino``), which can run
+    the backbone in bf16 on CPUs with AVX512-BF16 or AMX. ``precision``: 'fp32' or 'bf16'."""
+
+    backend = "openvino"
+
+    def __init__(self, model: str | os.PathLike, head: str | os.PathLike, *, precision: str = "fp32", **kw: Any) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
+        self.precision = precision
+        super().__init__(model, head, **kw)
+
+    def _session(self, threads: int | None):
+        n = int(threads or self.threads or 0)
+        s = self._sessions.get(n)
+        if s is None:
+            s = self._sessions[n] = _OvSession(self.model_path, n, self.precision)
+        return s
+
+
+class _OvSession:
+    """``InferenceSession.run``/``get_outputs`` over an OpenVINO compiled model."""
+
+    def __init__(self, path: Path, threads: int, precision: str) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        cfg = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            cfg["INFERENCE_NUM_THREADS"] = threads
+        self.model = core.compile_model(core.read_model(str(path)), "CPU", cfg)
+        self.request = self.model.create_infer_request()
+
+    def get_outputs(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=o.get_any_name(), shape=[d.get_length() if d.is_static else None for d in o.get_partial_shape()])
+                for o in self.model.outputs]
+
+    def run(self, names, feeds):
+        r = self.request.infer(feeds)
+        return [np.array(r[self.model.output(n)], dtype=np.float32, copy=True) for n in names]  # its buffers are reused
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# -- choosing a backend ---------------------------------------------------------------------------
+
+
+def _nvidia_present() -> bool:
+    # Cheap check first, so that a CPU-only machine never pays for importing torch to find out.
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0") or bool(os.environ.get("BNE_ASSUME_GPU"))
+
+
+def resolve_device(device: str) -> str:
+    """'cpu', 'cuda' or 'auto' -> 'cpu' or 'cuda'. 'cuda' without a usable GPU raises ValueError."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if device == "auto" and not _nvidia_present():
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if device == "auto":
+            return "cpu"
+        raise ValueError("--device cuda needs torch with CUDA (pip install 'bne[encoder]' with a CUDA build of torch)") from None
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise ValueError("--device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def default_cpu_backend(purpose: str = "query") -> tuple[str, str]:
+    """(backend, precision) for CPU encoding, by a rule from measurements (docs/ENCODER.md).
+
+    * queries (latency, cold start): ONNX Runtime fp32 - session ready in ~0.3 s, codes equal to
+      torch fp32 (100.000 % of bits on SciFact passages);
+    * bulk (``bne build``): OpenVINO, in bf16 where the CPU has AVX512-BF16 or AMX-BF16 (2.4x less
+      CPU per passage than ONNX Runtime fp32 on an AVX512-BF16 EPYC, 99.8 % of bits equal), else fp32;
+      ONNX Runtime fp32 when OpenVINO is not installed.
+    """
+    if purpose == "bulk" and _have("openvino"):
+        flags = cpu_flags()
+        return "openvino", "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "onnx", "fp32"
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tokenizers") is not None
+
+
+def load(model: str | os.PathLike = "default", bits: int = 1024, *, backend: str = "auto", device: str = "cpu",
+         threads: int | None = None, precision: str | None = None, purpose: str = "query", quiet: bool = False):
+    """An encoder for ``model`` ('default': the shipped head for ``bits``; or a head .safetensors).
+
+    ``device``: 'cpu', 'cuda' (torch, fp16 autocast unless ``precision``) or 'auto' (cuda when a GPU
+    is visible). ``backend`` on CPU: 'onnx' (torch-free), 'torch', or 'auto' = :func:`default_cpu_backend`
+    for ``purpose`` ('query' or 'bulk'), falling back to torch when ONNX Runtime is missing or the
+    export fails. ``precision`` applies to torch: 'fp32', 'bf16' or 'fp16'.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    head = default_head(bits) if str(model) == "default" else Path(model)
+    if not head.is_file():
+        raise FileNotFoundError(f"model not found: {head}")
+    dev = resolve_device(device)
+    if dev == "cuda":
+        if backend == "onnx":
+            raise ValueError("the ONNX backend runs on the CPU; use --device cpu or the torch backend for cuda")
+        from .encoder import Encoder
+
+        return Encoder.from_head(head, threads=threads, device="cuda", precision=precision or "fp16")
+    if backend == "auto":
+        # The rule's choice, then ONNX Runtime fp32, then torch: a missing package, a read-only
+        # cache or a failed export degrades the speed, never the ability to encode.
+        choice, auto_precision = default_cpu_backend(purpose)
+        tries = []
+        if choice == "openvino" and precision in (None, "fp32", "bf16"):
+            tries.append(("openvino", precision or auto_precision))
+        if precision in (None, "fp32"):
+            tries.append(("onnx", "fp32"))
+        for name, prec in tries if _onnx_available() else []:
+            try:
+                if name == "openvino":
+                    return OpenVinoEncoder.from_head(head, threads=threads, precision=prec, quiet=quiet)
+                return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
+            except Exception as e:
+                if not quiet:
+                    print(f"bne: {name} encoder unavailable ({_first_line(e)}); trying the next runtime", file=sys.stderr)
+        backend = "torch"
+    if backend == "openvino":
+        return OpenVinoEncoder.from_head(head, threads=threads, precision=precision or "fp32", quiet=quiet)
+    if backend == "onnx":
+        if precision not in (None, "fp32"):
+            raise ValueError("the ONNX backend runs fp32; use the torch backend for bf16/fp16")
+        return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
+    from .encoder import Encoder
+
+    return Encoder.from_head(head, threads=threads, precision=precision or "fp32")
