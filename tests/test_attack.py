@@ -146,8 +146,9 @@ def race_attack(tmp_path, seconds):
     path = tmp_path / "race.bne"
     with bne.open(path, mode="a", bits=256) as w:
         w.add(code_of([0], 32), ids=[0])
+    log = open(tmp_path / "writer.log", "w+")  # a file, not a pipe: a long run must never block the writer
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(seconds),
-                               str(HERE)], stdout=subprocess.PIPE, text=True)
+                               str(HERE)], stdout=log, text=True)
     newest, reads = 0, 0
     try:
         while writer.poll() is None:
@@ -160,7 +161,10 @@ def race_attack(tmp_path, seconds):
             assert (D[:, 0] == 0).all() and (I[:, 0] == live[-3:]).all()
             reads += 1
     finally:
-        out = writer.communicate(timeout=120)[0].split()
+        writer.wait(timeout=120)
+        log.seek(0)
+        out = log.read().split()
+        log.close()
     assert writer.returncode == 0 and out
     expect = set(range(int(out[-2]))) - {int(x) for x in out[1::2]}
     final = bne.open(path, verify=True)
