@@ -146,8 +146,11 @@ def race_attack(tmp_path, seconds):
     path = tmp_path / "race.bne"
     with bne.open(path, mode="a", bits=256) as w:
         w.add(code_of([0], 32), ids=[0])
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(seconds),
-                               str(HERE)], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(seconds), str(HERE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     newest, reads = 0, 0
     try:
         while writer.poll() is None:

@@ -49,8 +49,12 @@ def test_range_search_equals_faiss(rng):
         # FAISS keeps d < radius; bne's radius is inclusive.
         flims, fD, fI = ref.range_search(q, radius + 1)
         np.testing.assert_array_equal(lims, flims.astype(np.int64))
-        for a, b_, da, db_ in zip(bne.split_ranges(lims, I), bne.split_ranges(flims, fI),
-                                 bne.split_ranges(lims, D), bne.split_ranges(flims, fD)):
+        for a, b_, da, db_ in zip(
+            bne.split_ranges(lims, I),
+            bne.split_ranges(flims, fI),
+            bne.split_ranges(lims, D),
+            bne.split_ranges(flims, fD),
+        ):
             assert sorted(zip(db_.tolist(), b_.tolist())) == list(zip(da.tolist(), a.tolist()))
 
 

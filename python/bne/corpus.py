@@ -45,8 +45,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                  f"{e.start + 1}); convert the file to UTF-8") from None
+                raise CorpusError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); convert the file to UTF-8"
+                ) from None
             except (OSError, EOFError) as e:  # a damaged .gz
                 raise CorpusError(f"{path}:{lineno}: cannot read: {e}") from None
 
@@ -82,8 +84,11 @@ def _jsonl(path: Path) -> Iterator[Doc]:
 
 
 def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
-    reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter,
-                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    reader = csv.reader(
+        (line for _, line in _lines(path)),
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+    )
 
     def checked():
         while True:
@@ -140,8 +145,16 @@ def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
     if not os.access(p, os.R_OK):
         raise CorpusError(f"input not readable: {p}")
     suffix = _base_suffix(p)
-    readers = {".jsonl": _jsonl, ".json": _jsonl, ".tsv": lambda q: _delimited(q, "\t"),
-               ".csv": lambda q: _delimited(q, ","), ".txt": _txt, ".text": _txt}
+    readers = {
+        ".jsonl": _jsonl,
+        ".json": _jsonl,
+        ".tsv": lambda q: _delimited(q, "\t"),
+        ".csv": lambda q: _delimited(q, ","),
+        ".txt": _txt,
+        ".text": _txt,
+    }
     if suffix not in readers:
-        raise CorpusError(f"unknown input format {suffix or '(no extension)'!r} for {p}: use .txt, .jsonl, .tsv, .csv or a BEIR folder")
+        raise CorpusError(
+            f"unknown input format {suffix or '(no extension)'!r} for {p}: use .txt, .jsonl, .tsv, .csv or a BEIR folder"
+        )
     return readers[suffix](p)

@@ -128,8 +128,10 @@ class DocStore:
                 continue  # SQLite's own bookkeeping
             expected = EXPECTED_SCHEMA.get((kind, name))
             if expected is None or _norm(sql) != _norm(expected):
-                raise DocStoreError(f"{self.path} holds a {kind} {name!r} that bne did not write; refusing to use "
-                                    f"it (SQL stored in a document store could run on open)")
+                raise DocStoreError(
+                    f"{self.path} holds a {kind} {name!r} that bne did not write; refusing to use "
+                    f"it (SQL stored in a document store could run on open)"
+                )
 
     @property
     def version(self) -> int:
@@ -159,8 +161,10 @@ class DocStore:
 
     def insert(self, ids: Sequence[int], docs: Sequence[Doc]) -> None:
         with self._errors("write"):
-            self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
-                                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs)])
+            self.db.executemany(
+                "INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
+                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs)],
+            )
 
     def delete_above(self, max_id: int) -> int:
         """Drops rows past the index's last committed id (left by a crash between the two commits)."""
