@@ -29,10 +29,32 @@ from bne.encoder.base import default_head, minilm_dir  # noqa: E402
 from bne.encoder.data import data_root, load_beir  # noqa: E402
 
 THREADS = [int(t) for t in os.environ.get("BNE_BENCH_THREADS", "1,2").split(",")]
-WORDS = (
-    "the quick brown fox jumps over a lazy dog while researchers measure protein expression in mouse "
-    "models of chronic inflammation and report significant effects"
-).split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "researchers",
+    "measure",
+    "protein",
+    "expression",
+    "in",
+    "mouse",
+    "models",
+    "of",
+    "chronic",
+    "inflammation",
+    "and",
+    "report",
+    "significant",
+    "effects",
+]
 SHORT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 8)) + "." for i in range(256)]
 
 

@@ -90,7 +90,7 @@ def test_100m_codes(benchmark, folder):
     rng = np.random.default_rng(0)
     t = time.perf_counter()
     with bne.open(path, mode="a", bits=bits) as w:
-        for start in range(0, n, 5_000_000):
+        for _start in range(0, n, 5_000_000):
             w.add(rng.integers(0, 256, (5_000_000, bits // 8), dtype=np.uint8))
             w.commit()
     build_s = time.perf_counter() - t
@@ -138,7 +138,7 @@ def test_committed_file_vs_one_segment(benchmark, folder, commits, per_commit):
     ram.save(one)
     idx, ref = bne.open(path), bne.open(one)
     q = rng.integers(0, 256, (NQ, bits // 8), dtype=np.uint8)
-    for got, want in zip(idx.search(q, K), ram.search(q, K)):
+    for got, want in zip(idx.search(q, K), ram.search(q, K), strict=True):
         np.testing.assert_array_equal(got, want)
     benchmark.pedantic(lambda: idx.search(q, K), rounds=15, warmup_rounds=2)
     file_ms = benchmark.stats.stats.median * 1e3

@@ -2,7 +2,8 @@
 
     python -m pytest benchmarks/bench_search.py --benchmark-only          # all cases (a few minutes)
     BNE_ISA=avx2 FAISS_SIMD_LEVEL=AVX2 python -m pytest benchmarks/bench_search.py --benchmark-only -k "1024 and nq16"
-    taskset -c 0 python -m pytest benchmarks/bench_search.py --benchmark-only -k "one_core"   # one core vs FAISS and the limit
+    # one core vs FAISS and the limit:
+    taskset -c 0 python -m pytest benchmarks/bench_search.py --benchmark-only -k one_core
 
 Sizes: BNE_BENCH_N (default 1,000,000 codes). Ratios are printed at the end of the run.
 

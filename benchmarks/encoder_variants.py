@@ -58,7 +58,7 @@ def main() -> None:
     wall: dict[str, list[float]] = {v: [] for v in fns}
     cpu: dict[str, list[float]] = {v: [] for v in fns}
     out = {}
-    for v, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn(texts[: args.batch_size])
     for _ in range(args.rounds):
         for v, fn in fns.items():

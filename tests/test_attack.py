@@ -24,7 +24,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import random_codes
 
 HERE = pathlib.Path(__file__).parent

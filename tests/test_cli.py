@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import bne
@@ -147,6 +146,15 @@ def test_corpus_formats(tmp_path):
     (tmp_path / "beir").mkdir()
     (tmp_path / "beir" / "corpus.jsonl").write_text('{"_id": "a", "text": "b"}\n')
     assert [d.ext_id for d in read_corpus(tmp_path / "beir")] == ["a"]
+
+
+def test_corpus_json_errors_name_the_line(tmp_path):
+    from bne.corpus import CorpusError, read_corpus
+
+    for line, problem in (('{"text": "a"', "Expecting"), ('{"text": "a", "n": ' + "1" * 5000 + "}", "4300 digits")):
+        (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n' + line + "\n")
+        with pytest.raises(CorpusError, match=rf"bad.jsonl:2: not valid JSON \(.*{problem}"):
+            list(read_corpus(tmp_path / "bad.jsonl"))
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):

@@ -84,7 +84,10 @@ def plain_index(folder, texts, *, metadata=None, ext_ids=None, store=True):
         idx.add(codes, ids=np.arange(len(texts), dtype=np.int64))
     if store:
         s = DocStore(path, create=True)
-        s.insert(range(len(texts)), [Doc(e, t) for e, t in zip(ext_ids or [f"d{i}" for i in range(len(texts))], texts)])
+        s.insert(
+            range(len(texts)),
+            [Doc(e, t) for e, t in zip(ext_ids or [f"d{i}" for i in range(len(texts))], texts, strict=True)],
+        )
         s.commit()
         s.close()
     return path
@@ -283,7 +286,7 @@ def test_disk_full_in_the_docstore_is_one_line_and_leaves_nothing(tmp_path):
     import resource
     import signal
 
-    big = ["document %d " % i + "lorem ipsum dolor sit amet " * 1200 for i in range(16)]  # ~32 KB each
+    big = [f"document {i} " + "lorem ipsum dolor sit amet " * 1200 for i in range(16)]  # ~32 KB each
     (tmp_path / "big.txt").write_text("\n".join(big) + "\n")
 
     def limit():
@@ -355,6 +358,8 @@ def test_queries_jsonl_is_parsed(quick, tmp_path):
     assert res[0]["hits"][0]["snippet"] in (QUICK[0], QUICK[3]) and res[1]["hits"][0]["snippet"] == QUICK[2]
     q.write_text('{"_id": "q1", "title": "no text"}\n')
     one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "text")
+    q.write_text('{"_id": "q1", "text": "a", "n": ' + "1" * 5000 + "}\n")  # json raises a plain ValueError
+    one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "not valid JSON")
 
 
 def test_rescore_without_a_number_keeps_the_query(quick):

@@ -169,6 +169,7 @@ def test_threads_clamped_to_the_cores():
     # Under an affinity of one core, the default is one thread.
     if hasattr(os, "sched_setaffinity"):
         out = run_py(
-            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import bne; print(bne.get_num_threads())"
+            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "import bne; print(bne.get_num_threads())"
         )
         assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr

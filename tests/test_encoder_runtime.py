@@ -83,7 +83,7 @@ def cache(tmp_path_factory):
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
-    return d, [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+    return d, [(p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def torch_enc():
 
 def test_concurrent_first_runs_export_once(cache):
     d, results = cache
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err
     # both processes used the same file and got the same codes; the lock let only one export
     assert len({out for _, out, _ in results}) == 1

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 import bne
 from bne import _core
-
 from reference import hamming, knn, random_codes
 
 WIDTHS = [64, 128, 192, 256, 320, 448, 512, 576, 960, 1024, 1088, 1536, 2048, 2112, 4096, 8192]

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 import bne
-from bne import _core
-
 from reference import hamming, knn, random_codes
 
 faiss = pytest.importorskip("faiss")
@@ -54,8 +52,11 @@ def test_range_search_equals_faiss(rng):
             bne.split_ranges(flims, fI),
             bne.split_ranges(lims, D),
             bne.split_ranges(flims, fD),
+            strict=True,
         ):
-            assert sorted(zip(db_.tolist(), b_.tolist())) == list(zip(da.tolist(), a.tolist()))
+            assert sorted(zip(db_.tolist(), b_.tolist(), strict=True)) == list(
+                zip(da.tolist(), a.tolist(), strict=True)
+            )
 
 
 def test_tie_rule_smaller_id_first():

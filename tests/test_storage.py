@@ -1,7 +1,6 @@
 """Index files: format, validation, atomic save, appends, ids, tombstones, crash safety.
 Numbers in comments refer to the tests of ../shared/RELIABILITY.md."""
 
-import hashlib
 import os
 import pathlib
 import random
@@ -17,7 +16,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import knn, random_codes
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.bne"  # written by bne 0.1 (format 1.0)
@@ -545,16 +543,16 @@ def test_power_loss_simulation(tmp_path, rng, monkeypatch):  # 9, 10, 21
 
     path = small_file(tmp_path, n=30, bits=256)
     r = random.Random(11)
-    for trial in range(80):
+    for _ in range(80):
         base = path.read_bytes()
         old_n = len(bne.open(path))
         epochs = [[]]  # writes between fsyncs
         monkeypatch.setattr(
             storage.io,
             "pwrite",
-            lambda fd, data, off: (epochs[-1].append((bytes(data), off)), os.pwrite(fd, data, off))[1],
+            lambda fd, data, off, epochs=epochs: (epochs[-1].append((bytes(data), off)), os.pwrite(fd, data, off))[1],
         )
-        monkeypatch.setattr(storage.io, "fsync", lambda fd: (os.fsync(fd), epochs.append([]))[0])
+        monkeypatch.setattr(storage.io, "fsync", lambda fd, epochs=epochs: (os.fsync(fd), epochs.append([]))[0])
         w = bne.open(path, mode="a")
         new_codes = random_codes(rng, 3, 256)
         w.add(new_codes)
@@ -564,7 +562,7 @@ def test_power_loss_simulation(tmp_path, rng, monkeypatch):  # 9, 10, 21
         crash_after = r.randrange(len(epochs))  # fsyncs completed before the crash
         image = bytearray(base)
 
-        def apply(data, off, cut=None):
+        def apply(data, off, cut=None, image=image):
             data = data if cut is None else data[:cut]
             if off + len(data) > len(image):
                 image.extend(bytes(off + len(data) - len(image)))
@@ -677,7 +675,7 @@ def test_tiny_commits_extend_one_segment(tmp_path, rng, monkeypatch):
     mem = bne.Index(1024)
     mem.add(codes)
     q = random_codes(rng, 7, 1024)
-    for got, want in zip(idx.search(q, 10), mem.search(q, 10)):
+    for got, want in zip(idx.search(q, 10), mem.search(q, 10), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

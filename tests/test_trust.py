@@ -16,7 +16,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import random_codes
 
 

@@ -9,7 +9,9 @@ error messages) is printed through :func:`safe`, so no control character reaches
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -17,6 +19,7 @@ import stat
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -194,10 +197,8 @@ def remove_new_files(out: str) -> None:
     from .docstore import path_for
 
     for p in (out, path_for(out), path_for(out) + "-journal"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(p)
-        except FileNotFoundError:
-            pass
 
 
 def cmd_build(args) -> int:
@@ -220,6 +221,8 @@ def cmd_build(args) -> int:
     if not docs:
         raise UserError(f"empty corpus: no documents in {args.input}")
     key = model_key(args.model)
+    idx: bindex.MappedIndex | None = None
+    store: DocStore | None = None
     if exists:
         idx = bindex.open(out, mode="a")
         built_with = idx.metadata.get("model"), idx.bits
@@ -243,7 +246,6 @@ def cmd_build(args) -> int:
             print(f"bne: dropped {dropped} document rows left by an interrupted build", file=sys.stderr)
     else:
         todo = docs
-        idx = store = None
     encoder = load_encoder(args.model, args.bits, args.threads, device=args.device, purpose="bulk")
     if args.threads:
         _core.set_num_threads(args.threads)
@@ -267,6 +269,7 @@ def cmd_build(args) -> int:
                 raise UserError(f"cannot create {out}: {e.strerror or e}") from None
             # the docstore gets the index's permission bits: it holds the same corpus
             store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
+        assert store is not None  # opened together with idx, above or here
         next_id = idx.info()["max_id"] + 1
         bar = tqdm(total=len(todo), unit="doc", desc="encoding", disable=args.quiet or None, dynamic_ncols=True)
         try:
@@ -286,10 +289,8 @@ def cmd_build(args) -> int:
     except BaseException as e:
         for f in (idx, store):
             if f is not None:
-                try:
+                with contextlib.suppress(Exception):  # already failing; the first error is the one to report
                     f.close()
-                except Exception:  # already failing; the first error is the one to report
-                    pass
         fresh = not exists and done == 0
         if fresh:  # nothing was committed: leave no empty index or docstore behind
             remove_new_files(out)
@@ -319,7 +320,7 @@ def start_ray(address: str | None):
     if not ray.is_initialized():
         ray.init(
             address=address or os.environ.get("RAY_ADDRESS") or None,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             configure_logging=False,
             include_dashboard=False if not address else None,
         )
@@ -407,7 +408,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     """(text, query id or None): the command line's queries, then --queries FILE: one query per
     line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
     queries.jsonl), or a JSON string."""
-    from .corpus import CorpusError, _lines
+    from .corpus import CorpusError, _lines, json_error_detail
 
     queries: list[tuple[str, str | None]] = []
     for q in args.query or []:
@@ -447,8 +448,8 @@ def read_queries(args) -> list[tuple[str, str | None]]:
                     continue
                 try:
                     obj = json.loads(line)
-                except ValueError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
                 except RecursionError:
                     raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
                 if isinstance(obj, str):
@@ -532,7 +533,7 @@ def cmd_search(args) -> int:
     except (FileNotFoundError, DocStoreError) as e:  # the index alone still answers: ids, no texts
         print(f"bne: warning: {safe(e)}; printing ids only", file=sys.stderr)
         docs = {}
-    results = []
+    results: list[dict[str, Any]] = []
     for qi, (q, qid) in enumerate(asked):
         hits = []
         for rank, i in enumerate(ids[qi]):

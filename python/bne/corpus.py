@@ -19,8 +19,8 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CorpusError
 
@@ -63,14 +63,19 @@ def _base_suffix(path: Path) -> str:
     return Path(path.name[: -len(".gz")]).suffix.lower() if path.name.endswith(".gz") else path.suffix.lower()
 
 
+def json_error_detail(e: ValueError) -> str:
+    """What json.loads found wrong, without the position it repeats."""
+    return e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+
+
 def _jsonl(path: Path) -> Iterator[Doc]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
-            raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
         except RecursionError:
             raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
@@ -155,6 +160,7 @@ def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
     }
     if suffix not in readers:
         raise CorpusError(
-            f"unknown input format {suffix or '(no extension)'!r} for {p}: use .txt, .jsonl, .tsv, .csv or a BEIR folder"
+            f"unknown input format {suffix or '(no extension)'!r} for {p}: "
+            "use .txt, .jsonl, .tsv, .csv or a BEIR folder"
         )
     return readers[suffix](p)

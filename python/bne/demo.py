@@ -100,13 +100,14 @@ def run_demo(args) -> int:
     D, I = idx.search(qcodes, 3)
     t4 = time.perf_counter()
     found = store.get(I.ravel())
-    for q, drow, irow in zip(QUERIES, D, I):
+    for q, drow, irow in zip(QUERIES, D, I, strict=True):
         print(f"\nquery: {q}")
-        for d, i in zip(drow, irow):
+        for d, i in zip(drow, irow, strict=True):
             doc = found[int(i)]
             print(f"  d={d:4d}  {safe(doc.ext_id):38s} {safe(doc.text[:70])}")
     print(
-        f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; whole demo {time.perf_counter() - t0:.0f} s"
+        f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; "
+        f"whole demo {time.perf_counter() - t0:.0f} s"
     )
     print(f'try: bne search {path} "your question"')
     return 0

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -230,8 +231,9 @@ class ShardedIndex:
 
     def _start(self, i: int):
         opts: dict[str, Any] = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
-        if self._resources[i]:
-            opts["resources"] = dict(self._resources[i])
+        resources = self._resources[i]
+        if resources:
+            opts["resources"] = dict(resources)
         return self._server.options(**opts).remote(self.paths[i])
 
     def _gather(self, futures, what: str, allow_partial: bool = False):
@@ -270,7 +272,7 @@ class ShardedIndex:
         """
         q = check_codes(queries, "queries", self.code_bytes)
         k = check_k(k)
-        futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases)]
+        futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases, strict=True)]
         if allow_partial:
             parts, missing = self._gather(futures, "search", allow_partial=True)
         else:
@@ -320,7 +322,7 @@ class _EncodeShard:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
-        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
+        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
             path = os.path.join(self.out_dir, f"shard-{int(shard):05d}.bne")
             if _shard_done(path, int(stop - start), self.model, self.bits):
                 done.append(0)
@@ -370,7 +372,7 @@ def build_sharded(
     bounds = [n * i // n_shards for i in range(n_shards + 1)]
     rows = [{"shard": i, "start": bounds[i], "stop": bounds[i + 1]} for i in range(n_shards)]
     texts_ref = ray.put(list(texts))
-    ds = ray.data.from_items(rows, override_num_blocks=n_shards)
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=n_shards)
     pool = ray.data.ActorPoolStrategy(size=concurrency or min(n_shards, 2))
     ds = ds.map_batches(
         _EncodeShard,

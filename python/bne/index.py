@@ -10,15 +10,17 @@ tie rule: by distance, then by position (insertion order).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core, storage
-from .errors import IndexFormatError, IndexLockedError
 from .codes import check_bits, check_codes, check_k, check_threads
+from .errors import IndexFormatError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
@@ -164,6 +166,9 @@ class _SearchMixin:
 
     bits: int
     code_bytes: int
+    # Caches, dropped by _changed(): (sorted live ids, their positions); the tombstone bitmap.
+    _lookup_cache: tuple[np.ndarray, np.ndarray] | None
+    _bits_cache: dict[tuple[str, int], np.ndarray | None]
 
     # Implemented by subclasses.
     def _parts(self) -> list[_Part]:
@@ -246,10 +251,10 @@ class _SearchMixin:
             raise IndexFormatError(f"{where}: stored ids are negative or repeated; the file is damaged")
 
     def _changed(self) -> None:
-        self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._bits_cache: dict[tuple[int, int], np.ndarray | None] = {}
+        self._lookup_cache = None
+        self._bits_cache = {}
 
-    def positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    def positions_of(self, ids: np.typing.ArrayLike) -> np.ndarray:
         """Positions of the given live ids (-1 where an id is absent or removed)."""
         ids = _lookup_ids(ids)
         sorted_ids, pos = self._lookup()
@@ -372,7 +377,7 @@ class _SearchMixin:
                 raise ValueError(f"ids already in the index (remove them first): {clash[:10].tolist()}")
         return new
 
-    def _positions_to_remove(self, ids: object) -> np.ndarray:
+    def _positions_to_remove(self, ids: np.typing.ArrayLike) -> np.ndarray:
         pos = self.positions_of(ids)
         return np.unique(pos[pos >= 0])
 
@@ -423,7 +428,7 @@ class Index(_SearchMixin):
             self._max_id = max(self._max_id, int(new.max()))
         self._changed()
 
-    def remove(self, ids: object) -> int:
+    def remove(self, ids: np.typing.ArrayLike) -> int:
         """Removes the codes with these ids from every later search; returns how many were live."""
         pos = self._positions_to_remove(ids)
         self._tomb = np.union1d(self._tomb, pos).astype(np.int64)
@@ -487,12 +492,10 @@ class MappedIndex(_SearchMixin):
         if mode == "a" and not os.path.lexists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
-            try:
+            with contextlib.suppress(FileExistsError):  # another process created it first: append to theirs
                 storage.save_atomic(
                     self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1, overwrite=False
                 )
-            except FileExistsError:
-                pass  # another process created it first: append to theirs
         self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
             self._load(warn=not verify)
@@ -597,7 +600,11 @@ class MappedIndex(_SearchMixin):
 
     def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Zero-copy read-only (codes, ids) views of each committed segment inside the mapping."""
-        return [(p.codes, p.ids) for p in self._segments]
+        out = []
+        for p in self._segments:
+            assert p.ids is not None  # a file segment always stores its ids
+            out.append((p.codes, p.ids))
+        return out
 
     def codes(self) -> np.ndarray:
         """All stored codes (removed ones included): the mapped array itself for a one-segment
@@ -624,7 +631,7 @@ class MappedIndex(_SearchMixin):
         self._max_id = max(self._max_id, int(new.max()))
         self._changed()
 
-    def remove(self, ids: object) -> int:
+    def remove(self, ids: np.typing.ArrayLike) -> int:
         """Marks the codes with these ids removed (tombstones written at ``commit()``); returns
         how many were live."""
         self._check_writable("remove")
@@ -690,7 +697,7 @@ class MappedIndex(_SearchMixin):
         self._fd = -1
         self._closed = True
 
-    def __enter__(self) -> "MappedIndex":
+    def __enter__(self) -> MappedIndex:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

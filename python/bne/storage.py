@@ -17,6 +17,7 @@ the committed end (a torn tail) are ignored by readers and cut off by the next w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -29,7 +30,8 @@ import struct
 import tempfile
 import time
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -461,7 +463,10 @@ def write_commit(
         _pwrite_all(fd, i, tail.ids_offset + tail.count * 8)
         # CRC-32 continues over appended bytes: O(new codes), not O(segment)
         segments[-1] = dataclasses.replace(
-            tail, count=tail.count + take, codes_crc=zlib.crc32(c, tail.codes_crc), ids_crc=zlib.crc32(i, tail.ids_crc)
+            tail,
+            count=tail.count + take,
+            codes_crc=zlib.crc32(c.data, tail.codes_crc),
+            ids_crc=zlib.crc32(i.data, tail.ids_crc),
         )
         codes, ids, count = codes[take:], ids[take:], count + take
     if len(codes):
@@ -669,10 +674,8 @@ def save_atomic(
                 io.close(fd)
             publish(tmp, target, overwrite=overwrite)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
     finally:
         if guard >= 0:
@@ -692,10 +695,8 @@ def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarr
         publish(tmp, target)
     except BaseException:
         io.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     os.close(fd_old)
     return fd

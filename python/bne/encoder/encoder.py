@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,10 @@ class Encoder:
 
     def __repr__(self) -> str:
         name = self.info.get("name", "custom")
-        return f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, device={str(self.device)!r}, precision={self.precision!r})"
+        return (
+            f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, "
+            f"device={str(self.device)!r}, precision={self.precision!r})"
+        )
 
     @property
     def bits(self) -> int:

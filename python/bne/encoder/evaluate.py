@@ -21,7 +21,8 @@ import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def retrieval_metrics(ranked: np.ndarray, qrels: list[dict[int, int]], k: int = 
     """(Recall@k, nDCG@k) averaged over queries; ``ranked`` (nq, >=k) doc rows (-1 = none),
     ``qrels[i]`` {doc row: graded relevance > 0}. nDCG uses the graded relevance as gain (BEIR)."""
     rec, nd = [], []
-    for row, rel in zip(ranked[:, :k], qrels):
+    for row, rel in zip(ranked[:, :k], qrels, strict=True):
         hits = [rel.get(int(d), 0) for d in row]
         rec.append(sum(1 for h in hits if h > 0) / max(1, len(rel)))
         dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
@@ -286,7 +287,7 @@ def load_encoders(args) -> list[Any]:
 
 def _stsb_train_pairs(root) -> set[tuple[str, str]]:
     a, b, _ = load_sts("stsb-train", root)
-    pairs = {(x.strip().lower(), y.strip().lower()) for x, y in zip(a, b)}
+    pairs = {(x.strip().lower(), y.strip().lower()) for x, y in zip(a, b, strict=True)}
     return pairs | {(y, x) for x, y in pairs}
 
 
@@ -315,10 +316,14 @@ def run(args) -> dict[str, Any]:
         sts_data[name] = (s1, s2, gold)
         if args.novel and name.startswith("sts1"):
             seen = _stsb_train_pairs(root)
-            novel = [i for i, (a, b) in enumerate(zip(s1, s2)) if (a.strip().lower(), b.strip().lower()) not in seen]
+            novel = [
+                i
+                for i, (a, b) in enumerate(zip(s1, s2, strict=True))
+                if (a.strip().lower(), b.strip().lower()) not in seen
+            ]
             sts_data[name + "-novel"] = ([s1[i] for i in novel], [s2[i] for i in novel], gold[novel])
     texts = list(dict.fromkeys(t for s1, s2, _ in sts_data.values() for t in s1 + s2))
-    feats = dict(zip(texts, _embed(enc0, texts, args, show))) if texts else {}
+    feats = dict(zip(texts, _embed(enc0, texts, args, show), strict=True)) if texts else {}
     beir_data = []
     for spec in args.beir:
         name, split = _parse_beir(spec)

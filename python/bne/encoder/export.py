@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def export_onnx(head: str | os.PathLike, out: str | os.PathLike, *, check: bool 
     out = Path(out)
     enc = Encoder.from_head(head)
     # The eager attention traces to plain MatMul/Softmax; sdpa's mask helpers trace less portably.
-    enc.model.encoder.config._attn_implementation = "eager"
+    enc.model.bert_config._attn_implementation = "eager"
     graph = _Graph(enc).eval()
     ids = torch.tensor([[101, 1037, 4937, 102, 0], [101, 2023, 2003, 1037, 102]], dtype=torch.int64)
     mask = (ids != 0).long()
@@ -81,7 +81,7 @@ def export_onnx(head: str | os.PathLike, out: str | os.PathLike, *, check: bool 
         from .runtime import OnnxEncoder
 
         onnx_enc = OnnxEncoder(out, head)
-        enc.model.encoder.config._attn_implementation = "sdpa"
+        enc.model.bert_config._attn_implementation = "sdpa"
         a = enc.encode(CHECK_TEXTS, return_logits=True)[1]
         b = onnx_enc.encode(CHECK_TEXTS, return_logits=True)[1]
         agree = float(np.mean((a >= 0) == (b >= 0)))

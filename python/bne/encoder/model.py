@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,13 +84,13 @@ def default_tokenizer():
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z):  # type: ignore[override]
+    def forward(ctx, z):
         t = torch.tanh(z)
         ctx.save_for_backward(t)
         return torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         (t,) = ctx.saved_tensors
         return g * (1 - t * t)
 
@@ -156,7 +157,7 @@ class BinaryEmbedder(nn.Module):
     @property
     def bert_config(self) -> Any:
         """The backbone's transformers config."""
-        return getattr(self.encoder, "config")
+        return self.encoder.config
 
     # -- forward ---------------------------------------------------------------------------------
     def pooled(
@@ -217,7 +218,7 @@ class BinaryEmbedder(nn.Module):
         return out
 
     # -- loading ---------------------------------------------------------------------------------
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also accepts checkpoints written by other transformers
         versions: a stored ``encoder.embeddings.position_ids`` buffer is dropped, and a missing BERT
         pooler (never used here) keeps its current weights."""

@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -178,8 +179,8 @@ class OnnxEncoder:
 
     def __repr__(self) -> str:
         return (
-            f"bne.encoder.{type(self).__name__}({self.info.get('name')!r}, bits={self.bits}, max_length={self.max_length}, "
-            f"precision={self.precision!r})"
+            f"bne.encoder.{type(self).__name__}({self.info.get('name')!r}, bits={self.bits}, "
+            f"max_length={self.max_length}, precision={self.precision!r})"
         )
 
     # -- runtime pieces --------------------------------------------------------------------------
@@ -357,7 +358,10 @@ class _OvSession:
         import openvino as ov
 
         core = ov.Core()
-        cfg = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        cfg: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(core.read_model(str(path)), "CPU", cfg)

@@ -33,8 +33,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -205,11 +206,11 @@ def recipe_minilm_default(root=None, *, sci_repeat: int = 20, sts_min_score: flo
     rows += load_pairs(root / "pairs" / "flickr30k-caption-pairs.tsv.gz")
     rows += load_pairs(root / "pairs" / "mrpc-train-positive-pairs.tsv.gz")
     s1, s2, gold = load_sts("stsb-train", root)
-    rows += [(a, b) for a, b, g in zip(s1, s2, gold) if g >= sts_min_score]
+    rows += [(a, b) for a, b, g in zip(s1, s2, gold, strict=True) if g >= sts_min_score]
     corpus, queries, qrels = load_beir("scifact", "train", root)
     sci = [(queries[q], corpus[d]) for q in queries for d in qrels[q] if d in corpus]
     rows += sci * sci_repeat
-    scored = [(a, b, float(g)) for a, b, g in zip(s1, s2, gold)]
+    scored = [(a, b, float(g)) for a, b, g in zip(s1, s2, gold, strict=True)]
     _, mrpc = read_tsv(root / "mrpc" / "mrpc-train.tsv.gz")
     docs = sorted({d for q in queries for d in qrels[q] if d in corpus})
     pool = list(s1) + list(s2) + [r[3] for r in mrpc] + [r[4] for r in mrpc]
@@ -249,9 +250,8 @@ def backbone_features(
 ) -> np.ndarray:
     """Raw (unnormalised) mean-pooled backbone features of ``texts``, cached as .npy in ``cache_dir``."""
     path = feature_cache_path(texts, encoder, cache_dir) if cache_dir else None
-    if path is not None:
-        if path.is_file():
-            return np.load(path)
+    if path is not None and path.is_file():
+        return np.load(path)
     x = encoder.embed(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -553,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone",
         default="minilm",
-        help="'minilm' (all-MiniLM-L6-v2, offline), 'bert-mini' (random init from config), or a BinaryEmbedder checkpoint path (--full)",
+        help="'minilm' (all-MiniLM-L6-v2, offline), 'bert-mini' (random init from config), "
+        "or a BinaryEmbedder checkpoint path (--full)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -733,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if scored or extra_texts:
             log(
-                "--full trains on the pairs only: scored pairs (CoSENT) and distillation pool texts are head-only features, ignored"
+                "--full trains on the pairs only: scored pairs (CoSENT) and distillation pool texts "
+                "are head-only features, ignored"
             )
         set_seed(args.seed)
         if args.backbone == "bert-mini":
