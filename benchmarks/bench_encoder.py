@@ -20,8 +20,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bne.encoder import Encoder, minilm_dir  # noqa: E402
 
 THREADS = int(os.environ.get("BNE_BENCH_THREADS", "1"))
-WORDS = ("the quick brown fox jumps over a lazy dog while researchers measure protein expression in mouse "
-         "models of chronic inflammation and report significant effects").split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "researchers",
+    "measure",
+    "protein",
+    "expression",
+    "in",
+    "mouse",
+    "models",
+    "of",
+    "chronic",
+    "inflammation",
+    "and",
+    "report",
+    "significant",
+    "effects",
+]
 SHORT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 8)) + "." for i in range(256)]
 PASSAGES = [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(140)) for i in range(32)]  # > 128 tokens, truncated
 
@@ -55,25 +79,37 @@ def _rate(benchmark, n):
 
 @pytest.mark.benchmark(group="short sentences x256")
 def test_bne_short(benchmark, bne_enc):
-    benchmark.pedantic(bne_enc.encode, args=(SHORT,), kwargs={"batch_size": 64, "show_progress": False}, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        bne_enc.encode, args=(SHORT,), kwargs={"batch_size": 64, "show_progress": False}, rounds=3, warmup_rounds=1
+    )
     _rate(benchmark, len(SHORT))
 
 
 @pytest.mark.benchmark(group="short sentences x256")
 def test_st_short(benchmark, st_model):
-    benchmark.pedantic(st_model.encode, args=(SHORT,), kwargs={"batch_size": 64, "show_progress_bar": False}, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        st_model.encode, args=(SHORT,), kwargs={"batch_size": 64, "show_progress_bar": False}, rounds=3, warmup_rounds=1
+    )
     _rate(benchmark, len(SHORT))
 
 
 @pytest.mark.benchmark(group="128-token passages x32")
 def test_bne_passages(benchmark, bne_enc):
-    benchmark.pedantic(bne_enc.encode, args=(PASSAGES,), kwargs={"batch_size": 32, "show_progress": False}, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        bne_enc.encode, args=(PASSAGES,), kwargs={"batch_size": 32, "show_progress": False}, rounds=3, warmup_rounds=1
+    )
     _rate(benchmark, len(PASSAGES))
 
 
 @pytest.mark.benchmark(group="128-token passages x32")
 def test_st_passages(benchmark, st_model):
-    benchmark.pedantic(st_model.encode, args=(PASSAGES,), kwargs={"batch_size": 32, "show_progress_bar": False}, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        st_model.encode,
+        args=(PASSAGES,),
+        kwargs={"batch_size": 32, "show_progress_bar": False},
+        rounds=3,
+        warmup_rounds=1,
+    )
     _rate(benchmark, len(PASSAGES))
 
 

@@ -29,8 +29,32 @@ from bne.encoder.base import default_head, minilm_dir  # noqa: E402
 from bne.encoder.data import data_root, load_beir  # noqa: E402
 
 THREADS = [int(t) for t in os.environ.get("BNE_BENCH_THREADS", "1,2").split(",")]
-WORDS = ("the quick brown fox jumps over a lazy dog while researchers measure protein expression in mouse "
-         "models of chronic inflammation and report significant effects").split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "researchers",
+    "measure",
+    "protein",
+    "expression",
+    "in",
+    "mouse",
+    "models",
+    "of",
+    "chronic",
+    "inflammation",
+    "and",
+    "report",
+    "significant",
+    "effects",
+]
 SHORT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 8)) + "." for i in range(256)]
 
 
@@ -97,9 +121,15 @@ def test_encode(benchmark, backend, case, threads):
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory):
     d = tmp_path_factory.mktemp("cold")
-    (d / "four.txt").write_text("the cat sat on the mat\nprotein folding in mice\nbinary codes for search\nstock markets fell today\n")
-    subprocess.run([sys.executable, "-m", "bne.cli", "build", "four.txt", "-o", "four.bne", "-q", "--device", "cpu"],
-                   cwd=d, check=True, capture_output=True)
+    (d / "four.txt").write_text(
+        "the cat sat on the mat\nprotein folding in mice\nbinary codes for search\nstock markets fell today\n"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "bne.cli", "build", "four.txt", "-o", "four.bne", "-q", "--device", "cpu"],
+        cwd=d,
+        check=True,
+        capture_output=True,
+    )
     return d
 
 
@@ -108,8 +138,12 @@ def test_cold_search(benchmark, tiny_index):
     benchmark.group = "cold start: bne search, 4 documents"
 
     def run():
-        subprocess.run([sys.executable, "-m", "bne.cli", "search", "four.bne", "a kitten", "-k", "2"], cwd=tiny_index,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "bne.cli", "search", "four.bne", "a kitten", "-k", "2"],
+            cwd=tiny_index,
+            check=True,
+            capture_output=True,
+        )
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     t = time.perf_counter()

@@ -75,9 +75,11 @@ def test_file_scale(benchmark, folder, n, bits):
     in_ram = float(np.median(times))
     np.testing.assert_array_equal(D, rD)
     np.testing.assert_array_equal(I, rI)
-    print(f"\n{n:,} x {bits} bits: file {size / 2**30:.2f} GiB written in {build_s:.1f} s; open {open_ms:.2f} ms "
-          f"(median of 20 more: {np.median(opens):.2f} ms); RSS +{grown / 2**20:.2f} MiB on open; "
-          f"search {NQ} queries: mapped {mapped * 1e3:.1f} ms, in RAM {in_ram * 1e3:.1f} ms, ratio {mapped / in_ram:.2f}")
+    print(
+        f"\n{n:,} x {bits} bits: file {size / 2**30:.2f} GiB written in {build_s:.1f} s; open {open_ms:.2f} ms "
+        f"(median of 20 more: {np.median(opens):.2f} ms); RSS +{grown / 2**20:.2f} MiB on open; "
+        f"search {NQ} queries: mapped {mapped * 1e3:.1f} ms, in RAM {in_ram * 1e3:.1f} ms, ratio {mapped / in_ram:.2f}"
+    )
     benchmark.extra_info.update(open_ms=open_ms, rss_growth_bytes=grown, mapped_over_ram=mapped / in_ram)
 
 
@@ -88,7 +90,7 @@ def test_100m_codes(benchmark, folder):
     rng = np.random.default_rng(0)
     t = time.perf_counter()
     with bne.open(path, mode="a", bits=bits) as w:
-        for start in range(0, n, 5_000_000):
+        for _start in range(0, n, 5_000_000):
             w.add(rng.integers(0, 256, (5_000_000, bits // 8), dtype=np.uint8))
             w.commit()
     build_s = time.perf_counter() - t
@@ -100,9 +102,11 @@ def test_100m_codes(benchmark, folder):
     idx.search(q, K)
     cold = time.perf_counter() - cold
     benchmark.pedantic(lambda: idx.search(q, K), rounds=3, warmup_rounds=0)
-    print(f"\n100M x 1024 bits ({os.path.getsize(path) / 2**30:.1f} GiB, {len(idx.segments())} segments) written in "
-          f"{build_s:.0f} s; open {open_ms:.2f} ms; first search {cold:.2f} s; then {benchmark.stats.stats.median:.2f} s "
-          f"for {NQ} queries")
+    print(
+        f"\n100M x 1024 bits ({os.path.getsize(path) / 2**30:.1f} GiB, {len(idx.segments())} segments) written in "
+        f"{build_s:.0f} s; open {open_ms:.2f} ms; first search {cold:.2f} s; then {benchmark.stats.stats.median:.2f} s "
+        f"for {NQ} queries"
+    )
 
 
 def _median_ms(fn, rounds=15):
@@ -134,14 +138,17 @@ def test_committed_file_vs_one_segment(benchmark, folder, commits, per_commit):
     ram.save(one)
     idx, ref = bne.open(path), bne.open(one)
     q = rng.integers(0, 256, (NQ, bits // 8), dtype=np.uint8)
-    for got, want in zip(idx.search(q, K), ram.search(q, K)):
+    for got, want in zip(idx.search(q, K), ram.search(q, K), strict=True):
         np.testing.assert_array_equal(got, want)
     benchmark.pedantic(lambda: idx.search(q, K), rounds=15, warmup_rounds=2)
     file_ms = benchmark.stats.stats.median * 1e3
     one_ms, ram_ms = _median_ms(lambda: ref.search(q, K)), _median_ms(lambda: ram.search(q, K))
     size = os.path.getsize(path)
-    print(f"\n{commits} commits x {per_commit} codes ({n:,} x {bits} bits): file {size / 2**20:.2f} MiB, "
-          f"{idx.info()['segments']} segments; search {NQ} queries: {file_ms:.2f} ms, one segment {one_ms:.2f} ms "
-          f"(ratio {file_ms / one_ms:.2f}), in RAM {ram_ms:.2f} ms (ratio {file_ms / ram_ms:.2f})")
-    benchmark.extra_info.update(file_bytes=size, segments=idx.info()["segments"], over_one_segment=file_ms / one_ms,
-                                over_ram=file_ms / ram_ms)
+    print(
+        f"\n{commits} commits x {per_commit} codes ({n:,} x {bits} bits): file {size / 2**20:.2f} MiB, "
+        f"{idx.info()['segments']} segments; search {NQ} queries: {file_ms:.2f} ms, one segment {one_ms:.2f} ms "
+        f"(ratio {file_ms / one_ms:.2f}), in RAM {ram_ms:.2f} ms (ratio {file_ms / ram_ms:.2f})"
+    )
+    benchmark.extra_info.update(
+        file_bytes=size, segments=idx.info()["segments"], over_one_segment=file_ms / one_ms, over_ram=file_ms / ram_ms
+    )

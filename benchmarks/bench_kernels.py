@@ -44,7 +44,7 @@ def test_kernels_vs_serial(benchmark, capsys, codes, nq):
             t0 = time.perf_counter()
             got = fn()
             best[name] = min(best[name], time.perf_counter() - t0)
-            for a, b in zip(got, want):  # a speed-up only counts with the oracle's answer
+            for a, b in zip(got, want, strict=True):  # a speed-up only counts with the oracle's answer
                 np.testing.assert_array_equal(a, b)
     active = bne.kernel_info()["kernel"]
     benchmark.pedantic(run[active], rounds=ROUNDS, iterations=1)

@@ -2,7 +2,8 @@
 
     python -m pytest benchmarks/bench_search.py --benchmark-only          # all cases (a few minutes)
     BNE_ISA=avx2 FAISS_SIMD_LEVEL=AVX2 python -m pytest benchmarks/bench_search.py --benchmark-only -k "1024 and nq16"
-    taskset -c 0 python -m pytest benchmarks/bench_search.py --benchmark-only -k "one_core"   # one core vs FAISS and the limit
+    # one core vs FAISS and the limit:
+    taskset -c 0 python -m pytest benchmarks/bench_search.py --benchmark-only -k one_core
 
 Sizes: BNE_BENCH_N (default 1,000,000 codes). Ratios are printed at the end of the run.
 
@@ -87,8 +88,9 @@ def test_segments(benchmark, recorder, segments):
 
 # -- one core, interleaved with FAISS and the limit yardstick -------------------------------------
 
-HAMLIMIT = os.environ.get("BNE_HAMLIMIT_SRC", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools",
-                                                            "hamlimit.cpp"))
+HAMLIMIT = os.environ.get(
+    "BNE_HAMLIMIT_SRC", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools", "hamlimit.cpp")
+)
 
 
 def build_hamlimit():
@@ -96,8 +98,9 @@ def build_hamlimit():
     if not os.path.exists(HAMLIMIT) or not shutil.which("g++") or "avx512" not in bne.available_isas():
         return None
     exe = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bne-hamlimit-{os.getpid()}")
-    r = subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-pthread", HAMLIMIT, "-o", exe],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["g++", "-O3", "-march=native", "-std=c++17", "-pthread", HAMLIMIT, "-o", exe], capture_output=True, text=True
+    )
     return exe if r.returncode == 0 else None
 
 
@@ -145,9 +148,11 @@ def test_one_core_interleaved(benchmark, bits, nq):
     benchmark.pedantic(lambda: index.search(q, K, threads=1), rounds=3 if nq < 1000 else 1, warmup_rounds=0)
     b_wall, b_cpu = min(w for w, _ in rows["bne"]), min(c for _, c in rows["bne"])
     f_wall, f_cpu = min(w for w, _ in rows["faiss"]), min(c for _, c in rows["faiss"])
-    line = (f"\n[one core, {bits} bits, nq={nq}, {bne.kernel_info()['kernel']}] bne {b_wall * 1e3:.1f} ms "
-            f"(cpu {b_cpu * 1e3:.1f}), faiss {f_wall * 1e3:.1f} ms (cpu {f_cpu * 1e3:.1f}): faiss/bne "
-            f"{f_wall / b_wall:.2f} wall, {f_cpu / b_cpu:.2f} cpu")
+    line = (
+        f"\n[one core, {bits} bits, nq={nq}, {bne.kernel_info()['kernel']}] bne {b_wall * 1e3:.1f} ms "
+        f"(cpu {b_cpu * 1e3:.1f}), faiss {f_wall * 1e3:.1f} ms (cpu {f_cpu * 1e3:.1f}): faiss/bne "
+        f"{f_wall / b_wall:.2f} wall, {f_cpu / b_cpu:.2f} cpu"
+    )
     if rows["limit"]:
         lim = min(w for w, _ in rows["limit"])
         line += f"; limit yardstick {lim * 1e3:.1f} ms: bne/limit {b_wall / lim:.2f} wall, {b_cpu / lim:.2f} cpu"
@@ -176,8 +181,10 @@ def test_threads_single_query(benchmark, bits):
         one.append(timed(lambda: index.search(q, K, threads=1), 1)[0])
         many.append(timed(lambda: index.search(q, K, threads=cores), 1)[0])
     benchmark.pedantic(lambda: index.search(q, K, threads=cores), rounds=5, warmup_rounds=1)
-    line = (f"[nq=1, {bits} bits] 1 thread {np.median(one) * 1e3:.2f} ms, {cores} threads "
-            f"{np.median(many) * 1e3:.2f} ms (medians): ratio {np.median(many) / np.median(one):.2f} "
-            f"(best-of: {min(many) / min(one):.2f})")
+    line = (
+        f"[nq=1, {bits} bits] 1 thread {np.median(one) * 1e3:.2f} ms, {cores} threads "
+        f"{np.median(many) * 1e3:.2f} ms (medians): ratio {np.median(many) / np.median(one):.2f} "
+        f"(best-of: {min(many) / min(one):.2f})"
+    )
     print("\n" + line)
     INTERLEAVED.append(line)

@@ -59,14 +59,22 @@ def test_sharded_vs_single(benchmark, setup):
     t_q1 = med(lambda: sharded.search(q[:1], K))
     t_q1_single = med(lambda: index.search(q[:1], K, threads=SHARDS))
     ping = med(lambda: ray.get([a.info.remote() for a in sharded.actors]), rounds=50)
-    parts = [(np.zeros((NQ, K), np.int32), np.arange(NQ * K).reshape(NQ, K) + i * 10**6, np.arange(NQ * K).reshape(NQ, K))
-             for i in range(8)]
+    parts = [
+        (np.zeros((NQ, K), np.int32), np.arange(NQ * K).reshape(NQ, K) + i * 10**6, np.arange(NQ * K).reshape(NQ, K))
+        for i in range(8)
+    ]
     merge = med(lambda: bne.index.merge_topk(parts, K, NQ), rounds=200)
     rate = N / t_one_thread  # codes scanned per second per core at nq=16
     print(f"\n{N:,} x {BITS} bits, {SHARDS} shards (1 thread each), {NQ} queries, k={K}:")
-    print(f"  sharded on Ray {t_sharded * 1e3:.2f} ms | one process, {SHARDS} threads {t_single * 1e3:.2f} ms | "
-          f"one thread {t_one_thread * 1e3:.2f} ms")
-    print(f"  overhead per call {(t_sharded - t_single) * 1e3:.2f} ms; nq=1: sharded {t_q1 * 1e3:.2f} ms vs "
-          f"{t_q1_single * 1e3:.2f} ms")
-    print(f"  actor round trip (all shards) {ping * 1e3:.2f} ms; merge of 8 shard lists {merge * 1e6:.0f} us; "
-          f"scan rate {rate / 1e6:.1f} M codes/s/core at nq={NQ}")
+    print(
+        f"  sharded on Ray {t_sharded * 1e3:.2f} ms | one process, {SHARDS} threads {t_single * 1e3:.2f} ms | "
+        f"one thread {t_one_thread * 1e3:.2f} ms"
+    )
+    print(
+        f"  overhead per call {(t_sharded - t_single) * 1e3:.2f} ms; nq=1: sharded {t_q1 * 1e3:.2f} ms vs "
+        f"{t_q1_single * 1e3:.2f} ms"
+    )
+    print(
+        f"  actor round trip (all shards) {ping * 1e3:.2f} ms; merge of 8 shard lists {merge * 1e6:.0f} us; "
+        f"scan rate {rate / 1e6:.1f} M codes/s/core at nq={NQ}"
+    )

@@ -34,16 +34,25 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"{'case':42s} {'bne ms':>9s} {'faiss ms':>9s} {'faiss/bne':>9s} {'bne/stream':>10s}")
     out = []
     for case, t, ft, st in rows:
-        label = ", ".join(f"{k}={v}" for k, v in zip(("codes", "bits", "nq", "threads", "isa"), case))
+        label = ", ".join(f"{k}={v}" for k, v in zip(("codes", "bits", "nq", "threads", "isa"), case, strict=True))
         ratio = f"{ft / t:9.2f}" if ft else f"{'-':>9s}"
         sratio = f"{t / st:10.2f}" if st and case[2] == 1 else f"{'-':>10s}"
         tr.write_line(f"{label:42s} {t * 1e3:9.2f} {ft * 1e3 if ft else float('nan'):9.2f} {ratio} {sratio}")
-        out.append({"case": dict(zip(("codes", "bits", "nq", "threads", "isa"), case)), "bne_s": t, "faiss_s": ft,
-                    "stream_s": st, "faiss_over_bne": ft / t if ft else None})
+        out.append(
+            {
+                "case": dict(zip(("codes", "bits", "nq", "threads", "isa"), case, strict=True)),
+                "bne_s": t,
+                "faiss_s": ft,
+                "stream_s": st,
+                "faiss_over_bne": ft / t if ft else None,
+            }
+        )
     if seg and 1 in seg:
         tr.write_sep("=", "many segments vs one (one native call, 1M x 1024, nq=16, medians)")
         for count in sorted(seg):
-            tr.write_line(f"{count:6d} segments {seg[count] * 1e3:9.2f} ms   ratio to one segment {seg[count] / seg[1]:.2f}")
+            tr.write_line(
+                f"{count:6d} segments {seg[count] * 1e3:9.2f} ms   ratio to one segment {seg[count] / seg[1]:.2f}"
+            )
     try:
         from bench_search import INTERLEAVED
     except ImportError:

@@ -27,7 +27,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--variants", default="torch-fp32,onnx-fp32,openvino-fp32,openvino-bf16,torch-bf16,sentence-transformers")
+    p.add_argument(
+        "--variants", default="torch-fp32,onnx-fp32,openvino-fp32,openvino-bf16,torch-bf16,sentence-transformers"
+    )
     p.add_argument("--data", default=None)
     args = p.parse_args()
 
@@ -56,7 +58,7 @@ def main() -> None:
     wall: dict[str, list[float]] = {v: [] for v in fns}
     cpu: dict[str, list[float]] = {v: [] for v in fns}
     out = {}
-    for v, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn(texts[: args.batch_size])
     for _ in range(args.rounds):
         for v, fn in fns.items():
@@ -69,8 +71,10 @@ def main() -> None:
     print(f"{'variant':24s} {'median/s':>9s} {'best/s':>8s} {'cpu ms/text':>12s} {'bits = torch fp32':>18s}")
     for v in fns:
         eq = "-" if ref is None or out[v][0] is None else f"{np.mean((out[v][1] >= 0) == ref) * 100:.3f} %"
-        print(f"{v:24s} {len(texts) / np.median(wall[v]):9.1f} {len(texts) / min(wall[v]):8.1f} "
-              f"{np.median(cpu[v]) / len(texts) * 1e3:12.1f} {eq:>18s}")
+        print(
+            f"{v:24s} {len(texts) / np.median(wall[v]):9.1f} {len(texts) / min(wall[v]):8.1f} "
+            f"{np.median(cpu[v]) / len(texts) * 1e3:12.1f} {eq:>18s}"
+        )
 
 
 if __name__ == "__main__":

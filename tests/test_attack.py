@@ -24,7 +24,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import random_codes
 
 HERE = pathlib.Path(__file__).parent
@@ -146,9 +145,11 @@ def race_attack(tmp_path, seconds):
     path = tmp_path / "race.bne"
     with bne.open(path, mode="a", bits=256) as w:
         w.add(code_of([0], 32), ids=[0])
-    log = open(tmp_path / "writer.log", "w+")  # a file, not a pipe: a long run must never block the writer
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(seconds),
-                               str(HERE)], stdout=log, text=True)
+    log_path = tmp_path / "writer.log"  # a file, not a pipe: a long run must never block the writer
+    with log_path.open("w") as log:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(seconds), str(HERE)], stdout=log, text=True
+        )
     newest, reads = 0, 0
     try:
         while writer.poll() is None:
@@ -162,9 +163,7 @@ def race_attack(tmp_path, seconds):
             reads += 1
     finally:
         writer.wait(timeout=120)
-        log.seek(0)
-        out = log.read().split()
-        log.close()
+    out = log_path.read_text().split()
     assert writer.returncode == 0 and out
     expect = set(range(int(out[-2]))) - {int(x) for x in out[1::2]}
     final = bne.open(path, verify=True)

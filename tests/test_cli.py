@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import bne
@@ -26,8 +25,15 @@ DOCS = [
 
 def bne_cmd(*args, cwd=None, input=None, check=False, timeout=300):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-m", "bne.cli", *map(str, args)], cwd=cwd, input=input, capture_output=True,
-                         text=True, timeout=timeout, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "bne.cli", *map(str, args)],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -58,7 +64,9 @@ def test_build_search_info_verify(built):
     lines = [line for line in out.stdout.splitlines() if re.match(r"\s+\d+\.", line)]
     assert len(lines) == 2 and ("cat" in out.stdout or "kitten" in out.stdout)
     assert re.search(r"encode [\d.]+ ms, search [\d.]+ ms", out.stderr)
-    out = bne_cmd("search", d / "docs.bne", "--json", "-k", "3", "--queries", "-", input="interest rates\nbread\n", check=True)
+    out = bne_cmd(
+        "search", d / "docs.bne", "--json", "-k", "3", "--queries", "-", input="interest rates\nbread\n", check=True
+    )
     res = json.loads(out.stdout)
     assert [r["query"] for r in res["results"]] == ["interest rates", "bread"]
     assert res["results"][0]["hits"][0]["snippet"].startswith("Central banks")
@@ -67,7 +75,9 @@ def test_build_search_info_verify(built):
     out = bne_cmd("search", d / "docs.bne", "interest rates", "--rescore", "5", "--json", check=True)
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"].startswith("Central banks")
     info = json.loads(bne_cmd("info", d / "docs.bne", "--json", check=True).stdout)
-    assert info["bits"] == 1024 and info["live"] == 6 and info["documents"] == 6 and info["metadata"]["model"] == "default"
+    assert (
+        info["bits"] == 1024 and info["live"] == 6 and info["documents"] == 6 and info["metadata"]["model"] == "default"
+    )
     assert "every checksum matches" in bne_cmd("verify", d / "docs.bne", check=True).stdout
 
 
@@ -79,7 +89,10 @@ def test_append_skips_known_documents(built, tmp_path):
     assert "1 added, 6 already present" in out.stdout
     assert len(bne.open(d / "docs.bne")) == 7
     out = bne_cmd("build", more, "-o", d / "docs.bne", "--append", "--bits", "2048", "-q")
-    assert out.returncode == 2 and "was built with model 'default' at 1024 bits; asked for 'default' at 2048 bits" in out.stderr
+    assert (
+        out.returncode == 2
+        and "was built with model 'default' at 1024 bits; asked for 'default' at 2048 bits" in out.stderr
+    )
 
 
 def test_verify_fails_on_damage(built, tmp_path):
@@ -120,7 +133,9 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 def test_corpus_formats(tmp_path):
     from bne.corpus import read_corpus
 
-    (tmp_path / "a.jsonl").write_text('{"_id": "d1", "title": "T", "text": "hello", "year": 2020}\n\n{"id": 7, "text": "x"}\n')
+    (tmp_path / "a.jsonl").write_text(
+        '{"_id": "d1", "title": "T", "text": "hello", "year": 2020}\n\n{"id": 7, "text": "x"}\n'
+    )
     (tmp_path / "a.tsv").write_text("id\ttitle\ttext\nq1\tTitle\tsome text\n")
     (tmp_path / "a.csv").write_text('k1,"a, quoted text"\n')
     docs = list(read_corpus(tmp_path / "a.jsonl"))
@@ -131,6 +146,15 @@ def test_corpus_formats(tmp_path):
     (tmp_path / "beir").mkdir()
     (tmp_path / "beir" / "corpus.jsonl").write_text('{"_id": "a", "text": "b"}\n')
     assert [d.ext_id for d in read_corpus(tmp_path / "beir")] == ["a"]
+
+
+def test_corpus_json_errors_name_the_line(tmp_path):
+    from bne.corpus import CorpusError, read_corpus
+
+    for line, problem in (('{"text": "a"', "Expecting"), ('{"text": "a", "n": ' + "1" * 5000 + "}", "4300 digits")):
+        (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n' + line + "\n")
+        with pytest.raises(CorpusError, match=rf"bad.jsonl:2: not valid JSON \(.*{problem}"):
+            list(read_corpus(tmp_path / "bad.jsonl"))
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):

@@ -29,8 +29,12 @@ from bne import cli
 from bne.corpus import CorpusError, Doc, read_corpus, txt_key
 from bne.docstore import DocStore, DocStoreError, path_for
 
-QUICK = ["The cat sat on the mat.", "A dog barked at the mailman.", "Stock markets fell sharply today.",
-         "The kitten slept on the rug."]
+QUICK = [
+    "The cat sat on the mat.",
+    "A dog barked at the mailman.",
+    "Stock markets fell sharply today.",
+    "The kitten slept on the rug.",
+]
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # what must never reach the terminal (newline ends a line)
 
 
@@ -53,7 +57,9 @@ def run(*args, cwd=None) -> tuple[int, str, str]:
 
 def one_line_error(code, err, *needles):
     assert code not in (0, None), err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("usage:") and not line.startswith(" ")]
+    lines = [
+        line for line in err.splitlines() if line.strip() and not line.startswith("usage:") and not line.startswith(" ")
+    ]
     assert len(lines) == 1 and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], lines[0]
@@ -78,7 +84,10 @@ def plain_index(folder, texts, *, metadata=None, ext_ids=None, store=True):
         idx.add(codes, ids=np.arange(len(texts), dtype=np.int64))
     if store:
         s = DocStore(path, create=True)
-        s.insert(range(len(texts)), [Doc(e, t) for e, t in zip(ext_ids or [f"d{i}" for i in range(len(texts))], texts)])
+        s.insert(
+            range(len(texts)),
+            [Doc(e, t) for e, t in zip(ext_ids or [f"d{i}" for i in range(len(texts))], texts, strict=True)],
+        )
         s.commit()
         s.close()
     return path
@@ -179,14 +188,17 @@ def test_garbage_docstore_is_a_one_line_error_naming_it(tmp_path):
         DocStore(idx)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--threads", "-1"], "--threads"),
-    (["--threads", "0"], "--threads"),
-    (["--commit-every", "0"], "--commit-every"),
-    (["--commit-every", "-5"], "--commit-every"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--threads", "two"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--threads", "-1"], "--threads"),
+        (["--threads", "0"], "--threads"),
+        (["--commit-every", "0"], "--commit-every"),
+        (["--commit-every", "-5"], "--commit-every"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--threads", "two"], "--threads"),
+    ],
+)
 def test_bad_numbers_fail_before_any_file_exists(tmp_path, args, needle):
     (tmp_path / "docs.txt").write_text("hello\n")
     code, out, err = run("build", tmp_path / "docs.txt", "-o", tmp_path / "x.bne", *args)
@@ -194,10 +206,15 @@ def test_bad_numbers_fail_before_any_file_exists(tmp_path, args, needle):
     assert sorted(os.listdir(tmp_path)) == ["docs.txt"]  # item 12: nothing created
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["-k", "0"], "-k"), (["-k", "2147483648"], "-k"), (["--threads", "-1"], "--threads"),
-    (["--rescore", "0"], "--rescore"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["-k", "0"], "-k"),
+        (["-k", "2147483648"], "-k"),
+        (["--threads", "-1"], "--threads"),
+        (["--rescore", "0"], "--rescore"),
+    ],
+)
 def test_bad_search_numbers(tmp_path, args, needle):
     idx = plain_index(tmp_path, QUICK)
     one_line_error(*run("search", idx, "cat", *args)[::2], needle)
@@ -231,8 +248,10 @@ def test_read_only_folder_can_be_searched():
         legacy = os.path.join(folder, "legacy.bne")
         shutil.copy(idx, legacy)
         db = sqlite3.connect(path_for(legacy))
-        db.executescript("CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, "
-                         "meta TEXT); CREATE INDEX docs_ext_id ON docs(ext_id); PRAGMA journal_mode=WAL;")
+        db.executescript(
+            "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, "
+            "meta TEXT); CREATE INDEX docs_ext_id ON docs(ext_id); PRAGMA journal_mode=WAL;"
+        )
         db.executemany("INSERT INTO docs VALUES (?, ?, '', ?, '')", [(i, str(i), t) for i, t in enumerate(QUICK)])
         db.commit()
         db.close()
@@ -242,11 +261,14 @@ def test_read_only_folder_can_be_searched():
         os.chmod(folder, 0o555)
         prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        script = ("import sys; from bne.cli import main; "
-                  "sys.exit(main(['info', sys.argv[1]]) or main(['info', sys.argv[2]]) or "
-                  "main(['search', sys.argv[1], 'a cat', '-k', '4']) or main(['search', sys.argv[2], 'a cat', '-k', '4']))")
-        res = subprocess.run(prefix + [sys.executable, "-c", script, idx, legacy], capture_output=True, text=True,
-                             env=env, timeout=300)
+        script = (
+            "import sys; from bne.cli import main; "
+            "sys.exit(main(['info', sys.argv[1]]) or main(['info', sys.argv[2]]) or "
+            "main(['search', sys.argv[1], 'a cat', '-k', '4']) or main(['search', sys.argv[2], 'a cat', '-k', '4']))"
+        )
+        res = subprocess.run(
+            prefix + [sys.executable, "-c", script, idx, legacy], capture_output=True, text=True, env=env, timeout=300
+        )
         assert res.returncode == 0, res.stderr
         assert len(re.findall(r"documents\s+4", res.stdout)) == 2, res.stdout
         for t in QUICK:  # every text came back, from both docstores
@@ -264,7 +286,7 @@ def test_disk_full_in_the_docstore_is_one_line_and_leaves_nothing(tmp_path):
     import resource
     import signal
 
-    big = ["document %d " % i + "lorem ipsum dolor sit amet " * 1200 for i in range(16)]  # ~32 KB each
+    big = [f"document {i} " + "lorem ipsum dolor sit amet " * 1200 for i in range(16)]  # ~32 KB each
     (tmp_path / "big.txt").write_text("\n".join(big) + "\n")
 
     def limit():
@@ -272,8 +294,15 @@ def test_disk_full_in_the_docstore_is_one_line_and_leaves_nothing(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "big.bne", "-q"], cwd=tmp_path,
-                         capture_output=True, text=True, env=env, preexec_fn=limit, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "big.bne", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limit,
+        timeout=300,
+    )
     line = one_line_error(res.returncode, res.stderr, "big.bne.docs.sqlite")
     assert re.search(r"full|too large|I/O", line), line
     assert sorted(os.listdir(tmp_path)) == ["big.txt"]
@@ -322,10 +351,15 @@ def test_queries_jsonl_is_parsed(quick, tmp_path):
     q = tmp_path / "queries.jsonl"
     q.write_text('{"_id": "q1", "text": "a small kitten sleeping"}\n\n"stock market crash"\n')
     res = search_json(quick / "docs.bne", "--queries", q, "-k", "1")
-    assert [(r["query"], r.get("query_id")) for r in res] == [("a small kitten sleeping", "q1"), ("stock market crash", None)]
+    assert [(r["query"], r.get("query_id")) for r in res] == [
+        ("a small kitten sleeping", "q1"),
+        ("stock market crash", None),
+    ]
     assert res[0]["hits"][0]["snippet"] in (QUICK[0], QUICK[3]) and res[1]["hits"][0]["snippet"] == QUICK[2]
     q.write_text('{"_id": "q1", "title": "no text"}\n')
     one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "text")
+    q.write_text('{"_id": "q1", "text": "a", "n": ' + "1" * 5000 + "}\n")  # json raises a plain ValueError
+    one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "not valid JSON")
 
 
 def test_rescore_without_a_number_keeps_the_query(quick):
@@ -377,8 +411,12 @@ def test_search_escapes_docstore_text_and_ids(quick, tmp_path):
 def test_queries_that_are_not_utf8_are_one_line_errors(tmp_path):
     idx = plain_index(tmp_path, QUICK)
     one_line_error(*run("search", idx, "caf\udce9")[::2], "caf\\udce9", "not UTF-8")  # argv bytes 63 61 66 e9
-    res = subprocess.run([sys.executable, "-m", "bne.cli", "search", idx, "--queries", "-"], input=b"ok\ncaf\xe9\n",
-                         capture_output=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "search", idx, "--queries", "-"],
+        input=b"ok\ncaf\xe9\n",
+        capture_output=True,
+        timeout=120,
+    )
     one_line_error(res.returncode, res.stderr.decode(), "<stdin>:2", "not UTF-8")
 
 
@@ -391,11 +429,14 @@ def test_error_messages_are_escaped(tmp_path):
 # -- item 14: SQL stored in a docstore never runs -----------------------------------------------
 
 
-@pytest.mark.parametrize("sql", [
-    "CREATE TRIGGER wipe AFTER INSERT ON docs BEGIN DELETE FROM docs; END",
-    "CREATE VIEW v AS SELECT 1",
-    "CREATE TABLE extra (x)",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TRIGGER wipe AFTER INSERT ON docs BEGIN DELETE FROM docs; END",
+        "CREATE VIEW v AS SELECT 1",
+        "CREATE TABLE extra (x)",
+    ],
+)
 def test_docstore_with_unknown_schema_objects_is_refused(tmp_path, sql):
     idx = plain_index(tmp_path, QUICK)
     db = sqlite3.connect(path_for(idx))
@@ -415,8 +456,10 @@ def test_docstore_with_unknown_schema_objects_is_refused(tmp_path, sql):
 
 def test_docstore_with_a_changed_docs_table_is_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "x.bne.docs.sqlite")
-    db.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, "
-               "text TEXT NOT NULL DEFAULT (load_extension('x')), meta TEXT)")
+    db.execute(
+        "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, "
+        "text TEXT NOT NULL DEFAULT (load_extension('x')), meta TEXT)"
+    )
     db.commit()
     db.close()
     with pytest.raises(DocStoreError, match="table 'docs'"):
@@ -436,7 +479,9 @@ def test_docstore_fifo_is_refused_without_blocking(tmp_path):
 def test_manifest_paths_stay_inside_its_folder(tmp_path, monkeypatch, shard):
     from bne import distributed
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"bits": 1024, "shards": ["shard-0.bne", shard], "metadata": {}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"bits": 1024, "shards": ["shard-0.bne", shard], "metadata": {}})
+    )
     with pytest.raises(ValueError, match="manifest"):
         distributed.read_manifest(tmp_path)
     started = []
@@ -448,7 +493,9 @@ def test_manifest_paths_stay_inside_its_folder(tmp_path, monkeypatch, shard):
 def test_manifest_paths_inside_are_kept(tmp_path):
     from bne import distributed
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"bits": 1024, "shards": ["a.bne", "sub/./b.bne"], "metadata": {}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"bits": 1024, "shards": ["a.bne", "sub/./b.bne"], "metadata": {}})
+    )
     paths, _ = distributed.read_manifest(tmp_path / "manifest.json")
     assert paths == [str(tmp_path / "a.bne"), str(tmp_path / "sub" / "b.bne")]
 
@@ -491,8 +538,9 @@ def test_ctrl_c_then_append_resumes_exactly(tmp_path):
     idx = tmp_path / "r.bne"
     for target in (500, 1500):
         cmd = [sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "r.bne", "-q", "--commit-every", "50"]
-        p = subprocess.Popen(cmd + (["--append"] if idx.exists() else []), cwd=tmp_path, env=env, stderr=subprocess.PIPE,
-                             text=True)
+        p = subprocess.Popen(
+            cmd + (["--append"] if idx.exists() else []), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
         while p.poll() is None:
             try:
                 if len(bne.open(idx)) >= target:
@@ -540,8 +588,11 @@ def test_mutated_docstores_fail_cleanly(tmp_path, trials):
 def test_safe_and_json_text_leave_no_control_character():
     import unicodedata
 
-    bad = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs")
-           or 0x202A <= c <= 0x202E or 0x2066 <= c <= 0x2069]
+    bad = [
+        chr(c)
+        for c in range(0x110000)
+        if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs") or 0x202A <= c <= 0x202E or 0x2066 <= c <= 0x2069
+    ]
     text = "".join(bad)
     shown = cli.safe(text)
     assert not any(c in shown for c in bad) and shown.count("\\") == len(bad)

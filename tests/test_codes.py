@@ -58,4 +58,6 @@ def test_faiss_fvecs2bitvecs_order(rng):
     faiss.fvecs2bitvecs(faiss.swig_ptr(x), faiss.swig_ptr(ref), 128, 6)
     np.testing.assert_array_equal(bne.pack(x, bitorder="little"), ref)
     # Distances do not depend on the order, as long as both sides use the same one.
-    np.testing.assert_array_equal(bne.hamming(bne.pack(x, bitorder="little"), ref), bne.hamming(bne.pack(x), bne.pack(x)))
+    np.testing.assert_array_equal(
+        bne.hamming(bne.pack(x, bitorder="little"), ref), bne.hamming(bne.pack(x), bne.pack(x))
+    )

@@ -78,7 +78,9 @@ def test_ctrl_c_interrupts_a_long_search():
     )
     env = dict(os.environ)
     env.pop("BNE_ISA", None)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(0.5)
@@ -166,5 +168,8 @@ def test_threads_clamped_to_the_cores():
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
     # Under an affinity of one core, the default is one thread.
     if hasattr(os, "sched_setaffinity"):
-        out = run_py("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import bne; print(bne.get_num_threads())")
+        out = run_py(
+            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "import bne; print(bne.get_num_threads())"
+        )
         assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr

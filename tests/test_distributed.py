@@ -25,8 +25,15 @@ def make_head(path: Path) -> bool:
     except ImportError:
         return False
     g = torch.Generator().manual_seed(0)
-    save_file({"projection.0.weight": torch.randn(1024, 384, generator=g), "projection.0.bias": torch.zeros(1024),
-               "projection.1.weight": torch.ones(1024), "projection.1.bias": torch.zeros(1024)}, str(path))
+    save_file(
+        {
+            "projection.0.weight": torch.randn(1024, 384, generator=g),
+            "projection.0.bias": torch.zeros(1024),
+            "projection.1.weight": torch.ones(1024),
+            "projection.1.bias": torch.zeros(1024),
+        },
+        str(path),
+    )
     return True
 
 
@@ -52,17 +59,37 @@ def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
     # A private Ray temp dir: `ray start` records "the latest cluster on this machine" there, and
     # ray.init() without an address would otherwise try a stale one left by another run.
     ray_tmp = tempfile.mkdtemp(prefix="bray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               RAY_TMPDIR=ray_tmp)
+    env = dict(
+        os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_TMPDIR=ray_tmp
+    )
     env.pop("RAY_ADDRESS", None)
     head = tmp_path / "head.safetensors"
     if make_head(head):
         env["BNE_TEST_HEAD"] = str(head)
     out = subprocess.run(
-        ["ip", "netns", "exec", loopback_namespace, sys.executable, "-m", "pytest", str(CASES), "-q",
-         "-p", "no:cacheprovider", "-o", "python_files=case_*.py", "-W", "ignore::DeprecationWarning",
-         "--basetemp", str(tmp_path / "cases")],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            "ip",
+            "netns",
+            "exec",
+            loopback_namespace,
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CASES),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "python_files=case_*.py",
+            "-W",
+            "ignore::DeprecationWarning",
+            "--basetemp",
+            str(tmp_path / "cases"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     shutil.rmtree(ray_tmp, ignore_errors=True)
     print(out.stdout[-4000:])

@@ -19,7 +19,14 @@ import bne  # noqa: E402
 from bne.encoder import BinaryEmbedder, Encoder, default_tokenizer, rescore_candidates, sign_ste  # noqa: E402
 from bne.encoder.data import data_root  # noqa: E402
 
-TINY = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=128, vocab_size=30522, max_position_embeddings=128)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=1,
+    intermediate_size=128,
+    vocab_size=30522,
+    max_position_embeddings=128,
+)
 TEXTS = ["hello world", "a man is playing a guitar", "the stock market fell sharply today", "x"]
 
 
@@ -67,8 +74,14 @@ def test_state_dict_layout(tiny):
 def test_default_config_is_bert_mini():
     m = BinaryEmbedder(binary_dim=256)
     c = m.encoder.config
-    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.vocab_size, c.max_position_embeddings) == (
-        256, 4, 4, 1024, 30522, 512)
+    assert (
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.vocab_size,
+        c.max_position_embeddings,
+    ) == (256, 4, 4, 1024, 30522, 512)
     assert m.state_dict()["projection.0.weight"].shape == (256, 256)
 
 
@@ -261,8 +274,28 @@ def test_train_head_only_deterministic(tmp_path):
     outs = []
     for run in ("a", "b"):
         out = tmp_path / run / "head"
-        assert main(["--data", str(tsv), "--out", str(out), "--bits", "128", "--epochs", "3", "--batch-size", "4",
-                     "--seed", "3", "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+        assert (
+            main(
+                [
+                    "--data",
+                    str(tsv),
+                    "--out",
+                    str(out),
+                    "--bits",
+                    "128",
+                    "--epochs",
+                    "3",
+                    "--batch-size",
+                    "4",
+                    "--seed",
+                    "3",
+                    "--quiet",
+                    "--cache-dir",
+                    str(tmp_path / "cache"),
+                ]
+            )
+            == 0
+        )
         outs.append(load_file(str(out.with_suffix(".safetensors"))))
         cfg = json.loads(out.with_suffix(".json").read_text())
         assert cfg["bits"] == 128 and cfg["objective"] == "distill+contrastive" and "bne train" in cfg["command"]
@@ -281,8 +314,24 @@ def test_train_full_deterministic_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mdl, "BERT_MINI_CONFIG", {**mdl.BERT_MINI_CONFIG, **TINY})
     tsv = _tiny_tsv(tmp_path)
-    common = ["--data", str(tsv), "--bits", "64", "--backbone", "bert-mini", "--full", "--epochs", "2", "--batch-size", "4",
-              "--max-length", "16", "--seed", "5", "--quiet"]
+    common = [
+        "--data",
+        str(tsv),
+        "--bits",
+        "64",
+        "--backbone",
+        "bert-mini",
+        "--full",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "16",
+        "--seed",
+        "5",
+        "--quiet",
+    ]
     w = []
     for run in ("a", "b"):
         out = tmp_path / run / "m"
@@ -310,8 +359,26 @@ def test_eval_tiny_slice(tmp_path, capsys):
     from bne.encoder.evaluate import main
 
     out = tmp_path / "r.json"
-    assert main(["--sts", "stsb-dev", "--beir", "scifact:train", "--limit", "8", "--max-length", "64", "--rescore", "20",
-                 "--quiet", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--sts",
+                "stsb-dev",
+                "--beir",
+                "scifact:train",
+                "--limit",
+                "8",
+                "--max-length",
+                "64",
+                "--rescore",
+                "20",
+                "--quiet",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())["runs"][0]
     sts = res["sts"]["stsb-dev"]
     assert set(sts) == {"float", "sign-384", "lsh-1024", "binary-1024"}

@@ -72,10 +72,18 @@ def _env(cache, **extra):
 def cache(tmp_path_factory):
     """A fresh cache filled by two processes that start exporting at the same time."""
     d = tmp_path_factory.mktemp("bne-cache")
-    procs = [subprocess.Popen([sys.executable, "-c", EXPORT_SCRIPT], env=_env(d), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", EXPORT_SCRIPT],
+            env=_env(d),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
-    return d, [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+    return d, [(p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
 
 
 @pytest.fixture()
@@ -93,7 +101,7 @@ def torch_enc():
 
 def test_concurrent_first_runs_export_once(cache):
     d, results = cache
-    for rc, out, err in results:
+    for rc, _out, err in results:
         assert rc == 0, err
     # both processes used the same file and got the same codes; the lock let only one export
     assert len({out for _, out, _ in results}) == 1
@@ -231,18 +239,22 @@ def test_torch_bf16_autocast_agrees(torch_enc):
 
 
 def _run_py(code, cache, timeout=300):
-    return subprocess.run([sys.executable, "-c", code], env=_env(cache), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=_env(cache), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_build_and_search_never_import_torch(use_cache, tmp_path):
     docs = tmp_path / "docs.txt"
-    docs.write_text("the cat sat on the mat\nprotein folding in mice\nbinary codes for fast search\nstock markets fell today\n")
+    docs.write_text(
+        "the cat sat on the mat\nprotein folding in mice\nbinary codes for fast search\nstock markets fell today\n"
+    )
     code = textwrap.dedent(
         f"""
         import sys, json
         from bne.cli import main
-        rc1 = main(["build", {str(docs)!r}, "-o", {str(tmp_path / 'd.bne')!r}, "-q", "--device", "auto"])
-        rc2 = main(["search", {str(tmp_path / 'd.bne')!r}, "a kitten", "-k", "2", "--json"])
+        rc1 = main(["build", {str(docs)!r}, "-o", {str(tmp_path / "d.bne")!r}, "-q", "--device", "auto"])
+        rc2 = main(["search", {str(tmp_path / "d.bne")!r}, "a kitten", "-k", "2", "--json"])
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers"))
         print("RESULT", json.dumps([rc1, rc2, heavy]))
         """
@@ -252,13 +264,15 @@ def test_cli_build_and_search_never_import_torch(use_cache, tmp_path):
     rc1, rc2, heavy = json.loads(out.stdout.split("RESULT", 1)[1])
     assert (rc1, rc2, heavy) == (0, 0, [])
     assert "4 codes of 1024 bits" in out.stdout
-    hits = json.loads(out.stdout[out.stdout.index('{\n "results"'):out.stdout.index("RESULT")])["results"][0]["hits"]
+    hits = json.loads(out.stdout[out.stdout.index('{\n "results"') : out.stdout.index("RESULT")])["results"][0]["hits"]
     assert hits[0]["snippet"] == "the cat sat on the mat" and len(hits) == 2
 
 
 def test_import_bne_encoder_stays_light(tmp_path):
-    code = ("import sys, bne, bne.encoder\nfrom bne.encoder import load, rescore_candidates, OnnxEncoder\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime')))")
+    code = (
+        "import sys, bne, bne.encoder\nfrom bne.encoder import load, rescore_candidates, OnnxEncoder\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxruntime')))"
+    )
     out = _run_py(code, tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -284,8 +298,14 @@ def test_load_picks_backends(use_cache, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
     (tmp_path / "d.txt").write_text("hello\n")
-    out = subprocess.run([sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "--device", "cuda"], cwd=tmp_path,
-                         capture_output=True, text=True, env=_env(tmp_path / "c"), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "--device", "cuda"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path / "c"),
+        timeout=300,
+    )
     assert out.returncode == 2 and "torch sees no CUDA GPU" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "d.bne").exists()
 
@@ -312,10 +332,22 @@ def test_gpu_cli_build(tmp_path):
     docs = [f"document number {i} about topic {i % 7}" for i in range(300)] + ["the cat sat on the mat"]
     (tmp_path / "d.txt").write_text("\n".join(docs) + "\n")
     env = _env(tmp_path / "c")
-    out = subprocess.run([sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "-q", "--device", "cuda"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "-q", "--device", "cuda"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     assert "301 codes of 1024 bits" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "bne.cli", "search", "d.bne", "a kitten on a mat", "-k", "1", "--json"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "search", "d.bne", "a kitten on a mat", "-k", "1", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"] == "the cat sat on the mat"

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 import bne
 from bne import _core
-
 from reference import hamming, knn, random_codes
 
 WIDTHS = [64, 128, 192, 256, 320, 448, 512, 576, 960, 1024, 1088, 1536, 2048, 2112, 4096, 8192]
@@ -109,7 +108,7 @@ def test_fused_scan_every_kernel(isa, bits, nq, rng):
 def test_block_edges_every_kernel(isa, n, rng):
     """Sizes around the kernels' code groups (4, 8) and the search's cache blocks."""
     db = random_codes(rng, n, 1024)
-    q = np.concatenate([db[::max(1, n // 5)][:5], random_codes(rng, 12, 1024)])
+    q = np.concatenate([db[:: max(1, n // 5)][:5], random_codes(rng, 12, 1024)])
     ref_d, ref_i = knn(db, q, 5)
     d, i = _core.knn(db, q, 5, threads=1, isa=isa)
     np.testing.assert_array_equal(d, ref_d)

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 import bne
-from bne import _core
-
 from reference import hamming, knn, random_codes
 
 faiss = pytest.importorskip("faiss")
@@ -49,9 +47,16 @@ def test_range_search_equals_faiss(rng):
         # FAISS keeps d < radius; bne's radius is inclusive.
         flims, fD, fI = ref.range_search(q, radius + 1)
         np.testing.assert_array_equal(lims, flims.astype(np.int64))
-        for a, b_, da, db_ in zip(bne.split_ranges(lims, I), bne.split_ranges(flims, fI),
-                                 bne.split_ranges(lims, D), bne.split_ranges(flims, fD)):
-            assert sorted(zip(db_.tolist(), b_.tolist())) == list(zip(da.tolist(), a.tolist()))
+        for a, b_, da, db_ in zip(
+            bne.split_ranges(lims, I),
+            bne.split_ranges(flims, fI),
+            bne.split_ranges(lims, D),
+            bne.split_ranges(flims, fD),
+            strict=True,
+        ):
+            assert sorted(zip(db_.tolist(), b_.tolist(), strict=True)) == list(
+                zip(da.tolist(), a.tolist(), strict=True)
+            )
 
 
 def test_tie_rule_smaller_id_first():

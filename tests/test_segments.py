@@ -12,7 +12,6 @@ import pytest
 
 import bne
 from bne import _core
-
 from reference import hamming, knn, random_codes
 
 
@@ -21,7 +20,7 @@ def split(codes, rng, pieces):
     cuts = np.sort(rng.integers(0, len(codes) + 1, pieces - 1))
     cuts = np.concatenate([[0], cuts, cuts[:3], [len(codes)]])  # repeated cuts: empty segments
     cuts.sort()
-    return [codes[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    return [codes[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def packed(mask):
@@ -54,7 +53,7 @@ def test_segments_equal_one_array(pieces, threads, isa, rng):
     radius = int(np.percentile(hamming(q, db), 1))
     want = _core.range_search(db, q, radius, threads=1, isa="serial")
     got = _core.range_segments(segs, q, radius, threads, None, isa)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

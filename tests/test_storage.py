@@ -1,7 +1,6 @@
 """Index files: format, validation, atomic save, appends, ids, tombstones, crash safety.
 Numbers in comments refer to the tests of ../shared/RELIABILITY.md."""
 
-import hashlib
 import os
 import pathlib
 import random
@@ -17,7 +16,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import knn, random_codes
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.bne"  # written by bne 0.1 (format 1.0)
@@ -104,7 +102,9 @@ def test_open_cost_and_rss_do_not_grow_with_size(tmp_path):  # 14, issue: open i
         print(rss() - before, opened, len(idx))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big.bne")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "big.bne")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     grown, seconds, n = out.stdout.split()
     assert int(n) == 400_000
@@ -159,7 +159,9 @@ def test_append_commit_reopen(tmp_path, rng):  # issue item 4
         w.add(batches[3], ids=np.arange(1000, 1017))
     idx = bne.open(path, verify=True)
     allc = np.concatenate(batches)
-    assert len(idx) == len(allc) and idx.info()["segments"] == 1 and idx.metadata == {"model": "test"}  # extended in place
+    assert (
+        len(idx) == len(allc) and idx.info()["segments"] == 1 and idx.metadata == {"model": "test"}
+    )  # extended in place
     np.testing.assert_array_equal(idx.codes(), allc)
     np.testing.assert_array_equal(idx.ids(), np.r_[np.arange(306), np.arange(1000, 1017)])
     q = random_codes(rng, 9, 1024)
@@ -267,7 +269,9 @@ def test_golden_bytes(tmp_path, monkeypatch):  # 1, 20: the layout is pinned
     data = golden_bytes(tmp_path, monkeypatch)
     assert data == GOLDEN_V2.read_bytes(), "file layout changed: bump the format version and keep the old reader"
     assert data[:8] == b"\x89BNEIDX\n"
-    magic, major, minor, hdr, bits, cb, order, metric, idw, endian, page, flags, created, mlen = storage.HEADER.unpack_from(data)
+    magic, major, minor, hdr, bits, cb, order, metric, idw, endian, page, flags, created, mlen = (
+        storage.HEADER.unpack_from(data)
+    )
     assert (major, minor, hdr, bits, cb, order, metric, idw, endian, page) == (2, 0, 4096, 128, 16, 0, 0, 8, 1, 4096)
     assert data[storage.DATA_START : storage.DATA_START + 64] == bytes(range(64))  # codes at 12288
     assert np.frombuffer(data, "<i8", 4, storage.DATA_START + 64).tolist() == [10, 11, 12, 13]
@@ -351,7 +355,18 @@ def test_expect_bits(tmp_path):  # 2
 )
 def test_crafted_commit_records(tmp_path, field, value, message):  # 4: checks before any allocation
     path = small_file(tmp_path)
-    names = ["magic", "seq", "count", "n_tombstones", "n_segments", "table_offset", "table_bytes", "end_offset", "max_id", "table_crc"]
+    names = [
+        "magic",
+        "seq",
+        "count",
+        "n_tombstones",
+        "n_segments",
+        "table_offset",
+        "table_bytes",
+        "end_offset",
+        "max_id",
+        "table_crc",
+    ]
     data = path.read_bytes()
     slot = max((struct.unpack_from("<Q", data, off + 8)[0], s) for s, off in enumerate(storage.SLOT_OFFSETS))[1]
     off = storage.SLOT_OFFSETS[slot]
@@ -363,8 +378,14 @@ def test_crafted_commit_records(tmp_path, field, value, message):  # 4: checks b
         bne.open(path)
 
 
-@pytest.mark.parametrize("bits,cb,message", [(0, 0, "positive multiple of 64, header says 0"), (100, 12, "header says 100"),
-                                             (1024, 64, "bits (1024) and bytes per code (64) disagree")])
+@pytest.mark.parametrize(
+    "bits,cb,message",
+    [
+        (0, 0, "positive multiple of 64, header says 0"),
+        (100, 12, "header says 100"),
+        (1024, 64, "bits (1024) and bytes per code (64) disagree"),
+    ],
+)
 def test_crafted_headers(tmp_path, bits, cb, message):  # 2, 4
     path = small_file(tmp_path)
     rewrite(path, 16, struct.pack("<II", bits, cb))
@@ -522,12 +543,16 @@ def test_power_loss_simulation(tmp_path, rng, monkeypatch):  # 9, 10, 21
 
     path = small_file(tmp_path, n=30, bits=256)
     r = random.Random(11)
-    for trial in range(80):
+    for _ in range(80):
         base = path.read_bytes()
         old_n = len(bne.open(path))
         epochs = [[]]  # writes between fsyncs
-        monkeypatch.setattr(storage.io, "pwrite", lambda fd, data, off: (epochs[-1].append((bytes(data), off)), os.pwrite(fd, data, off))[1])
-        monkeypatch.setattr(storage.io, "fsync", lambda fd: (os.fsync(fd), epochs.append([]))[0])
+        monkeypatch.setattr(
+            storage.io,
+            "pwrite",
+            lambda fd, data, off, epochs=epochs: (epochs[-1].append((bytes(data), off)), os.pwrite(fd, data, off))[1],
+        )
+        monkeypatch.setattr(storage.io, "fsync", lambda fd, epochs=epochs: (os.fsync(fd), epochs.append([]))[0])
         w = bne.open(path, mode="a")
         new_codes = random_codes(rng, 3, 256)
         w.add(new_codes)
@@ -537,7 +562,7 @@ def test_power_loss_simulation(tmp_path, rng, monkeypatch):  # 9, 10, 21
         crash_after = r.randrange(len(epochs))  # fsyncs completed before the crash
         image = bytearray(base)
 
-        def apply(data, off, cut=None):
+        def apply(data, off, cut=None, image=image):
             data = data if cut is None else data[:cut]
             if off + len(data) > len(image):
                 image.extend(bytes(off + len(data) - len(image)))
@@ -650,7 +675,7 @@ def test_tiny_commits_extend_one_segment(tmp_path, rng, monkeypatch):
     mem = bne.Index(1024)
     mem.add(codes)
     q = random_codes(rng, 7, 1024)
-    for got, want in zip(idx.search(q, 10), mem.search(q, 10)):
+    for got, want in zip(idx.search(q, 10), mem.search(q, 10), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -16,7 +16,6 @@ import pytest
 
 import bne
 from bne import storage
-
 from reference import random_codes
 
 
@@ -37,8 +36,9 @@ def newest_slot(path):
 
 
 def run_py(code, *args, timeout=60):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 # -- item 2: compact() and a second writer --------------------------------------------------------
@@ -136,8 +136,12 @@ def test_crafted_tombstone_wrapping_diff_is_refused(tmp_path):
     struct.pack_into("<q", data, table_offset + table_bytes - 8, -(2**63))  # tombstones [2, -2**63]
     rec[9] = storage.crc32(bytes(data[table_offset : table_offset + table_bytes]))
     struct.pack_into("<" + storage.COMMIT.format[1:], data, storage.SLOT_OFFSETS[slot], *rec)
-    struct.pack_into("<I", data, storage.SLOT_OFFSETS[slot] + storage.COMMIT.size,
-                     storage.crc32(bytes(data[storage.SLOT_OFFSETS[slot] : storage.SLOT_OFFSETS[slot] + storage.COMMIT.size])))
+    struct.pack_into(
+        "<I",
+        data,
+        storage.SLOT_OFFSETS[slot] + storage.COMMIT.size,
+        storage.crc32(bytes(data[storage.SLOT_OFFSETS[slot] : storage.SLOT_OFFSETS[slot] + storage.COMMIT.size])),
+    )
     path.write_bytes(bytes(data))
     with pytest.raises(bne.IndexFormatError, match="tombstones are not sorted positions"):
         bne.open(path)
@@ -146,8 +150,7 @@ def test_crafted_tombstone_wrapping_diff_is_refused(tmp_path):
 # -- item 5: the id domain ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ids", [np.array([2**63], np.uint64), np.array([-1]), np.array([-(2**63)]),
-                                 [2**64 + 5]])
+@pytest.mark.parametrize("ids", [np.array([2**63], np.uint64), np.array([-1]), np.array([-(2**63)]), [2**64 + 5]])
 def test_ids_outside_the_domain_are_refused(ids):
     index = bne.Index(64)
     with pytest.raises(ValueError, match=r"0\.\.2\*\*63-1"):
@@ -211,20 +214,25 @@ def test_huge_k_is_refused_before_allocating(tmp_path):
 def test_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "pipe.bne"
     os.mkfifo(fifo)
-    out = run_py("""
+    out = run_py(
+        """
     import sys, bne
     for mode in ("r", "a"):
         try:
             bne.open(sys.argv[1], mode=mode)
         except bne.IndexFormatError as e:
             print(e)
-    """, fifo, timeout=20)
+    """,
+        fifo,
+        timeout=20,
+    )
     assert out.stdout.count("not a regular file") == 2, out.stdout + out.stderr
 
 
 def test_file_truncated_under_a_reader_raises_instead_of_sigbus(tmp_path):
     path = new_index(tmp_path, n=2000, bits=1024)
-    out = run_py("""
+    out = run_py(
+        """
     import os, sys, numpy as np, bne
     idx = bne.open(sys.argv[1])
     q = np.zeros((1, 128), np.uint8)
@@ -235,7 +243,9 @@ def test_file_truncated_under_a_reader_raises_instead_of_sigbus(tmp_path):
             call()
         except bne.IndexFormatError as e:
             print(e)
-    """, path)
+    """,
+        path,
+    )
     assert out.returncode == 0, out.stderr  # SIGBUS would be -7
     lines = out.stdout.splitlines()
     assert len(lines) == 3 and all("12288" in line for line in lines), out.stdout
@@ -298,7 +308,8 @@ def test_errors_name_the_users_file_not_a_temp_file(tmp_path):
 
 
 def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(tmp_path):
-    out = run_py("""
+    out = run_py(
+        """
     import os, sys, numpy as np, bne
     os.umask(0o027)
     index = bne.Index(64)
@@ -306,7 +317,9 @@ def test_new_files_follow_the_umask_and_rewrites_keep_the_mode(tmp_path):
     index.save(sys.argv[1] + "/saved.bne")
     with bne.open(sys.argv[1] + "/appended.bne", mode="a", bits=64) as w:
         w.add(np.zeros((1, 8), np.uint8))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "saved.bne").st_mode) == 0o640
     assert stat.S_IMODE(os.stat(tmp_path / "appended.bne").st_mode) == 0o640

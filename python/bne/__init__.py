@@ -6,8 +6,15 @@ Search needs only numpy; the encoder (torch + transformers) is imported on first
 
 from __future__ import annotations
 
-from ._core import active_isa, available_isas, available_kernels, get_num_threads, kernel_info, set_num_threads
-from ._core import __version__
+from ._core import (
+    __version__,
+    active_isa,
+    available_isas,
+    available_kernels,
+    get_num_threads,
+    kernel_info,
+    set_num_threads,
+)
 from ._core import set_isa as _set_isa
 from .codes import pack, unpack
 from .errors import IndexFormatError, IndexLockedError

@@ -1,6 +1,6 @@
 """Type stubs for the compiled core (python/bindings.cpp)."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -19,34 +19,34 @@ def knn(
     queries: npt.NDArray[np.uint8],
     k: int,
     threads: int = 0,
-    allow: Optional[npt.NDArray[np.uint8]] = None,
-    isa: Optional[str] = None,
+    allow: npt.NDArray[np.uint8] | None = None,
+    isa: str | None = None,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def range_search(
     codes: npt.NDArray[np.uint8],
     queries: npt.NDArray[np.uint8],
     radius: int,
     threads: int = 0,
-    allow: Optional[npt.NDArray[np.uint8]] = None,
-    isa: Optional[str] = None,
+    allow: npt.NDArray[np.uint8] | None = None,
+    isa: str | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def search_segments(
     segments: Sequence[npt.NDArray[np.uint8]],
     queries: npt.NDArray[np.uint8],
     k: int,
     threads: int = 0,
-    allow: Optional[npt.NDArray[np.uint8]] = None,
-    isa: Optional[str] = None,
+    allow: npt.NDArray[np.uint8] | None = None,
+    isa: str | None = None,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def range_segments(
     segments: Sequence[npt.NDArray[np.uint8]],
     queries: npt.NDArray[np.uint8],
     radius: int,
     threads: int = 0,
-    allow: Optional[npt.NDArray[np.uint8]] = None,
-    isa: Optional[str] = None,
+    allow: npt.NDArray[np.uint8] | None = None,
+    isa: str | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def hamming(
-    a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], threads: int = 0, isa: Optional[str] = None
+    a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], threads: int = 0, isa: str | None = None
 ) -> npt.NDArray[np.int32]: ...
 def stream_xor(codes: npt.NDArray[np.uint8]) -> int: ...

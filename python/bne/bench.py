@@ -8,6 +8,7 @@ PNG plot (when matplotlib is installed).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -47,42 +48,62 @@ def run_bench(args) -> int:
     qf = rng.standard_normal((nq, DIM), dtype=np.float32)
     codes = {b: rng.integers(0, 256, (n_max, b // 8), dtype=np.uint8) for b in (1024, 2048)}
     qcodes = {b: rng.integers(0, 256, (nq, b // 8), dtype=np.uint8) for b in (1024, 2048)}
-    methods = ["float32 IndexFlatIP", "INT8 IndexScalarQuantizer", "FAISS binary 1024", "FAISS binary 2048",
-               "bne 1024", "bne 2048"]
+    methods = [
+        "float32 IndexFlatIP",
+        "INT8 IndexScalarQuantizer",
+        "FAISS binary 1024",
+        "FAISS binary 2048",
+        "bne 1024",
+        "bne 2048",
+    ]
     table: dict[str, dict[int, float]] = {m: {} for m in methods}
     for n in sizes:
         flat = faiss.IndexFlatIP(DIM)
         flat.add(xf[:n])
-        table["float32 IndexFlatIP"][n] = _median_ms(lambda: flat.search(qf, k), args.repeat)
+        table["float32 IndexFlatIP"][n] = _median_ms(functools.partial(flat.search, qf, k), args.repeat)
         del flat
         sq = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         sq.train(xf[: min(n, 100_000)])
         sq.add(xf[:n])
-        table["INT8 IndexScalarQuantizer"][n] = _median_ms(lambda: sq.search(qf, k), args.repeat)
+        table["INT8 IndexScalarQuantizer"][n] = _median_ms(functools.partial(sq.search, qf, k), args.repeat)
         del sq
         for b in (1024, 2048):
             fb = faiss.IndexBinaryFlat(b)
             fb.add(codes[b][:n])
-            table[f"FAISS binary {b}"][n] = _median_ms(lambda: fb.search(qcodes[b], k), args.repeat)
+            table[f"FAISS binary {b}"][n] = _median_ms(functools.partial(fb.search, qcodes[b], k), args.repeat)
             del fb
             ix = Index(b)
             ix.add(codes[b][:n])
-            table[f"bne {b}"][n] = _median_ms(lambda: ix.search(qcodes[b], k, threads=threads), args.repeat)
+            table[f"bne {b}"][n] = _median_ms(functools.partial(ix.search, qcodes[b], k, threads=threads), args.repeat)
             del ix
         print(f"  {n:>11,} codes done", flush=True)
 
     head = f"{'method':28s}" + "".join(f"{n:>12,}" for n in sizes)
-    print(f"\nexact top-{k}, {nq} queries, {threads} thread(s), ms (median of {args.repeat}); bne ISA {_core.active_isa()}")
+    print(
+        f"\nexact top-{k}, {nq} queries, {threads} thread(s), ms (median of {args.repeat}); "
+        f"bne ISA {_core.active_isa()}"
+    )
     print(head)
     for m in methods:
         print(f"{m:28s}" + "".join(f"{table[m][n]:12.2f}" for n in sizes))
     print("\nspeed-up of bne (x times faster)")
-    pairs = [("bne 1024", "float32 IndexFlatIP"), ("bne 1024", "INT8 IndexScalarQuantizer"),
-             ("bne 1024", "FAISS binary 1024"), ("bne 2048", "FAISS binary 2048")]
+    pairs = [
+        ("bne 1024", "float32 IndexFlatIP"),
+        ("bne 1024", "INT8 IndexScalarQuantizer"),
+        ("bne 1024", "FAISS binary 1024"),
+        ("bne 2048", "FAISS binary 2048"),
+    ]
     for ours, theirs in pairs:
         print(f"{ours + ' vs ' + theirs:40s}" + "".join(f"{table[theirs][n] / table[ours][n]:10.1f}x" for n in sizes))
-    result = {"sizes": sizes, "queries": nq, "k": k, "threads": threads, "isa": _core.active_isa(),
-              "ms": table, "repeat": args.repeat}
+    result = {
+        "sizes": sizes,
+        "queries": nq,
+        "k": k,
+        "threads": threads,
+        "isa": _core.active_isa(),
+        "ms": table,
+        "repeat": args.repeat,
+    }
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     print(f"\nwrote {args.out}.json", end="")

@@ -9,7 +9,9 @@ error messages) is printed through :func:`safe`, so no control character reaches
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -17,6 +19,7 @@ import stat
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +72,9 @@ def int_in(lo: int, hi: int | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"must be {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}"
-                                             f", got {v}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}, got {v}"
+            )
         return v
 
     return parse
@@ -162,8 +166,10 @@ def check_output(out: str, append: bool) -> bool:
     if not out:
         raise UserError("-o is empty: give the index file to write")
     if os.path.isdir(out):
-        raise UserError(f"-o {out} is a folder: give the index file to write, e.g. {os.path.join(out, 'index.bne')} "
-                        f"(a folder of shards needs --ray)")
+        raise UserError(
+            f"-o {out} is a folder: give the index file to write, e.g. {os.path.join(out, 'index.bne')} "
+            f"(a folder of shards needs --ray)"
+        )
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise UserError(f"cannot create {out}: folder {os.path.dirname(out) or folder} does not exist")
@@ -191,10 +197,8 @@ def remove_new_files(out: str) -> None:
     from .docstore import path_for
 
     for p in (out, path_for(out), path_for(out) + "-journal"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(p)
-        except FileNotFoundError:
-            pass
 
 
 def cmd_build(args) -> int:
@@ -217,13 +221,17 @@ def cmd_build(args) -> int:
     if not docs:
         raise UserError(f"empty corpus: no documents in {args.input}")
     key = model_key(args.model)
+    idx: bindex.MappedIndex | None = None
+    store: DocStore | None = None
     if exists:
         idx = bindex.open(out, mode="a")
         built_with = idx.metadata.get("model"), idx.bits
         if built_with != (key, args.bits):
             idx.close()
-            raise UserError(f"{out} was built with model {built_with[0]!r} at {built_with[1]} bits; "
-                            f"asked for {key!r} at {args.bits} bits")
+            raise UserError(
+                f"{out} was built with model {built_with[0]!r} at {built_with[1]} bits; "
+                f"asked for {key!r} at {args.bits} bits"
+            )
         try:
             store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
             dropped = store.delete_above(idx.info()["max_id"])  # rows of a batch whose index commit never happened
@@ -238,7 +246,6 @@ def cmd_build(args) -> int:
             print(f"bne: dropped {dropped} document rows left by an interrupted build", file=sys.stderr)
     else:
         todo = docs
-        idx = store = None
     encoder = load_encoder(args.model, args.bits, args.threads, device=args.device, purpose="bulk")
     if args.threads:
         _core.set_num_threads(args.threads)
@@ -246,13 +253,23 @@ def cmd_build(args) -> int:
     try:
         if idx is None:
             try:
-                idx = bindex.open(out, mode="a", bits=args.bits,
-                                  metadata={"model": key, "model_name": encoder.info.get("name", ""), "bits": args.bits,
-                                            "max_length": encoder.max_length, "created_by": f"bne {_core.__version__}"})
+                idx = bindex.open(
+                    out,
+                    mode="a",
+                    bits=args.bits,
+                    metadata={
+                        "model": key,
+                        "model_name": encoder.info.get("name", ""),
+                        "bits": args.bits,
+                        "max_length": encoder.max_length,
+                        "created_by": f"bne {_core.__version__}",
+                    },
+                )
             except OSError as e:  # name the user's file, not the temporary one it was written through
                 raise UserError(f"cannot create {out}: {e.strerror or e}") from None
             # the docstore gets the index's permission bits: it holds the same corpus
             store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
+        assert store is not None  # opened together with idx, above or here
         next_id = idx.info()["max_id"] + 1
         bar = tqdm(total=len(todo), unit="doc", desc="encoding", disable=args.quiet or None, dynamic_ncols=True)
         try:
@@ -272,23 +289,26 @@ def cmd_build(args) -> int:
     except BaseException as e:
         for f in (idx, store):
             if f is not None:
-                try:
+                with contextlib.suppress(Exception):  # already failing; the first error is the one to report
                     f.close()
-                except Exception:  # already failing; the first error is the one to report
-                    pass
         fresh = not exists and done == 0
         if fresh:  # nothing was committed: leave no empty index or docstore behind
             remove_new_files(out)
         if isinstance(e, KeyboardInterrupt):
-            print(f"bne: interrupted; {done} of {len(todo)} new documents committed to {safe(out)}"
-                  + (" (nothing written)" if fresh else " (run again with --append to continue)"), file=sys.stderr)
+            print(
+                f"bne: interrupted; {done} of {len(todo)} new documents committed to {safe(out)}"
+                + (" (nothing written)" if fresh else " (run again with --append to continue)"),
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         raise
     info = idx.info()
     idx.close()
     store.close()
-    print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({done} added, "
-          f"{len(docs) - len(todo)} already present)")
+    print(
+        f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({done} added, "
+        f"{len(docs) - len(todo)} already present)"
+    )
     return 0
 
 
@@ -298,8 +318,12 @@ def start_ray(address: str | None):
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'bne[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, logging_level="ERROR",
-                 configure_logging=False, include_dashboard=False if not address else None)
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or None,
+            logging_level=logging.ERROR,
+            configure_logging=False,
+            include_dashboard=False if not address else None,
+        )
     return ray
 
 
@@ -325,12 +349,21 @@ def build_on_ray(args, docs) -> int:
         store.insert(range(len(docs)), docs)
         store.commit()
     store.close()
-    result = distributed.build_sharded([doc_text(d) for d in docs], out, n_shards=args.shards, bits=args.bits,
-                                       model=model_key(args.model), batch_size=args.batch_size, threads=args.threads)
+    result = distributed.build_sharded(
+        [doc_text(d) for d in docs],
+        out,
+        n_shards=args.shards,
+        bits=args.bits,
+        model=model_key(args.model),
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
     if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
         os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
-    print(f"{safe(out)}: {len(docs)} documents in {args.shards} shards ({len(result['skipped'])} already written, "
-          f"skipped); search with: bne search {safe(out)} \"query\"")
+    print(
+        f"{safe(out)}: {len(docs)} documents in {args.shards} shards ({len(result['skipped'])} already written, "
+        f'skipped); search with: bne search {safe(out)} "query"'
+    )
     return 0
 
 
@@ -341,10 +374,13 @@ def open_manifest(path: str):
     manifest = os.path.join(path, distributed.MANIFEST) if os.path.isdir(path) else path
     if not os.path.isfile(manifest):
         hint = ""
-        if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n)) for n in ("corpus.jsonl", "corpus.jsonl.gz")):
+        if os.path.isdir(path) and any(
+            os.path.isfile(os.path.join(path, n)) for n in ("corpus.jsonl", "corpus.jsonl.gz")
+        ):
             hint = f"; it looks like a BEIR dataset: build an index first (bne build {path} -o index.bne)"
-        raise UserError(f"{path} is a folder without {distributed.MANIFEST}: search takes an index file or a folder "
-                        f"of shards{hint}")
+        raise UserError(
+            f"{path} is a folder without {distributed.MANIFEST}: search takes an index file or a folder of shards{hint}"
+        )
     return distributed.read_manifest(path)
 
 
@@ -372,7 +408,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     """(text, query id or None): the command line's queries, then --queries FILE: one query per
     line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
     queries.jsonl), or a JSON string."""
-    from .corpus import CorpusError, _lines
+    from .corpus import CorpusError, _lines, json_error_detail
 
     queries: list[tuple[str, str | None]] = []
     for q in args.query or []:
@@ -382,12 +418,18 @@ def read_queries(args) -> list[tuple[str, str | None]]:
             raise UserError(f"query {safe(q)!s} is not UTF-8 text") from None
         queries.append((q, None))
     if args.queries == "-":
-        lines = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else (t.encode("utf-8", "surrogateescape") for t in sys.stdin)
+        lines = (
+            sys.stdin.buffer
+            if hasattr(sys.stdin, "buffer")
+            else (t.encode("utf-8", "surrogateescape") for t in sys.stdin)
+        )
         for lineno, raw in enumerate(lines, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UserError(f"<stdin>:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+                raise UserError(
+                    f"<stdin>:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
             if line.strip():
                 queries.append((line.strip(), None))
     elif args.queries:
@@ -406,8 +448,8 @@ def read_queries(args) -> list[tuple[str, str | None]]:
                     continue
                 try:
                     obj = json.loads(line)
-                except ValueError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
                 except RecursionError:
                     raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
                 if isinstance(obj, str):
@@ -415,7 +457,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
                     continue
                 text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
                 if not isinstance(text, str):
-                    raise UserError(f"{path}:{lineno}: expected a JSON object with a \"text\" string (or a JSON string)")
+                    raise UserError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
                 qid = obj.get("_id", obj.get("id"))
                 queries.append((text, None if qid is None else str(qid)))
         except CorpusError as e:
@@ -491,15 +533,20 @@ def cmd_search(args) -> int:
     except (FileNotFoundError, DocStoreError) as e:  # the index alone still answers: ids, no texts
         print(f"bne: warning: {safe(e)}; printing ids only", file=sys.stderr)
         docs = {}
-    results = []
+    results: list[dict[str, Any]] = []
     for qi, (q, qid) in enumerate(asked):
         hits = []
         for rank, i in enumerate(ids[qi]):
             if i < 0:
                 continue
             doc = docs.get(int(i)) or StoredDoc(str(i), "", "", "")
-            hit = {"rank": rank + 1, "id": int(i), "doc_id": doc.ext_id, "title": doc.title,
-                   "snippet": snippet(doc.text)}
+            hit = {
+                "rank": rank + 1,
+                "id": int(i),
+                "doc_id": doc.ext_id,
+                "title": doc.title,
+                "snippet": snippet(doc.text),
+            }
             src = source_of(doc.meta)
             if src:
                 hit["source"] = src
@@ -509,8 +556,13 @@ def cmd_search(args) -> int:
                 hit["score"] = float(scores[qi, rank])
             hits.append(hit)
         results.append({"query": q, "hits": hits} if qid is None else {"query": q, "query_id": qid, "hits": hits})
-    timing = {"encode_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "queries": len(queries),
-              "codes": ncodes, "isa": _core.active_isa()}
+    timing = {
+        "encode_ms": (t1 - t0) * 1e3,
+        "search_ms": (t2 - t1) * 1e3,
+        "queries": len(queries),
+        "codes": ncodes,
+        "isa": _core.active_isa(),
+    }
     if args.json:
         print(json_text({"results": results, "timing": timing}))
     else:
@@ -519,9 +571,14 @@ def cmd_search(args) -> int:
             for h in r["hits"]:
                 score = f"d={h['distance']:4d}" if "distance" in h else f"s={h['score']:8.2f}"
                 title = f"[{safe(h['title'])}] " if h["title"] else ""
-                print(f"  {h['rank']:3d}. {score}  {safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}")
-        print(f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
-              f"({len(queries)} queries over {ncodes} codes, {timing['isa']})", file=sys.stderr)
+                print(
+                    f"  {h['rank']:3d}. {score}  {safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
+                )
+        print(
+            f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
+            f"({len(queries)} queries over {ncodes} codes, {timing['isa']})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -547,8 +604,21 @@ def cmd_info(args) -> int:
         print(json_text(info))
         return 0
     meta = dict(info.pop("metadata"))
-    for key in ("path", "format_version", "bits", "bit_order", "codes", "live", "tombstones", "segments", "commit",
-                "max_id", "file_bytes", "documents", "isa"):
+    for key in (
+        "path",
+        "format_version",
+        "bits",
+        "bit_order",
+        "codes",
+        "live",
+        "tombstones",
+        "segments",
+        "commit",
+        "max_id",
+        "file_bytes",
+        "documents",
+        "isa",
+    ):
         print(f"{key:15s} {safe(info.get(key))}")
     print(f"{'model':15s} {safe(meta.pop('model', None))} ({safe(meta.pop('model_name', ''))})")
     if meta:  # anything else save(metadata=...) stored, on one line
@@ -618,11 +688,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int_in(1, 1 << 20), default=64)
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
-    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)")
+    b.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)",
+    )
     b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    b.add_argument("--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)")
+    b.add_argument(
+        "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
+    )
     b.add_argument("--shards", type=int_in(1, 1 << 16), default=4, help="shards for --ray")
     b.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     b.set_defaults(fn=cmd_build)
@@ -631,16 +707,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("index")
     s.add_argument("query", nargs="*")
     s.add_argument("-k", type=int_in(1, MAX_K), default=10, help=f"hits per query (at most {MAX_K})")
-    s.add_argument("--queries", help="file with one query per line, or .jsonl with a \"text\" per line "
-                   "(BEIR queries.jsonl); '-' for stdin")
-    s.add_argument("--rescore", type=int_in(1, MAX_K), default=None, metavar="M",
-                   help=f"re-rank the top M (default {RESCORE_DEFAULT}) Hamming candidates with float query logits; "
-                   "a word after --rescore is the query, not M")
+    s.add_argument(
+        "--queries",
+        help="file with one query per line, or .jsonl with a \"text\" per line (BEIR queries.jsonl); '-' for stdin",
+    )
+    s.add_argument(
+        "--rescore",
+        type=int_in(1, MAX_K),
+        default=None,
+        metavar="M",
+        help=f"re-rank the top M (default {RESCORE_DEFAULT}) Hamming candidates with float query logits; "
+        "a word after --rescore is the query, not M",
+    )
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true")
     s.add_argument("--threads", type=threads_arg, default=None)
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                   help="where to encode the queries (default cpu: no GPU start-up for a few queries)")
+    s.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="where to encode the queries (default cpu: no GPU start-up for a few queries)",
+    )
     s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
 
@@ -684,8 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in argv if a != "--debug"]
     old_showwarning = warnings.showwarning
     if not debug:  # warnings as one escaped line, not file:line plus source
-        warnings.showwarning = lambda message, category, *a, **k: print(f"bne: warning: {safe(message)}",
-                                                                       file=sys.stderr)
+        warnings.showwarning = lambda message, category, *a, **k: print(
+            f"bne: warning: {safe(message)}", file=sys.stderr
+        )
     try:
         if rest and rest[0] in ("train", "eval"):  # their own argument parsers
             return (cmd_train if rest[0] == "train" else cmd_eval)(rest[1:])
@@ -698,8 +786,10 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.query = list(args.query or []) + extra
         if getattr(args, "threads", None) and args.threads > cpu_count():
-            print(f"bne: note: --threads {args.threads} is more than the {cpu_count()} CPUs here; using "
-                  f"{cpu_count()}", file=sys.stderr)
+            print(
+                f"bne: note: --threads {args.threads} is more than the {cpu_count()} CPUs here; using {cpu_count()}",
+                file=sys.stderr,
+            )
             args.threads = cpu_count()
         return args.fn(args)
     except KeyboardInterrupt:

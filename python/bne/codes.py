@@ -37,7 +37,9 @@ def pack(x: np.typing.ArrayLike, bitorder: BitOrder = "big") -> np.ndarray:
             raise TypeError(f"pack needs real-valued embeddings, got dtype {a.dtype}")
         if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
             bad = np.argwhere(np.isnan(a))[0]
-            raise ValueError(f"pack input contains NaN (first at index {tuple(int(i) for i in bad)}); the sign of NaN is undefined")
+            raise ValueError(
+                f"pack input contains NaN (first at index {tuple(int(i) for i in bad)}); the sign of NaN is undefined"
+            )
         bits = a > 0
     else:
         raise TypeError(f"pack needs a bool or numeric array, got dtype {a.dtype}")
@@ -53,7 +55,9 @@ def unpack(codes: np.ndarray, bits: int | None = None, bitorder: BitOrder = "big
     if bits is None:
         bits = nbits
     if not isinstance(bits, (int, np.integer)) or not 0 < bits <= nbits:
-        raise ValueError(f"bits must be an int in 1..{nbits} for codes of {c.shape[-1] if c.ndim else 0} bytes, got {bits!r}")
+        raise ValueError(
+            f"bits must be an int in 1..{nbits} for codes of {c.shape[-1] if c.ndim else 0} bytes, got {bits!r}"
+        )
     b = np.unpackbits(c, axis=-1, count=int(bits), bitorder=bitorder)
     if not signs:
         return b

@@ -19,8 +19,8 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import CorpusError
 
@@ -45,8 +45,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                  f"{e.start + 1}); convert the file to UTF-8") from None
+                raise CorpusError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); convert the file to UTF-8"
+                ) from None
             except (OSError, EOFError) as e:  # a damaged .gz
                 raise CorpusError(f"{path}:{lineno}: cannot read: {e}") from None
 
@@ -61,14 +63,19 @@ def _base_suffix(path: Path) -> str:
     return Path(path.name[: -len(".gz")]).suffix.lower() if path.name.endswith(".gz") else path.suffix.lower()
 
 
+def json_error_detail(e: ValueError) -> str:
+    """What json.loads found wrong, without the position it repeats."""
+    return e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+
+
 def _jsonl(path: Path) -> Iterator[Doc]:
     for lineno, line in _lines(path):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
-            raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
         except RecursionError:
             raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
@@ -82,8 +89,11 @@ def _jsonl(path: Path) -> Iterator[Doc]:
 
 
 def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
-    reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter,
-                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    reader = csv.reader(
+        (line for _, line in _lines(path)),
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+    )
 
     def checked():
         while True:
@@ -140,8 +150,17 @@ def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
     if not os.access(p, os.R_OK):
         raise CorpusError(f"input not readable: {p}")
     suffix = _base_suffix(p)
-    readers = {".jsonl": _jsonl, ".json": _jsonl, ".tsv": lambda q: _delimited(q, "\t"),
-               ".csv": lambda q: _delimited(q, ","), ".txt": _txt, ".text": _txt}
+    readers = {
+        ".jsonl": _jsonl,
+        ".json": _jsonl,
+        ".tsv": lambda q: _delimited(q, "\t"),
+        ".csv": lambda q: _delimited(q, ","),
+        ".txt": _txt,
+        ".text": _txt,
+    }
     if suffix not in readers:
-        raise CorpusError(f"unknown input format {suffix or '(no extension)'!r} for {p}: use .txt, .jsonl, .tsv, .csv or a BEIR folder")
+        raise CorpusError(
+            f"unknown input format {suffix or '(no extension)'!r} for {p}: "
+            "use .txt, .jsonl, .tsv, .csv or a BEIR folder"
+        )
     return readers[suffix](p)

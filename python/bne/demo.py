@@ -18,7 +18,17 @@ QUERIES = [
     "generate random numbers",
     "format a date as text",
 ]
-SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "site-packages", "dist-packages", "lib2to3", "ensurepip"}
+SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "site-packages",
+    "dist-packages",
+    "lib2to3",
+    "ensurepip",
+}
 
 
 def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
@@ -37,8 +47,11 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
                     tree = ast.parse(f.read())
             except (SyntaxError, UnicodeDecodeError, OSError):
                 continue
-            nodes = [(module, tree)] + [(f"{module}.{n.name}", n) for n in tree.body
-                                        if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+            nodes = [(module, tree)] + [
+                (f"{module}.{n.name}", n)
+                for n in tree.body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
+            ]
             for qual, node in nodes:
                 doc = ast.get_docstring(node)
                 if doc:
@@ -76,8 +89,9 @@ def run_demo(args) -> int:
     store = DocStore(path, create=True)
     store.insert(ids, [Doc(q, d) for q, d in docs])
     store.commit()
-    with bindex.open(path, mode="a", bits=1024, metadata={"model": "default", "model_name": encoder.info.get("name"),
-                                                          "bits": 1024}) as idx:
+    with bindex.open(
+        path, mode="a", bits=1024, metadata={"model": "default", "model_name": encoder.info.get("name"), "bits": 1024}
+    ) as idx:
         idx.add(codes, ids=ids)
     print(f"encoded {len(docs)} documents in {t2 - t1:.1f} s ({len(docs) / (t2 - t1):.0f} docs/s); index: {path}")
     idx = bindex.open(path)
@@ -86,11 +100,14 @@ def run_demo(args) -> int:
     D, I = idx.search(qcodes, 3)
     t4 = time.perf_counter()
     found = store.get(I.ravel())
-    for q, drow, irow in zip(QUERIES, D, I):
+    for q, drow, irow in zip(QUERIES, D, I, strict=True):
         print(f"\nquery: {q}")
-        for d, i in zip(drow, irow):
+        for d, i in zip(drow, irow, strict=True):
             doc = found[int(i)]
             print(f"  d={d:4d}  {safe(doc.ext_id):38s} {safe(doc.text[:70])}")
-    print(f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; whole demo {time.perf_counter() - t0:.0f} s")
-    print(f"try: bne search {path} \"your question\"")
+    print(
+        f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; "
+        f"whole demo {time.perf_counter() - t0:.0f} s"
+    )
+    print(f'try: bne search {path} "your question"')
     return 0

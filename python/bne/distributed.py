@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,9 @@ def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
         src.close()
 
 
-def shard_index(sources: str | Sequence[str], n_shards: int, out_dir: str | os.PathLike, *, prefix: str = "shard") -> list[str]:
+def shard_index(
+    sources: str | Sequence[str], n_shards: int, out_dir: str | os.PathLike, *, prefix: str = "shard"
+) -> list[str]:
     """Splits the live codes of ``sources`` (in order) into ``n_shards`` files of near-equal
     size in ``out_dir`` and writes a manifest; returns the shard paths."""
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
@@ -121,9 +124,14 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[str], dict]:
             m = json.load(f)
     except (ValueError, RecursionError) as e:  # JSON syntax, not UTF-8, absurd nesting
         raise ValueError(f"{path}: not a bne shard manifest ({type(e).__name__}: {e})") from None
-    if (not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not m["shards"]
-            or type(m.get("bits")) is not int or not isinstance(m.get("metadata", {}), dict)):
-        raise ValueError(f"{path}: not a bne shard manifest (needs \"bits\", a list of \"shards\" and a \"metadata\" object)")
+    if (
+        not isinstance(m, dict)
+        or not isinstance(m.get("shards"), list)
+        or not m["shards"]
+        or type(m.get("bits")) is not int
+        or not isinstance(m.get("metadata", {}), dict)
+    ):
+        raise ValueError(f'{path}: not a bne shard manifest (needs "bits", a list of "shards" and a "metadata" object)')
     folder = os.path.dirname(os.path.abspath(path))
     out = []
     for p in m["shards"]:
@@ -131,8 +139,10 @@ def read_manifest(path: str | os.PathLike) -> tuple[list[str], dict]:
             raise ValueError(f"{path}: shard entry {p!r} is not a file name")
         norm = os.path.normpath(p)
         if os.path.isabs(p) or norm in (".", "..") or norm.startswith(".." + os.sep):
-            raise ValueError(f"{path}: shard path {p!r} leaves the manifest's folder; shard paths must be relative "
-                             f"to it, without '..'")
+            raise ValueError(
+                f"{path}: shard path {p!r} leaves the manifest's folder; shard paths must be relative "
+                f"to it, without '..'"
+            )
         out.append(os.path.join(folder, norm))
     return out, m
 
@@ -153,14 +163,22 @@ def _server_class():
             self.node = ray.get_runtime_context().get_node_id()
 
         def info(self) -> dict[str, Any]:
-            return {"count": self.index.npositions, "bits": self.index.bits, "node": self.node,
-                    "pid": os.getpid(), "base": self.index.metadata.get("base")}
+            return {
+                "count": self.index.npositions,
+                "bits": self.index.bits,
+                "node": self.node,
+                "pid": os.getpid(),
+                "base": self.index.metadata.get("base"),
+            }
 
         def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
             if len(self.index) == 0:
                 nq = len(queries)
-                return (np.full((nq, k), bindex.PAD_DISTANCE, np.int32), np.full((nq, k), -1, np.int64),
-                        np.full((nq, k), -1, np.int64))
+                return (
+                    np.full((nq, k), bindex.PAD_DISTANCE, np.int32),
+                    np.full((nq, k), -1, np.int64),
+                    np.full((nq, k), -1, np.int64),
+                )
             D, P = self.index.search_positions(queries, k, threads=threads)
             ids = self.index.ids_at(P)
             return D, np.where(P >= 0, P + base, -1), ids
@@ -178,8 +196,15 @@ class ShardedIndex:
     unavailable. ``timeout``: seconds to wait for one shard's answer.
     """
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str], *, resources: Sequence[dict] | None = None,
-                 max_retries: int = 2, timeout: float = 60.0, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str],
+        *,
+        resources: Sequence[dict] | None = None,
+        max_retries: int = 2,
+        timeout: float = 60.0,
+        threads: int | None = None,
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -206,8 +231,9 @@ class ShardedIndex:
 
     def _start(self, i: int):
         opts: dict[str, Any] = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
-        if self._resources[i]:
-            opts["resources"] = dict(self._resources[i])
+        resources = self._resources[i]
+        if resources:
+            opts["resources"] = dict(resources)
         return self._server.options(**opts).remote(self.paths[i])
 
     def _gather(self, futures, what: str, allow_partial: bool = False):
@@ -227,8 +253,10 @@ class ShardedIndex:
                 raise e.as_instanceof_cause() from None
             if not allow_partial:
                 first = str(outage).strip().splitlines()[0] if str(outage).strip() else ""
-                raise ShardUnavailableError(f"shard {i} ({self.paths[i]}) is unavailable for {what} after "
-                                            f"{self.max_retries} retries: {type(outage).__name__}: {first}")
+                raise ShardUnavailableError(
+                    f"shard {i} ({self.paths[i]}) is unavailable for {what} after "
+                    f"{self.max_retries} retries: {type(outage).__name__}: {first}"
+                )
             out.append(None)
             missing.append(i)
         return (out, missing) if allow_partial else out
@@ -244,7 +272,7 @@ class ShardedIndex:
         """
         q = check_codes(queries, "queries", self.code_bytes)
         k = check_k(k)
-        futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases)]
+        futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases, strict=True)]
         if allow_partial:
             parts, missing = self._gather(futures, "search", allow_partial=True)
         else:
@@ -280,8 +308,9 @@ def _shard_done(path: str, expected: int, model: str, bits: int) -> bool:
 class _EncodeShard:
     """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it."""
 
-    def __init__(self, texts_ref, out_dir: str, bits: int, model: str, batch_size: int, n_shards: int,
-                 threads: int | None) -> None:
+    def __init__(
+        self, texts_ref, out_dir: str, bits: int, model: str, batch_size: int, n_shards: int, threads: int | None
+    ) -> None:
         import ray
 
         from .cli import load_encoder
@@ -293,24 +322,41 @@ class _EncodeShard:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
-        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
+        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
             path = os.path.join(self.out_dir, f"shard-{int(shard):05d}.bne")
             if _shard_done(path, int(stop - start), self.model, self.bits):
                 done.append(0)
                 continue
-            codes = self.encoder.encode(self.texts[int(start) : int(stop)], batch_size=self.batch_size,
-                                        show_progress=False)
+            codes = self.encoder.encode(
+                self.texts[int(start) : int(stop)], batch_size=self.batch_size, show_progress=False
+            )
             ids = np.arange(int(start), int(stop), dtype=np.int64)
-            header = storage.new_header(self.bits, metadata={"model": self.model, "bits": self.bits, "shard": int(shard),
-                                                             "shards": self.n_shards, "base": int(start)})
+            header = storage.new_header(
+                self.bits,
+                metadata={
+                    "model": self.model,
+                    "bits": self.bits,
+                    "shard": int(shard),
+                    "shards": self.n_shards,
+                    "base": int(start),
+                },
+            )
             storage.save_atomic(path, header, [(codes, ids)], int(stop) - 1)
             done.append(int(stop - start))
         return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done)}
 
 
-def build_sharded(texts: Sequence[str], out_dir: str | os.PathLike, *, n_shards: int, bits: int = 1024,
-                  model: str = "default", batch_size: int = 64, concurrency: int | None = None,
-                  threads: int | None = 1) -> dict[str, Any]:
+def build_sharded(
+    texts: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    n_shards: int,
+    bits: int = 1024,
+    model: str = "default",
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    threads: int | None = 1,
+) -> dict[str, Any]:
     """Encodes ``texts`` on the Ray cluster (Ray Data ``map_batches``, one shard per task) into
     ``n_shards`` shard files plus a manifest in ``out_dir``; ids are the texts' positions.
     Shards already written by an earlier (interrupted) run are kept, not re-encoded."""
@@ -326,13 +372,29 @@ def build_sharded(texts: Sequence[str], out_dir: str | os.PathLike, *, n_shards:
     bounds = [n * i // n_shards for i in range(n_shards + 1)]
     rows = [{"shard": i, "start": bounds[i], "stop": bounds[i + 1]} for i in range(n_shards)]
     texts_ref = ray.put(list(texts))
-    ds = ray.data.from_items(rows, override_num_blocks=n_shards)
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=n_shards)
     pool = ray.data.ActorPoolStrategy(size=concurrency or min(n_shards, 2))
-    ds = ds.map_batches(_EncodeShard, batch_size=1, compute=pool, num_cpus=1,
-                        fn_constructor_kwargs=dict(texts_ref=texts_ref, out_dir=out_dir, bits=bits, model=model,
-                                                   batch_size=batch_size, n_shards=n_shards, threads=threads))
+    ds = ds.map_batches(
+        _EncodeShard,
+        batch_size=1,
+        compute=pool,
+        num_cpus=1,
+        fn_constructor_kwargs=dict(
+            texts_ref=texts_ref,
+            out_dir=out_dir,
+            bits=bits,
+            model=model,
+            batch_size=batch_size,
+            n_shards=n_shards,
+            threads=threads,
+        ),
+    )
     result = ds.take_all()
     encoded = {int(r["shard"]): int(r["encoded"]) for r in result}
     paths = [os.path.join(out_dir, f"shard-{i:05d}.bne") for i in range(n_shards)]
     write_manifest(out_dir, paths, bits, {"model": model, "bits": bits})
-    return {"shards": paths, "encoded": encoded, "skipped": [i for i, c in encoded.items() if c == 0 and bounds[i + 1] > bounds[i]]}
+    return {
+        "shards": paths,
+        "encoded": encoded,
+        "skipped": [i for i, c in encoded.items() if c == 0 and bounds[i + 1] > bounds[i]],
+    }

@@ -20,7 +20,8 @@ import os
 import sqlite3
 import stat
 import urllib.parse
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 from .corpus import Doc
 from .errors import DocStoreError
@@ -54,7 +55,7 @@ class DocStore:
     def __init__(self, index_path: str | os.PathLike, *, create: bool = False, file_mode: int | None = None) -> None:
         self.path = path_for(index_path)
         self.writable = create
-        self.db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -87,10 +88,16 @@ class DocStore:
                     self.db.execute(f"PRAGMA user_version={USER_VERSION}")
                     self.db.commit()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:  # only while a failed open unwinds
+            raise DocStoreError(f"document store {self.path} is not open")
+        return self._db
+
     def _connect(self, uri: str) -> None:
-        self.db = None
+        self._db = None
         with self._errors("open", closing=True):
-            self.db = sqlite3.connect(uri, uri=True)
+            self._db = sqlite3.connect(uri, uri=True)
             self.db.text_factory = lambda b: b.decode("utf-8", "replace")  # damaged text is shown, not fatal
             self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
             self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
@@ -109,8 +116,8 @@ class DocStore:
         try:
             yield
         except (sqlite3.DatabaseError, DocStoreError, UnicodeDecodeError) as e:
-            if closing and self.db is not None:  # a failed open leaves no connection behind
-                self.db.close()
+            if closing and self._db is not None:  # a failed open leaves no connection behind
+                self._db.close()
             if isinstance(e, DocStoreError):
                 raise
             # SQLite's message about a damaged schema can quote bytes that are not UTF-8
@@ -128,8 +135,10 @@ class DocStore:
                 continue  # SQLite's own bookkeeping
             expected = EXPECTED_SCHEMA.get((kind, name))
             if expected is None or _norm(sql) != _norm(expected):
-                raise DocStoreError(f"{self.path} holds a {kind} {name!r} that bne did not write; refusing to use "
-                                    f"it (SQL stored in a document store could run on open)")
+                raise DocStoreError(
+                    f"{self.path} holds a {kind} {name!r} that bne did not write; refusing to use "
+                    f"it (SQL stored in a document store could run on open)"
+                )
 
     @property
     def version(self) -> int:
@@ -157,10 +166,12 @@ class DocStore:
                 out.update(self.db.execute(q, chunk).fetchall())
         return out
 
-    def insert(self, ids: Sequence[int], docs: Sequence[Doc]) -> None:
+    def insert(self, ids: Iterable[int], docs: Sequence[Doc]) -> None:
         with self._errors("write"):
-            self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
-                                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs)])
+            self.db.executemany(
+                "INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
+                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs, strict=True)],
+            )
 
     def delete_above(self, max_id: int) -> int:
         """Drops rows past the index's last committed id (left by a crash between the two commits)."""

@@ -10,15 +10,17 @@ tie rule: by distance, then by position (insertion order).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core, storage
-from .errors import IndexFormatError, IndexLockedError
 from .codes import check_bits, check_codes, check_k, check_threads
+from .errors import IndexFormatError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
@@ -72,8 +74,10 @@ MAX_PADDED_RESULT_BYTES = 1 << 30
 def _check_result_size(nq: int, k: int, n: int) -> None:
     """A k far above the number of codes would only allocate padding: refuse it by name."""
     if k > n and nq * k * 12 > MAX_PADDED_RESULT_BYTES:
-        raise ValueError(f"k={k} asks for {nq * k * 12 / 2**30:.1f} GiB of results for {nq} queries, but the index "
-                         f"holds {n} codes; use k <= {n} (slots past the stored codes are only padding)")
+        raise ValueError(
+            f"k={k} asks for {nq * k * 12 / 2**30:.1f} GiB of results for {nq} queries, but the index "
+            f"holds {n} codes; use k <= {n} (slots past the stored codes are only padding)"
+        )
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -162,6 +166,9 @@ class _SearchMixin:
 
     bits: int
     code_bytes: int
+    # Caches, dropped by _changed(): (sorted live ids, their positions); the tombstone bitmap.
+    _lookup_cache: tuple[np.ndarray, np.ndarray] | None
+    _bits_cache: dict[tuple[str, int], np.ndarray | None]
 
     # Implemented by subclasses.
     def _parts(self) -> list[_Part]:
@@ -244,10 +251,10 @@ class _SearchMixin:
             raise IndexFormatError(f"{where}: stored ids are negative or repeated; the file is damaged")
 
     def _changed(self) -> None:
-        self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._bits_cache: dict[tuple[int, int], np.ndarray | None] = {}
+        self._lookup_cache = None
+        self._bits_cache = {}
 
-    def positions_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    def positions_of(self, ids: np.typing.ArrayLike) -> np.ndarray:
         """Positions of the given live ids (-1 where an id is absent or removed)."""
         ids = _lookup_ids(ids)
         sorted_ids, pos = self._lookup()
@@ -274,7 +281,9 @@ class _SearchMixin:
         n = self.npositions
         if a.dtype == np.bool_:
             if a.shape != (n,):
-                raise ValueError(f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}")
+                raise ValueError(
+                    f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}"
+                )
             return np.flatnonzero(a)
         if not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"allow must be a list/array of ids or a bool mask, got dtype {a.dtype}")
@@ -368,7 +377,7 @@ class _SearchMixin:
                 raise ValueError(f"ids already in the index (remove them first): {clash[:10].tolist()}")
         return new
 
-    def _positions_to_remove(self, ids: object) -> np.ndarray:
+    def _positions_to_remove(self, ids: np.typing.ArrayLike) -> np.ndarray:
         pos = self.positions_of(ids)
         return np.unique(pos[pos >= 0])
 
@@ -419,7 +428,7 @@ class Index(_SearchMixin):
             self._max_id = max(self._max_id, int(new.max()))
         self._changed()
 
-    def remove(self, ids: object) -> int:
+    def remove(self, ids: np.typing.ArrayLike) -> int:
         """Removes the codes with these ids from every later search; returns how many were live."""
         pos = self._positions_to_remove(ids)
         self._tomb = np.union1d(self._tomb, pos).astype(np.int64)
@@ -462,9 +471,18 @@ class MappedIndex(_SearchMixin):
     at ``commit()``. Changes not committed are lost when the object is closed or the process dies.
     """
 
-    def __init__(self, path, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
-                 bits: int | None = None, metadata: dict | None = None, bit_order: str = "big",
-                 repair: bool = False) -> None:
+    def __init__(
+        self,
+        path,
+        mode: str = "r",
+        *,
+        verify: bool = False,
+        expect_bits: int | None = None,
+        bits: int | None = None,
+        metadata: dict | None = None,
+        bit_order: str = "big",
+        repair: bool = False,
+    ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
         self.path = os.fspath(path)
@@ -474,11 +492,10 @@ class MappedIndex(_SearchMixin):
         if mode == "a" and not os.path.lexists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
-            try:
-                storage.save_atomic(self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1,
-                                    overwrite=False)
-            except FileExistsError:
-                pass  # another process created it first: append to theirs
+            with contextlib.suppress(FileExistsError):  # another process created it first: append to theirs
+                storage.save_atomic(
+                    self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1, overwrite=False
+                )
         self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
             self._load(warn=not verify)
@@ -515,8 +532,12 @@ class MappedIndex(_SearchMixin):
         self._changed()
         if self._problems and self.mode == "r" and warn:
             what = storage.describe_problems(self._problems, self._commit, size)
-            warnings.warn(f"{self.path}: {what}; opened commit {self._commit.seq}; `bne verify` reports it and "
-                          f"bne.open(path, mode='a') repairs it", RuntimeWarning, 2)
+            warnings.warn(
+                f"{self.path}: {what}; opened commit {self._commit.seq}; `bne verify` reports it and "
+                f"bne.open(path, mode='a') repairs it",
+                RuntimeWarning,
+                2,
+            )
 
     def _repair(self, allow_loss: bool) -> None:
         """Writer only: forget a torn tail and rewrite bad commit slots, unless that could throw
@@ -524,8 +545,10 @@ class MappedIndex(_SearchMixin):
         size = os.fstat(self._fd).st_size
         if not allow_loss and storage.may_hide_a_commit(self._problems, self._commit, size):
             what = storage.describe_problems(self._problems, self._commit, size)
-            raise IndexFormatError(f"{self.path}: {what}. Nothing was changed; to keep commit {self._commit.seq} and "
-                                   f"drop those bytes, back the file up and open it with bne.open(path, 'a', repair=True)")
+            raise IndexFormatError(
+                f"{self.path}: {what}. Nothing was changed; to keep commit {self._commit.seq} and "
+                f"drop those bytes, back the file up and open it with bne.open(path, 'a', repair=True)"
+            )
         if storage.repair(self._fd, self._commit, self._problems):
             self._problems = []
 
@@ -533,13 +556,16 @@ class MappedIndex(_SearchMixin):
         self._check_open()
         size = os.fstat(self._fd).st_size
         if size < self._commit.end_offset:
-            raise IndexFormatError(f"{self.path}: the file shrank to {size} bytes while open (it held "
-                                   f"{self._commit.end_offset}); another program truncated it; reopen it")
+            raise IndexFormatError(
+                f"{self.path}: the file shrank to {size} bytes while open (it held "
+                f"{self._commit.end_offset}); another program truncated it; reopen it"
+            )
 
     def _parts(self) -> list[_Part]:
         if len(self._pending_codes):
-            pending = _Part(self._commit.count, len(self._pending_codes), self._pending_ids.view(),
-                            codes=self._pending_codes.view())
+            pending = _Part(
+                self._commit.count, len(self._pending_codes), self._pending_ids.view(), codes=self._pending_codes.view()
+            )
             return [*self._segments, pending]
         return self._segments
 
@@ -564,13 +590,21 @@ class MappedIndex(_SearchMixin):
     def info(self) -> dict[str, Any]:
         """Format version, bits, counts, segments, commit number, metadata, file size."""
         d = storage.describe(self._header, self._commit)
-        d.update(path=self.path, file_bytes=os.fstat(self._fd).st_size if self._fd >= 0 else None,
-                 pending=self.npositions - self._commit.count, isa=_core.active_isa())
+        d.update(
+            path=self.path,
+            file_bytes=os.fstat(self._fd).st_size if self._fd >= 0 else None,
+            pending=self.npositions - self._commit.count,
+            isa=_core.active_isa(),
+        )
         return d
 
     def segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Zero-copy read-only (codes, ids) views of each committed segment inside the mapping."""
-        return [(p.codes, p.ids) for p in self._segments]
+        out = []
+        for p in self._segments:
+            assert p.ids is not None  # a file segment always stores its ids
+            out.append((p.codes, p.ids))
+        return out
 
     def codes(self) -> np.ndarray:
         """All stored codes (removed ones included): the mapped array itself for a one-segment
@@ -597,7 +631,7 @@ class MappedIndex(_SearchMixin):
         self._max_id = max(self._max_id, int(new.max()))
         self._changed()
 
-    def remove(self, ids: object) -> int:
+    def remove(self, ids: np.typing.ArrayLike) -> int:
         """Marks the codes with these ids removed (tombstones written at ``commit()``); returns
         how many were live."""
         self._check_writable("remove")
@@ -610,7 +644,11 @@ class MappedIndex(_SearchMixin):
         """Makes every add/remove so far durable (fsync). After a crash the file opens with every
         committed code and nothing of what was not committed."""
         self._check_writable("commit")
-        if not len(self._pending_codes) and np.array_equal(self._tomb, self._commit.tombstones) and self._max_id == self._commit.max_id:
+        if (
+            not len(self._pending_codes)
+            and np.array_equal(self._tomb, self._commit.tombstones)
+            and self._max_id == self._commit.max_id
+        ):
             return
         parts = [(self._pending_codes.view(), self._pending_ids.view())] if len(self._pending_codes) else []
         storage.write_commit(self._fd, self._header, self._commit, parts, self._tomb, self._max_id)
@@ -647,7 +685,9 @@ class MappedIndex(_SearchMixin):
         storage.verify_segments(self.path, self._mm, self._header, self._commit)
         ids = self.ids()
         if len(ids) and (ids.min() < 0 or ids.max() > self._commit.max_id):
-            raise IndexFormatError(f"{self.path}: stored ids lie outside 0..{self._commit.max_id} (the recorded largest id)")
+            raise IndexFormatError(
+                f"{self.path}: stored ids lie outside 0..{self._commit.max_id} (the recorded largest id)"
+            )
         self._lookup()  # repeated ids
 
     def close(self) -> None:
@@ -657,7 +697,7 @@ class MappedIndex(_SearchMixin):
         self._fd = -1
         self._closed = True
 
-    def __enter__(self) -> "MappedIndex":
+    def __enter__(self) -> MappedIndex:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -674,9 +714,17 @@ class MappedIndex(_SearchMixin):
             self._fd = -1
 
 
-def open(path: str | os.PathLike, mode: str = "r", *, verify: bool = False, expect_bits: int | None = None,
-         bits: int | None = None, metadata: dict | None = None, bit_order: str = "big",
-         repair: bool = False) -> MappedIndex:
+def open(
+    path: str | os.PathLike,
+    mode: str = "r",
+    *,
+    verify: bool = False,
+    expect_bits: int | None = None,
+    bits: int | None = None,
+    metadata: dict | None = None,
+    bit_order: str = "big",
+    repair: bool = False,
+) -> MappedIndex:
     """Opens an index file written by ``Index.save`` or by a writer.
 
     ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
@@ -687,8 +735,16 @@ def open(path: str | os.PathLike, mode: str = "r", *, verify: bool = False, expe
     commit whose record was lost (a zeroed slot with data after the last valid commit);
     ``repair=True`` accepts that loss explicitly.
     """
-    return MappedIndex(path, mode, verify=verify, expect_bits=expect_bits, bits=bits, metadata=metadata,
-                       bit_order=bit_order, repair=repair)
+    return MappedIndex(
+        path,
+        mode,
+        verify=verify,
+        expect_bits=expect_bits,
+        bits=bits,
+        metadata=metadata,
+        bit_order=bit_order,
+        repair=repair,
+    )
 
 
 def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -712,4 +768,3 @@ def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.n
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]
-

@@ -17,6 +17,7 @@ the committed end (a torn tail) are ignored by readers and cut off by the next w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -29,7 +30,8 @@ import struct
 import tempfile
 import time
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +64,9 @@ SEGMENT_V1 = struct.Struct("<QQQII")
 # later commits extend the tail segment in place instead of adding one segment per commit.
 # codes_offset, count, capacity, ids_offset, codes_crc, ids_crc
 SEGMENT = struct.Struct("<QQQQII")
-assert HEADER.size == 52 and COMMIT.size == 76 and SEGMENT_V1.size == 32 and SEGMENT.size == 40  # pinned by golden tests
+assert (
+    HEADER.size == 52 and COMMIT.size == 76 and SEGMENT_V1.size == 32 and SEGMENT.size == 40
+)  # pinned by golden tests
 
 # A new tail segment reserves room for a quarter of the codes so far, within these bounds (bytes
 # of codes): few segments for any commit size, and at most ~1/4 of the file reserved and unused
@@ -98,7 +102,9 @@ class Header:
 
     def encode(self) -> bytes:
         if self.bit_order not in BIT_ORDERS:
-            raise ValueError(f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {self.bit_order!r}")
+            raise ValueError(
+                f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {self.bit_order!r}"
+            )
         try:
             meta = json.dumps(self.metadata, sort_keys=True).encode()
         except RecursionError:
@@ -107,8 +113,22 @@ class Header:
             raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
         if len(meta) > MAX_METADATA:
             raise ValueError(f"metadata must encode to at most {MAX_METADATA} bytes of JSON, got {len(meta)}")
-        fixed = HEADER.pack(MAGIC, self.major, self.minor, PAGE, self.bits, self.code_bytes, BIT_ORDERS[self.bit_order],
-                            METRIC_HAMMING, 8, ENDIAN_LITTLE, PAGE, FLAG_IDS | FLAG_TOMBSTONES, self.created, len(meta))
+        fixed = HEADER.pack(
+            MAGIC,
+            self.major,
+            self.minor,
+            PAGE,
+            self.bits,
+            self.code_bytes,
+            BIT_ORDERS[self.bit_order],
+            METRIC_HAMMING,
+            8,
+            ENDIAN_LITTLE,
+            PAGE,
+            FLAG_IDS | FLAG_TOMBSTONES,
+            self.created,
+            len(meta),
+        )
         page = bytearray(PAGE)
         page[: HEADER.size] = fixed
         page[HEADER.size : HEADER.size + len(meta)] = meta
@@ -143,17 +163,30 @@ class Commit:
     slot: int
 
     def encode(self, table_crc: int) -> bytes:
-        rec = COMMIT.pack(COMMIT_MAGIC, self.seq, self.count, len(self.tombstones), len(self.segments),
-                          self.table_offset, self.table_bytes, self.end_offset, self.max_id, table_crc)
+        rec = COMMIT.pack(
+            COMMIT_MAGIC,
+            self.seq,
+            self.count,
+            len(self.tombstones),
+            len(self.segments),
+            self.table_offset,
+            self.table_bytes,
+            self.end_offset,
+            self.max_id,
+            table_crc,
+        )
         return rec + struct.pack("<I", crc32(rec))
 
 
 def encode_table(segments: list[Segment], tombstones: np.ndarray, major: int) -> bytes:
     if major == 1:
-        recs = b"".join(SEGMENT_V1.pack(s.codes_offset, s.count, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments)
+        recs = b"".join(
+            SEGMENT_V1.pack(s.codes_offset, s.count, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments
+        )
     else:
-        recs = b"".join(SEGMENT.pack(s.codes_offset, s.count, s.capacity, s.ids_offset, s.codes_crc, s.ids_crc)
-                        for s in segments)
+        recs = b"".join(
+            SEGMENT.pack(s.codes_offset, s.count, s.capacity, s.ids_offset, s.codes_crc, s.ids_crc) for s in segments
+        )
     return recs + np.asarray(tombstones, dtype="<i8").tobytes()
 
 
@@ -173,8 +206,22 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         raise _fail(path, f"wrong magic {bytes(page[:8])!r}: not a bne index file (expected {MAGIC!r})")
     if len(page) < HEADER.size + 4:
         raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
-    (_, major, minor, header_bytes, bits, code_bytes, bit_order, metric, id_bytes, endian, page_size, flags,
-     created, meta_len) = HEADER.unpack_from(page)
+    (
+        _,
+        major,
+        minor,
+        header_bytes,
+        bits,
+        code_bytes,
+        bit_order,
+        metric,
+        id_bytes,
+        endian,
+        page_size,
+        flags,
+        created,
+        meta_len,
+    ) = HEADER.unpack_from(page)
     if major not in READABLE_MAJORS:
         raise _fail(path, f"unknown major version {major}.{minor} (this bne reads versions 1.x and 2.x; upgrade bne)")
     if len(page) < PAGE:
@@ -204,8 +251,9 @@ def parse_header(path, page: bytes, file_size: int) -> Header:
         raise _fail(path, "metadata JSON is nested too deeply") from None
     if not isinstance(metadata, dict):
         raise _fail(path, "metadata is not a JSON object")
-    return Header(bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor,
-                  major=major)
+    return Header(
+        bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor, major=major
+    )
 
 
 def _parse_slot(buf: bytes) -> tuple[int, bytes] | None:
@@ -272,8 +320,11 @@ def describe_problems(problems: list[SlotProblem], commit: Commit, file_size: in
         else:
             parts.append(f"commit slot {p.name} is damaged")
     tail = file_size - commit.end_offset
-    what = (f"; {tail} bytes follow commit {commit.seq}, which may belong to a newer commit whose record was lost"
-            if tail > 0 and any(p.kind == "zeroed" for p in problems) else "")
+    what = (
+        f"; {tail} bytes follow commit {commit.seq}, which may belong to a newer commit whose record was lost"
+        if tail > 0 and any(p.kind == "zeroed" for p in problems)
+        else ""
+    )
     return "; ".join(parts) + what
 
 
@@ -289,7 +340,9 @@ def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_siz
     if end_offset > file_size:
         raise _fail(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
     if not DATA_START <= table_offset <= end_offset or table_offset + table_bytes != end_offset:
-        raise _fail(path, f"commit table at {table_offset}+{table_bytes} lies outside the committed data (end {end_offset})")
+        raise _fail(
+            path, f"commit table at {table_offset}+{table_bytes} lies outside the committed data (end {end_offset})"
+        )
     seg_rec = segment_struct(header.major)
     if nseg * seg_rec.size + ntomb * 8 != table_bytes:
         raise _fail(path, f"commit table size {table_bytes} disagrees with {nseg} segments and {ntomb} tombstones")
@@ -368,8 +421,16 @@ def _new_capacity(header: Header, n_new: int, count: int, reserve: bool) -> int:
     return max(n_new, min(max(count // 4, lo), hi))
 
 
-def write_commit(fd: int, header: Header, prev: Commit | None, new_parts: list[tuple[np.ndarray, np.ndarray]],
-                 tombstones: np.ndarray, max_id: int, *, reserve: bool = True) -> Commit:
+def write_commit(
+    fd: int,
+    header: Header,
+    prev: Commit | None,
+    new_parts: list[tuple[np.ndarray, np.ndarray]],
+    tombstones: np.ndarray,
+    max_id: int,
+    *,
+    reserve: bool = True,
+) -> Commit:
     """Writes the codes of `new_parts` ((codes, ids) pairs) and a commit; returns the new commit.
 
     New codes first fill the room reserved in the tail segment (bytes no committed reader looks
@@ -383,9 +444,16 @@ def write_commit(fd: int, header: Header, prev: Commit | None, new_parts: list[t
     cursor = prev.end_offset if prev else DATA_START
     segments = list(prev.segments) if prev else []
     count = prev.count if prev else 0
-    parts = [(np.ascontiguousarray(c, dtype=np.uint8), np.ascontiguousarray(i, dtype="<i8")) for c, i in new_parts
-             if len(c)]
-    codes = parts[0][0] if len(parts) == 1 else np.concatenate([c for c, _ in parts]) if parts else np.empty((0, cb), np.uint8)
+    parts = [
+        (np.ascontiguousarray(c, dtype=np.uint8), np.ascontiguousarray(i, dtype="<i8")) for c, i in new_parts if len(c)
+    ]
+    codes = (
+        parts[0][0]
+        if len(parts) == 1
+        else np.concatenate([c for c, _ in parts])
+        if parts
+        else np.empty((0, cb), np.uint8)
+    )
     ids = parts[0][1] if len(parts) == 1 else np.concatenate([i for _, i in parts]) if parts else np.empty(0, "<i8")
     if len(codes) and segments and segments[-1].capacity > segments[-1].count:
         tail = segments[-1]
@@ -394,8 +462,12 @@ def write_commit(fd: int, header: Header, prev: Commit | None, new_parts: list[t
         _pwrite_all(fd, c, tail.codes_offset + tail.count * cb)
         _pwrite_all(fd, i, tail.ids_offset + tail.count * 8)
         # CRC-32 continues over appended bytes: O(new codes), not O(segment)
-        segments[-1] = dataclasses.replace(tail, count=tail.count + take, codes_crc=zlib.crc32(c, tail.codes_crc),
-                                           ids_crc=zlib.crc32(i, tail.ids_crc))
+        segments[-1] = dataclasses.replace(
+            tail,
+            count=tail.count + take,
+            codes_crc=zlib.crc32(c.data, tail.codes_crc),
+            ids_crc=zlib.crc32(i.data, tail.ids_crc),
+        )
         codes, ids, count = codes[take:], ids[take:], count + take
     if len(codes):
         cap = _new_capacity(header, len(codes), count, reserve)
@@ -412,8 +484,17 @@ def write_commit(fd: int, header: Header, prev: Commit | None, new_parts: list[t
     io.fsync(fd)
     seq = (prev.seq if prev else 0) + 1
     slot = 1 - prev.slot if prev else 0
-    commit = Commit(seq, count, segments, np.asarray(tombstones, np.int64), table_offset, len(table),
-                    table_offset + len(table), max_id, slot)
+    commit = Commit(
+        seq,
+        count,
+        segments,
+        np.asarray(tombstones, np.int64),
+        table_offset,
+        len(table),
+        table_offset + len(table),
+        max_id,
+        slot,
+    )
     _pwrite_all(fd, commit.encode(crc32(table)), SLOT_OFFSETS[slot])
     io.fsync(fd)
     return commit
@@ -466,7 +547,9 @@ def lock_writer(path) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise IndexLockedError(f"{os.fspath(path)}: another writer has this index open in append mode") from None
+                raise IndexLockedError(
+                    f"{os.fspath(path)}: another writer has this index open in append mode"
+                ) from None
             mine, now = os.fstat(fd), os.stat(path)
             if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
                 return fd
@@ -566,8 +649,9 @@ def _check_target(path: str) -> None:
         raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name for the index", path)
 
 
-def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int,
-                *, overwrite: bool = True) -> None:
+def save_atomic(
+    path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int, *, overwrite: bool = True
+) -> None:
     """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
     fsyncs the folder: `path` always holds either its old complete content or the new one.
     ``overwrite=False`` publishes with link() instead, which fails with FileExistsError when
@@ -590,18 +674,15 @@ def save_atomic(path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]]
                 io.close(fd)
             publish(tmp, target, overwrite=overwrite)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
     finally:
         if guard >= 0:
             os.close(guard)
 
 
-def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]],
-                   max_id: int) -> int:
+def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int) -> int:
     """compact() in place: writes a new file, locks it before it becomes visible, renames it over
     `path` (the file behind a symlink), fsyncs the folder, then releases the old descriptor
     `fd_old`. Returns the new locked descriptor. A writer waiting on the old file sees the
@@ -614,10 +695,8 @@ def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarr
         publish(tmp, target)
     except BaseException:
         io.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     os.close(fd_old)
     return fd
@@ -642,7 +721,9 @@ def repair(fd: int, commit: Commit, problems: list[SlotProblem]) -> bool:
 
 def new_header(bits: int, bit_order: str = "big", metadata: dict | None = None) -> Header:
     if bit_order not in BIT_ORDERS:
-        raise ValueError(f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bit_order!r}")
+        raise ValueError(
+            f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bit_order!r}"
+        )
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     return Header(bits=bits, bit_order=bit_order, metadata=dict(metadata or {}), created=int(time.time()))

@@ -30,7 +30,8 @@ def test_one(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     mode = fdp.ConsumeIntInRange(0, 3)
     if mode and os.path.exists(SEED):
-        base = bytearray(open(SEED, "rb").read())
+        with open(SEED, "rb") as f:
+            base = bytearray(f.read())
         for _ in range(fdp.ConsumeIntInRange(1, 8)):
             pos = fdp.ConsumeIntInRange(0, len(base) - 1)
             base[pos] = fdp.ConsumeInt(1) & 0xFF

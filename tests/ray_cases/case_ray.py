@@ -138,11 +138,41 @@ def test_distributed_build_resumes(local_ray, tmp_path):
 def two_node_cluster():
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     common = ["--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(PORT),
-                    "--include-dashboard", "false", "--resources", json.dumps({"node_a": 1}), *common],
-                   check=True, env=env, capture_output=True)
-    subprocess.run(["ray", "start", "--address", f"127.0.0.1:{PORT}", "--node-ip-address", "127.0.0.1",
-                    "--resources", json.dumps({"node_b": 1}), *common], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(PORT),
+            "--include-dashboard",
+            "false",
+            "--resources",
+            json.dumps({"node_a": 1}),
+            *common,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "ray",
+            "start",
+            "--address",
+            f"127.0.0.1:{PORT}",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--resources",
+            json.dumps({"node_b": 1}),
+            *common,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     try:
         yield f"127.0.0.1:{PORT}"
     finally:
@@ -183,8 +213,12 @@ def test_cli_build_and_search_on_ray(tmp_path):
     docs = tmp_path / "docs.txt"
     docs.write_text("The cat sat on the mat.\nStock markets fell sharply.\nThe kitten slept on the rug.\n")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bne.cli", *a], capture_output=True, text=True, env=env,  # noqa: E731
-                                    cwd=tmp_path, timeout=300)
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "bne.cli", *a], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+
     out = run("build", "docs.txt", "-o", "shards", "--ray", "--shards", "2", "--model", head)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3 documents in 2 shards" in out.stdout

@@ -111,7 +111,9 @@ def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
     return digest
 
 
-def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256):
+def rescore_candidates(
+    query_logits: np.ndarray, candidate_codes: np.ndarray, candidate_ids: np.ndarray, k: int, *, chunk: int = 256
+):
     """Asymmetric re-ranking: score = ``query_logits . unpack(code)`` with the code's bits as {-1,+1}.
 
     ``candidate_ids`` (nq, m) are the Hamming top-m ids (-1 = padding). ``candidate_codes`` is either
@@ -126,7 +128,9 @@ def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, ca
         raise ValueError(f"query_logits (nq, bits) and candidate_ids (nq, m) must agree, got {q.shape} and {ids.shape}")
     bits = q.shape[1]
     if codes.dtype != np.uint8 or codes.shape[-1] * 8 < bits or codes.ndim not in (2, 3):
-        raise ValueError(f"candidate_codes must be uint8 (n, {bits // 8}) or (nq, m, {bits // 8}), got {codes.dtype} {codes.shape}")
+        raise ValueError(
+            f"candidate_codes must be uint8 (n, {bits // 8}) or (nq, m, {bits // 8}), got {codes.dtype} {codes.shape}"
+        )
     if codes.ndim == 3 and codes.shape[:2] != ids.shape:
         raise ValueError(f"candidate_codes {codes.shape} does not match candidate_ids {ids.shape}")
     k = int(k)
@@ -148,7 +152,9 @@ def rescore_candidates(query_logits: np.ndarray, candidate_codes: np.ndarray, ca
     return out_s, out_i
 
 
-def search_with(encoder, index, texts, k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+def search_with(
+    encoder, index, texts, k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64
+):
     """``Encoder.search`` for any encoder with ``encode(..., return_logits=True)``."""
     codes, logits = encoder.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
     if rescore is None:

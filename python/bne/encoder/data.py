@@ -55,7 +55,12 @@ def data_root(path: str | os.PathLike | None = None, *, required: bool = True) -
             raise FileNotFoundError(f"BNE_DATA={env} is not a folder")
         return None
     root = _repo_root()
-    for c in (root.parent / "shared" / "data", root / "shared" / "data", Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+    for c in (
+        root.parent / "shared" / "data",
+        root / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+    ):
         if c.is_dir():
             return c.resolve()
     if required:

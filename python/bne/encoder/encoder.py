@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,11 @@ def load_minilm(folder: str | os.PathLike | None = None):
 
     folder = Path(folder) if folder is not None else minilm_dir()
     cfg = json.loads((folder / "config.json").read_text())
-    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "_name_or_path", "transformers_version", "model_type", "gradient_checkpointing")}
+    cfg = {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("architectures", "_name_or_path", "transformers_version", "model_type", "gradient_checkpointing")
+    }
     model = BertModel(BertConfig(**cfg), add_pooling_layer=True)
     sd = load_file(str(folder / "model.safetensors"))
     sd = {k[5:] if k.startswith("bert.") else k: v for k, v in sd.items()}
@@ -94,7 +99,10 @@ class Encoder:
 
     def __repr__(self) -> str:
         name = self.info.get("name", "custom")
-        return f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, device={str(self.device)!r}, precision={self.precision!r})"
+        return (
+            f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, "
+            f"device={str(self.device)!r}, precision={self.precision!r})"
+        )
 
     @property
     def bits(self) -> int:
@@ -102,12 +110,26 @@ class Encoder:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def default(cls, bits: int = 1024, *, threads: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> Encoder:
+    def default(
+        cls,
+        bits: int = 1024,
+        *,
+        threads: int | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> Encoder:
         """all-MiniLM-L6-v2 + the shipped ``minilm-l6-<bits>`` head (1024 or 2048 bits), offline."""
         return cls.from_head(default_head(bits), threads=threads, device=device, precision=precision)
 
     @classmethod
-    def from_head(cls, path: str | os.PathLike, *, threads: int | None = None, device: str | torch.device = "cpu", precision: str = "fp32") -> Encoder:
+    def from_head(
+        cls,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> Encoder:
         """An encoder from a head file (``<name>.safetensors`` with ``projection.*`` weights, and its
         ``<name>.json`` config) on top of the all-MiniLM-L6-v2 backbone."""
         from safetensors.torch import load_file
@@ -124,7 +146,15 @@ class Encoder:
         model.projection.load_state_dict({k[len("projection.") :]: v for k, v in sd.items()})
         tok = bert_tokenizer(minilm_dir() / "vocab.txt")
         info = {"name": path.stem, **cfg}
-        return cls(model, tok, max_length=int(cfg.get("max_length", 256)), threads=threads, device=device, info=info, precision=precision)
+        return cls(
+            model,
+            tok,
+            max_length=int(cfg.get("max_length", 256)),
+            threads=threads,
+            device=device,
+            info=info,
+            precision=precision,
+        )
 
     # -- encoding --------------------------------------------------------------------------------
     def _batches(self, texts: list[str], batch_size: int, show_progress: bool | None, desc: str):
@@ -180,7 +210,14 @@ class Encoder:
         codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
         return (codes, logits) if return_logits else codes
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None, threads: int | None = None, normalize: bool = True) -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+        threads: int | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
         """The float backbone embeddings (mean pooled, L2-normalised by default): the float baseline."""
         texts = self._check_texts(texts)
         enc = self.model.encoder
@@ -220,7 +257,16 @@ class Encoder:
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     # -- search ----------------------------------------------------------------------------------
-    def search(self, index, texts: Sequence[str], k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+    def search(
+        self,
+        index,
+        texts: Sequence[str],
+        k: int,
+        *,
+        rescore: int | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+    ):
         """Encodes ``texts`` and searches ``index``. Without ``rescore``: the index's ``(D, I)``
         (Hamming distances). With ``rescore=m``: the top ``m`` Hamming candidates are re-ranked by
         the float query logits against their {-1,+1} bits; returns ``(scores float32, I)`` with

@@ -21,7 +21,8 @@ import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def retrieval_metrics(ranked: np.ndarray, qrels: list[dict[int, int]], k: int = 
     """(Recall@k, nDCG@k) averaged over queries; ``ranked`` (nq, >=k) doc rows (-1 = none),
     ``qrels[i]`` {doc row: graded relevance > 0}. nDCG uses the graded relevance as gain (BEIR)."""
     rec, nd = [], []
-    for row, rel in zip(ranked[:, :k], qrels):
+    for row, rel in zip(ranked[:, :k], qrels, strict=True):
         hits = [rel.get(int(d), 0) for d in row]
         rec.append(sum(1 for h in hits if h > 0) / max(1, len(rel)))
         dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
@@ -78,7 +79,9 @@ def retrieval_metrics(ranked: np.ndarray, qrels: list[dict[int, int]], k: int = 
 class Methods:
     """Turns raw backbone features into each method's representation."""
 
-    def __init__(self, encoder, bits: int, lsh_seed: int = 0, baselines: Sequence[str] = ("float", "sign", "lsh")) -> None:
+    def __init__(
+        self, encoder, bits: int, lsh_seed: int = 0, baselines: Sequence[str] = ("float", "sign", "lsh")
+    ) -> None:
         self.encoder = encoder
         self.bits = bits
         hidden = int(getattr(encoder, "hidden_size", None) or encoder.model.bert_config.hidden_size)
@@ -119,7 +122,9 @@ class Methods:
         return codes, z
 
 
-def eval_sts(methods: Methods, feats: dict[str, np.ndarray], s1: list[str], s2: list[str], gold: np.ndarray) -> dict[str, float]:
+def eval_sts(
+    methods: Methods, feats: dict[str, np.ndarray], s1: list[str], s2: list[str], gold: np.ndarray
+) -> dict[str, float]:
     a = np.stack([feats[t] for t in s1])
     b = np.stack([feats[t] for t in s2])
     out = {}
@@ -135,8 +140,16 @@ def eval_sts(methods: Methods, feats: dict[str, np.ndarray], s1: list[str], s2: 
     return out
 
 
-def eval_retrieval(methods: Methods, qf: np.ndarray, df: np.ndarray, qrels: list[dict[int, int]], *, k: int = 10,
-                   rescore: int = 0, threads: int | None = None) -> dict[str, dict[str, float]]:
+def eval_retrieval(
+    methods: Methods,
+    qf: np.ndarray,
+    df: np.ndarray,
+    qrels: list[dict[int, int]],
+    *,
+    k: int = 10,
+    rescore: int = 0,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
     from ..index import Index
 
     out: dict[str, dict[str, float]] = {}
@@ -170,29 +183,66 @@ def _parse_beir(spec: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bne eval", description="Evaluate a binary encoder on STS and BEIR retrieval, next to float / sign / LSH baselines.")
+    p = argparse.ArgumentParser(
+        prog="bne eval",
+        description="Evaluate a binary encoder on STS and BEIR retrieval, next to float / sign / LSH baselines.",
+    )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--head", nargs="+", default=None, help="head file(s) (.safetensors + .json) on all-MiniLM-L6-v2 (default: the shipped heads for --bits)")
+    src.add_argument(
+        "--head",
+        nargs="+",
+        default=None,
+        help="head file(s) (.safetensors + .json) on all-MiniLM-L6-v2 (default: the shipped heads for --bits)",
+    )
     src.add_argument("--model", default=None, help="a BinaryEmbedder checkpoint (file or folder, bne-binary layout)")
-    p.add_argument("--bits", type=int, nargs="+", default=[1024], help="shipped head(s) to evaluate (1024, 2048); the backbone runs once for all")
+    p.add_argument(
+        "--bits",
+        type=int,
+        nargs="+",
+        default=[1024],
+        help="shipped head(s) to evaluate (1024, 2048); the backbone runs once for all",
+    )
     p.add_argument("--cache-dir", default=None, help="cache backbone features here (.npy), reused by later runs")
-    p.add_argument("--data", default=None, help="shared/data folder (default: $BNE_DATA or ../shared/data next to the repo)")
+    p.add_argument(
+        "--data", default=None, help="shared/data folder (default: $BNE_DATA or ../shared/data next to the repo)"
+    )
     p.add_argument("--sts", nargs="*", default=list(DEFAULT_STS), help=f"STS sets ({', '.join(STS_SETS)})")
-    p.add_argument("--beir", nargs="*", default=list(DEFAULT_BEIR), help="BEIR sets as name[:split] (scifact, scifact:train, cisi, cranfield)")
+    p.add_argument(
+        "--beir",
+        nargs="*",
+        default=list(DEFAULT_BEIR),
+        help="BEIR sets as name[:split] (scifact, scifact:train, cisi, cranfield)",
+    )
     p.add_argument("--baselines", nargs="*", default=["float", "sign", "lsh"], choices=["float", "sign", "lsh"])
-    p.add_argument("--no-novel", dest="novel", action="store_false",
-                   help="do not add the '<set>-novel' rows: STS12-16 minus the pairs that also occur in STS-B train "
-                        "(21-50%% of STS12-16 pairs do; a model trained on STS-B train has seen them)")
-    p.add_argument("--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)")
+    p.add_argument(
+        "--no-novel",
+        dest="novel",
+        action="store_false",
+        help="do not add the '<set>-novel' rows: STS12-16 minus the pairs that also occur in STS-B train "
+        "(21-50%% of STS12-16 pairs do; a model trained on STS-B train has seen them)",
+    )
+    p.add_argument(
+        "--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)"
+    )
     p.add_argument("--lsh-seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch and search threads")
-    p.add_argument("--backend", choices=("torch", "onnx", "openvino"), default="torch",
-                   help="inference runtime of the backbone (torch: the reference)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="backbone precision (torch: autocast; openvino: inference precision hint)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino"),
+        default="torch",
+        help="inference runtime of the backbone (torch: the reference)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="backbone precision (torch: autocast; openvino: inference precision hint)",
+    )
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -205,7 +255,15 @@ def load_encoders(args) -> list[Any]:
         from .model import BinaryEmbedder, default_tokenizer
 
         model = BinaryEmbedder.from_pretrained(args.model)
-        encs = [Encoder(model, default_tokenizer(), max_length=args.max_length or 128, threads=args.threads, info={"name": str(args.model), "backbone": str(args.model)})]
+        encs = [
+            Encoder(
+                model,
+                default_tokenizer(),
+                max_length=args.max_length or 128,
+                threads=args.threads,
+                info={"name": str(args.model), "backbone": str(args.model)},
+            )
+        ]
     elif getattr(args, "backend", "torch") != "torch" or getattr(args, "precision", None):
         from .base import default_head
         from .runtime import load
@@ -229,7 +287,7 @@ def load_encoders(args) -> list[Any]:
 
 def _stsb_train_pairs(root) -> set[tuple[str, str]]:
     a, b, _ = load_sts("stsb-train", root)
-    pairs = {(x.strip().lower(), y.strip().lower()) for x, y in zip(a, b)}
+    pairs = {(x.strip().lower(), y.strip().lower()) for x, y in zip(a, b, strict=True)}
     return pairs | {(y, x) for x, y in pairs}
 
 
@@ -258,10 +316,14 @@ def run(args) -> dict[str, Any]:
         sts_data[name] = (s1, s2, gold)
         if args.novel and name.startswith("sts1"):
             seen = _stsb_train_pairs(root)
-            novel = [i for i, (a, b) in enumerate(zip(s1, s2)) if (a.strip().lower(), b.strip().lower()) not in seen]
+            novel = [
+                i
+                for i, (a, b) in enumerate(zip(s1, s2, strict=True))
+                if (a.strip().lower(), b.strip().lower()) not in seen
+            ]
             sts_data[name + "-novel"] = ([s1[i] for i in novel], [s2[i] for i in novel], gold[novel])
     texts = list(dict.fromkeys(t for s1, s2, _ in sts_data.values() for t in s1 + s2))
-    feats = dict(zip(texts, _embed(enc0, texts, args, show))) if texts else {}
+    feats = dict(zip(texts, _embed(enc0, texts, args, show), strict=True)) if texts else {}
     beir_data = []
     for spec in args.beir:
         name, split = _parse_beir(spec)
@@ -280,13 +342,24 @@ def run(args) -> dict[str, Any]:
         beir_data.append((f"{name}-{split}", qf, df, qrel_rows))
     runs = []
     for i, enc in enumerate(encs):
-        methods = Methods(enc, enc.bits, args.lsh_seed, args.baselines if i == 0 else [b for b in args.baselines if b == "lsh"])
-        res: dict[str, Any] = {"model": enc.info.get("name", "custom"), "bits": enc.bits, "max_length": enc.max_length,
-                               "rescore": args.rescore, "lsh_seed": args.lsh_seed, "sts": {}, "retrieval": {}}
+        methods = Methods(
+            enc, enc.bits, args.lsh_seed, args.baselines if i == 0 else [b for b in args.baselines if b == "lsh"]
+        )
+        res: dict[str, Any] = {
+            "model": enc.info.get("name", "custom"),
+            "bits": enc.bits,
+            "max_length": enc.max_length,
+            "rescore": args.rescore,
+            "lsh_seed": args.lsh_seed,
+            "sts": {},
+            "retrieval": {},
+        }
         for name, (s1, s2, gold) in sts_data.items():
             res["sts"][name] = eval_sts(methods, feats, s1, s2, gold)
         for key, qf, df, qrel_rows in beir_data:
-            res["retrieval"][key] = eval_retrieval(methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads)
+            res["retrieval"][key] = eval_retrieval(
+                methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads
+            )
         runs.append(res)
     return {"runs": runs, "seconds": round(time.time() - t0, 1)}
 
@@ -299,7 +372,13 @@ def format_table(results: dict[str, Any]) -> str:
         names = list(sts)
         methods = list(next(iter(sts.values())))
         w = max(len(m) for m in methods) + 2
-        lines.append("STS Spearman".ljust(w) + "".join(f"{n.replace('-novel', '-nov') + ('*' if n.split('-')[0] in HELD_OUT or n in HELD_OUT else ''):>11}" for n in names))
+        lines.append(
+            "STS Spearman".ljust(w)
+            + "".join(
+                f"{n.replace('-novel', '-nov') + ('*' if n.split('-')[0] in HELD_OUT or n in HELD_OUT else ''):>11}"
+                for n in names
+            )
+        )
         for m in methods:
             lines.append(m.ljust(w) + "".join(f"{sts[n][m]:>11.4f}" for n in names))
     ret = results["retrieval"]
@@ -310,7 +389,10 @@ def format_table(results: dict[str, Any]) -> str:
             methods += [m for m in ret[n] if m not in methods]
         w = max(len(m) for m in methods) + 2
         lines.append("")
-        lines.append("R@10 / nDCG@10".ljust(w) + "".join(f"{n + ('*' if n.split('-')[0] in HELD_OUT else ''):>18}" for n in names))
+        lines.append(
+            "R@10 / nDCG@10".ljust(w)
+            + "".join(f"{n + ('*' if n.split('-')[0] in HELD_OUT else ''):>18}" for n in names)
+        )
         for m in methods:
             cells = []
             for n in names:

@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,9 @@ class _Graph(nn.Module):
         self.normalize = enc.model.normalize
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        h = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
         pooled = mean_pool(h, attention_mask)
         e = nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
         return self.projection(e), pooled
@@ -54,30 +56,41 @@ def export_onnx(head: str | os.PathLike, out: str | os.PathLike, *, check: bool 
     out = Path(out)
     enc = Encoder.from_head(head)
     # The eager attention traces to plain MatMul/Softmax; sdpa's mask helpers trace less portably.
-    enc.model.encoder.config._attn_implementation = "eager"
+    enc.model.bert_config._attn_implementation = "eager"
     graph = _Graph(enc).eval()
     ids = torch.tensor([[101, 1037, 4937, 102, 0], [101, 2023, 2003, 1037, 102]], dtype=torch.int64)
     mask = (ids != 0).long()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape-constant branches that are constant for BERT
         torch.onnx.export(
-            graph, (ids, mask), str(out), dynamo=False, opset_version=OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["logits", "pooled"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                          "logits": {0: "batch"}, "pooled": {0: "batch"}},
+            graph,
+            (ids, mask),
+            str(out),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits", "pooled"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "logits": {0: "batch"},
+                "pooled": {0: "batch"},
+            },
         )
     if check:
         from .runtime import OnnxEncoder
 
         onnx_enc = OnnxEncoder(out, head)
-        enc.model.encoder.config._attn_implementation = "sdpa"
+        enc.model.bert_config._attn_implementation = "sdpa"
         a = enc.encode(CHECK_TEXTS, return_logits=True)[1]
         b = onnx_enc.encode(CHECK_TEXTS, return_logits=True)[1]
         agree = float(np.mean((a >= 0) == (b >= 0)))
         err = float(np.max(np.abs(a - b)))
         if agree < 0.995 or err > 0.05:
-            raise RuntimeError(f"the ONNX export of {Path(head).name} disagrees with torch: {agree:.4f} of bits equal, "
-                               f"max |logit diff| {err:.3g}")
+            raise RuntimeError(
+                f"the ONNX export of {Path(head).name} disagrees with torch: {agree:.4f} of bits equal, "
+                f"max |logit diff| {err:.3g}"
+            )
     return out
 
 

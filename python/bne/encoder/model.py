@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,9 +64,13 @@ def bert_tokenizer(vocab_file: str | os.PathLike, *, do_lower_case: bool = True,
 
     params = inspect.signature(BertTokenizerFast.__init__).parameters
     if "vocab" in params:
-        tok = BertTokenizerFast(vocab=_read_vocab(Path(vocab_file)), do_lower_case=do_lower_case, model_max_length=model_max_length)
+        tok = BertTokenizerFast(
+            vocab=_read_vocab(Path(vocab_file)), do_lower_case=do_lower_case, model_max_length=model_max_length
+        )
     else:  # transformers 4.x
-        tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=do_lower_case, model_max_length=model_max_length)
+        tok = BertTokenizerFast(
+            vocab_file=str(vocab_file), do_lower_case=do_lower_case, model_max_length=model_max_length
+        )
     if tok.convert_tokens_to_ids("the") == tok.unk_token_id:  # pragma: no cover - guards the trap above
         raise RuntimeError(f"tokenizer built from {vocab_file} has no real vocabulary")
     return tok
@@ -79,13 +84,13 @@ def default_tokenizer():
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z):  # type: ignore[override]
+    def forward(ctx, z):
         t = torch.tanh(z)
         ctx.save_for_backward(t)
         return torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         (t,) = ctx.saved_tensors
         return g * (1 - t * t)
 
@@ -108,7 +113,11 @@ def _bert_config(config: Any):
     if isinstance(config, BertConfig):
         return config
     if isinstance(config, dict):
-        cfg = {k: v for k, v in config.items() if k not in ("architectures", "_name_or_path", "transformers_version", "model_type")}
+        cfg = {
+            k: v
+            for k, v in config.items()
+            if k not in ("architectures", "_name_or_path", "transformers_version", "model_type")
+        }
         return BertConfig(**cfg)
     raise TypeError(f"config must be a dict or transformers.BertConfig, got {type(config).__name__}")
 
@@ -148,10 +157,12 @@ class BinaryEmbedder(nn.Module):
     @property
     def bert_config(self) -> Any:
         """The backbone's transformers config."""
-        return getattr(self.encoder, "config")
+        return self.encoder.config
 
     # -- forward ---------------------------------------------------------------------------------
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def pooled(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The backbone's mean-pooled sentence embedding (L2-normalised when ``normalize``)."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         e = mean_pool(out.last_hidden_state, attention_mask)
@@ -159,11 +170,15 @@ class BinaryEmbedder(nn.Module):
             e = nn.functional.normalize(e, dim=-1)
         return e
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Pre-sign outputs (projection + LayerNorm), shape ``(batch, binary_dim)``."""
         return self.projection(self.pooled(input_ids, attention_mask, token_type_ids))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Codes in {-1, +1}, float, with straight-through gradients."""
         return sign_ste(self.logits(input_ids, attention_mask, token_type_ids))
 
@@ -203,7 +218,7 @@ class BinaryEmbedder(nn.Module):
         return out
 
     # -- loading ---------------------------------------------------------------------------------
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that also accepts checkpoints written by other transformers
         versions: a stored ``encoder.embeddings.position_ids`` buffer is dropped, and a missing BERT
         pooler (never used here) keeps its current weights."""
@@ -243,7 +258,14 @@ class BinaryEmbedder(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, binary_dim: int | None = None, normalize: bool | None = None, **hub_kwargs: Any) -> BinaryEmbedder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        binary_dim: int | None = None,
+        normalize: bool | None = None,
+        **hub_kwargs: Any,
+    ) -> BinaryEmbedder:
         """Loads a model from a state-dict file (``.pt`` / ``.bin`` / ``.safetensors``), a folder
         (``config.json`` + weights, as written by :meth:`save_pretrained` or a seed checkpoint folder),
         or a Hugging Face Hub repo id (needs network; raises OSError offline)."""
@@ -256,7 +278,11 @@ class BinaryEmbedder(nn.Module):
             return cls._from_state_dict(load_weights(p), cfg, binary_dim, normalize)
         if p.is_dir():
             return cls._from_folder(p, binary_dim, normalize)
-        if str(name_or_path).startswith((".", "/", "~")) or os.sep in str(name_or_path) and str(name_or_path).count("/") != 1:
+        if (
+            str(name_or_path).startswith((".", "/", "~"))
+            or os.sep in str(name_or_path)
+            and str(name_or_path).count("/") != 1
+        ):
             raise FileNotFoundError(f"no such file or folder: {name_or_path}")
         try:
             from huggingface_hub import snapshot_download
@@ -283,7 +309,9 @@ class BinaryEmbedder(nn.Module):
         return cls._from_state_dict(load_weights(weights), cfg, binary_dim, normalize)
 
     @classmethod
-    def _from_state_dict(cls, sd: dict[str, torch.Tensor], cfg: dict | None, binary_dim: int | None, normalize: bool | None) -> BinaryEmbedder:
+    def _from_state_dict(
+        cls, sd: dict[str, torch.Tensor], cfg: dict | None, binary_dim: int | None, normalize: bool | None
+    ) -> BinaryEmbedder:
         sd = dict(sd)
         if "projection.0.weight" not in sd:
             raise ValueError("not a BinaryEmbedder checkpoint: no 'projection.0.weight' key")

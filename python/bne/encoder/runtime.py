@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,9 @@ def ensure_onnx(head: str | os.PathLike, *, quiet: bool = False) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OSError(f"cannot create the model cache {path.parent} ({e.strerror}); set BNE_CACHE_DIR to a writable folder") from None
+        raise OSError(
+            f"cannot create the model cache {path.parent} ({e.strerror}); set BNE_CACHE_DIR to a writable folder"
+        ) from None
     with _locked(path.with_name(path.name + ".lock")):
         if path.is_file():  # another process exported it while we waited
             return path
@@ -123,8 +126,16 @@ class OnnxEncoder:
     device = "cpu"
     precision = "fp32"
 
-    def __init__(self, model: str | os.PathLike, head: str | os.PathLike, *, threads: int | None = None,
-                 max_length: int | None = None, optimization: str = "all", info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        head: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        max_length: int | None = None,
+        optimization: str = "all",
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.model_path = Path(model)
         self.head_path = Path(head)
         cfg = read_head_config(self.head_path)
@@ -145,7 +156,9 @@ class OnnxEncoder:
             raise ValueError(f"bne.Index needs a multiple of 64 bits, the model has {self.bits}")
 
     @classmethod
-    def from_head(cls, head: str | os.PathLike, *, threads: int | None = None, quiet: bool = False, **kw: Any) -> OnnxEncoder:
+    def from_head(
+        cls, head: str | os.PathLike, *, threads: int | None = None, quiet: bool = False, **kw: Any
+    ) -> OnnxEncoder:
         """The encoder of a head file, exporting its ONNX graph into the cache on first use. A cached
         file that the runtime cannot read (damaged outside bne) is removed and exported again, once."""
         path = ensure_onnx(head, quiet=quiet)
@@ -165,8 +178,10 @@ class OnnxEncoder:
         return cls.from_head(default_head(bits), threads=threads, **kw)
 
     def __repr__(self) -> str:
-        return (f"bne.encoder.{type(self).__name__}({self.info.get('name')!r}, bits={self.bits}, max_length={self.max_length}, "
-                f"precision={self.precision!r})")
+        return (
+            f"bne.encoder.{type(self).__name__}({self.info.get('name')!r}, bits={self.bits}, "
+            f"max_length={self.max_length}, precision={self.precision!r})"
+        )
 
     # -- runtime pieces --------------------------------------------------------------------------
     def _session(self, threads: int | None):
@@ -247,8 +262,14 @@ class OnnxEncoder:
                 bar.close()
 
     # -- public API ------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str], batch_size: int = 64, return_logits: bool = False,
-               show_progress: bool | None = None, threads: int | None = None):
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        return_logits: bool = False,
+        show_progress: bool | None = None,
+        threads: int | None = None,
+    ):
         """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order; with
         ``return_logits=True`` also the float32 pre-sign logits ``(n, bits)``."""
         texts = self._check_texts(texts)
@@ -258,8 +279,14 @@ class OnnxEncoder:
         codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
         return (codes, logits) if return_logits else codes
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None,
-              threads: int | None = None, normalize: bool = True) -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        show_progress: bool | None = None,
+        threads: int | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
         """The float backbone embeddings (mean pooled, L2-normalised by default)."""
         texts = self._check_texts(texts)
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
@@ -273,7 +300,10 @@ class OnnxEncoder:
             from safetensors.numpy import load_file
 
             sd = load_file(str(self.head_path))
-            self._head = {k[len("projection."):] if k.startswith("projection.") else k: v.astype(np.float32) for k, v in sd.items()}
+            self._head = {
+                k[len("projection.") :] if k.startswith("projection.") else k: v.astype(np.float32)
+                for k, v in sd.items()
+            }
         w = self._head
         x = np.asarray(features, dtype=np.float32)
         if self.normalize:
@@ -285,7 +315,16 @@ class OnnxEncoder:
         codes = pack(z >= 0)
         return (codes, z) if return_logits else codes
 
-    def search(self, index, texts: Sequence[str], k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64):
+    def search(
+        self,
+        index,
+        texts: Sequence[str],
+        k: int,
+        *,
+        rescore: int | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+    ):
         """As :meth:`bne.encoder.Encoder.search`."""
         return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)
 
@@ -296,7 +335,9 @@ class OpenVinoEncoder(OnnxEncoder):
 
     backend = "openvino"
 
-    def __init__(self, model: str | os.PathLike, head: str | os.PathLike, *, precision: str = "fp32", **kw: Any) -> None:
+    def __init__(
+        self, model: str | os.PathLike, head: str | os.PathLike, *, precision: str = "fp32", **kw: Any
+    ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
         self.precision = precision
@@ -317,7 +358,10 @@ class _OvSession:
         import openvino as ov
 
         core = ov.Core()
-        cfg = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        cfg: dict[str, str | int] = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(core.read_model(str(path)), "CPU", cfg)
@@ -326,8 +370,12 @@ class _OvSession:
     def get_outputs(self):
         from types import SimpleNamespace
 
-        return [SimpleNamespace(name=o.get_any_name(), shape=[d.get_length() if d.is_static else None for d in o.get_partial_shape()])
-                for o in self.model.outputs]
+        return [
+            SimpleNamespace(
+                name=o.get_any_name(), shape=[d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+            )
+            for o in self.model.outputs
+        ]
 
     def run(self, names, feeds):
         r = self.request.infer(feeds)
@@ -348,7 +396,11 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 def _nvidia_present() -> bool:
     # Cheap check first, so that a CPU-only machine never pays for importing torch to find out.
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0") or bool(os.environ.get("BNE_ASSUME_GPU"))
+    return (
+        os.path.exists("/proc/driver/nvidia/version")
+        or os.path.exists("/dev/nvidia0")
+        or bool(os.environ.get("BNE_ASSUME_GPU"))
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -364,7 +416,9 @@ def resolve_device(device: str) -> str:
     except ImportError:
         if device == "auto":
             return "cpu"
-        raise ValueError("--device cuda needs torch with CUDA (pip install 'bne[encoder]' with a CUDA build of torch)") from None
+        raise ValueError(
+            "--device cuda needs torch with CUDA (pip install 'bne[encoder]' with a CUDA build of torch)"
+        ) from None
     if torch.cuda.is_available():
         return "cuda"
     if device == "auto":
@@ -410,8 +464,17 @@ def _onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("tokenizers") is not None
 
 
-def load(model: str | os.PathLike = "default", bits: int = 1024, *, backend: str = "auto", device: str = "cpu",
-         threads: int | None = None, precision: str | None = None, purpose: str = "query", quiet: bool = False):
+def load(
+    model: str | os.PathLike = "default",
+    bits: int = 1024,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str | None = None,
+    purpose: str = "query",
+    quiet: bool = False,
+):
     """An encoder for ``model`` ('default': the shipped head for ``bits``; or a head .safetensors).
 
     ``device``: 'cpu', 'cuda' (torch, fp16 autocast unless ``precision``) or 'auto' (cuda when a GPU
@@ -447,7 +510,9 @@ def load(model: str | os.PathLike = "default", bits: int = 1024, *, backend: str
                 return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
             except Exception as e:
                 if not quiet:
-                    print(f"bne: {name} encoder unavailable ({_first_line(e)}); trying the next runtime", file=sys.stderr)
+                    print(
+                        f"bne: {name} encoder unavailable ({_first_line(e)}); trying the next runtime", file=sys.stderr
+                    )
         backend = "torch"
     if backend == "openvino":
         return OpenVinoEncoder.from_head(head, threads=threads, precision=precision or "fp32", quiet=quiet)

@@ -33,8 +33,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,8 +52,14 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
-def contrastive_loss(za: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor | None = None, *, temperature: float = 0.05,
-                     same: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(
+    za: torch.Tensor,
+    zp: torch.Tensor,
+    zn: torch.Tensor | None = None,
+    *,
+    temperature: float = 0.05,
+    same: torch.Tensor | None = None,
+) -> torch.Tensor:
     """In-batch InfoNCE on tanh codes: row i of ``za`` must pick ``zp[i]`` among all positives (and
     hard negatives ``zn``). ``same`` (B, B) bool marks off-diagonal pairs that are the same text
     (not negatives)."""
@@ -199,11 +206,11 @@ def recipe_minilm_default(root=None, *, sci_repeat: int = 20, sts_min_score: flo
     rows += load_pairs(root / "pairs" / "flickr30k-caption-pairs.tsv.gz")
     rows += load_pairs(root / "pairs" / "mrpc-train-positive-pairs.tsv.gz")
     s1, s2, gold = load_sts("stsb-train", root)
-    rows += [(a, b) for a, b, g in zip(s1, s2, gold) if g >= sts_min_score]
+    rows += [(a, b) for a, b, g in zip(s1, s2, gold, strict=True) if g >= sts_min_score]
     corpus, queries, qrels = load_beir("scifact", "train", root)
     sci = [(queries[q], corpus[d]) for q in queries for d in qrels[q] if d in corpus]
     rows += sci * sci_repeat
-    scored = [(a, b, float(g)) for a, b, g in zip(s1, s2, gold)]
+    scored = [(a, b, float(g)) for a, b, g in zip(s1, s2, gold, strict=True)]
     _, mrpc = read_tsv(root / "mrpc" / "mrpc-train.tsv.gz")
     docs = sorted({d for q in queries for d in qrels[q] if d in corpus})
     pool = list(s1) + list(s2) + [r[3] for r in mrpc] + [r[4] for r in mrpc]
@@ -238,13 +245,13 @@ def feature_cache_path(texts: list[str], encoder, cache_dir: str | os.PathLike) 
     return Path(cache_dir) / f"feats-{h.hexdigest()[:20]}.npy"
 
 
-def backbone_features(texts: list[str], encoder, *, batch_size: int = 64, cache_dir: str | None = None,
-                      show_progress: bool | None = None) -> np.ndarray:
+def backbone_features(
+    texts: list[str], encoder, *, batch_size: int = 64, cache_dir: str | None = None, show_progress: bool | None = None
+) -> np.ndarray:
     """Raw (unnormalised) mean-pooled backbone features of ``texts``, cached as .npy in ``cache_dir``."""
     path = feature_cache_path(texts, encoder, cache_dir) if cache_dir else None
-    if path is not None:
-        if path.is_file():
-            return np.load(path)
+    if path is not None and path.is_file():
+        return np.load(path)
     x = encoder.embed(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,14 +356,24 @@ def train_head(
         if sc_t is not None:
             sb = sc_t[torch.randint(len(sc_t), (scored_batch,), generator=g)]
             sa, sbb = sb[:, 0].long(), sb[:, 1].long()
-            loss = loss + scored_weight * cosent_loss(head(X[sa]), head(X[sbb]), sb[:, 2].float(), temperature=temperature)
+            loss = loss + scored_weight * cosent_loss(
+                head(X[sa]), head(X[sbb]), sb[:, 2].float(), temperature=temperature
+            )
         step += 1
         run = _optimizer_step(loss, head, opt, sched, run, step)
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
-            checkpoint_fn({"head": head.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "step": step, "generator": g.get_state(), "perm": perm})
+            checkpoint_fn(
+                {
+                    "head": head.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "generator": g.get_state(),
+                    "perm": perm,
+                }
+            )
     return head.eval()
 
 
@@ -383,11 +400,29 @@ def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 # full fine-tuning (the seed recipe)
 # ---------------------------------------------------------------------------------------------
-def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str = "contrastive", distill_weight: float = 1.0,
-               epochs: float = 1.0, batch_size: int = 64, temperature: float = 0.05, distill_temperature: float = 0.05,
-               lr: float = 2e-5, head_lr_mult: float = 50.0, warmup: float = 0.1, max_length: int = 128, seed: int = 0,
-               device: str = "cpu", resume: dict | None = None, checkpoint_fn=None, checkpoint_every: int = 0,
-               log_every: int = 50, log=print):
+def train_full(
+    model,
+    tokenizer,
+    rows: list[tuple[str, ...]],
+    *,
+    objective: str = "contrastive",
+    distill_weight: float = 1.0,
+    epochs: float = 1.0,
+    batch_size: int = 64,
+    temperature: float = 0.05,
+    distill_temperature: float = 0.05,
+    lr: float = 2e-5,
+    head_lr_mult: float = 50.0,
+    warmup: float = 0.1,
+    max_length: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: dict | None = None,
+    checkpoint_fn=None,
+    checkpoint_every: int = 0,
+    log_every: int = 50,
+    log=print,
+):
     """End-to-end training of a :class:`BinaryEmbedder` on (anchor, positive[, negative]) text rows.
     With a distillation objective the teacher is a frozen copy of the initial backbone."""
     import copy
@@ -450,14 +485,25 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
             with torch.no_grad():
                 ids, mask = tok(texts)
                 tfeat = mean_pool(teacher(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
-            loss = loss + distill_weight * distill_loss(torch.cat([za, zp])[first], tfeat, temperature=distill_temperature)
+            loss = loss + distill_weight * distill_loss(
+                torch.cat([za, zp])[first], tfeat, temperature=distill_temperature
+            )
         step += 1
         run = _optimizer_step(loss, model, opt, sched, run, step)
         if log and log_every and step % log_every == 0:
             log(f"step {step}/{total} loss {run:.4f} {time.time() - t0:.0f}s")
         if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
-            checkpoint_fn({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "step": step, "generator": g.get_state(), "torch_rng": torch.get_rng_state(), "perm": perm})
+            checkpoint_fn(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "generator": g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "perm": perm,
+                }
+            )
     return model.eval()
 
 
@@ -465,39 +511,96 @@ def train_full(model, tokenizer, rows: list[tuple[str, ...]], *, objective: str 
 # CLI
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bne train", description="Train a natively binary text encoder (head-only on a frozen backbone, or end to end).")
-    p.add_argument("--data", action="append", default=[], metavar="TSV",
-                   help="training TSV(s): anchor<TAB>positive[<TAB>negative], optional header 'anchor...'; .gz ok; "
-                        "PATH*N repeats a file N times; repeatable")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="built-in training data from shared/data (minilm-default: what trained the shipped heads); adds to --data")
-    p.add_argument("--data-root", default=None, help="shared/data folder for --recipe (default: $BNE_DATA or ../shared/data)")
-    p.add_argument("--scored", action="append", default=[], metavar="TSV",
-                   help="score<TAB>sentence1<TAB>sentence2 pairs for a CoSENT loss (head-only), e.g. stsb-train.tsv.gz")
+    p = argparse.ArgumentParser(
+        prog="bne train",
+        description="Train a natively binary text encoder (head-only on a frozen backbone, or end to end).",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TSV",
+        help="training TSV(s): anchor<TAB>positive[<TAB>negative], optional header 'anchor...'; .gz ok; "
+        "PATH*N repeats a file N times; repeatable",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="built-in training data from shared/data (minilm-default: what trained the shipped heads); adds to --data",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="shared/data folder for --recipe (default: $BNE_DATA or ../shared/data)"
+    )
+    p.add_argument(
+        "--scored",
+        action="append",
+        default=[],
+        metavar="TSV",
+        help="score<TAB>sentence1<TAB>sentence2 pairs for a CoSENT loss (head-only), e.g. stsb-train.tsv.gz",
+    )
     p.add_argument("--scored-batch", type=int, default=128, help="scored pairs per step (0: off)")
     p.add_argument("--scored-weight", type=float, default=0.2)
-    p.add_argument("--texts", action="append", default=[], metavar="FILE",
-                   help="extra unlabelled texts for distillation (one per line, or every field of a TSV); head-only; repeatable")
+    p.add_argument(
+        "--texts",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra unlabelled texts for distillation (one per line, or every field of a TSV); head-only; repeatable",
+    )
     p.add_argument("--out", required=True, help="output prefix: writes OUT.safetensors and OUT.json")
     p.add_argument("--bits", type=int, default=1024, help="code length, a multiple of 64 (default 1024)")
-    p.add_argument("--backbone", default="minilm",
-                   help="'minilm' (all-MiniLM-L6-v2, offline), 'bert-mini' (random init from config), or a BinaryEmbedder checkpoint path (--full)")
+    p.add_argument(
+        "--backbone",
+        default="minilm",
+        help="'minilm' (all-MiniLM-L6-v2, offline), 'bert-mini' (random init from config), "
+        "or a BinaryEmbedder checkpoint path (--full)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--head-only", dest="head_only", action="store_true", default=None, help="freeze the backbone, train the head (default for minilm)")
-    mode.add_argument("--full", dest="head_only", action="store_false", help="fine-tune the backbone too (the seed recipe)")
-    p.add_argument("--objective", choices=OBJECTIVES, default=None,
-                   help="default: distill+contrastive (head-only) / contrastive (full, the seed recipe)")
+    mode.add_argument(
+        "--head-only",
+        dest="head_only",
+        action="store_true",
+        default=None,
+        help="freeze the backbone, train the head (default for minilm)",
+    )
+    mode.add_argument(
+        "--full", dest="head_only", action="store_false", help="fine-tune the backbone too (the seed recipe)"
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="default: distill+contrastive (head-only) / contrastive (full, the seed recipe)",
+    )
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 256 head-only, 64 full)")
-    p.add_argument("--pool-batch", type=int, default=256, help="unlabelled texts (--texts / recipe pool) added to each distillation batch")
+    p.add_argument(
+        "--pool-batch",
+        type=int,
+        default=256,
+        help="unlabelled texts (--texts / recipe pool) added to each distillation batch",
+    )
     p.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature")
     p.add_argument("--distill-temperature", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=2e-5, help="backbone learning rate (the head gets lr * head-lr-mult)")
     p.add_argument("--head-lr-mult", type=float, default=50.0)
-    p.add_argument("--warmup", type=float, default=None, help="warm-up fraction of the steps (default 0.05 head-only, 0.1 full)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default 256 head-only = the inference length, 128 full)")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false", help="do not L2-normalise pooled features before the head")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="warm-up fraction of the steps (default 0.05 head-only, 0.1 full)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per text (default 256 head-only = the inference length, 128 full)",
+    )
+    p.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="do not L2-normalise pooled features before the head",
+    )
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -557,7 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scored_weight": args.scored_weight if head_only else None,
         "scored_batch": args.scored_batch if head_only else None,
         "pool_batch": args.pool_batch if head_only else None,
-        "training_data": ([f"recipe:{args.recipe}"] if args.recipe else []) + [os.path.basename(str(d)) for d in args.data + args.scored + args.texts],
+        "training_data": ([f"recipe:{args.recipe}"] if args.recipe else [])
+        + [os.path.basename(str(d)) for d in args.data + args.scored + args.texts],
         "pairs": len(rows),
         "scored_pairs": len(scored),
         "pool_texts": len(extra_texts),
@@ -571,33 +675,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .model import BinaryEmbedder, bert_tokenizer, minilm_dir
 
         max_length = args.max_length or 256
-        enc = Encoder(BinaryEmbedder(args.bits, encoder=load_minilm(), normalize=args.normalize),
-                      bert_tokenizer(minilm_dir() / "vocab.txt"), max_length=max_length, device=args.device)
+        enc = Encoder(
+            BinaryEmbedder(args.bits, encoder=load_minilm(), normalize=args.normalize),
+            bert_tokenizer(minilm_dir() / "vocab.txt"),
+            max_length=max_length,
+            device=args.device,
+        )
         enc.info["backbone"] = "all-MiniLM-L6-v2"
         texts = list(dict.fromkeys([t for r in rows for t in r] + [t for sc in scored for t in sc[:2]] + extra_texts))
         pos = {t: i for i, t in enumerate(texts)}
-        pair_index = np.array([[pos[t] for t in r] for r in rows], dtype=np.int64) if len({len(r) for r in rows}) == 1 else \
-            np.array([[pos[r[0]], pos[r[1]]] for r in rows], dtype=np.int64)
+        pair_index = (
+            np.array([[pos[t] for t in r] for r in rows], dtype=np.int64)
+            if len({len(r) for r in rows}) == 1
+            else np.array([[pos[r[0]], pos[r[1]]] for r in rows], dtype=np.int64)
+        )
         log(f"{len(rows)} pairs, {len(scored)} scored pairs, {len(texts)} distinct texts: computing backbone features")
         feats = backbone_features(texts, enc, cache_dir=args.cache_dir, show_progress=False if args.quiet else None)
         pool = np.array([pos[t] for t in extra_texts], dtype=np.int64) if extra_texts else None
         sc_arr = np.array([[pos[a], pos[b], g] for a, b, g in scored], dtype=np.float64) if scored else None
-        head = train_head(pair_index, feats, bits=args.bits, objective=objective, distill_weight=args.distill_weight,
-                          pool=pool, pool_batch=args.pool_batch, scored=sc_arr, scored_batch=args.scored_batch,
-                          scored_weight=args.scored_weight, epochs=args.epochs, batch_size=args.batch_size or 256,
-                          temperature=args.temperature, distill_temperature=args.distill_temperature,
-                          lr=args.lr * args.head_lr_mult, warmup=0.05 if args.warmup is None else args.warmup,
-                          normalize=args.normalize, seed=args.seed, resume=resume, checkpoint_every=args.checkpoint_every,
-                          checkpoint_fn=save_ckpt, log_every=args.log_every, log=log)
+        head = train_head(
+            pair_index,
+            feats,
+            bits=args.bits,
+            objective=objective,
+            distill_weight=args.distill_weight,
+            pool=pool,
+            pool_batch=args.pool_batch,
+            scored=sc_arr,
+            scored_batch=args.scored_batch,
+            scored_weight=args.scored_weight,
+            epochs=args.epochs,
+            batch_size=args.batch_size or 256,
+            temperature=args.temperature,
+            distill_temperature=args.distill_temperature,
+            lr=args.lr * args.head_lr_mult,
+            warmup=0.05 if args.warmup is None else args.warmup,
+            normalize=args.normalize,
+            seed=args.seed,
+            resume=resume,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_fn=save_ckpt,
+            log_every=args.log_every,
+            log=log,
+        )
         sd = {"projection." + k: v.detach().contiguous() for k, v in head.state_dict().items()}
         save_safetensors(sd, out.with_suffix(".safetensors"))
-        cfg = {"bits": args.bits, "backbone": "all-MiniLM-L6-v2", "pooling": "mean", "normalize": args.normalize,
-               "max_length": 256, "train_max_length": max_length, **{k: v for k, v in cfg.items() if k != "bits"}}
+        cfg = {
+            "bits": args.bits,
+            "backbone": "all-MiniLM-L6-v2",
+            "pooling": "mean",
+            "normalize": args.normalize,
+            "max_length": 256,
+            "train_max_length": max_length,
+            **{k: v for k, v in cfg.items() if k != "bits"},
+        }
     else:
         from .model import BinaryEmbedder, default_tokenizer
 
         if scored or extra_texts:
-            log("--full trains on the pairs only: scored pairs (CoSENT) and distillation pool texts are head-only features, ignored")
+            log(
+                "--full trains on the pairs only: scored pairs (CoSENT) and distillation pool texts "
+                "are head-only features, ignored"
+            )
         set_seed(args.seed)
         if args.backbone == "bert-mini":
             model = BinaryEmbedder(args.bits)  # the seed layout: no normalisation before the head
@@ -612,20 +751,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.backbone in ("bert-mini", "minilm"):
             lsh_init(model.projection, args.seed)
         tok = default_tokenizer()
-        model = train_full(model, tok, rows, objective=objective, distill_weight=args.distill_weight, epochs=args.epochs,
-                           batch_size=args.batch_size or 64, temperature=args.temperature,
-                           distill_temperature=args.distill_temperature, lr=args.lr, head_lr_mult=args.head_lr_mult,
-                           warmup=0.1 if args.warmup is None else args.warmup, max_length=args.max_length or 128,
-                           seed=args.seed, device=args.device, resume=resume, checkpoint_fn=save_ckpt,
-                           checkpoint_every=args.checkpoint_every, log_every=args.log_every, log=log)
+        model = train_full(
+            model,
+            tok,
+            rows,
+            objective=objective,
+            distill_weight=args.distill_weight,
+            epochs=args.epochs,
+            batch_size=args.batch_size or 64,
+            temperature=args.temperature,
+            distill_temperature=args.distill_temperature,
+            lr=args.lr,
+            head_lr_mult=args.head_lr_mult,
+            warmup=0.1 if args.warmup is None else args.warmup,
+            max_length=args.max_length or 128,
+            seed=args.seed,
+            device=args.device,
+            resume=resume,
+            checkpoint_fn=save_ckpt,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
+            log=log,
+        )
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_safetensors(sd, out.with_suffix(".safetensors"))
         bb = model.bert_config.to_dict()
         from .model import _BERT_KEYS
 
-        cfg = {"bits": args.bits, "binary_dim": args.bits, "backbone": {k: v for k, v in bb.items() if k in _BERT_KEYS},
-               "backbone_name": args.backbone, "pooling": "mean", "normalize": model.normalize,
-               "max_length": args.max_length or 128, **{k: v for k, v in cfg.items() if k != "bits"}}
+        cfg = {
+            "bits": args.bits,
+            "binary_dim": args.bits,
+            "backbone": {k: v for k, v in bb.items() if k in _BERT_KEYS},
+            "backbone_name": args.backbone,
+            "pooling": "mean",
+            "normalize": model.normalize,
+            "max_length": args.max_length or 128,
+            **{k: v for k, v in cfg.items() if k != "bits"},
+        }
     cfg["train_seconds"] = round(time.time() - t0, 1)
     out.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n")
     log(f"wrote {out.with_suffix('.safetensors')} and {out.with_suffix('.json')} in {cfg['train_seconds']}s")
