@@ -601,3 +601,21 @@ def test_safe_and_json_text_leave_no_control_character():
     no_surrogates = "".join(c for c in bad if not 0xD800 <= ord(c) <= 0xDFFF)  # JSON pairs adjacent ones up
     assert json.loads(cli.json_text({"t": no_surrogates}))["t"] == no_surrogates  # escaped, not lost
     assert cli.safe("plain é 日本") == "plain é 日本"
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("value", ["-1", "0", "many"])
+def test_train_and_eval_threads_are_checked(command, value, capsys):
+    """bne train / eval --threads: a one-line argparse error, not a torch RuntimeError."""
+    from bne import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--threads", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--threads" in err and "Traceback" not in err
+
+
+def test_threads_option_clamps_to_the_cpus():
+    from bne.encoder.base import threads_option
+
+    assert threads_option("100000") == (os.cpu_count() or 1) and threads_option("1") == 1

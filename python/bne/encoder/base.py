@@ -3,6 +3,7 @@ the cache folder, and asymmetric rescoring. Importing this module needs only num
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -13,6 +14,19 @@ from typing import Any
 import numpy as np
 
 from ..codes import unpack
+
+
+def threads_option(text: str) -> int:
+    """argparse type for ``--threads`` of ``bne train`` / ``bne eval``: an int >= 1; more than the
+    CPUs here is clamped (torch and tokenizers fail or panic on -1 or 100000)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return min(n, os.cpu_count() or 1)
+
 
 HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
 BACKBONES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")

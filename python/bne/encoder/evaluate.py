@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .base import threads_option
 from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
 
 DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", "sts15", "sts16")
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch and search threads")
+    p.add_argument("--threads", type=threads_option, default=None, help="torch and search threads")
     p.add_argument(
         "--backend",
         choices=("torch", "onnx", "openvino"),

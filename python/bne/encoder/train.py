@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import threads_option
+
 OBJECTIVES = ("contrastive", "distill", "distill+contrastive")
 
 
@@ -604,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=threads_option, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--cache-dir", default=None, help="cache backbone features here (head-only)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint-every")
     p.add_argument("--checkpoint-every", type=int, default=0, help="write OUT.ckpt.pt every N steps")
