@@ -18,36 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bne.encoder import Encoder, minilm_dir  # noqa: E402
+from texts import SHORT, passages  # noqa: E402
 
 THREADS = int(os.environ.get("BNE_BENCH_THREADS", "1"))
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "while",
-    "researchers",
-    "measure",
-    "protein",
-    "expression",
-    "in",
-    "mouse",
-    "models",
-    "of",
-    "chronic",
-    "inflammation",
-    "and",
-    "report",
-    "significant",
-    "effects",
-]
-SHORT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 8)) + "." for i in range(256)]
-PASSAGES = [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(140)) for i in range(32)]  # > 128 tokens, truncated
+PASSAGES = passages(32, 140)  # > 128 tokens, truncated
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -27,35 +27,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bne.encoder import runtime  # noqa: E402
 from bne.encoder.base import default_head, minilm_dir  # noqa: E402
 from bne.encoder.data import data_root, load_beir  # noqa: E402
+from texts import SHORT, passages  # noqa: E402
 
 THREADS = [int(t) for t in os.environ.get("BNE_BENCH_THREADS", "1,2").split(",")]
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "while",
-    "researchers",
-    "measure",
-    "protein",
-    "expression",
-    "in",
-    "mouse",
-    "models",
-    "of",
-    "chronic",
-    "inflammation",
-    "and",
-    "report",
-    "significant",
-    "effects",
-]
-SHORT = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6 + i % 8)) + "." for i in range(256)]
 
 
 def _passages(n: int) -> list[str]:
@@ -66,7 +40,7 @@ def _passages(n: int) -> list[str]:
             return list(corpus.values())[:n]
         except (OSError, KeyError):
             pass
-    return [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(300)) for i in range(n)]
+    return passages(n, 300)
 
 
 PASSAGES = _passages(64)

@@ -229,7 +229,7 @@ class _SearchMixin:
 
     def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
         """(sorted live ids, their positions); built on first use, dropped on every change."""
-        cache = getattr(self, "_lookup_cache", None)
+        cache = self._lookup_cache
         if cache is None:
             ids = self.ids()
             pos = np.arange(len(ids), dtype=np.int64)
@@ -294,7 +294,7 @@ class _SearchMixin:
         """One bitmap of searchable positions over every part (tombstones and allow-list
         together), or None when every position is searchable. The tombstone bitmap is cached
         until the next change."""
-        cache = self.__dict__.setdefault("_bits_cache", {})
+        cache = self._bits_cache
         n = self.npositions
         key = ("tombstones", n)
         if key not in cache:
