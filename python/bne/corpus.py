@@ -33,6 +33,11 @@ class Doc:
     meta: str = ""  # JSON text of any other fields
 
 
+def doc_text(title: str, text: str) -> str:
+    """The text that is encoded for a document: ``bne build`` and ``bne eval`` both use this."""
+    return f"{title}. {text}" if title else text
+
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
