@@ -196,6 +196,15 @@ def cmd_build(args) -> int:
                 source=args.input,
             )
             info = coll.info() if coll.index is not None else None
+    except Exception:
+        bar.close()
+        if coll.last_add.added:  # the error is printed next; say what is already safe
+            print(
+                f"bne: note: {coll.last_add.added} documents were committed to {safe(out)} before the error; "
+                f"run again with --append to continue",
+                file=sys.stderr,
+            )
+        raise
     finally:
         bar.close()
     if r.dropped:

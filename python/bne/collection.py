@@ -121,6 +121,7 @@ class Collection:
         self.index = index  # MappedIndex, ShardedIndex, or None for a new collection before add()
         self.device, self.threads = device, threads
         self._encoders: dict[str, Any] = {}
+        self.last_add = AddResult()  # what the latest add() did, also when it raised
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -235,8 +236,9 @@ class Collection:
         source: str = "the input",
     ) -> AddResult:
         """Encodes and commits the documents not already present (by ``Doc.ext_id``), in durable
-        batches of ``commit_every``. A new collection given no documents raises, naming ``source``. Ctrl-C (KeyboardInterrupt) finishes the commit in flight and
-        returns with ``interrupted=True``; every batch committed before stays."""
+        batches of ``commit_every``. A new collection given no documents raises, naming
+        ``source``. Ctrl-C (KeyboardInterrupt) finishes the commit in flight and returns with
+        ``interrupted=True``; every batch committed before stays."""
         if not self.writable:
             raise CollectionError(f"{self.path} is open read-only")
         if self.sharded:
@@ -244,7 +246,7 @@ class Collection:
         if batch_size < 1 or commit_every < 1:
             raise ValueError("batch_size and commit_every must be >= 1")
         t0 = time.perf_counter()
-        result = AddResult()
+        result = self.last_add = AddResult()
         reader = _Reader(docs)  # starts reading now, while the model loads
         store: DocStore | None = None
         fresh = self.index is None
