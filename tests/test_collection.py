@@ -270,3 +270,23 @@ def test_verify_reports_a_damaged_docstore(tmp_path, fake):
         f.write(bytes(data))
     with bne.Collection.open(path) as c, pytest.raises(bne.errors.DocStoreError):
         c.verify()
+
+
+def test_readme_collection_example_runs(tmp_path, fake, monkeypatch, capsys):
+    """The README's Collection block, as written (with the fake model), so it cannot drift."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- collection -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README has no collection block"
+    (tmp_path / "docs.txt").write_text("The cat sat on the mat.\nA small cat sleeping.\nStock markets fell.\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "3 0" and len(out) == 4  # the fake model ranks by hash: check the hits, not their order
+    assert sorted(line.split(" ", 3)[3] for line in out[1:]) == [
+        "A small cat sleeping.",
+        "Stock markets fell.",
+        "The cat sat on the mat.",
+    ]

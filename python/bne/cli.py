@@ -229,7 +229,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     """(text, query id or None): the command line's queries, then --queries FILE: one query per
     line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
     queries.jsonl), or a JSON string."""
-    from .corpus import CorpusError, _lines, json_error_detail
+    from .corpus import CorpusError, json_error_detail, read_lines
 
     queries: list[tuple[str, str | None]] = []
     for q in args.query or []:
@@ -261,7 +261,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
         from pathlib import Path
 
         try:
-            for lineno, line in _lines(Path(path)):
+            for lineno, line in read_lines(Path(path)):
                 if not line.strip():
                     continue
                 if not jsonl:

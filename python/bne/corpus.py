@@ -42,7 +42,7 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its ending) of a UTF-8 file; the ending is kept, as ``newline=""``
     would, so csv sees quoted newlines. Decoded line by line to name the line of a bad byte."""
     with _open_binary(path) as f:
@@ -74,7 +74,7 @@ def json_error_detail(e: ValueError) -> str:
 
 
 def _jsonl(path: Path) -> Iterator[Doc]:
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         if not line.strip():
             continue
         try:
@@ -95,7 +95,7 @@ def _jsonl(path: Path) -> Iterator[Doc]:
 
 def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
     reader = csv.reader(
-        (line for _, line in _lines(path)),
+        (line for _, line in read_lines(path)),
         delimiter=delimiter,
         quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
     )
@@ -135,7 +135,7 @@ def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
 
 def _txt(path: Path) -> Iterator[Doc]:
     seen: dict[str, int] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         line = line.rstrip("\r\n")
         if line.strip():
             n = seen[line] = seen.get(line, 0) + 1

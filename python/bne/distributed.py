@@ -26,7 +26,7 @@ from . import index as bindex
 from . import storage
 from .codes import check_codes, check_k
 from .errors import ShardUnavailableError
-from .models import ModelRef
+from .models import ModelRef, identify
 
 MANIFEST = "manifest.json"
 
@@ -374,7 +374,8 @@ def build_sharded(
     out_dir: str | os.PathLike,
     *,
     n_shards: int,
-    model: ModelRef,
+    model: ModelRef | str | os.PathLike = "default",
+    bits: int = 1024,
     batch_size: int = 64,
     concurrency: int | None = None,
     threads: int | None = 1,
@@ -388,6 +389,8 @@ def build_sharded(
         raise RuntimeError("Ray is not running in this process: call ray.init() or ray.init(address=...) first")
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if not isinstance(model, ModelRef):
+        model = identify(model, bits)
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
     n = len(texts)
