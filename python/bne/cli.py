@@ -229,7 +229,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     """(text, query id or None): the command line's queries, then --queries FILE: one query per
     line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
     queries.jsonl), or a JSON string."""
-    from .corpus import CorpusError, json_error_detail, read_lines
+    from .corpus import CorpusError, read_query_file
 
     queries: list[tuple[str, str | None]] = []
     for q in args.query or []:
@@ -254,35 +254,10 @@ def read_queries(args) -> list[tuple[str, str | None]]:
             if line.strip():
                 queries.append((line.strip(), None))
     elif args.queries:
-        path = args.queries
-        if os.path.isdir(path) or not os.path.exists(path):
-            raise UserError(f"--queries {path}: {'a folder' if os.path.isdir(path) else 'no such file'}")
-        jsonl = path.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
-        from pathlib import Path
-
         try:
-            for lineno, line in read_lines(Path(path)):
-                if not line.strip():
-                    continue
-                if not jsonl:
-                    queries.append((line.strip(), None))
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
-                except RecursionError:
-                    raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
-                if isinstance(obj, str):
-                    queries.append((obj, None))
-                    continue
-                text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
-                if not isinstance(text, str):
-                    raise UserError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
-                qid = obj.get("_id", obj.get("id"))
-                queries.append((text, None if qid is None else str(qid)))
+            queries += read_query_file(args.queries)
         except CorpusError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"--queries {e}") from None
     if not queries:
         raise UserError("no query: give one on the command line or --queries FILE (- for stdin)")
     return queries

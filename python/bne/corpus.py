@@ -169,3 +169,34 @@ def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
             "use .txt, .jsonl, .tsv, .csv or a BEIR folder"
         )
     return readers[suffix](p)
+
+
+def read_query_file(path: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """(text, query id or None) per query of a file: one query per line, or for .jsonl a JSON
+    object per line with "text" (or "query") and "_id"/"id" (BEIR's queries.jsonl), or a JSON string."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        raise CorpusError(f"{path}: {'a folder' if p.is_dir() else 'no such file'}")
+    jsonl = p.name.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
+    queries: list[tuple[str, str | None]] = []
+    for lineno, line in read_lines(p):
+        if not line.strip():
+            continue
+        if not jsonl:
+            queries.append((line.strip(), None))
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
+        except RecursionError:
+            raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if isinstance(obj, str):
+            queries.append((obj, None))
+            continue
+        text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise CorpusError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
+        qid = obj.get("_id", obj.get("id"))
+        queries.append((text, None if qid is None else str(qid)))
+    return queries
