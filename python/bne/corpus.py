@@ -73,16 +73,21 @@ def json_error_detail(e: ValueError) -> str:
     return e.msg if isinstance(e, json.JSONDecodeError) else str(e)
 
 
-def _jsonl(path: Path) -> Iterator[Doc]:
+def json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSON Lines file; bad JSON names its line."""
     for lineno, line in read_lines(path):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield lineno, json.loads(line)
         except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
             raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
         except RecursionError:
             raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+
+
+def _jsonl(path: Path) -> Iterator[Doc]:
+    for lineno, obj in json_lines(path):
         if not isinstance(obj, dict):
             raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
         ext = obj.pop("_id", obj.pop("id", None))
@@ -177,25 +182,15 @@ def read_query_file(path: str | os.PathLike) -> list[tuple[str, str | None]]:
     p = Path(path)
     if p.is_dir() or not p.exists():
         raise CorpusError(f"{path}: {'a folder' if p.is_dir() else 'no such file'}")
-    jsonl = p.name.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
+    if not p.name.lower().endswith((".jsonl", ".jsonl.gz", ".json")):
+        return [(line.strip(), None) for _, line in read_lines(p) if line.strip()]
     queries: list[tuple[str, str | None]] = []
-    for lineno, line in read_lines(p):
-        if not line.strip():
-            continue
-        if not jsonl:
-            queries.append((line.strip(), None))
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
-            raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
-        except RecursionError:
-            raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+    for lineno, obj in json_lines(p):
         if isinstance(obj, str):
             queries.append((obj, None))
             continue
         text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
-        if not isinstance(text, str):
+        if not isinstance(obj, dict) or not isinstance(text, str):
             raise CorpusError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
         qid = obj.get("_id", obj.get("id"))
         queries.append((text, None if qid is None else str(qid)))
