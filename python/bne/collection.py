@@ -34,6 +34,7 @@ from . import _core
 from . import index as bindex
 from .corpus import Doc, doc_text
 from .docstore import DocStore, StoredDoc, path_for
+from .encoder.base import search_codes
 from .errors import CollectionError, DocStoreError
 from .models import ModelRef, identify, load
 
@@ -369,19 +370,14 @@ class Collection:
         encoder = self.encoder("query")
         n = max(len(self.index), 1)  # more hits than codes would only be padding
         k = min(int(k), n)
+        rescore = rescore if rescore and not self.sharded else None  # shards answer in Hamming distance
         t0 = time.perf_counter()
-        scores = dist = None
-        if rescore and not self.sharded:
-            from .encoder import rescore_candidates
-
-            codes, logits = encoder.encode(texts, return_logits=True, show_progress=False)
-            t1 = time.perf_counter()
-            _, cand = self.index.search(codes, min(max(rescore, k), n), threads=threads)
-            scores, ids = rescore_candidates(logits, self.index.reconstruct(cand), cand, k)
-        else:
-            codes = encoder.encode(texts, show_progress=False)
-            t1 = time.perf_counter()
-            dist, ids = self.index.search(codes, k) if self.sharded else self.index.search(codes, k, threads=threads)
+        codes, logits = encoder.encode(texts, return_logits=True, show_progress=False)
+        t1 = time.perf_counter()
+        D, ids = search_codes(
+            self.index, codes, logits, k, rescore=rescore, **({} if self.sharded else {"threads": threads})
+        )
+        dist, scores = (None, D) if rescore else (D, None)
         t2 = time.perf_counter()
         docs, warning = self._documents(ids)
         hits = []

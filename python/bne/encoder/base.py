@@ -166,14 +166,22 @@ def rescore_candidates(
     return out_s, out_i
 
 
+def search_codes(index, codes: np.ndarray, logits: np.ndarray | None, k: int, *, rescore: int | None = None, **kw):
+    """Top-``k`` of encoded queries: Hamming, or with ``rescore=M`` the Hamming top-M re-ranked by
+    the float ``logits``. Returns ``(D, I)``: distances, or scores when rescored. ``kw`` goes to
+    ``index.search`` (``threads=``)."""
+    if rescore is None:
+        return index.search(codes, k, **kw)
+    if logits is None:
+        raise ValueError("rescore needs the query logits")
+    _, cand = index.search(codes, max(int(rescore), int(k)), **kw)
+    # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
+    return rescore_candidates(logits, index.reconstruct(cand), cand, k)
+
+
 def search_with(
     encoder, index, texts, k: int, *, rescore: int | None = None, threads: int | None = None, batch_size: int = 64
 ):
     """``Encoder.search`` for any encoder with ``encode(..., return_logits=True)``."""
     codes, logits = encoder.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
-    if rescore is None:
-        return index.search(codes, k, threads=threads)
-    m = max(int(rescore), int(k))
-    _, cand = index.search(codes, m, threads=threads)
-    # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
-    return rescore_candidates(logits, index.reconstruct(cand), cand, k)
+    return search_codes(index, codes, logits, k, rescore=rescore, threads=threads)
