@@ -22,7 +22,7 @@ from .errors import IndexFormatError, IndexLockedError
 from .index import PAD_DISTANCE, Index, MappedIndex, hamming, knn, open, split_ranges
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # The encoder pulls in torch + transformers: import it only when it is asked for.
     if name in ("Encoder", "BinaryEmbedder"):
         from . import encoder

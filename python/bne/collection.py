@@ -24,7 +24,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,7 +285,18 @@ class Collection:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _pipeline(self, reader, encoder, committer, seen, legacy, result, batch_size, commit_every, progress) -> None:
+    def _pipeline(
+        self,
+        reader: _Reader,
+        encoder: Any,
+        committer: _Committer,
+        seen: set[str],
+        legacy: Callable[[list[Doc]], set[str]],
+        result: AddResult,
+        batch_size: int,
+        commit_every: int,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
         started = time.perf_counter()
         encoded = 0
         pending: list[Doc] = []
@@ -619,7 +630,7 @@ class _Reader:
         except BaseException as e:  # handed to the consumer, raised there
             self._q.put(_Failed(e))
 
-    def chunks(self, size: int):
+    def chunks(self, size: int) -> Iterator[list[Doc]]:
         chunk: list[Doc] = []
         while True:
             item = self._q.get()

@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -38,8 +39,8 @@ def doc_text(title: str, text: str) -> str:
     return f"{title}. {text}" if title else text
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
+    return gzip.GzipFile(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -105,7 +106,7 @@ def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
         quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
     )
 
-    def checked():
+    def checked() -> Iterator[list[str]]:
         while True:
             try:
                 row = next(reader)

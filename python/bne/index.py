@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -125,7 +125,7 @@ class _Rows:
 
     __slots__ = ("_a", "n")
 
-    def __init__(self, width: int | None, dtype) -> None:
+    def __init__(self, width: int | None, dtype: np.typing.DTypeLike) -> None:
         self._a = np.empty((0, width) if width else (0,), dtype)
         self.n = 0
 
@@ -206,7 +206,7 @@ class _SearchMixin:
         out = [p.ids if p.ids is not None else np.arange(p.base, p.base + p.n, dtype=np.int64) for p in self._parts()]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
-    def _by_part(self, positions: np.ndarray):
+    def _by_part(self, positions: np.ndarray) -> Iterator[tuple[_Part, np.ndarray, np.ndarray]]:
         """(part, selection mask, local positions) for each part that holds some of `positions`
         (-1 entries belong to none): work in proportion to the positions, not to the index."""
         parts = self._parts()
@@ -473,7 +473,7 @@ class MappedIndex(_SearchMixin):
 
     def __init__(
         self,
-        path,
+        path: str | os.PathLike,
         mode: str = "r",
         *,
         verify: bool = False,
@@ -700,7 +700,7 @@ class MappedIndex(_SearchMixin):
     def __enter__(self) -> MappedIndex:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         """Commits (append mode, on success) and closes."""
         try:
             if exc_type is None and self.mode == "a" and not self._closed:

@@ -37,6 +37,8 @@ import numpy as np
 
 from .errors import IndexFormatError, IndexLockedError
 
+StrPath = str | os.PathLike  # a file path as callers give it
+
 MAGIC = b"\x89BNEIDX\n"
 COMMIT_MAGIC = b"BNECOMIT"
 MAJOR, MINOR = 2, 0  # what this bne writes; it reads majors 1 and 2
@@ -79,7 +81,7 @@ def segment_struct(major: int) -> struct.Struct:
     return SEGMENT_V1 if major == 1 else SEGMENT
 
 
-def crc32(data) -> int:
+def crc32(data: Any) -> int:  # any object with the buffer protocol
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
@@ -195,11 +197,11 @@ def encode_table(segments: list[Segment], tombstones: np.ndarray, major: int) ->
 # in Python integers (no overflow), and nothing larger than the file is ever allocated.
 
 
-def _fail(path, msg: str) -> IndexFormatError:
+def _fail(path: StrPath, msg: str) -> IndexFormatError:
     return IndexFormatError(f"{os.fspath(path)}: {msg}")
 
 
-def parse_header(path, page: bytes, file_size: int) -> Header:
+def parse_header(path: StrPath, page: bytes, file_size: int) -> Header:
     if file_size == 0:
         raise _fail(path, "file is empty (0 bytes); not a bne index")
     if len(page) < len(MAGIC) or page[: len(MAGIC)] != MAGIC:
@@ -284,7 +286,7 @@ class SlotProblem:
         return "AB"[self.slot]
 
 
-def read_state(path, fd: int, file_size: int) -> tuple[Header, Commit, list[SlotProblem]]:
+def read_state(path: StrPath, fd: int, file_size: int) -> tuple[Header, Commit, list[SlotProblem]]:
     """Header, the newest valid commit, and the slots that are damaged or wrongly zero."""
     header = parse_header(path, os.pread(fd, PAGE, 0), file_size)
     if file_size < DATA_START:
@@ -335,7 +337,7 @@ def may_hide_a_commit(problems: list[SlotProblem], commit: Commit, file_size: in
     return file_size > commit.end_offset and any(p.kind == "zeroed" for p in problems)
 
 
-def _parse_commit(path, fd: int, header: Header, rec: bytes, slot: int, file_size: int) -> Commit:
+def _parse_commit(path: StrPath, fd: int, header: Header, rec: bytes, slot: int, file_size: int) -> Commit:
     (_, seq, count, ntomb, nseg, table_offset, table_bytes, end_offset, max_id, table_crc) = COMMIT.unpack_from(rec)
     if end_offset > file_size:
         raise _fail(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
@@ -396,7 +398,7 @@ class _OsIO:
 io = _OsIO()
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:  # any buffer
     view = memoryview(data).cast("B")
     while view.nbytes:
         n = io.pwrite(fd, view, offset)
@@ -405,7 +407,7 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def fsync_dir(path) -> None:
+def fsync_dir(path: StrPath) -> None:
     dfd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
         io.fsync(dfd)
@@ -514,7 +516,7 @@ def create(fd: int, header: Header, parts: Sequence[tuple[np.ndarray, np.ndarray
 TEMP_MAX_AGE = 60.0  # seconds: an unlocked temp file older than this is a dead writer's leftover
 
 
-def open_index_file(path, writable: bool) -> int:
+def open_index_file(path: StrPath, writable: bool) -> int:
     """A descriptor of the regular file at `path`. O_NONBLOCK so that a FIFO or a device given as
     an index never blocks in open(); anything but a regular file is refused by name."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
@@ -534,7 +536,7 @@ def open_index_file(path, writable: bool) -> int:
     return fd
 
 
-def lock_writer(path) -> int:
+def lock_writer(path: StrPath) -> int:
     """Opens `path` read-write and takes the one-writer lock (flock, non-blocking).
 
     After the lock is held, the descriptor must still be the file at `path`: compact() and save()
@@ -621,12 +623,12 @@ def clean_temps(target: str) -> int:
     return removed
 
 
-def real_target(path) -> str:
+def real_target(path: StrPath) -> str:
     """The file a save or compact must replace: through symlinks, so a link stays a link."""
     return os.path.realpath(os.fspath(path))
 
 
-def publish(tmp: str, path, *, overwrite: bool = True) -> None:
+def publish(tmp: str, path: StrPath, *, overwrite: bool = True) -> None:
     """Renames a complete, fsynced temporary file over `path` (or links it, failing with
     FileExistsError if `path` appeared, when overwrite is False) and fsyncs the folder. OSErrors
     name the user's path, not the temporary file."""
@@ -650,7 +652,7 @@ def _check_target(path: str) -> None:
 
 
 def save_atomic(
-    path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int, *, overwrite: bool = True
+    path: StrPath, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int, *, overwrite: bool = True
 ) -> None:
     """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
     fsyncs the folder: `path` always holds either its old complete content or the new one.
@@ -682,7 +684,9 @@ def save_atomic(
             os.close(guard)
 
 
-def replace_locked(fd_old: int, path, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int) -> int:
+def replace_locked(
+    fd_old: int, path: StrPath, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int
+) -> int:
     """compact() in place: writes a new file, locks it before it becomes visible, renames it over
     `path` (the file behind a symlink), fsyncs the folder, then releases the old descriptor
     `fd_old`. Returns the new locked descriptor. A writer waiting on the old file sees the
@@ -752,7 +756,7 @@ def segment_arrays(mm: mmap.mmap, header: Header, seg: Segment) -> tuple[np.ndar
     return codes.reshape(seg.count, header.code_bytes), ids
 
 
-def verify_segments(path, mm: mmap.mmap, header: Header, commit: Commit) -> None:
+def verify_segments(path: StrPath, mm: mmap.mmap, header: Header, commit: Commit) -> None:
     """Recomputes every section checksum; IndexFormatError naming the first damaged section."""
     for i, seg in enumerate(commit.segments):
         codes, ids = segment_arrays(mm, header, seg)
