@@ -125,26 +125,46 @@ def rescore_argv(argv: list[str]) -> list[str]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def load_encoder(model: str, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query"):
-    """ONNX Runtime on the CPU (no torch import once the model is in the cache), torch on a GPU or as
-    the fallback; see bne.encoder.runtime.load."""
-    if model != "default" and not os.path.exists(model):
-        raise UserError(f"model not found: {model} (use 'default' or the path of a head .safetensors file)")
-    try:
-        from .encoder.runtime import load
+def load_encoder(
+    model, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query", search_dirs=()
+):
+    """The encoder of ``model`` (what --model names, or a bne.models.ModelRef), by bne.models.load:
+    ONNX Runtime on the CPU (no torch import once the model is in the cache), torch on a GPU or as
+    the fallback. ``search_dirs``: more places to look for a model that moved (the index's folder)."""
+    from . import models
 
-        enc = load(model, bits, device=device, threads=threads, purpose=purpose)
+    ref = model if isinstance(model, models.ModelRef) else model_key(model, bits)
+    try:
+        enc = models.load(ref, device=device, threads=threads, purpose=purpose, search_dirs=search_dirs)
+    except models.ModelError as e:
+        raise UserError(str(e)) from None
     except ImportError as e:  # onnxruntime / torch / transformers missing
         raise UserError(f"the encoder needs the 'encoder' extra (pip install 'bne[encoder]'): {e}") from None
-    except (OSError, ValueError, KeyError, RuntimeError) as e:  # not a head file: safetensors, JSON, shapes, devices
-        raise UserError(f"cannot load model {model}: {type(e).__name__}: {e}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # damaged weights, JSON, shapes, devices
+        raise UserError(f"cannot load model {ref.name}: {type(e).__name__}: {e}") from None
     if enc.bits != bits:
-        raise UserError(f"model {model} makes {enc.bits}-bit codes, but --bits is {bits}")
+        raise UserError(f"model {ref.name} makes {enc.bits}-bit codes, but --bits is {bits}")
     return enc
 
 
-def model_key(model: str) -> str:
-    return "default" if model == "default" else os.path.abspath(model)
+def model_key(model: str, bits: int | None = None):
+    """The bne.models.ModelRef of what --model names (checked, and remembered in the registry)."""
+    from . import models
+
+    try:
+        return models.identify(model, bits)
+    except models.ModelError as e:
+        raise UserError(str(e)) from None
+
+
+def recorded_model(meta, bits: int):
+    """The model an index's (or manifest's) metadata records, or None."""
+    from . import models
+
+    try:
+        return models.ModelRef.from_metadata(meta, bits)
+    except models.ModelError as e:
+        raise UserError(str(e)) from None
 
 
 def doc_text(doc) -> str:
@@ -205,6 +225,7 @@ def cmd_build(args) -> int:
     from tqdm import tqdm
 
     from . import index as bindex
+    from . import models
     from .corpus import read_corpus
     from .docstore import DocStore
 
@@ -215,22 +236,24 @@ def cmd_build(args) -> int:
             raise UserError(f"empty corpus: no documents in {args.input}")
         return build_on_ray(args, docs)
     exists = check_output(out, args.append)
-    if args.model != "default" and not os.path.exists(args.model):  # before any file is created
-        raise UserError(f"model not found: {args.model} (use 'default' or the path of a head .safetensors file)")
+    key = model_key(args.model, args.bits)  # before any file is created
     docs = list(read_corpus(args.input))
     if not docs:
         raise UserError(f"empty corpus: no documents in {args.input}")
-    key = model_key(args.model)
     idx: bindex.MappedIndex | None = None
     store: DocStore | None = None
     if exists:
         idx = bindex.open(out, mode="a")
-        built_with = idx.metadata.get("model"), idx.bits
-        if built_with != (key, args.bits):
+        try:
+            built_with = recorded_model(idx.metadata, idx.bits)
+        except UserError:
+            idx.close()
+            raise
+        if built_with is None or idx.bits != args.bits or not models.same_model(built_with, key):
             idx.close()
             raise UserError(
-                f"{out} was built with model {built_with[0]!r} at {built_with[1]} bits; "
-                f"asked for {key!r} at {args.bits} bits"
+                f"{out} was built with model {built_with.describe() if built_with else 'unknown'}; "
+                f"asked for {key.describe()}"
             )
         try:
             store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
@@ -246,7 +269,7 @@ def cmd_build(args) -> int:
             print(f"bne: dropped {dropped} document rows left by an interrupted build", file=sys.stderr)
     else:
         todo = docs
-    encoder = load_encoder(args.model, args.bits, args.threads, device=args.device, purpose="bulk")
+    encoder = load_encoder(key, args.bits, args.threads, device=args.device, purpose="bulk")
     if args.threads:
         _core.set_num_threads(args.threads)
     done = 0
@@ -258,7 +281,7 @@ def cmd_build(args) -> int:
                     mode="a",
                     bits=args.bits,
                     metadata={
-                        "model": key,
+                        **key.to_metadata(),
                         "model_name": encoder.info.get("name", ""),
                         "bits": args.bits,
                         "max_length": encoder.max_length,
@@ -329,16 +352,19 @@ def start_ray(address: str | None):
 
 def build_on_ray(args, docs) -> int:
     """One shard file per Ray Data task in the output folder, a manifest, and one docstore."""
-    from . import distributed
+    from . import distributed, models
     from .docstore import DocStore
 
     out = args.output
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out} exists and is not a folder (--ray writes a folder of shards)")
     manifest = os.path.join(out, distributed.MANIFEST)
+    # Shards record the model as its path now ("default" for the shipped head): every worker loads it
+    key = model_key(args.model, args.bits)
+    ray_model = "default" if key.name == "default" else str(models.resolve(key).resolve())
     if os.path.exists(manifest) and not args.append:
         _, m = distributed.read_manifest(out)
-        if m.get("metadata", {}).get("model") != model_key(args.model) or m.get("bits") != args.bits:
+        if m.get("metadata", {}).get("model") != ray_model or m.get("bits") != args.bits:
             raise UserError(f"{out} holds shards of another model or bit count; remove it first")
     start_ray(args.ray_address)
     os.makedirs(out, exist_ok=True)
@@ -354,7 +380,7 @@ def build_on_ray(args, docs) -> int:
         out,
         n_shards=args.shards,
         bits=args.bits,
-        model=model_key(args.model),
+        model=ray_model,
         batch_size=args.batch_size,
         threads=args.threads,
     )
@@ -389,7 +415,7 @@ def search_sharded(args, queries):
 
     paths, manifest = open_manifest(args.index)
     start_ray(args.ray_address)
-    model = model_key(args.model) if args.model else manifest.get("metadata", {}).get("model", "default")
+    model = args.model or manifest.get("metadata", {}).get("model", "default")
     encoder = load_encoder(model, manifest["bits"], args.threads, device=args.device)
     sharded = distributed.ShardedIndex(paths)
     t0 = time.perf_counter()
@@ -471,14 +497,18 @@ def search_file(args, queries):
     from . import index as bindex
 
     idx = bindex.open(args.index)
-    model = idx.metadata.get("model")
+    model = recorded_model(idx.metadata, idx.bits)
     if args.model:
-        model = model_key(args.model)
-        if idx.metadata.get("model") not in (None, model):
-            raise UserError(f"{args.index} was built with model {idx.metadata.get('model')!r}, not {model!r}")
+        from . import models
+
+        asked = model_key(args.model, idx.bits)
+        if model is not None and models.same_model(model, asked) is False:
+            raise UserError(f"{args.index} was built with model {model.describe()}, not {asked.describe()}")
+        model = asked
     if model is None:
         raise UserError(f"{args.index} does not record the model that built it; pass --model")
-    encoder = load_encoder(model, idx.bits, args.threads, device=args.device)
+    here = os.path.dirname(os.path.abspath(args.index))  # a model kept beside its index is found there
+    encoder = load_encoder(model, idx.bits, args.threads, device=args.device, search_dirs=[here])
     t0 = time.perf_counter()
     codes, logits = encoder.encode(queries, return_logits=True, show_progress=False)
     t1 = time.perf_counter()
@@ -626,6 +656,36 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from . import models
+
+    if args.action == "add":
+        if not args.paths:
+            raise UserError("bne models add: give the path of a model file or folder")
+        for p in args.paths:
+            if not os.path.exists(p):
+                raise UserError(f"{p}: no such file or folder")
+            try:
+                ref = models.identify(p, remember=False)
+            except models.ModelError as e:
+                raise UserError(str(e)) from None
+            shipped = os.path.dirname(os.path.abspath(p)) == os.path.abspath(models.HEADS_DIR)
+            if not shipped and not models.register(ref, p):
+                raise UserError(f"cannot record {p} in {models.registry_path()}")
+            print(f"{safe(ref.name)}: {ref.kind}, {ref.bits} bits, sha256 {ref.short}, at {safe(os.path.abspath(p))}")
+        return 0
+    if args.paths:
+        raise UserError("bne models list takes no paths (did you mean: bne models add PATH?)")
+    rows = models.known_models()
+    if args.json:
+        print(json_text(rows))
+        return 0
+    for r in rows:
+        where = safe(r["path"]) if r["path"] else "(not found: bne models add PATH)"
+        print(f"{safe(r['name']):24s} {r['kind']:8s} {r['bits']:5d} bits  {r['sha256'][:12]}  {where}")
+    return 0
+
+
 def cmd_shard(args) -> int:
     from . import distributed
 
@@ -684,7 +744,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
     b.add_argument("-o", "--output", required=True, help="index file to write")
     b.add_argument("--bits", type=int, choices=(1024, 2048), default=1024)
-    b.add_argument("--model", default="default", help="'default' (all-MiniLM-L6-v2 + shipped head) or a head file")
+    b.add_argument(
+        "--model",
+        default="default",
+        help="'default' (all-MiniLM-L6-v2 + shipped head), a shipped or registered model name, or the path of "
+        "a head .safetensors, a BinaryEmbedder folder/file or a seed .pt",
+    )
     b.add_argument("--batch-size", type=int_in(1, 1 << 20), default=64)
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
@@ -730,6 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
+
+    mo = sub.add_parser("models", help="list the models bne can find, or add one: bne models add PATH")
+    mo.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    mo.add_argument("paths", nargs="*", help="model files or folders to add (a moved model is found again)")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(fn=cmd_models)
 
     sh = sub.add_parser("shard", help="split index files into N shard files for a Ray cluster")
     sh.add_argument("index", nargs="+")

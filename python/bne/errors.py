@@ -24,3 +24,11 @@ class CorpusError(ValueError):
 
 class ShardUnavailableError(RuntimeError):
     """A shard could not answer after its retries (the message names it)."""
+
+
+class ModelError(ValueError):
+    """A model cannot be used: not a model, unreadable, or of the wrong bit count (names it)."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model an index records is nowhere bne looks (names it, its short hash, and the fix)."""
