@@ -75,7 +75,8 @@ _HEAD_KEYS = {"projection.0.weight", "projection.0.bias", "projection.1.weight",
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model as an index records it. Two refs are the same model when their ``sha256`` agree."""
+    """A model as an index records it. Two refs are the same model when their ``sha256`` agree
+    (:func:`same_model`); ``==`` also compares the names."""
 
     name: str  # "default" / a shipped head name / the stem of the user's file or folder
     sha256: str  # content hash of the weights + config files; "" for indexes older than hashes
