@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +69,9 @@ def one_line_error(out, *needles):
 
 def top_hits(cache, index, queries):
     """(snippet, distance) of each query's nearest document."""
-    out = bne(cache, "search", index, "-k", "1", "--json", "--queries", "-", input="\n".join(queries) + "\n", check=True)
+    out = bne(
+        cache, "search", index, "-k", "1", "--json", "--queries", "-", input="\n".join(queries) + "\n", check=True
+    )
     return [(r["hits"][0]["snippet"], r["hits"][0]["distance"]) for r in json.loads(out.stdout)["results"]]
 
 
@@ -114,7 +115,9 @@ def zoo(tmp_path_factory):
     full = make_embedder(2, TINY_BERT)  # as `bne train --full --out full` writes it: OUT.safetensors + OUT.json
     save_safetensors({k: v.contiguous() for k, v in full.state_dict().items()}, _mk(d / "full") / "full.safetensors")
     (d / "full" / "full.json").write_text(
-        json.dumps({"bits": 1024, "binary_dim": 1024, "backbone": dict(TINY_BERT), "normalize": False, "max_length": 64})
+        json.dumps(
+            {"bits": 1024, "binary_dim": 1024, "backbone": dict(TINY_BERT), "normalize": False, "max_length": 64}
+        )
     )
     made["full"] = d / "full" / "full.safetensors"
     # The seed layout: a bare torch state dict, no config (the shape is read off the weights; heads = hidden / 64)
@@ -267,7 +270,13 @@ def test_other_weights_are_not_a_model(use_cache, tmp_path):
     wide = write_head(tmp_path / "wide.safetensors")
     from safetensors.torch import save_file as save_torch
 
-    save_torch({"projection.0.weight": torch.zeros(64, 256), **{k: torch.zeros(64) for k in ("projection.0.bias", "projection.1.weight", "projection.1.bias")}}, str(wide))
+    save_torch(
+        {
+            "projection.0.weight": torch.zeros(64, 256),
+            **{k: torch.zeros(64) for k in ("projection.0.bias", "projection.1.weight", "projection.1.bias")},
+        },
+        str(wide),
+    )
     with pytest.raises(ModelError, match="256-wide backbone"):
         models.identify(wide)
 
@@ -276,8 +285,18 @@ def test_wrong_bits_is_a_clear_error(zoo, use_cache, tmp_path):
     cache, made = zoo
     with pytest.raises(ModelError, match="makes 1024-bit codes, but 2048 bits"):
         models.identify(made["seed"], 2048)
-    out = bne(cache, "build", made["head"].parents[1] / "docs.txt", "-o", tmp_path / "x.bne", "--bits", "2048",
-              "--model", made["folder"], "-q")
+    out = bne(
+        cache,
+        "build",
+        made["head"].parents[1] / "docs.txt",
+        "-o",
+        tmp_path / "x.bne",
+        "--bits",
+        "2048",
+        "--model",
+        made["folder"],
+        "-q",
+    )
     one_line_error(out, "1024-bit codes")
     head = write_head(tmp_path / "h.safetensors", bits=1024, seed=5)
     head.with_suffix(".json").write_text(json.dumps({"bits": 2048}))
@@ -373,6 +392,6 @@ def test_append_with_another_model_is_refused(zoo, tmp_path):
     docs = made["head"].parents[1] / "docs.txt"
     bne(cache, "build", docs, "-o", tmp_path / "x.bne", "--model", made["full"], "-q", check=True)
     out = bne(cache, "build", docs, "-o", tmp_path / "x.bne", "--model", made["folder"], "--append", "-q")
-    one_line_error(out, "was built with model 'full'", "asked for 'my-embedder'")
+    one_line_error(out, "was built with model 'full' at 1024 bits; asked for 'my-embedder' at 1024 bits")
     out = bne(cache, "build", docs, "-o", tmp_path / "x.bne", "--model", made["full"], "--append", "-q", check=True)
     assert "0 added, 4 already present" in out.stdout

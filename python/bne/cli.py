@@ -125,9 +125,7 @@ def rescore_argv(argv: list[str]) -> list[str]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def load_encoder(
-    model, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query", search_dirs=()
-):
+def load_encoder(model, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query", search_dirs=()):
     """The encoder of ``model`` (what --model names, or a bne.models.ModelRef), by bne.models.load:
     ONNX Runtime on the CPU (no torch import once the model is in the cache), torch on a GPU or as
     the fallback. ``search_dirs``: more places to look for a model that moved (the index's folder)."""
@@ -251,10 +249,11 @@ def cmd_build(args) -> int:
             raise
         if built_with is None or idx.bits != args.bits or not models.same_model(built_with, key):
             idx.close()
-            raise UserError(
-                f"{out} was built with model {built_with.describe() if built_with else 'unknown'}; "
-                f"asked for {key.describe()}"
+            was = f"{built_with.name!r} at {built_with.bits} bits" if built_with else "an unrecorded model"
+            differ = (
+                f" (sha256 {built_with.short} vs {key.short})" if built_with and built_with.name == key.name else ""
             )
+            raise UserError(f"{out} was built with model {was}; asked for {key.name!r} at {args.bits} bits{differ}")
         try:
             store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
             dropped = store.delete_above(idx.info()["max_id"])  # rows of a batch whose index commit never happened

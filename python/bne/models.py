@@ -128,7 +128,9 @@ def _model_files(path: Path) -> tuple[Path, Path | None]:
         if weights is None:
             cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.bin"))
             if not cands:
-                raise ModelError(f"{path} is a folder without model weights (model.safetensors, pytorch_model.bin, *.pt)")
+                raise ModelError(
+                    f"{path} is a folder without model weights (model.safetensors, pytorch_model.bin, *.pt)"
+                )
             weights = cands[0]
         cfg = path / "config.json"
         return weights, cfg if cfg.is_file() else None
@@ -187,7 +189,9 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="numpy") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
     except ImportError:
-        raise ModelError("reading .safetensors models needs the 'safetensors' package (pip install 'bne[encoder]')")
+        raise ModelError(
+            "reading .safetensors models needs the 'safetensors' package (pip install 'bne[encoder]')"
+        ) from None
     except Exception as e:  # safetensors raises its own SafetensorError
         raise ModelError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
 
