@@ -395,3 +395,13 @@ def test_append_with_another_model_is_refused(zoo, tmp_path):
     one_line_error(out, "was built with model 'full' at 1024 bits; asked for 'my-embedder' at 1024 bits")
     out = bne(cache, "build", docs, "-o", tmp_path / "x.bne", "--model", made["full"], "--append", "-q", check=True)
     assert "0 added, 4 already present" in out.stdout
+
+
+def test_names_from_an_index_stay_in_its_folder(use_cache, tmp_path):
+    head = write_head(tmp_path / "h.safetensors", seed=13)
+    ref = models.identify(head, remember=False)  # known only by being beside the "index"
+    (tmp_path / "idx").mkdir()
+    sneaky = models.ModelRef("../h", ref.sha256, "head", 1024)
+    with pytest.raises(ModelNotFoundError):
+        models.resolve(sneaky, search_dirs=[tmp_path / "idx"])
+    assert models.resolve(ref, search_dirs=[tmp_path]) == head

@@ -445,7 +445,9 @@ def resolve(ref: ModelRef, *, search_dirs: Iterable[str | os.PathLike] = ()) -> 
     for q in last:
         if _sha_of(Path(q)) == ref.sha256:  # a stale place whose content changed is skipped
             return Path(q)
-    for d in search_dirs:
+    # the name comes from an index file: only a plain file name is looked up beside it
+    plain = ref.name not in ("", ".", "..") and not any(c in ref.name for c in "/\\\0")
+    for d in search_dirs if plain else ():
         d = Path(d)
         for cand in (d / ref.name, *(d / (ref.name + s) for s in (".safetensors", *TORCH_SUFFIXES))):
             if cand.exists() and _sha_of(cand) == ref.sha256:
