@@ -405,3 +405,23 @@ def test_names_from_an_index_stay_in_its_folder(use_cache, tmp_path):
     with pytest.raises(ModelNotFoundError):
         models.resolve(sneaky, search_dirs=[tmp_path / "idx"])
     assert models.resolve(ref, search_dirs=[tmp_path]) == head
+
+
+def test_embedder_without_onnx_runtime_falls_back_to_torch(zoo, use_cache, monkeypatch):
+    from bne.encoder import runtime
+
+    ref = models.identify(zoo[1]["full"])
+    onnx_codes = models.load(ref).encode(DOCS)
+    monkeypatch.setattr(runtime, "_onnx_available", lambda: False)
+    enc = models.load(ref)
+    assert enc.backend == "torch" and enc.max_length == 64  # full.json's max_length
+    assert np.mean(np.unpackbits(enc.encode(DOCS)) == np.unpackbits(onnx_codes)) >= 0.999
+
+
+def test_damaged_cached_graph_is_exported_again(zoo, use_cache, capsys):
+    ref = models.identify(zoo[1]["folder"])
+    good = models.load(ref).encode(DOCS)
+    models.onnx_path(ref).write_bytes(b"not an onnx graph")
+    enc = models.load(ref)
+    assert "exporting it again" in capsys.readouterr().err
+    assert np.array_equal(enc.encode(DOCS), good)
