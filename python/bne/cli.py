@@ -385,6 +385,36 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from . import models
+
+    if args.action == "add":
+        if not args.paths:
+            raise UserError("bne models add: give the path of a model file or folder")
+        for p in args.paths:
+            if not os.path.exists(p):
+                raise UserError(f"{p}: no such file or folder")
+            try:
+                ref = models.identify(p, remember=False)
+            except models.ModelError as e:
+                raise UserError(str(e)) from None
+            shipped = os.path.dirname(os.path.abspath(p)) == os.path.abspath(models.HEADS_DIR)
+            if not shipped and not models.register(ref, p):
+                raise UserError(f"cannot record {p} in {models.registry_path()}")
+            print(f"{safe(ref.name)}: {ref.kind}, {ref.bits} bits, sha256 {ref.short}, at {safe(os.path.abspath(p))}")
+        return 0
+    if args.paths:
+        raise UserError("bne models list takes no paths (did you mean: bne models add PATH?)")
+    rows = models.known_models()
+    if args.json:
+        print(json_text(rows))
+        return 0
+    for r in rows:
+        where = safe(r["path"]) if r["path"] else "(not found: bne models add PATH)"
+        print(f"{safe(r['name']):24s} {r['kind']:8s} {r['bits']:5d} bits  {r['sha256'][:12]}  {where}")
+    return 0
+
+
 def cmd_shard(args) -> int:
     from . import distributed
 
@@ -446,7 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
     b.add_argument("-o", "--output", required=True, help="index file to write")
     b.add_argument("--bits", type=int, choices=(1024, 2048), default=1024)
-    b.add_argument("--model", default="default", help="'default' (all-MiniLM-L6-v2 + shipped head) or a head file")
+    b.add_argument(
+        "--model",
+        default="default",
+        help="'default' (all-MiniLM-L6-v2 + shipped head), a shipped or registered model name, or the path of "
+        "a head .safetensors, a BinaryEmbedder folder/file or a seed .pt",
+    )
     b.add_argument("--batch-size", type=int_in(1, 1 << 20), default=64)
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
@@ -492,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
+
+    mo = sub.add_parser("models", help="list the models bne can find, or add one: bne models add PATH")
+    mo.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    mo.add_argument("paths", nargs="*", help="model files or folders to add (a moved model is found again)")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(fn=cmd_models)
 
     sh = sub.add_parser("shard", help="split index files into N shard files for a Ray cluster")
     sh.add_argument("index", nargs="+")

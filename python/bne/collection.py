@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, models
 from . import index as bindex
 from .corpus import Doc, doc_text
 from .docstore import DocStore, StoredDoc, path_for
@@ -169,14 +169,14 @@ class Collection:
             from . import distributed
 
             paths, manifest = distributed.read_manifest(_manifest_path(path))
-            recorded = ModelRef.from_metadata({**manifest.get("metadata", {}), "bits": manifest["bits"]})
+            recorded = ModelRef.from_metadata(manifest.get("metadata", {}), manifest["bits"])
             ref = _chosen_model(path, recorded, model, manifest["bits"])
             distributed.start_ray(ray_address)
             sharded = distributed.ShardedIndex(paths, threads=threads)
             return cls(path, ref, writable=False, index=sharded, device=device, threads=threads)
         idx = bindex.open(path, mode=mode)
         try:
-            recorded = ModelRef.from_metadata({**idx.metadata, "bits": idx.bits})
+            recorded = ModelRef.from_metadata(idx.metadata, idx.bits)
             ref = _chosen_model(path, recorded, model, idx.bits)
         except BaseException:
             idx.close()
@@ -346,7 +346,11 @@ class Collection:
                 self.path,
                 mode="a",
                 bits=self.bits,
-                metadata={**self.model.to_metadata(), "created_by": f"bne {_core.__version__}"},
+                metadata={
+                    **self.model.to_metadata(),
+                    "max_length": self.encoder("bulk").max_length,
+                    "created_by": f"bne {_core.__version__}",
+                },
             )
         except OSError as e:  # name the user's file, not the temporary one it was written through
             raise CollectionError(f"cannot create {self.path}: {e.strerror or e}") from None
@@ -506,7 +510,7 @@ def build_sharded(
     ref = model if isinstance(model, ModelRef) else identify(model, bits)
     if os.path.exists(os.path.join(folder, distributed.MANIFEST)):
         _, m = distributed.read_manifest(folder)
-        if not same_model(ModelRef.from_metadata({**m.get("metadata", {}), "bits": m.get("bits")}), ref):
+        if not same_model(ModelRef.from_metadata(m.get("metadata", {}), m.get("bits")), ref):
             raise CollectionError(f"{folder} holds shards of another model or bit count; remove it first")
     docs = list(docs)
     if not docs:
@@ -558,11 +562,9 @@ def check_new_path(path: str) -> None:
         raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} is not writable")
 
 
-def same_model(a: ModelRef | None, b: ModelRef | None) -> bool:
-    """The same codes: by content hash where both have one (an index of an older bne has none)."""
-    if a is None or b is None or a.bits != b.bits:
-        return False
-    return a.sha256 == b.sha256 if a.sha256 and b.sha256 else a.name == b.name
+def same_model(recorded: ModelRef | None, ref: ModelRef | None) -> bool:
+    """Known to make the same codes (by content hash; see :func:`models.same_model`)."""
+    return recorded is not None and ref is not None and models.same_model(recorded, ref) is True
 
 
 def _manifest_path(path: str) -> str:
@@ -586,11 +588,8 @@ def _chosen_model(
     if override is None:
         return recorded
     ref = identify(override, bits)
-    if recorded is not None and not same_model(recorded, ref):
-        raise CollectionError(
-            f"{path} was built with model {recorded.name!r} ({recorded.sha256[:12]}), "
-            f"not {ref.name!r} ({ref.sha256[:12]})"
-        )
+    if recorded is not None and models.same_model(recorded, ref) is False:  # None: cannot tell (old index)
+        raise CollectionError(f"{path} was built with model {recorded.describe()}, not {ref.describe()}")
     return ref
 
 

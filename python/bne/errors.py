@@ -31,8 +31,8 @@ class CollectionError(ValueError):
 
 
 class ModelError(ValueError):
-    """A model cannot be identified or loaded: not a model, wrong bits, missing runtime."""
+    """A model cannot be used: not a model, unreadable, or of the wrong bit count (names it)."""
 
 
 class ModelNotFoundError(ModelError):
-    """The model an index records cannot be found (names it and its content hash)."""
+    """The model an index records is nowhere bne looks (names it, its short hash, and the fix)."""

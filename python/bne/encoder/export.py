@@ -1,4 +1,5 @@
-"""Exports a head + its all-MiniLM-L6-v2 backbone to one ONNX graph (needs torch + transformers).
+"""Exports a head + its all-MiniLM-L6-v2 backbone, or a full BinaryEmbedder, to one ONNX graph
+(needs torch + transformers).
 
 Graph: ``input_ids, attention_mask`` (int64, batch x tokens) -> ``logits`` (batch x bits, the
 pre-sign head outputs) and ``pooled`` (batch x hidden, the unnormalised mean-pooled backbone output).
@@ -50,47 +51,78 @@ class _Graph(nn.Module):
         return self.projection(e), pooled
 
 
-def export_onnx(head: str | os.PathLike, out: str | os.PathLike, *, check: bool = True) -> Path:
-    """Writes the ONNX graph of ``head`` (on all-MiniLM-L6-v2) to ``out`` and, with ``check``,
-    verifies with ONNX Runtime that its codes match the torch model's on :data:`CHECK_TEXTS`."""
+def export_encoder_onnx(enc: Encoder, out: str | os.PathLike) -> Path:
+    """Traces ``enc``'s model (BERT -> mean pool -> head) to the ONNX graph at ``out``."""
     out = Path(out)
-    enc = Encoder.from_head(head)
+    cfg = enc.model.bert_config
+    attn = cfg._attn_implementation
     # The eager attention traces to plain MatMul/Softmax; sdpa's mask helpers trace less portably.
-    enc.model.bert_config._attn_implementation = "eager"
+    cfg._attn_implementation = "eager"
     graph = _Graph(enc).eval()
     ids = torch.tensor([[101, 1037, 4937, 102, 0], [101, 2023, 2003, 1037, 102]], dtype=torch.int64)
     mask = (ids != 0).long()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on shape-constant branches that are constant for BERT
-        torch.onnx.export(
-            graph,
-            (ids, mask),
-            str(out),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["logits", "pooled"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "tokens"},
-                "attention_mask": {0: "batch", 1: "tokens"},
-                "logits": {0: "batch"},
-                "pooled": {0: "batch"},
-            },
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape-constant branches that are constant for BERT
+            torch.onnx.export(
+                graph,
+                (ids, mask),
+                str(out),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits", "pooled"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    "logits": {0: "batch"},
+                    "pooled": {0: "batch"},
+                },
+            )
+    finally:
+        cfg._attn_implementation = attn
+    return out
+
+
+def check_export(enc: Encoder, onnx_enc, label: str) -> None:
+    """RuntimeError unless ``onnx_enc`` (ONNX Runtime) gives ``enc``'s (torch) codes on :data:`CHECK_TEXTS`."""
+    a = enc.encode(CHECK_TEXTS, return_logits=True)[1]
+    b = onnx_enc.encode(CHECK_TEXTS, return_logits=True)[1]
+    agree = float(np.mean((a >= 0) == (b >= 0)))
+    err = float(np.max(np.abs(a - b)))
+    if agree < 0.995 or err > 0.05:
+        raise RuntimeError(
+            f"the ONNX export of {label} disagrees with torch: {agree:.4f} of bits equal, max |logit diff| {err:.3g}"
         )
+
+
+def export_onnx(head: str | os.PathLike, out: str | os.PathLike, *, check: bool = True) -> Path:
+    """Writes the ONNX graph of ``head`` (on all-MiniLM-L6-v2) to ``out`` and, with ``check``,
+    verifies with ONNX Runtime that its codes match the torch model's on :data:`CHECK_TEXTS`."""
+    enc = Encoder.from_head(head)
+    out = export_encoder_onnx(enc, out)
     if check:
         from .runtime import OnnxEncoder
 
-        onnx_enc = OnnxEncoder(out, head)
-        enc.model.bert_config._attn_implementation = "sdpa"
-        a = enc.encode(CHECK_TEXTS, return_logits=True)[1]
-        b = onnx_enc.encode(CHECK_TEXTS, return_logits=True)[1]
-        agree = float(np.mean((a >= 0) == (b >= 0)))
-        err = float(np.max(np.abs(a - b)))
-        if agree < 0.995 or err > 0.05:
-            raise RuntimeError(
-                f"the ONNX export of {Path(head).name} disagrees with torch: {agree:.4f} of bits equal, "
-                f"max |logit diff| {err:.3g}"
-            )
+        check_export(enc, OnnxEncoder(out, head), Path(head).name)
+    return out
+
+
+def export_embedder_onnx(
+    path: str | os.PathLike, out: str | os.PathLike, *, max_length: int = 128, check: bool = True
+) -> Path:
+    """The same graph for a full :class:`BinaryEmbedder` (a ``save_pretrained`` folder, a ``bne train
+    --full`` file or a seed ``.pt``): its own BERT instead of all-MiniLM-L6-v2, the same tokenizer."""
+    from .model import BinaryEmbedder, default_tokenizer
+
+    model = BinaryEmbedder.from_pretrained(path)
+    enc = Encoder(model, default_tokenizer(), max_length=max_length)
+    out = export_encoder_onnx(enc, out)
+    if check:
+        from .runtime import OnnxEncoder
+
+        cfg = {"normalize": model.normalize, "max_length": max_length}
+        check_export(enc, OnnxEncoder(out, path, config=cfg), Path(path).name)
     return out
 
 

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,18 @@ def _locked(path: Path) -> Iterator[None]:
 
 def ensure_onnx(head: str | os.PathLike, *, quiet: bool = False) -> Path:
     """The cached ONNX graph of ``head``, exporting it first if needed (imports torch only then)."""
-    path = onnx_path(head)
+
+    def export(tmp: Path) -> None:
+        from .export import export_onnx
+
+        export_onnx(head, tmp)
+
+    return ensure_cached(onnx_path(head), export, label=Path(head).name, quiet=quiet)
+
+
+def ensure_cached(path: Path, export: Callable[[Path], Any], *, label: str, quiet: bool = False) -> Path:
+    """``path`` in the cache, made by ``export(tmp)`` first if missing: under a file lock, landing by
+    atomic rename, so concurrent first runs export once and never see a partial file."""
     if path.is_file():
         return path
     try:
@@ -78,12 +89,10 @@ def ensure_onnx(head: str | os.PathLike, *, quiet: bool = False) -> Path:
         if path.is_file():  # another process exported it while we waited
             return path
         if not quiet:
-            print(f"bne: exporting {Path(head).name} to ONNX once (cached in {path.parent})", file=sys.stderr)
-        from .export import export_onnx
-
+            print(f"bne: exporting {label} to ONNX once (cached in {path.parent})", file=sys.stderr)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            export_onnx(head, tmp)
+            export(tmp)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -135,10 +144,12 @@ class OnnxEncoder:
         max_length: int | None = None,
         optimization: str = "all",
         info: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.model_path = Path(model)
         self.head_path = Path(head)
-        cfg = read_head_config(self.head_path)
+        # config: given for a full embedder (bne.models), whose weights are not a head file
+        cfg = read_head_config(self.head_path) if config is None else dict(config)
         self.normalize = bool(cfg.get("normalize", True))
         self.max_length = int(max_length or cfg.get("max_length", 256))
         self.threads = threads
