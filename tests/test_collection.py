@@ -290,3 +290,27 @@ def test_readme_collection_example_runs(tmp_path, fake, monkeypatch, capsys):
         "Stock markets fell.",
         "The cat sat on the mat.",
     ]
+
+
+def test_bits_default_to_the_models(tmp_path):
+    from bne.encoder.base import head_path
+
+    c = bne.Collection.create(tmp_path / "a.bne", model=head_path(2048))  # no bits: the model's
+    assert c.bits == 2048 and c.model.kind == "head"
+    assert bne.Collection.create(tmp_path / "b.bne").bits == 1024  # "default" without bits: 1024
+    with pytest.raises(bne.errors.ModelError, match="2048-bit codes"):
+        bne.Collection.create(tmp_path / "c.bne", model=head_path(2048), bits=1024)
+
+
+def test_cli_bits_must_be_a_multiple_of_64(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "d.txt").write_text("a\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "--bits", "1000"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "multiple of 64" in out.stderr and not (tmp_path / "d.bne").exists()

@@ -86,6 +86,16 @@ def threads_arg(text: str) -> int:
     return int_in(1)(text)
 
 
+def bits_arg(text: str) -> int:
+    """--bits: a multiple of 64 (what the index stores), at most bne's limit."""
+    from .codes import MAX_BITS
+
+    v = int_in(64, MAX_BITS)(text)
+    if v % 64:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 64, got {v}")
+    return v
+
+
 def parse_sizes(text: str) -> list[int]:
     """--sizes for bench: comma-separated counts, with k / M / G suffixes (10k, 1M) or 1e6."""
     out = []
@@ -172,13 +182,17 @@ def cmd_build(args) -> int:
     if not out:
         raise UserError("-o is empty: give the index file to write")
     if args.append and os.path.lexists(out) and not os.path.isdir(out):
-        asked = identify(args.model, args.bits)  # before the index is opened for writing
         coll = Collection.open(out, mode="a", device=args.device, threads=args.threads)
+        try:
+            asked = identify(args.model, args.bits or coll.bits)
+        except BaseException:
+            coll.close()
+            raise
         if not same_model(coll.model, asked):
             coll.close()
             built = "an unrecorded model" if coll.model is None else f"model {coll.model.name!r}"
             raise UserError(
-                f"{out} was built with {built} at {coll.bits} bits; asked for {asked.name!r} at {args.bits} bits"
+                f"{out} was built with {built} at {coll.bits} bits; asked for {asked.name!r} at {asked.bits} bits"
             )
     else:
         check_new_path(out)
@@ -475,7 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="encode a corpus into an index file (+ a SQLite docstore beside it)")
     b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
     b.add_argument("-o", "--output", required=True, help="index file to write")
-    b.add_argument("--bits", type=int, choices=(1024, 2048), default=1024)
+    b.add_argument(
+        "--bits",
+        type=bits_arg,
+        default=None,
+        help="code width (default: the model's, or with --append the index's; 'default' has 1024 and 2048)",
+    )
     b.add_argument(
         "--model",
         default="default",

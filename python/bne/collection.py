@@ -132,7 +132,7 @@ class Collection:
         path: str | os.PathLike,
         *,
         model: str | os.PathLike | ModelRef = "default",
-        bits: int = 1024,
+        bits: int | None = None,
         device: str = "cpu",
         threads: int | None = None,
     ) -> Collection:
@@ -141,7 +141,7 @@ class Collection:
         path = os.fspath(path)
         check_new_path(path)
         ref = model if isinstance(model, ModelRef) else identify(model, bits)
-        if ref.bits != bits:
+        if bits is not None and ref.bits != bits:
             raise CollectionError(f"model {ref.name} makes {ref.bits}-bit codes, not {bits}")
         return cls(path, ref, writable=True, device=device, threads=threads)
 
@@ -493,7 +493,7 @@ def build_sharded(
     *,
     shards: int,
     model: str | os.PathLike | ModelRef = "default",
-    bits: int = 1024,
+    bits: int | None = None,
     batch_size: int = 64,
     threads: int | None = None,
     ray_address: str | None = None,

@@ -375,7 +375,7 @@ def build_sharded(
     *,
     n_shards: int,
     model: ModelRef | str | os.PathLike = "default",
-    bits: int = 1024,
+    bits: int | None = None,
     batch_size: int = 64,
     concurrency: int | None = None,
     threads: int | None = 1,
