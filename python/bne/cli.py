@@ -148,7 +148,9 @@ def model_key(model: str) -> str:
 
 
 def doc_text(doc) -> str:
-    return f"{doc.title}. {doc.text}" if doc.title else doc.text
+    from .corpus import doc_text as text_of  # one function for build and eval
+
+    return text_of(doc.title, doc.text)
 
 
 def snippet(text: str, width: int = 100) -> str:
@@ -660,13 +662,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .encoder import train
+    from .training import train
 
     return train.main(argv) or 0
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from .encoder import evaluate
+    from .training import evaluate
 
     return evaluate.main(argv) or 0
 
