@@ -36,7 +36,7 @@ def run_bench(args) -> int:
     try:
         import faiss
     except ImportError:
-        faiss = None
+        faiss = None  # type: ignore[assignment]
         print("note: faiss is not installed: FAISS rows skipped (pip install faiss-cpu to compare)")
     sizes = sorted(int(s) for s in str(args.sizes).split(","))
     nq, k = args.queries, args.k

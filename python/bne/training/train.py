@@ -205,6 +205,7 @@ def _train_head_only(cfg: TrainConfig, args, rows, scored, extra_texts, resume, 
     from ..encoder.encoder import Encoder, load_minilm
     from ..encoder.model import BinaryEmbedder, bert_tokenizer, minilm_dir
 
+    assert cfg.max_length is not None  # TrainConfig fills the mode's default
     enc = Encoder(
         BinaryEmbedder(cfg.bits, encoder=load_minilm(), normalize=cfg.normalize),
         bert_tokenizer(minilm_dir() / "vocab.txt"),
