@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import bne
-from bne import cli
+from bne import cli, distributed
 from bne.corpus import CorpusError, Doc, read_corpus, txt_key
 from bne.docstore import DocStore, DocStoreError, path_for
 
@@ -341,7 +341,7 @@ def test_missing_docstore_warns_once_and_prints_ids(quick, tmp_path):
 def test_search_on_a_beir_folder_fails_before_ray(tmp_path, monkeypatch):
     (tmp_path / "corpus.jsonl").write_text('{"_id": "a", "text": "b"}\n')
     started = []
-    monkeypatch.setattr(cli, "start_ray", lambda *a: started.append(a))
+    monkeypatch.setattr(distributed, "start_ray", lambda *a: started.append(a))
     code, _, err = run("search", tmp_path, "query")
     one_line_error(code, err, "manifest.json", "BEIR")
     assert started == []
@@ -485,7 +485,7 @@ def test_manifest_paths_stay_inside_its_folder(tmp_path, monkeypatch, shard):
     with pytest.raises(ValueError, match="manifest"):
         distributed.read_manifest(tmp_path)
     started = []
-    monkeypatch.setattr(cli, "start_ray", lambda *a: started.append(a))
+    monkeypatch.setattr(distributed, "start_ray", lambda *a: started.append(a))
     one_line_error(*run("search", tmp_path, "query")[::2], "manifest.json")
     assert started == []
 

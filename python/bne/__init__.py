@@ -1,7 +1,8 @@
 """bne: exact Hamming search over native binary text embeddings.
 
-Search needs only numpy; the encoder (torch + transformers) is imported on first use of
-``bne.Encoder`` / ``bne.BinaryEmbedder``.
+Search needs only numpy. ``bne.Collection`` (an index, its docstore and its model: what the
+``bne`` command works on) and ``bne.read_corpus`` are imported on first use; the torch encoder
+(``bne.Encoder`` / ``bne.BinaryEmbedder``) too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ def __getattr__(name: str):
         from . import encoder
 
         return getattr(encoder, name)
+    # The collection layer (documents, models, SQLite): imported on first use, like the encoder.
+    if name in ("Collection", "build_sharded"):
+        from . import collection
+
+        return getattr(collection, name)
+    if name in ("Doc", "read_corpus", "doc_text"):
+        from . import corpus
+
+        return getattr(corpus, name)
     raise AttributeError(f"module 'bne' has no attribute {name!r}")
 
 

@@ -9,19 +9,13 @@ error messages) is printed through :func:`safe`, so no control character reaches
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import re
 import sqlite3
-import stat
 import sys
-import time
 import warnings
 from typing import Any
-
-import numpy as np
 
 from . import _core
 from .errors import IndexFormatError
@@ -125,34 +119,6 @@ def rescore_argv(argv: list[str]) -> list[str]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def load_encoder(model: str, bits: int, threads: int | None, device: str = "cpu", purpose: str = "query"):
-    """ONNX Runtime on the CPU (no torch import once the model is in the cache), torch on a GPU or as
-    the fallback; see bne.encoder.runtime.load."""
-    if model != "default" and not os.path.exists(model):
-        raise UserError(f"model not found: {model} (use 'default' or the path of a head .safetensors file)")
-    try:
-        from .encoder.runtime import load
-
-        enc = load(model, bits, device=device, threads=threads, purpose=purpose)
-    except ImportError as e:  # onnxruntime / torch / transformers missing
-        raise UserError(f"the encoder needs the 'encoder' extra (pip install 'bne[encoder]'): {e}") from None
-    except (OSError, ValueError, KeyError, RuntimeError) as e:  # not a head file: safetensors, JSON, shapes, devices
-        raise UserError(f"cannot load model {model}: {type(e).__name__}: {e}") from None
-    if enc.bits != bits:
-        raise UserError(f"model {model} makes {enc.bits}-bit codes, but --bits is {bits}")
-    return enc
-
-
-def model_key(model: str) -> str:
-    return "default" if model == "default" else os.path.abspath(model)
-
-
-def doc_text(doc) -> str:
-    from .corpus import doc_text as text_of  # one function for build and eval
-
-    return text_of(doc.title, doc.text)
-
-
 def snippet(text: str, width: int = 100) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -161,246 +127,99 @@ def snippet(text: str, width: int = 100) -> str:
 # -- build --------------------------------------------------------------------------------------
 
 
-def check_output(out: str, append: bool) -> bool:
-    """Checks -o before anything is read or created; returns whether the index exists."""
-    from .docstore import path_for
+class ProgressBar:
+    """tqdm over documents to encode; the total appears once the reader has seen the whole input,
+    and the bar shows documents/s, the ETA and how many are committed."""
 
-    if not out:
-        raise UserError("-o is empty: give the index file to write")
-    if os.path.isdir(out):
-        raise UserError(
-            f"-o {out} is a folder: give the index file to write, e.g. {os.path.join(out, 'index.bne')} "
-            f"(a folder of shards needs --ray)"
-        )
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise UserError(f"cannot create {out}: folder {os.path.dirname(out) or folder} does not exist")
-    exists = os.path.lexists(out)
-    if exists and not append:
-        raise UserError(f"{out} already exists: pass --append to add to it, or remove it first")
-    if not exists and os.path.lexists(path_for(out)):
-        raise UserError(f"{path_for(out)} already exists without its index; remove it first")
-    if not exists and not os.access(folder, os.W_OK):
-        raise UserError(f"cannot create {out}: folder {os.path.dirname(out) or folder} is not writable")
-    return exists
+    def __init__(self, quiet: bool) -> None:
+        from tqdm import tqdm
 
+        self.bar = tqdm(total=None, unit="doc", desc="encoding", disable=quiet or None, dynamic_ncols=True)
 
-def legacy_present(store, todo: list) -> set[str]:
-    """ext_ids of .txt documents that a docstore of an older bne holds under their line number
-    (same line number, same text), so appending or resuming over such a store adds nothing twice."""
-    if store.version >= 1:
-        return set()
-    line_of = {d.ext_id: str(json.loads(d.meta)["line"]) for d in todo if d.ext_id.startswith("txt:") and d.meta}
-    stored = store.texts_of(sorted(set(line_of.values())))
-    return {d.ext_id for d in todo if d.ext_id in line_of and stored.get(line_of[d.ext_id]) == d.text}
+    def __call__(self, p) -> None:
+        if p.total is not None and self.bar.total != p.total:
+            self.bar.total = p.total
+        self.bar.set_postfix_str(f"{p.committed} committed", refresh=False)
+        self.bar.update(p.encoded - self.bar.n)
 
-
-def remove_new_files(out: str) -> None:
-    from .docstore import path_for
-
-    for p in (out, path_for(out), path_for(out) + "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
+    def close(self) -> None:
+        self.bar.close()
 
 
 def cmd_build(args) -> int:
-    from tqdm import tqdm
-
-    from . import index as bindex
+    from .collection import Collection, build_sharded, check_new_path, same_model
     from .corpus import read_corpus
-    from .docstore import DocStore
+    from .models import identify
 
     out = args.output
     if args.ray:
-        docs = list(read_corpus(args.input))
-        if not docs:
-            raise UserError(f"empty corpus: no documents in {args.input}")
-        return build_on_ray(args, docs)
-    exists = check_output(out, args.append)
-    if args.model != "default" and not os.path.exists(args.model):  # before any file is created
-        raise UserError(f"model not found: {args.model} (use 'default' or the path of a head .safetensors file)")
-    docs = list(read_corpus(args.input))
-    if not docs:
-        raise UserError(f"empty corpus: no documents in {args.input}")
-    key = model_key(args.model)
-    idx: bindex.MappedIndex | None = None
-    store: DocStore | None = None
-    if exists:
-        idx = bindex.open(out, mode="a")
-        built_with = idx.metadata.get("model"), idx.bits
-        if built_with != (key, args.bits):
-            idx.close()
+        result = build_sharded(
+            out,
+            read_corpus(args.input),
+            shards=args.shards,
+            model=args.model,
+            bits=args.bits,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            ray_address=args.ray_address,
+            source=args.input,
+        )
+        print(
+            f"{safe(out)}: {result['documents']} documents in {args.shards} shards ({len(result['skipped'])} already "
+            f'written, skipped); search with: bne search {safe(out)} "query"'
+        )
+        return 0
+    if not out:
+        raise UserError("-o is empty: give the index file to write")
+    if args.append and os.path.lexists(out) and not os.path.isdir(out):
+        asked = identify(args.model, args.bits)  # before the index is opened for writing
+        coll = Collection.open(out, mode="a", device=args.device, threads=args.threads)
+        if not same_model(coll.model, asked):
+            coll.close()
+            built = "an unrecorded model" if coll.model is None else f"model {coll.model.name!r}"
             raise UserError(
-                f"{out} was built with model {built_with[0]!r} at {built_with[1]} bits; "
-                f"asked for {key!r} at {args.bits} bits"
+                f"{out} was built with {built} at {coll.bits} bits; asked for {asked.name!r} at {args.bits} bits"
             )
-        try:
-            store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
-            dropped = store.delete_above(idx.info()["max_id"])  # rows of a batch whose index commit never happened
-            seen = store.ext_ids()
-            todo = [d for d in docs if d.ext_id not in seen]
-            old = legacy_present(store, todo)
-            todo = [d for d in todo if d.ext_id not in old]
-        except BaseException:
-            idx.close()  # release the writer lock now, not at exit
-            raise
-        if dropped:
-            print(f"bne: dropped {dropped} document rows left by an interrupted build", file=sys.stderr)
     else:
-        todo = docs
-    encoder = load_encoder(args.model, args.bits, args.threads, device=args.device, purpose="bulk")
+        check_new_path(out)
+        coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
     if args.threads:
         _core.set_num_threads(args.threads)
-    done = 0
+    bar = ProgressBar(args.quiet)
     try:
-        if idx is None:
-            try:
-                idx = bindex.open(
-                    out,
-                    mode="a",
-                    bits=args.bits,
-                    metadata={
-                        "model": key,
-                        "model_name": encoder.info.get("name", ""),
-                        "bits": args.bits,
-                        "max_length": encoder.max_length,
-                        "created_by": f"bne {_core.__version__}",
-                    },
-                )
-            except OSError as e:  # name the user's file, not the temporary one it was written through
-                raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-            # the docstore gets the index's permission bits: it holds the same corpus
-            store = DocStore(out, create=True, file_mode=stat.S_IMODE(os.stat(out).st_mode))
-        assert store is not None  # opened together with idx, above or here
-        next_id = idx.info()["max_id"] + 1
-        bar = tqdm(total=len(todo), unit="doc", desc="encoding", disable=args.quiet or None, dynamic_ncols=True)
-        try:
-            for start in range(0, len(todo), args.commit_every):
-                batch = todo[start : start + args.commit_every]
-                codes = encoder.encode([doc_text(d) for d in batch], batch_size=args.batch_size, show_progress=False)
-                ids = np.arange(next_id, next_id + len(batch), dtype=np.int64)
-                store.insert(ids, batch)
-                idx.add(codes, ids=ids)
-                store.commit()  # the texts first: every committed index id then has its document
-                idx.commit()
-                next_id += len(batch)
-                done += len(batch)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-    except BaseException as e:
-        for f in (idx, store):
-            if f is not None:
-                with contextlib.suppress(Exception):  # already failing; the first error is the one to report
-                    f.close()
-        fresh = not exists and done == 0
-        if fresh:  # nothing was committed: leave no empty index or docstore behind
-            remove_new_files(out)
-        if isinstance(e, KeyboardInterrupt):
+        with coll:
+            r = coll.add(
+                read_corpus(args.input),
+                batch_size=args.batch_size,
+                commit_every=args.commit_every,
+                progress=bar,
+                source=args.input,
+            )
+            info = coll.info() if coll.index is not None else None
+    except Exception:
+        bar.close()
+        if coll.last_add.added:  # the error is printed next; say what is already safe
             print(
-                f"bne: interrupted; {done} of {len(todo)} new documents committed to {safe(out)}"
-                + (" (nothing written)" if fresh else " (run again with --append to continue)"),
+                f"bne: note: {coll.last_add.added} documents were committed to {safe(out)} before the error; "
+                f"run again with --append to continue",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED
         raise
-    info = idx.info()
-    idx.close()
-    store.close()
-    print(
-        f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({done} added, "
-        f"{len(docs) - len(todo)} already present)"
-    )
-    return 0
-
-
-def start_ray(address: str | None):
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray needs Ray: pip install 'bne[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or None,
-            logging_level=logging.ERROR,
-            configure_logging=False,
-            include_dashboard=False if not address else None,
+    finally:
+        bar.close()
+    if r.dropped:
+        print(f"bne: dropped {r.dropped} document rows left by an interrupted build", file=sys.stderr)
+    if r.interrupted:
+        todo = r.total - r.present
+        print(
+            f"bne: interrupted; {r.added} of {todo if todo > r.added else 'the'} new documents committed to {safe(out)}"
+            + (" (nothing written)" if info is None else " (run again with --append to continue)"),
+            file=sys.stderr,
         )
-    return ray
-
-
-def build_on_ray(args, docs) -> int:
-    """One shard file per Ray Data task in the output folder, a manifest, and one docstore."""
-    from . import distributed
-    from .docstore import DocStore
-
-    out = args.output
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"{out} exists and is not a folder (--ray writes a folder of shards)")
-    manifest = os.path.join(out, distributed.MANIFEST)
-    if os.path.exists(manifest) and not args.append:
-        _, m = distributed.read_manifest(out)
-        if m.get("metadata", {}).get("model") != model_key(args.model) or m.get("bits") != args.bits:
-            raise UserError(f"{out} holds shards of another model or bit count; remove it first")
-    start_ray(args.ray_address)
-    os.makedirs(out, exist_ok=True)
-    store_key = os.path.join(out, "corpus")
-    store = DocStore(store_key, create=True)
-    if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
-        store.delete_above(-1)
-        store.insert(range(len(docs)), docs)
-        store.commit()
-    store.close()
-    result = distributed.build_sharded(
-        [doc_text(d) for d in docs],
-        out,
-        n_shards=args.shards,
-        bits=args.bits,
-        model=model_key(args.model),
-        batch_size=args.batch_size,
-        threads=args.threads,
-    )
-    if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
-        os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
-    print(
-        f"{safe(out)}: {len(docs)} documents in {args.shards} shards ({len(result['skipped'])} already written, "
-        f'skipped); search with: bne search {safe(out)} "query"'
-    )
+        return EXIT_INTERRUPTED
+    assert info is not None
+    print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({r.added} added, {r.present} already present)")
     return 0
-
-
-def open_manifest(path: str):
-    """The shards of a folder or manifest given to ``search``, checked before Ray starts."""
-    from . import distributed
-
-    manifest = os.path.join(path, distributed.MANIFEST) if os.path.isdir(path) else path
-    if not os.path.isfile(manifest):
-        hint = ""
-        if os.path.isdir(path) and any(
-            os.path.isfile(os.path.join(path, n)) for n in ("corpus.jsonl", "corpus.jsonl.gz")
-        ):
-            hint = f"; it looks like a BEIR dataset: build an index first (bne build {path} -o index.bne)"
-        raise UserError(
-            f"{path} is a folder without {distributed.MANIFEST}: search takes an index file or a folder of shards{hint}"
-        )
-    return distributed.read_manifest(path)
-
-
-def search_sharded(args, queries):
-    from . import distributed
-
-    paths, manifest = open_manifest(args.index)
-    start_ray(args.ray_address)
-    model = model_key(args.model) if args.model else manifest.get("metadata", {}).get("model", "default")
-    encoder = load_encoder(model, manifest["bits"], args.threads, device=args.device)
-    sharded = distributed.ShardedIndex(paths)
-    t0 = time.perf_counter()
-    codes = encoder.encode(queries, show_progress=False)
-    t1 = time.perf_counter()
-    D, I = sharded.search(codes, min(args.k, max(len(sharded), 1)))
-    t2 = time.perf_counter()
-    store = os.path.join(args.index if os.path.isdir(args.index) else os.path.dirname(args.index), "corpus")
-    return D, I, None, t0, t1, t2, len(sharded), store
 
 
 # -- search -------------------------------------------------------------------------------------
@@ -410,7 +229,7 @@ def read_queries(args) -> list[tuple[str, str | None]]:
     """(text, query id or None): the command line's queries, then --queries FILE: one query per
     line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
     queries.jsonl), or a JSON string."""
-    from .corpus import CorpusError, _lines, json_error_detail
+    from .corpus import CorpusError, read_query_file
 
     queries: list[tuple[str, str | None]] = []
     for q in args.query or []:
@@ -435,68 +254,13 @@ def read_queries(args) -> list[tuple[str, str | None]]:
             if line.strip():
                 queries.append((line.strip(), None))
     elif args.queries:
-        path = args.queries
-        if os.path.isdir(path) or not os.path.exists(path):
-            raise UserError(f"--queries {path}: {'a folder' if os.path.isdir(path) else 'no such file'}")
-        jsonl = path.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
-        from pathlib import Path
-
         try:
-            for lineno, line in _lines(Path(path)):
-                if not line.strip():
-                    continue
-                if not jsonl:
-                    queries.append((line.strip(), None))
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
-                except RecursionError:
-                    raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
-                if isinstance(obj, str):
-                    queries.append((obj, None))
-                    continue
-                text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
-                if not isinstance(text, str):
-                    raise UserError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
-                qid = obj.get("_id", obj.get("id"))
-                queries.append((text, None if qid is None else str(qid)))
+            queries += read_query_file(args.queries)
         except CorpusError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"--queries {e}") from None
     if not queries:
         raise UserError("no query: give one on the command line or --queries FILE (- for stdin)")
     return queries
-
-
-def search_file(args, queries):
-    from . import index as bindex
-
-    idx = bindex.open(args.index)
-    model = idx.metadata.get("model")
-    if args.model:
-        model = model_key(args.model)
-        if idx.metadata.get("model") not in (None, model):
-            raise UserError(f"{args.index} was built with model {idx.metadata.get('model')!r}, not {model!r}")
-    if model is None:
-        raise UserError(f"{args.index} does not record the model that built it; pass --model")
-    encoder = load_encoder(model, idx.bits, args.threads, device=args.device)
-    t0 = time.perf_counter()
-    codes, logits = encoder.encode(queries, return_logits=True, show_progress=False)
-    t1 = time.perf_counter()
-    scores = None
-    n = max(len(idx), 1)  # more hits than codes would only be padding
-    k = min(args.k, n)
-    if args.rescore:
-        from .encoder import rescore_candidates
-
-        _, cand = idx.search(codes, min(max(args.rescore, k), n), threads=args.threads)
-        scores, ids = rescore_candidates(logits, idx.reconstruct(cand), cand, k)
-        dist = None
-    else:
-        dist, ids = idx.search(codes, k, threads=args.threads)
-    t2 = time.perf_counter()
-    return dist, ids, scores, t0, t1, t2, len(idx), args.index
 
 
 def source_of(meta: str) -> str | None:
@@ -519,50 +283,42 @@ def index_arg(path: str, folder_ok: bool = False) -> str:
 
 
 def cmd_search(args) -> int:
-    from .docstore import DocStore, DocStoreError, StoredDoc
+    from .collection import Collection
 
     index_arg(args.index, folder_ok=True)
     asked = read_queries(args)
     queries = [q for q, _ in asked]
-    if os.path.isdir(args.index) or args.index.endswith(".json"):
-        dist, ids, scores, t0, t1, t2, ncodes, store_key = search_sharded(args, queries)
-    else:
-        dist, ids, scores, t0, t1, t2, ncodes, store_key = search_file(args, queries)
-    try:
-        store = DocStore(store_key)
-        docs = store.get(np.unique(ids))
-        store.close()
-    except (FileNotFoundError, DocStoreError) as e:  # the index alone still answers: ids, no texts
-        print(f"bne: warning: {safe(e)}; printing ids only", file=sys.stderr)
-        docs = {}
+    with Collection.open(
+        args.index, model=args.model, device=args.device, threads=args.threads, ray_address=args.ray_address
+    ) as coll:
+        res = coll.search(queries, args.k, rescore=args.rescore)
+    if res.warning:
+        print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
     results: list[dict[str, Any]] = []
-    for qi, (q, qid) in enumerate(asked):
+    for (q, qid), row in zip(asked, res.hits, strict=True):
         hits = []
-        for rank, i in enumerate(ids[qi]):
-            if i < 0:
-                continue
-            doc = docs.get(int(i)) or StoredDoc(str(i), "", "", "")
-            hit = {
-                "rank": rank + 1,
-                "id": int(i),
-                "doc_id": doc.ext_id,
-                "title": doc.title,
-                "snippet": snippet(doc.text),
+        for h in row:
+            hit: dict[str, Any] = {
+                "rank": h.rank,
+                "id": h.id,
+                "doc_id": h.doc_id,
+                "title": h.title,
+                "snippet": snippet(h.text),
             }
-            src = source_of(doc.meta)
+            src = source_of(h.meta)
             if src:
                 hit["source"] = src
-            if dist is not None:
-                hit["distance"] = int(dist[qi, rank])
+            if h.distance is not None:
+                hit["distance"] = h.distance
             else:
-                hit["score"] = float(scores[qi, rank])
+                hit["score"] = h.score
             hits.append(hit)
         results.append({"query": q, "hits": hits} if qid is None else {"query": q, "query_id": qid, "hits": hits})
     timing = {
-        "encode_ms": (t1 - t0) * 1e3,
-        "search_ms": (t2 - t1) * 1e3,
+        "encode_ms": res.encode_ms,
+        "search_ms": res.search_ms,
         "queries": len(queries),
-        "codes": ncodes,
+        "codes": res.codes,
         "isa": _core.active_isa(),
     }
     if args.json:
@@ -578,7 +334,7 @@ def cmd_search(args) -> int:
                 )
         print(
             f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
-            f"({len(queries)} queries over {ncodes} codes, {timing['isa']})",
+            f"({len(queries)} queries over {res.codes} codes, {timing['isa']})",
             file=sys.stderr,
         )
     return 0
@@ -588,24 +344,17 @@ def cmd_search(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import index as bindex
-    from .docstore import DocStore, DocStoreError
+    from .collection import Collection
 
-    idx = bindex.open(index_arg(args.index))
-    info = idx.info()
-    try:
-        store = DocStore(args.index)
-        info["documents"] = store.count()
-        store.close()
-    except FileNotFoundError:
-        info["documents"] = None
-    except DocStoreError as e:
-        print(f"bne: warning: {safe(e)}", file=sys.stderr)
-        info["documents"] = None
+    with Collection.open(index_arg(args.index)) as coll:
+        info = coll.info()
+    if "warning" in info:
+        print(f"bne: warning: {safe(info.pop('warning'))}", file=sys.stderr)
     if args.json:
         print(json_text(info))
         return 0
     meta = dict(info.pop("metadata"))
+    model = info.pop("model_identity")
     for key in (
         "path",
         "format_version",
@@ -622,7 +371,15 @@ def cmd_info(args) -> int:
         "isa",
     ):
         print(f"{key:15s} {safe(info.get(key))}")
-    print(f"{'model':15s} {safe(meta.pop('model', None))} ({safe(meta.pop('model_name', ''))})")
+    for key in ("model", "model_sha256", "model_kind"):
+        meta.pop(key, None)
+    desc = (
+        "not recorded"
+        if model is None
+        else f"{model['name']} ({model['kind']}" + (f", sha256 {model['sha256'][:16]})" if model["sha256"] else ")")
+    )
+    name = meta.pop("model_name", "")  # what the encoder calls itself
+    print(f"{'model':15s} {safe(desc)}" + (f" [{safe(name)}]" if name else ""))
     if meta:  # anything else save(metadata=...) stored, on one line
         print(f"{'metadata':15s} {safe(json.dumps(meta, ensure_ascii=False))}")
     return 0
@@ -637,12 +394,15 @@ def cmd_shard(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import index as bindex
+    from .collection import Collection
 
-    idx = bindex.open(index_arg(args.index))
-    idx.verify()
-    info = idx.info()
-    print(f"OK: {safe(args.index)}: {info['codes']} codes in {info['segments']} segment(s), every checksum matches")
+    with Collection.open(index_arg(args.index)) as coll:
+        checked = coll.verify()
+    docs = "" if checked["documents"] is None else f"; docstore intact ({checked['documents']} documents)"
+    print(
+        f"OK: {safe(args.index)}: {checked['codes']} codes in {checked['segments']} segment(s), "
+        f"every checksum matches{docs}"
+    )
     return 0
 
 

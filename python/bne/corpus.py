@@ -34,9 +34,9 @@ class Doc:
 
 
 def doc_text(title: str, text: str) -> str:
-    """The text a document is encoded as, by ``bne build`` and ``bne eval`` alike: ``"title. text"``,
-    or the text alone when there is no title. (Chosen over BEIR's ``title + " " + text`` by SciFact
-    train R@10; see docs/ENCODER.md.)"""
+    """The text that is encoded for a document: ``bne build`` and ``bne eval`` both use this:
+    ``"title. text"``, or the text alone without a title (chosen over BEIR's ``title + " " + text``
+    by SciFact train R@10, docs/ENCODER.md)."""
     return f"{title}. {text}" if title else text
 
 
@@ -44,7 +44,7 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its ending) of a UTF-8 file; the ending is kept, as ``newline=""``
     would, so csv sees quoted newlines. Decoded line by line to name the line of a bad byte."""
     with _open_binary(path) as f:
@@ -76,7 +76,7 @@ def json_error_detail(e: ValueError) -> str:
 
 
 def _jsonl(path: Path) -> Iterator[Doc]:
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         if not line.strip():
             continue
         try:
@@ -97,7 +97,7 @@ def _jsonl(path: Path) -> Iterator[Doc]:
 
 def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
     reader = csv.reader(
-        (line for _, line in _lines(path)),
+        (line for _, line in read_lines(path)),
         delimiter=delimiter,
         quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
     )
@@ -137,7 +137,7 @@ def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
 
 def _txt(path: Path) -> Iterator[Doc]:
     seen: dict[str, int] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         line = line.rstrip("\r\n")
         if line.strip():
             n = seen[line] = seen.get(line, 0) + 1
@@ -171,3 +171,34 @@ def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
             "use .txt, .jsonl, .tsv, .csv or a BEIR folder"
         )
     return readers[suffix](p)
+
+
+def read_query_file(path: str | os.PathLike) -> list[tuple[str, str | None]]:
+    """(text, query id or None) per query of a file: one query per line, or for .jsonl a JSON
+    object per line with "text" (or "query") and "_id"/"id" (BEIR's queries.jsonl), or a JSON string."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        raise CorpusError(f"{path}: {'a folder' if p.is_dir() else 'no such file'}")
+    jsonl = p.name.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
+    queries: list[tuple[str, str | None]] = []
+    for lineno, line in read_lines(p):
+        if not line.strip():
+            continue
+        if not jsonl:
+            queries.append((line.strip(), None))
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
+        except RecursionError:
+            raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if isinstance(obj, str):
+            queries.append((obj, None))
+            continue
+        text = obj.get("text", obj.get("query")) if isinstance(obj, dict) else None
+        if not isinstance(text, str):
+            raise CorpusError(f'{path}:{lineno}: expected a JSON object with a "text" string (or a JSON string)')
+        qid = obj.get("_id", obj.get("id"))
+        queries.append((text, None if qid is None else str(qid)))
+    return queries

@@ -64,49 +64,36 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
 
 
 def run_demo(args) -> int:
-    import numpy as np
-
-    from . import index as bindex
-    from .cli import safe
+    from .cli import ProgressBar, safe
+    from .collection import Collection
     from .corpus import Doc
-    from .docstore import DocStore
-    from .encoder import Encoder
 
     t0 = time.perf_counter()
     docs = stdlib_docstrings(args.limit)
     print(f"corpus: {len(docs)} docstrings of the Python {sys.version.split()[0]} standard library (read with ast)")
-    encoder = Encoder.default(bits=1024)
-    print(f"model: {encoder.info.get('name')} ({encoder.bits} bits, all-MiniLM-L6-v2 backbone, offline)")
     folder = args.keep or tempfile.mkdtemp(prefix="bne-demo-")
     path = os.path.join(folder, "stdlib.bne")
-    for p in (path, path + ".docs.sqlite"):
-        if os.path.exists(p):
+    coll = Collection.create(path, model="default", bits=1024) if not os.path.exists(path) else None
+    if coll is None:  # --keep of an earlier demo: start again
+        for p in (path, path + ".docs.sqlite"):
             os.remove(p)
-    t1 = time.perf_counter()
-    codes = encoder.encode([f"{q}: {d}" for q, d in docs], batch_size=64, show_progress=True)
-    t2 = time.perf_counter()
-    ids = np.arange(len(docs), dtype=np.int64)
-    store = DocStore(path, create=True)
-    store.insert(ids, [Doc(q, d) for q, d in docs])
-    store.commit()
-    with bindex.open(
-        path, mode="a", bits=1024, metadata={"model": "default", "model_name": encoder.info.get("name"), "bits": 1024}
-    ) as idx:
-        idx.add(codes, ids=ids)
-    print(f"encoded {len(docs)} documents in {t2 - t1:.1f} s ({len(docs) / (t2 - t1):.0f} docs/s); index: {path}")
-    idx = bindex.open(path)
-    t3 = time.perf_counter()
-    qcodes = encoder.encode(QUERIES)
-    D, I = idx.search(qcodes, 3)
-    t4 = time.perf_counter()
-    found = store.get(I.ravel())
-    for q, drow, irow in zip(QUERIES, D, I, strict=True):
+        coll = Collection.create(path, model="default", bits=1024)
+    with coll:
+        print(f"model: {coll.model.name if coll.model else '?'} ({coll.bits} bits, all-MiniLM-L6-v2 backbone, offline)")
+        bar = ProgressBar(quiet=False)
+        try:
+            added = coll.add((Doc(q, d, title=q) for q, d in docs), progress=bar)
+        finally:
+            bar.close()
+        rate = added.added / added.seconds if added.seconds else 0.0
+        print(f"encoded {added.added} documents in {added.seconds:.1f} s ({rate:.0f} docs/s); index: {path}")
+        res = coll.search(QUERIES, 3)
+    for q, row in zip(QUERIES, res.hits, strict=True):
         print(f"\nquery: {q}")
-        for d, i in zip(drow, irow, strict=True):
-            doc = found[int(i)]
-            print(f"  d={d:4d}  {safe(doc.ext_id):38s} {safe(doc.text[:70])}")
+        for h in row:
+            print(f"  d={h.distance:4d}  {safe(h.doc_id):38s} {safe(h.text[:70])}")
     print(
-        f"\n{len(QUERIES)} queries encoded and searched in {(t4 - t3) * 1e3:.0f} ms; "
+        f"\n{len(QUERIES)} queries encoded and searched in {res.encode_ms + res.search_ms:.0f} ms; "
         f"whole demo {time.perf_counter() - t0:.0f} s"
     )
     print(f'try: bne search {path} "your question"')

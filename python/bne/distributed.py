@@ -26,8 +26,27 @@ from . import index as bindex
 from . import storage
 from .codes import check_codes, check_k
 from .errors import ShardUnavailableError
+from .models import ModelRef, identify
 
 MANIFEST = "manifest.json"
+
+
+def start_ray(address: str | None = None):
+    """Connects to Ray (``address``, else ``$RAY_ADDRESS``, else a local Ray) unless already connected."""
+    import logging
+
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("Ray is needed for a folder of shards: pip install 'bne[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or None,
+            logging_level=logging.ERROR,
+            configure_logging=False,
+            include_dashboard=False if not address else None,
+        )
+    return ray
 
 
 # -- splitting ------------------------------------------------------------------------------------
@@ -291,7 +310,7 @@ class ShardedIndex:
 # -- distributed build --------------------------------------------------------------------------
 
 
-def _shard_done(path: str, expected: int, model: str, bits: int) -> bool:
+def _shard_done(path: str, expected: int, model: ModelRef) -> bool:
     """A shard file present with the right model, bits and count: written completely before
     (saves are atomic), so a resumed build skips it."""
     if not os.path.exists(path):
@@ -300,7 +319,12 @@ def _shard_done(path: str, expected: int, model: str, bits: int) -> bool:
         idx = bindex.open(path)
     except (ValueError, OSError):
         return False
-    ok = idx.bits == bits and idx.metadata.get("model") == model and len(idx) == expected
+    meta = idx.metadata
+    ok = (
+        idx.bits == model.bits
+        and (meta.get("model"), meta.get("model_sha256", "")) == (model.name, model.sha256)
+        and len(idx) == expected
+    )
     idx.close()
     return ok
 
@@ -309,22 +333,22 @@ class _EncodeShard:
     """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it."""
 
     def __init__(
-        self, texts_ref, out_dir: str, bits: int, model: str, batch_size: int, n_shards: int, threads: int | None
+        self, texts_ref, out_dir: str, model: ModelRef, batch_size: int, n_shards: int, threads: int | None
     ) -> None:
         import ray
 
-        from .cli import load_encoder
+        from .models import load
 
         self.texts = ray.get(texts_ref) if isinstance(texts_ref, ray.ObjectRef) else texts_ref
-        self.out_dir, self.bits, self.model = out_dir, bits, model
+        self.out_dir, self.bits, self.model = out_dir, model.bits, model
         self.batch_size, self.n_shards = batch_size, n_shards
-        self.encoder = load_encoder(model, bits, threads)
+        self.encoder = load(model, threads=threads, purpose="bulk", quiet=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
             path = os.path.join(self.out_dir, f"shard-{int(shard):05d}.bne")
-            if _shard_done(path, int(stop - start), self.model, self.bits):
+            if _shard_done(path, int(stop - start), self.model):
                 done.append(0)
                 continue
             codes = self.encoder.encode(
@@ -334,8 +358,7 @@ class _EncodeShard:
             header = storage.new_header(
                 self.bits,
                 metadata={
-                    "model": self.model,
-                    "bits": self.bits,
+                    **self.model.to_metadata(),
                     "shard": int(shard),
                     "shards": self.n_shards,
                     "base": int(start),
@@ -351,8 +374,8 @@ def build_sharded(
     out_dir: str | os.PathLike,
     *,
     n_shards: int,
+    model: ModelRef | str | os.PathLike = "default",
     bits: int = 1024,
-    model: str = "default",
     batch_size: int = 64,
     concurrency: int | None = None,
     threads: int | None = 1,
@@ -366,6 +389,8 @@ def build_sharded(
         raise RuntimeError("Ray is not running in this process: call ray.init() or ray.init(address=...) first")
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if not isinstance(model, ModelRef):
+        model = identify(model, bits)
     out_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
     n = len(texts)
@@ -382,7 +407,6 @@ def build_sharded(
         fn_constructor_kwargs=dict(
             texts_ref=texts_ref,
             out_dir=out_dir,
-            bits=bits,
             model=model,
             batch_size=batch_size,
             n_shards=n_shards,
@@ -392,7 +416,7 @@ def build_sharded(
     result = ds.take_all()
     encoded = {int(r["shard"]): int(r["encoded"]) for r in result}
     paths = [os.path.join(out_dir, f"shard-{i:05d}.bne") for i in range(n_shards)]
-    write_manifest(out_dir, paths, bits, {"model": model, "bits": bits})
+    write_manifest(out_dir, paths, model.bits, model.to_metadata())
     return {
         "shards": paths,
         "encoded": encoded,

@@ -52,8 +52,16 @@ class DocStore:
     """``create=False`` (the default): read-only, the file must exist. ``create=True``: read-write,
     created when missing; ``file_mode`` gives a new file those permission bits (the index's)."""
 
-    def __init__(self, index_path: str | os.PathLike, *, create: bool = False, file_mode: int | None = None) -> None:
+    def __init__(
+        self,
+        index_path: str | os.PathLike,
+        *,
+        create: bool = False,
+        file_mode: int | None = None,
+        threaded: bool = False,
+    ) -> None:
         self.path = path_for(index_path)
+        self._threaded = threaded  # used from another thread than the one that opened it (one at a time)
         self.writable = create
         self._db: sqlite3.Connection | None = None
         try:
@@ -97,7 +105,7 @@ class DocStore:
     def _connect(self, uri: str) -> None:
         self._db = None
         with self._errors("open", closing=True):
-            self._db = sqlite3.connect(uri, uri=True)
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=not self._threaded)
             self.db.text_factory = lambda b: b.decode("utf-8", "replace")  # damaged text is shown, not fatal
             self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
             self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
@@ -194,6 +202,16 @@ class DocStore:
                 for i, ext, title, text, meta in self.db.execute(q, chunk):
                     out[i] = StoredDoc(str(ext), str(title or ""), str(text), str(meta or ""))
         return out
+
+    def check_integrity(self) -> None:
+        """SQLite's own check of every page and index (``PRAGMA quick_check``); raises on damage."""
+        with self._errors("check"):
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            raise DocStoreError(
+                f"document store {self.path} is damaged: {rows[0]}"
+                + (f" (+{len(rows) - 1} more)" if len(rows) > 1 else "")
+            )
 
     def count(self) -> int:
         with self._errors("read"):

@@ -24,3 +24,15 @@ class CorpusError(ValueError):
 
 class ShardUnavailableError(RuntimeError):
     """A shard could not answer after its retries (the message names it)."""
+
+
+class CollectionError(ValueError):
+    """A collection cannot be created, opened or used as asked (names the path)."""
+
+
+class ModelError(ValueError):
+    """A model cannot be identified or loaded: not a model, wrong bits, missing runtime."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model an index records cannot be found (names it and its content hash)."""

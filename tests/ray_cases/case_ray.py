@@ -126,9 +126,9 @@ def test_distributed_build_resumes(local_ray, tmp_path):
     assert again["encoded"] == {0: 0, 1: 20, 2: 0} and again["skipped"] == [0, 2]
     sharded = distributed.ShardedIndex(tmp_path / "b")
     assert len(sharded) == 60
-    from bne.cli import load_encoder
+    from bne import models
 
-    codes = load_encoder(head, 1024, 1).encode(texts)
+    codes = models.load(models.identify(head, 1024), threads=1, purpose="bulk").encode(texts)
     D, I = sharded.search(codes[:5], 1)
     np.testing.assert_array_equal(I[:, 0], np.arange(5))
     sharded.close()
@@ -225,4 +225,5 @@ def test_cli_build_and_search_on_ray(tmp_path):
     out = run("search", "shards", "Stock markets fell sharply.", "-k", "1", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     hit = json.loads(out.stdout)["results"][0]["hits"][0]
-    assert hit["snippet"] == "Stock markets fell sharply." and hit["distance"] == 0
+    # documents are encoded for throughput (bf16 where the CPU has it), queries in fp32: a few bits may differ
+    assert hit["snippet"] == "Stock markets fell sharply." and hit["distance"] <= 16

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import corpus as documents
-from ..corpus import _lines
+from ..corpus import read_lines
 
 #: STS sets the evaluator knows: name -> (relative path, column of sentence1, of sentence2, of score).
 STS_SETS = {
@@ -55,7 +55,7 @@ def data_root(path: str | os.PathLike | None = None, *, option: str = "--data") 
 def text_lines(path: str | os.PathLike) -> Iterator[str]:
     """Lines of a UTF-8 text file (optionally .gz) without their ending; a bad byte raises
     CorpusError naming the file and line (``bne.corpus`` reads documents the same way)."""
-    for _, line in _lines(Path(path)):
+    for _, line in read_lines(Path(path)):
         yield line.rstrip("\n").rstrip("\r")
 
 

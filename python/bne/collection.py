@@ -1,0 +1,705 @@
+"""A collection: an index (one file, or a folder of shards), the docstore beside it, and the
+model that made its codes. What ``bne build`` / ``bne search`` / ``bne info`` / ``bne verify``,
+the Ray build and the demo do, as a library:
+
+    >>> c = bne.Collection.create("docs.bne")            # nothing is written before add()
+    >>> c.add(bne.read_corpus("docs.txt"))               # encode, commit in batches
+    >>> c.search(["a cat on a mat"], k=5).hits[0][0].text
+
+The collection owns the two-store transaction: for every batch the texts are committed to the
+docstore first, then the codes to the index, so every committed index id has its document, and
+rows of a batch whose index commit never happened are dropped on the next ``add``. Reading the
+input, encoding and committing run on three threads, so neither the disk nor the reader waits on
+the model (nor the model on them); Ctrl-C stops after the commit in flight.
+
+A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index file ``P``, and
+``<folder>/corpus.docs.sqlite`` in a folder of shards. Its row ids are the index's ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from . import index as bindex
+from .corpus import Doc, doc_text
+from .docstore import DocStore, StoredDoc, path_for
+from .errors import CollectionError, DocStoreError
+from .models import ModelRef, identify, load
+
+#: Rows encoded per call while building: the progress bar moves this often, and the encoder
+#: still sorts this many texts by length to pad little.
+ENCODE_CHUNK = 512
+
+
+@dataclass
+class Hit:
+    """One search result: the index's id, the stored document (empty fields when the docstore is
+    missing), and the Hamming distance (or the rescored similarity with ``rescore``)."""
+
+    rank: int
+    id: int
+    doc_id: str
+    title: str
+    text: str
+    meta: str
+    distance: int | None = None
+    score: float | None = None
+
+
+@dataclass
+class SearchResult:
+    hits: list[list[Hit]]
+    encode_ms: float
+    search_ms: float
+    codes: int  # codes searched
+    warning: str | None = None  # the docstore could not be read: ids only
+
+
+@dataclass
+class AddResult:
+    added: int = 0  # documents committed by this call
+    present: int = 0  # documents skipped: already in the collection
+    dropped: int = 0  # rows an interrupted earlier add left in the docstore, removed
+    total: int = 0  # documents read from the input
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Passed to ``add(progress=...)`` after each encoded chunk and each commit."""
+
+    encoded: int
+    committed: int
+    total: int | None  # documents to encode, once the reader has seen the whole input
+    started: float = field(default_factory=time.perf_counter)
+
+
+def is_sharded(path: str | os.PathLike) -> bool:
+    """A folder of shards (or its manifest) rather than one index file."""
+    p = os.fspath(path)
+    return os.path.isdir(p) or p.endswith(".json")
+
+
+def docstore_key(path: str | os.PathLike) -> str:
+    """What :func:`docstore.path_for` is applied to: the index file, or ``<folder>/corpus``."""
+    p = os.fspath(path)
+    if not is_sharded(p):
+        return p
+    folder = p if os.path.isdir(p) else os.path.dirname(p)
+    return os.path.join(folder, "corpus")
+
+
+class Collection:
+    """Use :meth:`create` or :meth:`open`; close it (or use ``with``) to release the writer lock."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: ModelRef | None,
+        *,
+        writable: bool,
+        index: Any = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.model = model  # None: an index written through the API without a model; it cannot encode
+        self.bits = model.bits if model is not None else index.bits
+        self.writable = writable
+        self.index = index  # MappedIndex, ShardedIndex, or None for a new collection before add()
+        self.device, self.threads = device, threads
+        self._encoders: dict[str, Any] = {}
+        self.last_add = AddResult()  # what the latest add() did, also when it raised
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model: str | os.PathLike | ModelRef = "default",
+        bits: int = 1024,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> Collection:
+        """A new collection at ``path`` (an index file). Everything is checked here, but no file is
+        created before the first :meth:`add` commits: an add that commits nothing leaves nothing."""
+        path = os.fspath(path)
+        check_new_path(path)
+        ref = model if isinstance(model, ModelRef) else identify(model, bits)
+        if ref.bits != bits:
+            raise CollectionError(f"model {ref.name} makes {ref.bits}-bit codes, not {bits}")
+        return cls(path, ref, writable=True, device=device, threads=threads)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        model: str | os.PathLike | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        ray_address: str | None = None,
+    ) -> Collection:
+        """An existing collection: an index file (``mode`` 'r' or 'a') or a folder of shards (read
+        only; needs Ray). ``model`` overrides the recorded model; it must be the same model."""
+        path = os.fspath(path)
+        if not path:
+            raise CollectionError("the index path is empty")
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        if is_sharded(path):
+            if mode != "r":
+                raise CollectionError(f"{path}: a folder of shards is read-only; rebuild it with --ray --append")
+            from . import distributed
+
+            paths, manifest = distributed.read_manifest(_manifest_path(path))
+            recorded = ModelRef.from_metadata({**manifest.get("metadata", {}), "bits": manifest["bits"]})
+            ref = _chosen_model(path, recorded, model, manifest["bits"])
+            distributed.start_ray(ray_address)
+            sharded = distributed.ShardedIndex(paths, threads=threads)
+            return cls(path, ref, writable=False, index=sharded, device=device, threads=threads)
+        idx = bindex.open(path, mode=mode)
+        try:
+            recorded = ModelRef.from_metadata({**idx.metadata, "bits": idx.bits})
+            ref = _chosen_model(path, recorded, model, idx.bits)
+        except BaseException:
+            idx.close()
+            raise
+        return cls(path, ref, writable=mode == "a", index=idx, device=device, threads=threads)
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    def __repr__(self) -> str:
+        name = None if self.model is None else self.model.name
+        return f"bne.Collection({self.path!r}, model={name!r}, bits={self.bits}, codes={len(self)})"
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.path)
+
+    @property
+    def docstore_path(self) -> str:
+        return path_for(docstore_key(self.path))
+
+    def encoder(self, purpose: str = "query") -> Any:
+        """The model's encoder, loaded once per purpose ('query': low latency, 'bulk': throughput)."""
+        if self.model is None:
+            raise CollectionError(f"{self.path} does not record the model that built it; pass a model")
+        if purpose not in self._encoders:
+            enc = load(self.model, device=self.device, threads=self.threads, purpose=purpose, search_dirs=self._near())
+            if enc.bits != self.bits:
+                raise CollectionError(
+                    f"model {self.model.name} makes {enc.bits}-bit codes, but {self.path} holds {self.bits}"
+                )
+            self._encoders[purpose] = enc
+        return self._encoders[purpose]
+
+    def _near(self) -> list[str]:
+        """Folders where a moved model may sit: the collection's own."""
+        return [os.path.dirname(os.path.abspath(self.path))]
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        docs: Iterable[Doc],
+        *,
+        batch_size: int = 64,
+        commit_every: int = 2048,
+        progress: Callable[[Progress], None] | None = None,
+        source: str = "the input",
+    ) -> AddResult:
+        """Encodes and commits the documents not already present (by ``Doc.ext_id``), in durable
+        batches of ``commit_every``. A new collection given no documents raises, naming
+        ``source``. Ctrl-C (KeyboardInterrupt) finishes the commit in flight and returns with
+        ``interrupted=True``; every batch committed before stays."""
+        if not self.writable:
+            raise CollectionError(f"{self.path} is open read-only")
+        if self.sharded:
+            raise CollectionError(f"{self.path}: add to a folder of shards with build_sharded")
+        if batch_size < 1 or commit_every < 1:
+            raise ValueError("batch_size and commit_every must be >= 1")
+        t0 = time.perf_counter()
+        result = self.last_add = AddResult()
+        reader = _Reader(docs)  # starts reading now, while the model loads
+        store: DocStore | None = None
+        fresh = self.index is None
+        try:
+            encoder = self.encoder("bulk")
+            seen: set[str] = set()
+            legacy: Callable[[list[Doc]], set[str]] = lambda todo: set()  # noqa: E731
+            if not fresh:
+                old = store = self._writer_store()
+                result.dropped = old.delete_above(self.index.info()["max_id"])
+                seen = old.ext_ids()
+                legacy = lambda todo: _legacy_present(old, todo)  # noqa: E731
+            committer = _Committer(self, store)
+            try:
+                self._pipeline(reader, encoder, committer, seen, legacy, result, batch_size, commit_every, progress)
+            except KeyboardInterrupt:
+                result.interrupted = True
+            finally:
+                committer.finish()  # the commit in flight completes; its error (if any) is raised
+                result.added = committer.committed
+                store = committer.store
+        except BaseException:
+            reader.stop()
+            self._close_store(store)
+            if fresh and result.added == 0:
+                self._remove_new_files()
+            raise
+        finally:
+            reader.stop()
+        self._close_store(store)
+        if fresh and result.added == 0:
+            self._remove_new_files()
+            if result.total == 0 and not result.interrupted:
+                raise CollectionError(f"empty corpus: no documents in {source}")
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _pipeline(self, reader, encoder, committer, seen, legacy, result, batch_size, commit_every, progress) -> None:
+        started = time.perf_counter()
+        encoded = 0
+        pending: list[Doc] = []
+        codes: list[np.ndarray] = []
+
+        def report() -> None:
+            if progress is not None:
+                total = None if reader.total is None else reader.total - result.present
+                progress(Progress(encoded, committer.committed, total, started))
+
+        for chunk in reader.chunks(ENCODE_CHUNK):
+            result.total += len(chunk)
+            todo = [d for d in chunk if d.ext_id not in seen]
+            if len(todo) < len(chunk) or seen:
+                old = legacy(todo)
+                todo = [d for d in todo if d.ext_id not in old]
+            result.present += len(chunk) - len(todo)
+            while todo:
+                take = todo[: commit_every - len(pending)]
+                todo = todo[len(take) :]
+                codes.append(
+                    encoder.encode(
+                        [doc_text(d.title, d.text) for d in take], batch_size=batch_size, show_progress=False
+                    )
+                )
+                pending += take
+                encoded += len(take)
+                report()
+                if len(pending) == commit_every:
+                    committer.put(pending, np.concatenate(codes))
+                    pending, codes = [], []
+                    report()
+        if pending:
+            committer.put(pending, np.concatenate(codes))
+        committer.drain()
+        report()
+
+    def _writer_store(self) -> DocStore:
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)  # the docstore holds the same corpus: same bits
+        return DocStore(self.path, create=True, file_mode=mode, threaded=True)
+
+    def _start_index(self) -> DocStore:
+        """Creates the index file (and its docstore) at the first commit of a new collection."""
+        assert self.model is not None  # create() always has one
+        try:
+            self.index = bindex.open(
+                self.path,
+                mode="a",
+                bits=self.bits,
+                metadata={**self.model.to_metadata(), "created_by": f"bne {_core.__version__}"},
+            )
+        except OSError as e:  # name the user's file, not the temporary one it was written through
+            raise CollectionError(f"cannot create {self.path}: {e.strerror or e}") from None
+        return self._writer_store()
+
+    @staticmethod
+    def _close_store(store: DocStore | None) -> None:
+        if store is not None:
+            with contextlib.suppress(Exception):  # may be unwinding from another error
+                store.close()
+
+    def _remove_new_files(self) -> None:
+        if self.index is not None:
+            with contextlib.suppress(Exception):
+                self.index.close()
+            self.index = None
+        for p in (self.path, self.docstore_path, self.docstore_path + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+
+    # -- searching ---------------------------------------------------------------------------------
+
+    def search(
+        self, texts: Sequence[str], k: int = 10, *, rescore: int | None = None, threads: int | None = None
+    ) -> SearchResult:
+        """Top-``k`` documents per query text. ``rescore=M`` re-ranks the top ``M`` Hamming
+        candidates by the float query logits (single-file collections)."""
+        if self.index is None:
+            raise CollectionError(f"{self.path} has no documents yet")
+        texts = list(texts)
+        threads = threads or self.threads
+        encoder = self.encoder("query")
+        n = max(len(self.index), 1)  # more hits than codes would only be padding
+        k = min(int(k), n)
+        t0 = time.perf_counter()
+        scores = dist = None
+        if rescore and not self.sharded:
+            from .encoder import rescore_candidates
+
+            codes, logits = encoder.encode(texts, return_logits=True, show_progress=False)
+            t1 = time.perf_counter()
+            _, cand = self.index.search(codes, min(max(rescore, k), n), threads=threads)
+            scores, ids = rescore_candidates(logits, self.index.reconstruct(cand), cand, k)
+        else:
+            codes = encoder.encode(texts, show_progress=False)
+            t1 = time.perf_counter()
+            dist, ids = self.index.search(codes, k) if self.sharded else self.index.search(codes, k, threads=threads)
+        t2 = time.perf_counter()
+        docs, warning = self._documents(ids)
+        hits = []
+        for qi in range(len(texts)):
+            row = []
+            for rank, i in enumerate(ids[qi]):
+                if i < 0:
+                    continue
+                d = docs.get(int(i)) or StoredDoc(str(i), "", "", "")
+                row.append(
+                    Hit(
+                        rank + 1,
+                        int(i),
+                        d.ext_id,
+                        d.title,
+                        d.text,
+                        d.meta,
+                        distance=None if dist is None else int(dist[qi, rank]),
+                        score=None if scores is None else float(scores[qi, rank]),
+                    )
+                )
+            hits.append(row)
+        return SearchResult(hits, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(self.index), warning)
+
+    def _documents(self, ids: np.ndarray) -> tuple[dict[int, StoredDoc], str | None]:
+        try:
+            store = DocStore(docstore_key(self.path))
+        except (FileNotFoundError, DocStoreError) as e:  # the index alone still answers: ids, no texts
+            return {}, str(e)
+        try:
+            return store.get(np.unique(ids)), None
+        except DocStoreError as e:
+            return {}, str(e)
+        finally:
+            store.close()
+
+    # -- describing --------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The index's description plus the document count and the model's identity."""
+        if self.index is None:
+            raise CollectionError(f"{self.path} has no documents yet")
+        if self.sharded:
+            info: dict[str, Any] = {
+                "path": self.path,
+                "bits": self.bits,
+                "codes": len(self.index),
+                "shards": len(self.index.paths),
+            }
+        else:
+            info = self.index.info()
+        m = self.model
+        info["model_identity"] = None if m is None else {"name": m.name, "sha256": m.sha256, "kind": m.kind}
+        info["documents"], warning = None, None
+        try:
+            store = DocStore(docstore_key(self.path))
+        except FileNotFoundError:
+            pass
+        except DocStoreError as e:
+            warning = str(e)
+        else:
+            try:
+                info["documents"] = store.count()
+            except DocStoreError as e:
+                warning = str(e)
+            finally:
+                store.close()
+        if warning:
+            info["warning"] = warning
+        return info
+
+    def verify(self) -> dict[str, Any]:
+        """Checks every checksum of the index and the docstore's integrity; raises on damage.
+        Returns what was checked."""
+        if self.index is None or self.sharded:
+            raise CollectionError(f"{self.path}: verify takes an index file")
+        self.index.verify()
+        out: dict[str, Any] = {
+            "codes": self.index.info()["codes"],
+            "segments": self.index.info()["segments"],
+            "documents": None,
+        }
+        try:
+            store = DocStore(self.path)
+        except FileNotFoundError:
+            return out
+        try:
+            store.check_integrity()
+            out["documents"] = store.count()
+        finally:
+            store.close()
+        return out
+
+
+def build_sharded(
+    folder: str | os.PathLike,
+    docs: Iterable[Doc],
+    *,
+    shards: int,
+    model: str | os.PathLike | ModelRef = "default",
+    bits: int = 1024,
+    batch_size: int = 64,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    source: str = "the input",
+) -> dict[str, Any]:
+    """Encodes ``docs`` on a Ray cluster into ``shards`` shard files, a manifest and the folder's
+    docstore (ids are the documents' positions). Shards written by an interrupted run are kept.
+    Returns :func:`distributed.build_sharded`'s summary plus ``documents``."""
+    from . import distributed
+
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CollectionError(f"{folder} exists and is not a folder (a sharded build writes a folder of shards)")
+    ref = model if isinstance(model, ModelRef) else identify(model, bits)
+    if os.path.exists(os.path.join(folder, distributed.MANIFEST)):
+        _, m = distributed.read_manifest(folder)
+        if not same_model(ModelRef.from_metadata({**m.get("metadata", {}), "bits": m.get("bits")}), ref):
+            raise CollectionError(f"{folder} holds shards of another model or bit count; remove it first")
+    docs = list(docs)
+    if not docs:
+        raise CollectionError(f"empty corpus: no documents in {source}")
+    distributed.start_ray(ray_address)
+    os.makedirs(folder, exist_ok=True)
+    store = DocStore(docstore_key(folder), create=True)
+    try:
+        if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
+            store.delete_above(-1)
+            store.insert(range(len(docs)), docs)
+            store.commit()
+    finally:
+        store.close()
+    result = distributed.build_sharded(
+        [doc_text(d.title, d.text) for d in docs],
+        folder,
+        n_shards=shards,
+        model=ref,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
+        os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
+    result["documents"] = len(docs)
+    return result
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def check_new_path(path: str) -> None:
+    """A new index file can be created at ``path``: checked before anything is read or written."""
+    if not path:
+        raise CollectionError("the index path is empty: give the index file to write")
+    if os.path.isdir(path):
+        raise CollectionError(
+            f"{path} is a folder: give the index file to write, e.g. {os.path.join(path, 'index.bne')} "
+            f"(a folder of shards is built with build_sharded / bne build --ray)"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} does not exist")
+    if os.path.lexists(path):
+        raise CollectionError(f"{path} already exists: open it to add to it (bne build --append), or remove it first")
+    if os.path.lexists(path_for(path)):
+        raise CollectionError(f"{path_for(path)} already exists without its index; remove it first")
+    if not os.access(folder, os.W_OK):
+        raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} is not writable")
+
+
+def same_model(a: ModelRef | None, b: ModelRef | None) -> bool:
+    """The same codes: by content hash where both have one (an index of an older bne has none)."""
+    if a is None or b is None or a.bits != b.bits:
+        return False
+    return a.sha256 == b.sha256 if a.sha256 and b.sha256 else a.name == b.name
+
+
+def _manifest_path(path: str) -> str:
+    from .distributed import MANIFEST
+
+    manifest = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
+    if not os.path.isfile(manifest):
+        hint = ""
+        if os.path.isdir(path) and any(
+            os.path.isfile(os.path.join(path, n)) for n in ("corpus.jsonl", "corpus.jsonl.gz")
+        ):
+            hint = f"; it looks like a BEIR dataset: build an index first (bne build {path} -o index.bne)"
+        raise CollectionError(f"{path} is a folder without {MANIFEST}: give an index file or a folder of shards{hint}")
+    return manifest
+
+
+def _chosen_model(
+    path: str, recorded: ModelRef | None, override: str | os.PathLike | None, bits: int
+) -> ModelRef | None:
+    """The recorded model, or ``override`` when given (which must be the recorded one, if any)."""
+    if override is None:
+        return recorded
+    ref = identify(override, bits)
+    if recorded is not None and not same_model(recorded, ref):
+        raise CollectionError(
+            f"{path} was built with model {recorded.name!r} ({recorded.sha256[:12]}), "
+            f"not {ref.name!r} ({ref.sha256[:12]})"
+        )
+    return ref
+
+
+def _legacy_present(store: DocStore, todo: list[Doc]) -> set[str]:
+    """ext_ids of .txt documents that a docstore of an older bne holds under their line number
+    (same line number, same text), so appending or resuming over such a store adds nothing twice."""
+    import json
+
+    if store.version >= 1:
+        return set()
+    line_of = {d.ext_id: str(json.loads(d.meta)["line"]) for d in todo if d.ext_id.startswith("txt:") and d.meta}
+    stored = store.texts_of(sorted(set(line_of.values())))
+    return {d.ext_id for d in todo if d.ext_id in line_of and stored.get(line_of[d.ext_id]) == d.text}
+
+
+class _Reader:
+    """Reads the input on its own thread, ahead of the encoder (the documents are small next to
+    the time it takes to encode them), so the total is known early for the ETA."""
+
+    def __init__(self, docs: Iterable[Doc]) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self.total: int | None = None
+        self._thread = threading.Thread(target=self._read, args=(docs,), name="bne-read", daemon=True)
+        self._thread.start()
+
+    def _read(self, docs: Iterable[Doc]) -> None:
+        n = 0
+        try:
+            for d in docs:
+                if self._stop.is_set():
+                    return
+                self._q.put(d)
+                n += 1
+            self.total = n
+            self._q.put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            self._q.put(_Failed(e))
+
+    def chunks(self, size: int):
+        chunk: list[Doc] = []
+        while True:
+            item = self._q.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.error
+            chunk.append(item)
+            if len(chunk) == size or (self._q.empty() and chunk and self.total is None and len(chunk) >= 64):
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_END = object()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+class _Committer:
+    """Commits batches on its own thread, in order: texts to the docstore, then codes to the index.
+    One batch waits while another commits, so the encoder never waits on fsync."""
+
+    def __init__(self, coll: Collection, store: DocStore | None) -> None:
+        self.coll, self.store = coll, store
+        self.committed = 0
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bne-commit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain: nothing more is committed after a failure
+            docs, codes = item
+            try:
+                if self.coll.index is None:
+                    self.store = self.coll._start_index()
+                assert self.store is not None
+                index = self.coll.index
+                next_id = index.info()["max_id"] + 1
+                ids = np.arange(next_id, next_id + len(docs), dtype=np.int64)
+                self.store.insert(ids, docs)
+                index.add(codes, ids=ids)
+                self.store.commit()  # the texts first: every committed index id then has its document
+                index.commit()
+                self.committed += len(docs)
+            except BaseException as e:
+                self._error = e
+
+    def put(self, docs: list[Doc], codes: np.ndarray) -> None:
+        self._raise()
+        self._q.put((docs, codes))
+
+    def drain(self) -> None:
+        """Waits for every batch handed over so far."""
+        self.finish()
+
+    def finish(self) -> None:
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
