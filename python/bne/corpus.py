@@ -35,9 +35,9 @@ class Doc:
 
 def doc_text(title: str, text: str) -> str:
     """The text that is encoded for a document: ``bne build`` and ``bne eval`` both use this:
-    ``"title. text"``, or the text alone without a title (chosen over BEIR's ``title + " " + text``
-    by SciFact train R@10, docs/ENCODER.md)."""
-    return f"{title}. {text}" if title else text
+    ``title + " " + text`` (the BEIR / sentence-transformers convention), or the text alone without
+    a title. Chosen over ``"title. text"`` by SciFact train R@10 (docs/ENCODER.md)."""
+    return f"{title} {text}" if title else text
 
 
 def _open_binary(path: Path):
