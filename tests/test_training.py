@@ -3,6 +3,7 @@ doc -> text function, the training loops and the evaluator. Torch-only tests ski
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -409,3 +410,31 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
     r, n = retrieval_metrics(np.array([[3, 1, 2]]), [{1: 1, 5: 1}], k=3)
     assert r == 0.5 and n == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+@needs_torch
+def test_train_head_resume_equals_uninterrupted_run():
+    from bne.training.recipes import train_head
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((40, 16)).astype(np.float32)
+    pairs = rng.integers(0, 40, (20, 2))
+    scored = np.c_[rng.integers(0, 40, (30, 2)), rng.uniform(0, 5, 30)]
+    cfg = TrainConfig(bits=64, batch_size=4, epochs=2, pool_batch=8, scored_batch=6, checkpoint_every=3, log_every=0)
+    states: list[dict] = []
+    kw = dict(pool=np.arange(40), scored=scored, log=None)
+    full = train_head(pairs, feats, cfg, checkpoint_fn=lambda st: states.append(copy.deepcopy(st)), **kw).state_dict()
+    assert [s["step"] for s in states] == [3, 6, 9]  # 10 steps: 2 epochs of 5 batches
+    again = train_head(pairs, feats, cfg, **kw).state_dict()
+    resumed = train_head(pairs, feats, cfg, resume=states[1], **kw).state_dict()
+    for k in full:
+        assert torch.equal(full[k], again[k]) and torch.equal(full[k], resumed[k]), k
+    assert not torch.equal(
+        full["0.weight"],
+        train_head(
+            pairs,
+            feats,
+            TrainConfig(bits=64, seed=1, **{"batch_size": 4, "epochs": 2, "pool_batch": 8, "scored_batch": 6}),
+            **kw,
+        ).state_dict()["0.weight"],
+    )
