@@ -4,6 +4,7 @@ doc -> text function, the training loops and the evaluator. Torch-only tests ski
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import json
 import os
@@ -429,12 +430,5 @@ def test_train_head_resume_equals_uninterrupted_run():
     resumed = train_head(pairs, feats, cfg, resume=states[1], **kw).state_dict()
     for k in full:
         assert torch.equal(full[k], again[k]) and torch.equal(full[k], resumed[k]), k
-    assert not torch.equal(
-        full["0.weight"],
-        train_head(
-            pairs,
-            feats,
-            TrainConfig(bits=64, seed=1, **{"batch_size": 4, "epochs": 2, "pool_batch": 8, "scored_batch": 6}),
-            **kw,
-        ).state_dict()["0.weight"],
-    )
+    other_seed = train_head(pairs, feats, dataclasses.replace(cfg, seed=1), **kw).state_dict()
+    assert not torch.equal(full["0.weight"], other_seed["0.weight"])
