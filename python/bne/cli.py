@@ -466,13 +466,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .encoder import train
+    from .training import train
 
     return train.main(argv) or 0
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from .encoder import evaluate
+    from .training import evaluate
 
     return evaluate.main(argv) or 0
 

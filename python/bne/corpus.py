@@ -35,8 +35,10 @@ class Doc:
 
 
 def doc_text(title: str, text: str) -> str:
-    """The text that is encoded for a document: ``bne build`` and ``bne eval`` both use this."""
-    return f"{title}. {text}" if title else text
+    """The text that is encoded for a document: ``bne build`` and ``bne eval`` both use this:
+    ``title + " " + text`` (the BEIR / sentence-transformers convention), or the text alone without
+    a title. Chosen over ``"title. text"`` by SciFact train R@10 (docs/ENCODER.md)."""
+    return f"{title} {text}" if title else text
 
 
 def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:

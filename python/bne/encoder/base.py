@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,14 @@ def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
         except OSError:  # a read-only cache only costs the hash next time
             pass
     return digest
+
+
+def length_batches(lengths: Sequence[int] | np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Row indices in batches of texts of similar length, longest first (stable), so each batch is
+    padded only to its own longest text and the memory peak comes up front."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    for s in range(0, len(order), batch_size):
+        yield order[s : s + batch_size]
 
 
 def rescore_candidates(

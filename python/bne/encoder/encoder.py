@@ -20,7 +20,16 @@ import numpy as np
 import torch
 
 from ..codes import pack
-from .base import HEADS_DIR, available_heads, default_head, head_path, read_head_config, rescore_candidates, search_with  # noqa: F401
+from .base import (  # noqa: F401
+    HEADS_DIR,
+    available_heads,
+    default_head,
+    head_path,
+    length_batches,
+    read_head_config,
+    rescore_candidates,
+    search_with,
+)
 from .model import BinaryEmbedder, bert_tokenizer, mean_pool, minilm_dir
 
 #: Texts above this count get a progress bar when ``show_progress`` is None.
@@ -161,7 +170,6 @@ class Encoder:
         if not texts:
             return
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # long first: memory peak up front
         if show_progress is None:
             show_progress = len(texts) > PROGRESS_THRESHOLD
         bar = None
@@ -170,10 +178,9 @@ class Encoder:
 
             bar = tqdm(total=len(texts), desc=desc, unit="text")
         try:
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
+            for idx in length_batches([len(x) for x in ids], batch_size):
                 b = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-                yield np.asarray(idx), b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
+                yield idx, b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
                 if bar is not None:
                     bar.update(len(idx))
         finally:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import minilm_dir  # noqa: F401  (re-exported: bne.encoder.model.minilm_dir)
+from .base import length_batches, minilm_dir  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
 
 #: prajjwal1/bert-mini, the seed model's backbone, as a config (no download).
 BERT_MINI_CONFIG: dict[str, Any] = {
@@ -207,12 +207,10 @@ class BinaryEmbedder(nn.Module):
         out = torch.empty((len(texts), self.binary_dim), dtype=torch.float32)
         try:
             ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
-            order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                b = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            for rows in length_batches([len(x) for x in ids], batch_size):
+                b = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
                 z = self.logits(b["input_ids"].to(dev), b["attention_mask"].to(dev)).float().cpu()
-                out[idx] = z if return_logits else torch.where(z >= 0, 1.0, -1.0)
+                out[torch.as_tensor(rows)] = z if return_logits else torch.where(z >= 0, 1.0, -1.0)
         finally:
             self.train(was_training)
         return out
@@ -232,29 +230,27 @@ class BinaryEmbedder(nn.Module):
             sd = {k: v for k, v in sd.items() if not k.startswith("encoder.pooler.")}
         return super().load_state_dict(sd, strict=strict, assign=assign)
 
+    def backbone_config(self) -> dict[str, Any]:
+        """The BERT config keys needed to rebuild the backbone (what ``config.json`` and the JSON
+        beside a ``bne train --full`` checkpoint store)."""
+        bb = self.bert_config.to_dict()
+        return {k: v for k, v in bb.items() if k in _BERT_KEYS}
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "binary_dim": self.binary_dim,
             "normalize": self.normalize,
             "pooling": "mean",
-            "backbone": self.bert_config.to_diff_dict() if hasattr(self.bert_config, "to_diff_dict") else {},
+            "backbone": self.backbone_config(),
         }
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Writes ``config.json`` and ``model.safetensors`` to ``folder`` (read back by :meth:`from_pretrained`)."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        bb = self.bert_config.to_dict()
-        cfg["backbone"] = {k: v for k, v in bb.items() if k in _BERT_KEYS}
-        (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        (folder / "config.json").write_text(json.dumps(self.config_dict(), indent=2) + "\n")
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(folder / "model.safetensors", 0o666 & ~mask)  # safetensors writes 0600
+        save_safetensors(sd, folder / "model.safetensors")
         return folder
 
     @classmethod
@@ -356,6 +352,16 @@ def infer_bert_config(sd: dict[str, torch.Tensor], prefix: str = "encoder.") -> 
         num_attention_heads=max(1, int(hidden) // 64),
     )
     return cfg
+
+
+def save_safetensors(sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """safetensors.save_file, leaving the file readable as the umask allows (it writes 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(sd, str(path), metadata={"format": "pt"})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import pack
-from .base import cache_dir, default_head, file_sha256, minilm_dir, read_head_config, search_with
+from .base import cache_dir, default_head, file_sha256, length_batches, minilm_dir, read_head_config, search_with
 
 #: Bump when the exported graph changes (inputs, outputs, opset): old cache files are then ignored.
 EXPORT_VERSION = 1
@@ -255,9 +255,7 @@ class OnnxEncoder:
                 if c0 + TOKENIZE_CHUNK < len(texts):
                     nxt = pool.submit(tok.encode_batch, texts[c0 + TOKENIZE_CHUNK : c0 + 2 * TOKENIZE_CHUNK])
                 lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-                order = np.argsort(-lens, kind="stable")
-                for s in range(0, len(order), batch_size):
-                    rows = order[s : s + batch_size]
+                for rows in length_batches(lens, batch_size):
                     width = int(lens[rows[0]])
                     ids = np.zeros((len(rows), width), dtype=np.int64)
                     for r, i in enumerate(rows):

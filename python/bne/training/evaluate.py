@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import threads_option
+from ..encoder.base import threads_option
 from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
 
 DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", "sts15", "sts16")
@@ -170,7 +170,7 @@ def eval_retrieval(
         r, n = retrieval_metrics(ids, qrels, k)
         out[name] = {"recall@10": r, "ndcg@10": n}
         if rescore and name.startswith("binary"):
-            from .encoder import rescore_candidates
+            from ..encoder.base import rescore_candidates
 
             _, rids = rescore_candidates(lq, rd, ids, k)
             r, n = retrieval_metrics(rids, qrels, k)
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache-dir", default=None, help="cache backbone features here (.npy), reused by later runs")
     p.add_argument(
-        "--data", default=None, help="shared/data folder (default: $BNE_DATA or ../shared/data next to the repo)"
+        "--data", default=None, metavar="DIR", help="data folder (shared/data: STS and BEIR sets; default: $BNE_DATA)"
     )
     p.add_argument("--sts", nargs="*", default=list(DEFAULT_STS), help=f"STS sets ({', '.join(STS_SETS)})")
     p.add_argument(
@@ -250,10 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_encoders(args) -> list[Any]:
-    from .encoder import Encoder
+    from ..encoder.encoder import Encoder
 
     if args.model:
-        from .model import BinaryEmbedder, default_tokenizer
+        from ..encoder.model import BinaryEmbedder, default_tokenizer
 
         model = BinaryEmbedder.from_pretrained(args.model)
         encs = [
@@ -266,8 +266,8 @@ def load_encoders(args) -> list[Any]:
             )
         ]
     elif getattr(args, "backend", "torch") != "torch" or getattr(args, "precision", None):
-        from .base import default_head
-        from .runtime import load
+        from ..encoder.base import default_head
+        from ..encoder.runtime import load
 
         heads = args.head or [default_head(b) for b in args.bits]
         encs = [load(h, backend=args.backend, threads=args.threads, precision=args.precision) for h in heads]
@@ -294,7 +294,7 @@ def _stsb_train_pairs(root) -> set[tuple[str, str]]:
 
 def _embed(enc, texts: list[str], args, show) -> np.ndarray:
     if args.cache_dir:
-        from .train import backbone_features
+        from .features import backbone_features
 
         return backbone_features(texts, enc, batch_size=args.batch_size, cache_dir=args.cache_dir, show_progress=show)
     return enc.embed(texts, batch_size=args.batch_size, show_progress=show, normalize=False)
