@@ -105,7 +105,7 @@ def write_head(path, bits=1024, seed=0, **cfg):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     """(cache folder, {kind of model: its path}) with each model in a folder of its own."""
-    from bne.encoder.train import save_safetensors
+    from bne.encoder.model import save_safetensors
 
     d = tmp_path_factory.mktemp("zoo")
     cache = d / "cache"
