@@ -141,7 +141,7 @@ def _beir(folder: Path) -> Path:
 class _Recorder:
     """Stands in for the model of bne build: records the texts it is asked to encode."""
 
-    bits = 64
+    bits = 1024
     max_length = 128
     info = {"name": "recorder"}
 
@@ -150,8 +150,8 @@ class _Recorder:
 
     def encode(self, texts, batch_size=64, show_progress=None, return_logits=False):
         self.texts += list(texts)
-        codes = np.zeros((len(texts), 8), np.uint8)
-        return (codes, np.zeros((len(texts), 64), np.float32)) if return_logits else codes
+        codes = np.zeros((len(texts), 128), np.uint8)
+        return (codes, np.zeros((len(texts), 1024), np.float32)) if return_logits else codes
 
 
 def test_build_and_eval_encode_the_same_text(tmp_path, monkeypatch):
@@ -162,7 +162,7 @@ def test_build_and_eval_encode_the_same_text(tmp_path, monkeypatch):
     folder = _beir(tmp_path / "beir" / "toy")
     rec = _Recorder()
     monkeypatch.setattr(collection, "load", lambda *a, **k: rec)
-    with bne.Collection.create(tmp_path / "toy.bne", bits=64) as c:  # what bne build encodes
+    with bne.Collection.create(tmp_path / "toy.bne") as c:  # what bne build encodes
         c.add(read_corpus(folder))
     corpus, queries, qrels = load_beir("toy", "test", tmp_path)  # what bne eval encodes
     assert sorted(rec.texts) == sorted(corpus.values())
