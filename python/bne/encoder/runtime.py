@@ -484,6 +484,7 @@ def calibration_texts(n: int | None = None) -> list[str]:
     import importlib
     import inspect
     import re
+    import warnings
 
     out: list[str] = []
     seen: set[str] = set()
@@ -498,7 +499,9 @@ def calibration_texts(n: int | None = None) -> list[str]:
             if not k.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
         ]
         for o in objs:
-            doc = re.sub(r"\s+", " ", inspect.getdoc(o) or "").strip()[:1500]
+            with warnings.catch_warnings():  # some (typing.io) warn that they are deprecated when read
+                warnings.simplefilter("ignore")
+                doc = re.sub(r"\s+", " ", inspect.getdoc(o) or "").strip()[:1500]
             if len(doc) > 40 and doc not in seen:
                 seen.add(doc)
                 out.append(doc)
