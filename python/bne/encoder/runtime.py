@@ -479,33 +479,35 @@ _CALIBRATION_MODULES = (
 
 def calibration_texts(n: int | None = None) -> list[str]:
     """English prose of every length that every install has without a download or a licence
-    question: the docstrings of standard-library modules and their public classes and functions.
-    The int8 file's name hashes these texts, so another Python's docstrings get their own file."""
-    import importlib
-    import inspect
+    question: the docstrings of standard-library modules and of their public top-level classes and
+    functions, read from the source files with ``ast`` (not imported: what a process imported or
+    patched before cannot change them). The int8 file's name hashes these texts, so another
+    Python's docstrings get their own file."""
+    import ast
+    import importlib.util
     import re
-    import warnings
 
     out: list[str] = []
     seen: set[str] = set()
     for name in _CALIBRATION_MODULES:
         try:
-            mod = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - a trimmed standard library
+            spec = importlib.util.find_spec(name)
+            src = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+            tree = ast.parse(src)
+        except (ImportError, OSError, ValueError, SyntaxError):  # pragma: no cover - no source shipped
             continue
-        objs = [mod] + [
-            v
-            for k, v in sorted(vars(mod).items())
-            if not k.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
+        nodes: list[Any] = [tree] + [
+            d
+            for d in tree.body
+            if isinstance(d, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not d.name.startswith("_")
         ]
-        for o in objs:
-            with warnings.catch_warnings():  # some (typing.io) warn that they are deprecated when read
-                warnings.simplefilter("ignore")
-                doc = re.sub(r"\s+", " ", inspect.getdoc(o) or "").strip()[:1500]
+        for node in nodes:
+            doc = re.sub(r"\s+", " ", ast.get_docstring(node) or "").strip()[:1500]
             if len(doc) > 40 and doc not in seen:
                 seen.add(doc)
                 out.append(doc)
-    return out[::2][: INT8_CALIBRATION if n is None else n]  # every other text: a spread over the modules
+    n = INT8_CALIBRATION if n is None else n
+    return [out[i * len(out) // n] for i in range(n)] if len(out) > n else out  # spread over the modules
 
 
 def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
@@ -528,6 +530,8 @@ def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
             import nncf
         except ImportError:
             raise ValueError("precision int8 needs NNCF once, to quantise the model: pip install nncf") from None
+        if len(texts) < 8:  # pragma: no cover - a Python without its library sources
+            raise ValueError("precision int8: no standard-library sources to calibrate on; use fp32 or bf16")
         try:
             _quantize(nncf, onnx, path, texts, quiet)
         except Exception as e:  # NNCF's own errors; ValueError keeps the (sound) ONNX file in the cache
