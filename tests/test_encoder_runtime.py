@@ -236,7 +236,8 @@ def test_openvino_batches_in_flight_keep_order(use_cache):
 
 def test_int8_quantised_once_cached_and_close_to_torch(use_cache, torch_enc, monkeypatch):
     pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
+    if not runtime._have("nncf"):  # not importorskip: this process must not import it
+        pytest.skip("nncf not installed")
     monkeypatch.setattr(runtime, "INT8_CALIBRATION", 24)  # fewer calibration texts: a quick test
     enc = runtime.load("default", 1024, backend="openvino", precision="int8", threads=2, quiet=True)
     assert enc.precision == "int8"
@@ -252,8 +253,12 @@ def test_int8_quantised_once_cached_and_close_to_torch(use_cache, torch_enc, mon
     import bne
 
     assert np.array_equal(c, bne.pack(z >= 0))
-    # a second encoder reuses the file: NNCF is not even imported
-    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert "nncf" not in sys.modules  # NNCF (which imports torch) ran in a child process
+
+    def no_second_quantisation(*a):
+        raise AssertionError("quantised again")
+
+    monkeypatch.setattr(runtime, "_quantize", no_second_quantisation)  # a second encoder reuses the file
     again = runtime.OpenVinoEncoder.from_head(default_head(1024), precision="int8", threads=2, quiet=True)
     assert np.array_equal(again.encode(TEXTS, batch_size=4), c)
     # a damaged int8 file is removed with a clear error; the ONNX file stays
@@ -272,6 +277,18 @@ def test_int8_without_nncf_is_one_clear_error(use_cache, monkeypatch):
     assert runtime.onnx_path(default_head(1024)).is_file()  # the ONNX file was not blamed
     with pytest.raises(ValueError, match="fp32, bf16 or int8"):
         runtime.OpenVinoEncoder.from_head(default_head(1024), precision="int4", quiet=True)
+
+
+def test_int8_quantisation_failure_is_one_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    if not runtime._have("nncf"):
+        pytest.skip("nncf not installed")
+    monkeypatch.setattr(runtime, "INT8_CALIBRATION", 8)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(ValueError, match="int8 quantisation failed"):
+        runtime.ensure_int8(bad, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["bad.onnx"]
 
 
 def test_calibration_texts_are_prose_of_many_lengths():

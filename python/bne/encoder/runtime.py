@@ -526,51 +526,73 @@ def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
     with _locked(path.with_name(path.name + ".lock")):
         if path.is_file() and path.with_suffix(".bin").is_file():
             return path
-        try:
-            import nncf
-        except ImportError:
-            raise ValueError("precision int8 needs NNCF once, to quantise the model: pip install nncf") from None
+        if not _have("nncf"):
+            raise ValueError("precision int8 needs NNCF once, to quantise the model: pip install nncf")
         if len(texts) < 8:  # pragma: no cover - a Python without its library sources
             raise ValueError("precision int8: no standard-library sources to calibrate on; use fp32 or bf16")
+        if not quiet:
+            print(f"bne: quantising {onnx.name} to int8 once (cached in {onnx.parent})", file=sys.stderr)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
         try:
-            _quantize(nncf, onnx, path, texts, quiet)
-        except Exception as e:  # NNCF's own errors; ValueError keeps the (sound) ONNX file in the cache
-            raise ValueError(f"int8 quantisation failed ({_first_line(e)})") from e
+            _quantize(onnx, tmp, texts)
+            os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp, path)  # the .xml last: it is what readers look for
+        finally:
+            for f in (tmp, tmp.with_suffix(".bin")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
     return path
 
 
-def _quantize(nncf, onnx: Path, path: Path, texts: list[str], quiet: bool) -> None:
-    """Calibrates ``onnx`` on ``texts`` and writes the int8 IR to ``path`` by atomic rename."""
+def _quantize(onnx: Path, out: Path, texts: list[str]) -> None:
+    """Runs :func:`_quantize_child` in a child Python: NNCF imports torch, scikit-learn and more,
+    which the encoding process then need not load (nor hold). ValueError with the child's last
+    error line when it fails."""
+    import json
+    import subprocess
+
+    import bne
+
+    env = dict(os.environ)
+    src = str(Path(bne.__file__).resolve().parent.parent)  # bne importable in the child as here
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "import json, sys; from bne.encoder.runtime import _quantize_child; _quantize_child(*json.load(sys.stdin))"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps([str(onnx), str(out), texts]),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    except OSError as e:
+        raise ValueError(f"int8 quantisation could not start {sys.executable} ({e.strerror or e})") from None
+    if r.returncode != 0 or not out.is_file():
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip() and "warn" not in ln.lower()]
+        raise ValueError(f"int8 quantisation failed ({lines[-1] if lines else f'exit status {r.returncode}'})")
+
+
+def _quantize_child(onnx: str, out: str, texts: list[str]) -> None:
     import logging
 
+    import nncf
     import openvino as ov
 
-    if not quiet:
-        print(f"bne: quantising {onnx.name} to int8 once (cached in {onnx.parent})", file=sys.stderr)
     nncf.set_log_level(logging.ERROR)
     tok = bert_wordpiece(minilm_dir() / "vocab.txt", 256)
     data = []
     for e in tok.encode_batch(texts):
         ids = np.asarray([e.ids], dtype=np.int64)
         data.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    model = ov.Core().read_model(str(onnx))
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # NNCF's progress bars
         q = nncf.quantize(
-            model,
+            ov.Core().read_model(onnx),
             nncf.Dataset(data),
             model_type=nncf.ModelType.TRANSFORMER,
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(data),
         )
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
-    try:
-        ov.save_model(q, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)  # the .xml last: it is what readers look for
-    finally:
-        for f in (tmp, tmp.with_suffix(".bin")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f)
+    ov.save_model(q, out, compress_to_fp16=False)
 
 
 def _first_line(e: BaseException) -> str:
@@ -650,7 +672,10 @@ def default_cpu_backend(purpose: str = "query") -> tuple[str, str]:
 def _have(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: blocked on purpose
+        return False
 
 
 def _onnx_available() -> bool:
