@@ -52,7 +52,8 @@ def main() -> None:
     dids, qids = list(corpus), list(queries)
     row = {d: i for i, d in enumerate(dids)}
     t = time.perf_counter()
-    _, logits = enc.encode([corpus[d] for d in dids], batch_size=args.batch_size, return_logits=True)
+    docs = [corpus[d] for d in dids]
+    _, logits = enc.encode(docs, batch_size=args.batch_size, return_logits=True, show_progress=False)
     out["scifact_docs_per_s"] = round(len(dids) / (time.perf_counter() - t), 1)
     if args.save_logits:
         np.save(args.save_logits, logits)

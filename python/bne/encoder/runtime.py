@@ -395,7 +395,7 @@ class _OvSession:
     Compiled with PERFORMANCE_HINT THROUGHPUT: OpenVINO splits the threads into streams (on 2
     threads: 2 streams of 1 thread) that each run their own batch, with no synchronisation between
     threads inside a layer; one infer request per stream keeps them all busy, and Python pads the
-    next batch meanwhile. Measured 1.1-1.2x fewer CPU-ms per passage than LATENCY (one stream over
+    next batch meanwhile. Measured 1.07-1.10x fewer CPU-ms per passage than LATENCY (one stream over
     all threads) on 2 threads (docs/ENCODER.md). A single request (a few queries) then runs on one
     stream's threads only, which is why queries use ONNX Runtime.
     """
