@@ -7,6 +7,12 @@ same run; plus the cold start of `bne search` on a 4-document index.
 Texts/s and bit agreement with the torch fp32 codes go to each benchmark's extra_info (see
 --benchmark-json). Threads: BNE_BENCH_THREADS (default "1,2"). SciFact passages come from
 shared/data when present, else synthetic passages of the same length class.
+
+`test_bulk_vs_sentence_transformers` is the issue-10 target: the bulk default (what `bne build`
+runs) against sentence-transformers on 128 SciFact passages, max_length 256, 2 threads, both run
+in every round (interleaved), the ratio of the medians printed at the end (goal >= 2.5).
+
+    pytest benchmarks/bench_encoder_runtime.py --benchmark-only -k bulk_vs
 """
 
 from __future__ import annotations
@@ -44,7 +50,17 @@ def _passages(n: int) -> list[str]:
 
 PASSAGES = _passages(64)
 CASES = {"short": (SHORT, 128), "passages128": (PASSAGES, 128), "passages256": (PASSAGES, 256)}
-BACKENDS = ["torch-fp32", "torch-bf16", "onnx-fp32", "openvino-fp32", "openvino-bf16", "sentence-transformers"]
+BACKENDS = [
+    "torch-fp32",
+    "torch-bf16",
+    "onnx-fp32",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "sentence-transformers",
+]
+#: Lines for the terminal summary (conftest.py): the bulk ratio measured in this run.
+BULK_RATIO: list[str] = []
 
 
 def _make(backend: str, threads: int, max_length: int):
@@ -59,6 +75,8 @@ def _make(backend: str, threads: int, max_length: int):
     name, precision = backend.split("-")
     if name == "openvino":
         pytest.importorskip("openvino")
+    if precision == "int8":
+        pytest.importorskip("nncf")
     enc = runtime.load(default_head(1024), backend=name, precision=precision, threads=threads, quiet=True)
     enc.max_length = max_length
     return lambda texts: enc.encode(texts, batch_size=32, show_progress=False)
@@ -89,6 +107,50 @@ def test_encode(benchmark, backend, case, threads):
     if backend != "sentence-transformers":
         bits = np.unpackbits(out)
         benchmark.extra_info["bits_equal_to_torch_fp32"] = round(float(np.mean(bits == _reference_bits(case))), 5)
+
+
+def test_bulk_vs_sentence_transformers(benchmark):
+    """Each round encodes the same passages with bne's bulk default and with sentence-transformers
+    (2 threads each, max_length 256), so load from other processes hits both alike."""
+    import torch
+
+    st = pytest.importorskip("sentence_transformers")
+    threads, max_length = 2, 256
+    texts = _passages(128)
+    torch.set_num_threads(threads)
+    m = st.SentenceTransformer(str(minilm_dir()), device="cpu")
+    m.max_seq_length = max_length
+    bulk = runtime.load("default", 1024, purpose="bulk", threads=threads, quiet=True)
+    bulk.max_length = max_length
+    fns = {
+        "bne": lambda: bulk.encode(texts, batch_size=64, show_progress=False),  # bne build's batch size
+        "sentence-transformers": lambda: m.encode(texts, batch_size=32, show_progress_bar=False),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+
+    def both_once():
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+
+    benchmark.group = f"bulk: bne vs sentence-transformers, {len(texts)} passages, {threads} threads"
+    benchmark.pedantic(both_once, rounds=5, warmup_rounds=1)
+    med = {k: float(np.median(v[1:])) for k, v in times.items()}  # v[0]: the warm-up round
+    ratio = med["sentence-transformers"] / med["bne"]
+    label = f"{bulk.backend} {bulk.precision}"
+    benchmark.extra_info.update(
+        bne=label,
+        bne_texts_per_s=round(len(texts) / med["bne"], 1),
+        st_texts_per_s=round(len(texts) / med["sentence-transformers"], 1),
+        ratio=round(ratio, 2),
+        load_average=round(os.getloadavg()[0], 1),
+    )
+    BULK_RATIO.append(
+        f"bne bulk ({label}) {len(texts) / med['bne']:.1f} passages/s, sentence-transformers "
+        f"{len(texts) / med['sentence-transformers']:.1f}/s: {ratio:.2f}x (medians of {len(times['bne']) - 1} "
+        f"interleaved rounds, load average {os.getloadavg()[0]:.1f})"
+    )
 
 
 @pytest.fixture(scope="module")

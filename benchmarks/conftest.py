@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -60,6 +61,12 @@ def pytest_terminal_summary(terminalreporter):
     if INTERLEAVED:
         tr.write_sep("=", "one core, interleaved rounds (best of each; the machine may be loaded)")
         for line in INTERLEAVED:
+            tr.write_line(line)
+    # only when that module ran: importing it here would import torch (or skip) in every run
+    BULK_RATIO = getattr(sys.modules.get("bench_encoder_runtime"), "BULK_RATIO", [])
+    if BULK_RATIO:
+        tr.write_sep("=", "bulk encoding vs sentence-transformers (SciFact passages, max_length 256, same run)")
+        for line in BULK_RATIO:
             tr.write_line(line)
     path = os.environ.get("BNE_BENCH_JSON")
     if path:

@@ -6,6 +6,8 @@ of code bits equal to the torch fp32 codes.
         --variants torch-fp32,torch-bf16,onnx-fp32,openvino-fp32,openvino-bf16,sentence-transformers
 
 Texts: the first N SciFact corpus passages (as `bne build` encodes them) from --data or $BNE_DATA.
+A variant may name its own batch size after "@" (openvino-bf16@16); sentence-transformers keeps
+--batch-size (its default 32).
 """
 
 from __future__ import annotations
@@ -44,17 +46,26 @@ def main() -> None:
     texts = list(corpus.values())[: args.n]
     fns = {}
     for v in args.variants.split(","):
-        if v == "sentence-transformers":
+        name, _, bs = v.partition("@")
+        batch_size = int(bs or args.batch_size)
+        if name == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
             st = SentenceTransformer(str(minilm_dir()), device="cpu")
             st.max_seq_length = args.max_length
             fns[v] = lambda t, st=st: (None, st.encode(t, batch_size=args.batch_size, show_progress_bar=False))
             continue
-        backend, precision = v.split("-")
-        enc = load(default_head(1024), backend=backend, precision=precision, threads=args.threads, quiet=True)
+        backend, precision, *hint = name.split("-")
+        if hint:  # openvino-bf16-latency: the single-stream setting for comparison
+            from bne.encoder.runtime import OpenVinoEncoder
+
+            enc = OpenVinoEncoder.from_head(
+                default_head(1024), threads=args.threads, precision=precision, hint=hint[0], quiet=True
+            )
+        else:
+            enc = load(default_head(1024), backend=backend, precision=precision, threads=args.threads, quiet=True)
         enc.max_length = args.max_length
-        fns[v] = lambda t, enc=enc: enc.encode(t, batch_size=args.batch_size, return_logits=True, show_progress=False)
+        fns[v] = lambda t, enc=enc, bs=batch_size: enc.encode(t, batch_size=bs, return_logits=True, show_progress=False)
     wall: dict[str, list[float]] = {v: [] for v in fns}
     cpu: dict[str, list[float]] = {v: [] for v in fns}
     out = {}
@@ -67,7 +78,10 @@ def main() -> None:
             wall[v].append(time.perf_counter() - t)
             cpu[v].append(time.process_time() - c)
     ref = out["torch-fp32"][1] >= 0 if "torch-fp32" in out else None
-    print(f"{len(texts)} SciFact passages, max_length {args.max_length}, {args.threads} threads, {args.rounds} rounds")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; {len(texts)} SciFact passages, max_length {args.max_length}, "
+        f"{args.threads} threads, {args.rounds} rounds"
+    )
     print(f"{'variant':24s} {'median/s':>9s} {'best/s':>8s} {'cpu ms/text':>12s} {'bits = torch fp32':>18s}")
     for v in fns:
         eq = "-" if ref is None or out[v][0] is None else f"{np.mean((out[v][1] >= 0) == ref) * 100:.3f} %"

@@ -226,15 +226,17 @@ def test_reading_overlaps_encoding(tmp_path, fake):
     encoding = threading.Event()
     waited = []
 
+    n = bcoll.INT8_MIN_DOCS + 10  # the model is chosen once this many are read (int8 or not)
+
     def docs():
-        yield from docs_of(bcoll.ENCODE_CHUNK + 10)
+        yield from docs_of(n)
         waited.append(encoding.wait(timeout=20))  # a build that reads everything first never encodes
-        yield from docs_of(5, bcoll.ENCODE_CHUNK + 10)
+        yield from docs_of(5, n)
 
     fake.on_call = lambda call: encoding.set()
     with bne.Collection.create(tmp_path / "c.bne") as c:
         r = c.add(docs())
-    assert waited == [True] and r.added == bcoll.ENCODE_CHUNK + 15
+    assert waited == [True] and r.added == n + 5
 
 
 def test_progress_reports_rate_inputs_and_total(tmp_path, fake):
@@ -314,3 +316,20 @@ def test_cli_bits_must_be_a_multiple_of_64(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and "multiple of 64" in out.stderr and not (tmp_path / "d.bne").exists()
+
+
+def test_the_model_is_told_how_many_documents_come(tmp_path, monkeypatch):
+    asked = []
+    enc = FakeEncoder()
+
+    def load(*a, docs=None, **k):
+        asked.append(docs)
+        return enc
+
+    monkeypatch.setattr(bcoll, "load", load)
+    with bne.Collection.create(tmp_path / "a.bne") as c:
+        c.add(docs_of(30))
+    with bne.Collection.create(tmp_path / "b.bne") as c:
+        c.add(docs_of(bcoll.INT8_MIN_DOCS + 1))
+    # the count, or None once INT8_MIN_DOCS are read and the reader is still going
+    assert asked[0] == 30 and asked[1] in (None, bcoll.INT8_MIN_DOCS + 1)

@@ -41,6 +41,8 @@ from .models import ModelRef, identify, load
 #: Rows encoded per call while building: the progress bar moves this often, and the encoder
 #: still sorts this many texts by length to pad little.
 ENCODE_CHUNK = 512
+#: A build of fewer documents does not wait for a one-time int8 quantisation (encoder/runtime.py).
+INT8_MIN_DOCS = 5000
 
 
 @dataclass
@@ -208,12 +210,20 @@ class Collection:
     def docstore_path(self) -> str:
         return path_for(docstore_key(self.path))
 
-    def encoder(self, purpose: str = "query") -> Any:
-        """The model's encoder, loaded once per purpose ('query': low latency, 'bulk': throughput)."""
+    def encoder(self, purpose: str = "query", docs: int | None = None) -> Any:
+        """The model's encoder, loaded once per purpose ('query': low latency, 'bulk': throughput;
+        ``docs``, when known, lets a small bulk job skip a one-time int8 quantisation)."""
         if self.model is None:
             raise CollectionError(f"{self.path} does not record the model that built it; pass a model")
         if purpose not in self._encoders:
-            enc = load(self.model, device=self.device, threads=self.threads, purpose=purpose, search_dirs=self._near())
+            enc = load(
+                self.model,
+                device=self.device,
+                threads=self.threads,
+                purpose=purpose,
+                search_dirs=self._near(),
+                docs=docs,
+            )
             if enc.bits != self.bits:
                 raise CollectionError(
                     f"model {self.model.name} makes {enc.bits}-bit codes, but {self.path} holds {self.bits}"
@@ -252,7 +262,7 @@ class Collection:
         store: DocStore | None = None
         fresh = self.index is None
         try:
-            encoder = self.encoder("bulk")
+            encoder = self.encoder("bulk", docs=reader.count_up_to(INT8_MIN_DOCS))
             seen: set[str] = set()
             legacy: Callable[[list[Doc]], set[str]] = lambda todo: set()  # noqa: E731
             if not fresh:
@@ -612,6 +622,7 @@ class _Reader:
     def __init__(self, docs: Iterable[Doc]) -> None:
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self._failed = threading.Event()
         self.total: int | None = None
         self._thread = threading.Thread(target=self._read, args=(docs,), name="bne-read", daemon=True)
         self._thread.start()
@@ -627,7 +638,21 @@ class _Reader:
             self.total = n
             self._q.put(_END)
         except BaseException as e:  # handed to the consumer, raised there
+            self._failed.set()
             self._q.put(_Failed(e))
+
+    def count_up_to(self, n: int) -> int | None:
+        """The number of documents, once the reader has seen them all or ``n`` of them (None: at
+        least ``n``). Reading is fast next to encoding; this waits only for the first ``n``."""
+        while True:
+            total, queued = self.total, self._q.qsize()
+            if total is not None:
+                return total
+            if queued >= n:
+                return None
+            if self._failed.is_set():
+                return None  # the error is raised where the documents are consumed
+            time.sleep(0.005)
 
     def chunks(self, size: int) -> Iterator[list[Doc]]:
         chunk: list[Doc] = []

@@ -469,10 +469,12 @@ def load(
     quiet: bool = False,
     search_dirs: Iterable[str | os.PathLike] = (),
     backend: str = "auto",
+    docs: int | None = None,
 ):
     """An encoder for ``ref`` (``.bits``, ``.max_length``, ``.info``, ``.encode(...)``). Heads run through
     :func:`bne.encoder.runtime.load`; full embedders on the CPU as an ONNX graph exported once into the
-    cache under their content hash, torch when that is not possible (or on a GPU)."""
+    cache under their content hash, torch when that is not possible (or on a GPU). ``docs``: how many
+    texts a bulk encoder is for, if known (see :func:`bne.encoder.runtime.load`)."""
     from .encoder import runtime
 
     path = resolve(ref, search_dirs=search_dirs)
@@ -480,7 +482,7 @@ def load(
         ref = identify(path, ref.bits)
     if ref.kind == "head":
         enc = runtime.load(
-            path, ref.bits, backend=backend, device=device, threads=threads, purpose=purpose, quiet=quiet
+            path, ref.bits, backend=backend, device=device, threads=threads, purpose=purpose, quiet=quiet, docs=docs
         )
     else:
         enc = _load_embedder(ref, path, backend=backend, device=device, threads=threads, quiet=quiet)

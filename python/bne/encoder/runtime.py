@@ -248,7 +248,8 @@ class OnnxEncoder:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="bne-tokenize")  # tokenizers releases the GIL
-        try:
+
+        def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
             nxt = pool.submit(tok.encode_batch, texts[:TOKENIZE_CHUNK])
             for c0 in range(0, len(texts), TOKENIZE_CHUNK):
                 encs = nxt.result()
@@ -261,10 +262,17 @@ class OnnxEncoder:
                     for r, i in enumerate(rows):
                         ids[r, : lens[i]] = encs[i].ids
                     mask = (np.arange(width)[None, :] < lens[rows][:, None]).astype(np.int64)
-                    z, pooled = sess.run(["logits", "pooled"], {"input_ids": ids, "attention_mask": mask})
-                    yield rows + c0, z, pooled
-                    if bar is not None:
-                        bar.update(len(rows))
+                    yield rows + c0, {"input_ids": ids, "attention_mask": mask}
+
+        try:
+            if isinstance(sess, _OvSession):  # batches in flight on all streams while the next is padded
+                results = sess.run_pipelined(batches(), ["logits", "pooled"])
+            else:
+                results = ((rows, sess.run(["logits", "pooled"], feeds)) for rows, feeds in batches())
+            for rows, (z, pooled) in results:
+                yield rows, z, pooled
+                if bar is not None:
+                    bar.update(len(rows))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
@@ -340,41 +348,82 @@ class OnnxEncoder:
 
 class OpenVinoEncoder(OnnxEncoder):
     """The same cached ONNX graph run by OpenVINO (optional: ``pip install openvino``), which can run
-    the backbone in bf16 on CPUs with AVX512-BF16 or AMX. ``precision``: 'fp32' or 'bf16'."""
+    the backbone in bf16 on CPUs with AVX512-BF16 or AMX. ``precision``: 'fp32', 'bf16' or 'int8'
+    (static int8, calibrated once by NNCF and cached, see :func:`ensure_int8`; needs ``pip install nncf``
+    the first time).
+    ``hint``: OpenVINO's PERFORMANCE_HINT, 'throughput' (default: bulk work, see :class:`_OvSession`)
+    or 'latency' (one stream over all threads: a single small batch at a time)."""
 
     backend = "openvino"
 
     def __init__(
-        self, model: str | os.PathLike, head: str | os.PathLike, *, precision: str = "fp32", **kw: Any
+        self,
+        model: str | os.PathLike,
+        head: str | os.PathLike,
+        *,
+        precision: str = "fp32",
+        hint: str = "throughput",
+        **kw: Any,
     ) -> None:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"the OpenVINO backend runs fp32 or bf16, not {precision!r}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"the OpenVINO backend runs fp32, bf16 or int8, not {precision!r}")
+        if hint not in ("throughput", "latency"):
+            raise ValueError(f"hint must be 'throughput' or 'latency', not {hint!r}")
         self.precision = precision
+        self.hint = hint
+        self._quiet = bool(kw.pop("_quiet", False))  # set by from_head: no note when quantising
         super().__init__(model, head, **kw)
+
+    @classmethod
+    def from_head(cls, head: str | os.PathLike, *, threads: int | None = None, quiet: bool = False, **kw: Any):
+        return super().from_head(head, threads=threads, quiet=quiet, _quiet=quiet, **kw)
 
     def _session(self, threads: int | None):
         n = int(threads or self.threads or 0)
         s = self._sessions.get(n)
         if s is None:
-            s = self._sessions[n] = _OvSession(self.model_path, n, self.precision)
+            if self.precision != "int8":
+                s = _OvSession(self.model_path, n, self.precision, self.hint)
+            else:
+                path = ensure_int8(self.model_path, quiet=self._quiet)
+                try:
+                    s = _OvSession(path, n, self.precision, self.hint)
+                except Exception as e:  # a damaged int8 file (the ONNX file is not at fault: ValueError)
+                    for f in (path, path.with_suffix(".bin")):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f)
+                    raise ValueError(f"cached int8 model {path} is unreadable ({_first_line(e)}); removed it") from e
+            self._sessions[n] = s
         return s
 
 
 class _OvSession:
-    """``InferenceSession.run``/``get_outputs`` over an OpenVINO compiled model."""
+    """``InferenceSession.run``/``get_outputs`` over an OpenVINO compiled model, plus
+    :meth:`run_pipelined` for bulk work.
 
-    def __init__(self, path: Path, threads: int, precision: str) -> None:
+    Compiled with PERFORMANCE_HINT THROUGHPUT: OpenVINO splits the threads into streams (on 2
+    threads: 2 streams of 1 thread) that each run their own batch, with no synchronisation between
+    threads inside a layer; one infer request per stream keeps them all busy, and Python pads the
+    next batch meanwhile. Measured 1.07-1.10x fewer CPU-ms per passage than LATENCY (one stream over
+    all threads) on 2 threads (docs/ENCODER.md). A single request (a few queries) then runs on one
+    stream's threads only, which is why queries use ONNX Runtime.
+    """
+
+    def __init__(self, path: Path, threads: int, precision: str, hint: str = "throughput") -> None:
         import openvino as ov
 
         core = ov.Core()
+        if precision == "int8":  # the layers left unquantized run in bf16 where the CPU has it
+            precision = "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
         cfg: dict[str, str | int] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": hint.upper(),
         }
         if threads:
             cfg["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(core.read_model(str(path)), "CPU", cfg)
-        self.request = self.model.create_infer_request()
+        n = int(self.model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = [self.model.create_infer_request() for _ in range(max(1, n))]
 
     def get_outputs(self):
         from types import SimpleNamespace
@@ -386,9 +435,184 @@ class _OvSession:
             for o in self.model.outputs
         ]
 
+    def _outputs(self, request, names) -> list[np.ndarray]:
+        # copies: a request's output buffers are reused by its next inference
+        return [np.array(request.get_tensor(self.model.output(n)).data, dtype=np.float32, copy=True) for n in names]
+
     def run(self, names, feeds):
-        r = self.request.infer(feeds)
-        return [np.array(r[self.model.output(n)], dtype=np.float32, copy=True) for n in names]  # its buffers are reused
+        self.requests[0].infer(feeds)
+        return self._outputs(self.requests[0], names)
+
+    def run_pipelined(self, batches, names):
+        """Yields (key, outputs) for each (key, feeds) of ``batches``, in order, with up to one
+        batch per stream in flight."""
+        from collections import deque
+
+        free = list(self.requests)
+        busy: deque = deque()
+        try:
+            for key, feeds in batches:
+                if not free:
+                    req, k = busy.popleft()
+                    req.wait()
+                    out = self._outputs(req, names)
+                    free.append(req)
+                    yield k, out
+                req = free.pop()
+                req.start_async(feeds)  # copies the inputs (share_inputs defaults to False)
+                busy.append((req, key))
+            while busy:
+                req, k = busy.popleft()
+                req.wait()
+                out = self._outputs(req, names)
+                free.append(req)
+                yield k, out
+        finally:
+            for req, _ in busy:  # stopped early (error, interrupted): let running requests finish
+                req.wait()
+
+
+#: Bump when the quantisation recipe changes: old int8 files are then ignored.
+INT8_VERSION = 1
+#: Calibration texts for the int8 activation ranges (measured: 300 suffice, docs/ENCODER.md).
+INT8_CALIBRATION = 300
+_CALIBRATION_MODULES = (
+    "argparse", "asyncio", "collections", "concurrent.futures", "contextlib", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools", "gzip", "hashlib",
+    "heapq", "http.client", "inspect", "io", "ipaddress", "itertools", "json", "logging", "math", "os",
+    "pathlib", "pickle", "random", "re", "shutil", "socket", "sqlite3", "statistics", "string",
+    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest", "urllib.parse",
+    "uuid", "zipfile",
+)  # fmt: skip
+
+
+def calibration_texts(n: int | None = None) -> list[str]:
+    """English prose of every length that every install has without a download or a licence
+    question: the docstrings of standard-library modules and of their public top-level classes and
+    functions, read from the source files with ``ast`` (not imported: what a process imported or
+    patched before cannot change them). The int8 file's name hashes these texts, so another
+    Python's docstrings get their own file."""
+    import ast
+    import importlib.util
+    import re
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in _CALIBRATION_MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+            src = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+            tree = ast.parse(src)
+        except (ImportError, OSError, ValueError, SyntaxError):  # pragma: no cover - no source shipped
+            continue
+        nodes: list[Any] = [tree] + [
+            d
+            for d in tree.body
+            if isinstance(d, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not d.name.startswith("_")
+        ]
+        for node in nodes:
+            doc = re.sub(r"\s+", " ", ast.get_docstring(node) or "").strip()[:1500]
+            if len(doc) > 40 and doc not in seen:
+                seen.add(doc)
+                out.append(doc)
+    n = INT8_CALIBRATION if n is None else n
+    return [out[i * len(out) // n] for i in range(n)] if len(out) > n else out  # spread over the modules
+
+
+def int8_path(onnx: Path, texts: Sequence[str] | None = None) -> Path:
+    """Where the int8 model of ``onnx`` is cached: named by the recipe version and the calibration texts."""
+    h = hashlib.sha256(f"int8-v{INT8_VERSION}".encode())
+    for t in calibration_texts() if texts is None else texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return onnx.with_name(f"{onnx.stem}-int8-{h.hexdigest()[:12]}.xml")
+
+
+def int8_ready(head: str | os.PathLike) -> bool:
+    """The int8 model of ``head`` is already in the cache (no quantisation to wait for)."""
+    p = int8_path(onnx_path(head))
+    return p.is_file() and p.with_suffix(".bin").is_file()
+
+
+def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
+    """The OpenVINO IR (.xml + .bin) of ``onnx`` with static int8 weights and activations, made
+    once by ``nncf.quantize`` (transformer preset: SmoothQuant, mixed symmetric/asymmetric ranges)
+    on :func:`calibration_texts`, cached next to the ONNX file under the same lock-and-rename
+    rules. ValueError when NNCF is needed and missing."""
+    texts = calibration_texts()
+    path = int8_path(onnx, texts)
+    if path.is_file() and path.with_suffix(".bin").is_file():
+        return path
+    with _locked(path.with_name(path.name + ".lock")):
+        if path.is_file() and path.with_suffix(".bin").is_file():
+            return path
+        if not _have("nncf"):
+            raise ValueError("precision int8 needs NNCF once, to quantise the model: pip install nncf")
+        if len(texts) < 8:  # pragma: no cover - a Python without its library sources
+            raise ValueError("precision int8: no standard-library sources to calibrate on; use fp32 or bf16")
+        if not quiet:
+            print(f"bne: quantising {onnx.name} to int8 once (cached in {onnx.parent})", file=sys.stderr)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
+        try:
+            _quantize(onnx, tmp, texts)
+            os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp, path)  # the .xml last: it is what readers look for
+        finally:
+            for f in (tmp, tmp.with_suffix(".bin")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f)
+    return path
+
+
+def _quantize(onnx: Path, out: Path, texts: list[str]) -> None:
+    """Runs :func:`_quantize_child` in a child Python: NNCF imports torch, scikit-learn and more,
+    which the encoding process then need not load (nor hold). ValueError with the child's last
+    error line when it fails."""
+    import json
+    import subprocess
+
+    import bne
+
+    env = dict(os.environ)
+    src = str(Path(bne.__file__).resolve().parent.parent)  # bne importable in the child as here
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = "import json, sys; from bne.encoder.runtime import _quantize_child; _quantize_child(*json.load(sys.stdin))"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps([str(onnx), str(out), texts]),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    except OSError as e:
+        raise ValueError(f"int8 quantisation could not start {sys.executable} ({e.strerror or e})") from None
+    if r.returncode != 0 or not out.is_file():
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip() and "warn" not in ln.lower()]
+        raise ValueError(f"int8 quantisation failed ({lines[-1] if lines else f'exit status {r.returncode}'})")
+
+
+def _quantize_child(onnx: str, out: str, texts: list[str]) -> None:
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.ERROR)
+    tok = bert_wordpiece(minilm_dir() / "vocab.txt", 256)
+    data = []
+    for e in tok.encode_batch(texts):
+        ids = np.asarray([e.ids], dtype=np.int64)
+        data.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # NNCF's progress bars
+        q = nncf.quantize(
+            ov.Core().read_model(onnx),
+            nncf.Dataset(data),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(data),
+        )
+    ov.save_model(q, out, compress_to_fp16=False)
 
 
 def _first_line(e: BaseException) -> str:
@@ -446,25 +670,42 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+#: Bulk encodes smaller than this do not wait for an int8 quantisation (about 30 s once, quiet,
+#: on a 2-core Zen 4); int8 saves about 6 ms per passage there, so it pays off near 5,000.
+INT8_MIN_DOCS = 5000
+
+
+def float_precision() -> str:
+    """bf16 where the CPU computes it natively (AVX512-BF16, AMX-BF16), else fp32."""
+    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
 def default_cpu_backend(purpose: str = "query") -> tuple[str, str]:
     """(backend, precision) for CPU encoding, by a rule from measurements (docs/ENCODER.md).
 
     * queries (latency, cold start): ONNX Runtime fp32 - session ready in ~0.3 s, codes equal to
       torch fp32 (100.000 % of bits on SciFact passages);
-    * bulk (``bne build``): OpenVINO, in bf16 where the CPU has AVX512-BF16 or AMX-BF16 (2.4x less
-      CPU per passage than ONNX Runtime fp32 on an AVX512-BF16 EPYC, 99.8 % of bits equal), else fp32;
-      ONNX Runtime fp32 when OpenVINO is not installed.
+    * bulk (``bne build``): OpenVINO with one stream per core. Static int8 where the CPU has int8
+      dot products (AVX512-VNNI, AVX-VNNI or AMX) and NNCF is installed to quantise the model once
+      (on an AVX512 EPYC: 1.5x less CPU per passage than bf16, 97.2 % of bits equal to torch fp32,
+      STS-B and SciFact above the floors); else bf16 where the CPU has AVX512-BF16 or AMX-BF16
+      (99.8 % of bits equal), else fp32; ONNX Runtime fp32 when OpenVINO is not installed.
     """
     if purpose == "bulk" and _have("openvino"):
         flags = cpu_flags()
-        return "openvino", "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+        if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} and _have("nncf"):
+            return "openvino", "int8"
+        return "openvino", float_precision()
     return "onnx", "fp32"
 
 
 def _have(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: blocked on purpose
+        return False
 
 
 def _onnx_available() -> bool:
@@ -483,8 +724,13 @@ def load(
     precision: str | None = None,
     purpose: str = "query",
     quiet: bool = False,
+    docs: int | None = None,
 ):
     """An encoder for ``model`` ('default': the shipped head for ``bits``; or a head .safetensors).
+
+    ``docs``: how many texts a bulk encoder is for, when known. Quantising to int8 takes about half a
+    minute once, and pays for itself only over thousands of passages: below
+    :data:`INT8_MIN_DOCS` the rule's int8 becomes bf16 (or fp32) unless the int8 model is cached.
 
     ``device``: 'cpu', 'cuda' (torch, fp16 autocast unless ``precision``) or 'auto' (cuda when a GPU
     is visible). ``backend`` on CPU: 'onnx' (torch-free), 'torch', or 'auto' = :func:`default_cpu_backend`
@@ -509,6 +755,10 @@ def load(
         choice, auto_precision = default_cpu_backend(purpose)
         tries = []
         if choice == "openvino" and precision in (None, "fp32", "bf16"):
+            if precision is None and auto_precision == "int8":
+                if docs is None or docs >= INT8_MIN_DOCS or int8_ready(head):
+                    tries.append(("openvino", "int8"))
+                auto_precision = float_precision()  # also the next try when int8 fails
             tries.append(("openvino", precision or auto_precision))
         if precision in (None, "fp32"):
             tries.append(("onnx", "fp32"))
