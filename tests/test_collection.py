@@ -163,17 +163,25 @@ def test_ctrl_c_before_any_commit_leaves_nothing(tmp_path, fake):
 
 
 def test_reader_error_keeps_what_was_committed(tmp_path, fake):
-    def docs():
-        yield from docs_of(1100)
-        raise bne.errors.CorpusError("in.txt:1101: not UTF-8 text")
+    encoding = threading.Event()
+    fake.on_call = lambda call: encoding.set() if call == 3 else None
+
+    n = bcoll.INT8_MIN_DOCS + 100
+
+    def docs():  # a bad byte far into a big file: found once encoding is under way
+        yield from docs_of(n)
+        encoding.wait(timeout=20)
+        raise bne.errors.CorpusError(f"in.txt:{n + 1}: not UTF-8 text")
 
     path = tmp_path / "c.bne"
     c = bne.Collection.create(path)
-    with pytest.raises(bne.errors.CorpusError, match="in.txt:1101"):
-        c.add(docs(), commit_every=100)
-    assert c.last_add.added == 1000  # every full batch handed over before the error is committed
+    with pytest.raises(bne.errors.CorpusError, match=f"in.txt:{n + 1}"):
+        c.add(docs(), commit_every=1000)
+    # every full batch encoded before the error is committed; the rest of the input is not
+    read = n // bcoll.ENCODE_CHUNK * bcoll.ENCODE_CHUNK  # whole chunks reached the encoder
+    assert c.last_add.added == read // 1000 * 1000 > 0
     c.close()
-    assert consistent(path) == (1000, 1000)
+    assert consistent(path) == (read // 1000 * 1000,) * 2
 
 
 def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake, monkeypatch):
@@ -333,3 +341,16 @@ def test_the_model_is_told_how_many_documents_come(tmp_path, monkeypatch):
         c.add(docs_of(bcoll.INT8_MIN_DOCS + 1))
     # the count, or None once INT8_MIN_DOCS are read and the reader is still going
     assert asked[0] == 30 and asked[1] in (None, bcoll.INT8_MIN_DOCS + 1)
+
+
+def test_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(bcoll, "load", lambda *a, **k: loaded.append(1) or FakeEncoder())
+
+    def docs():
+        yield from docs_of(3)
+        raise bne.errors.CorpusError("in.txt:4: not UTF-8 text")
+
+    with pytest.raises(bne.errors.CorpusError, match="in.txt:4"):
+        bne.Collection.create(tmp_path / "c.bne").add(docs())
+    assert loaded == [] and os.listdir(tmp_path) == []  # no model load (or int8 quantisation) for a bad file

@@ -622,7 +622,7 @@ class _Reader:
     def __init__(self, docs: Iterable[Doc]) -> None:
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self._failed = threading.Event()
+        self.error: BaseException | None = None
         self.total: int | None = None
         self._thread = threading.Thread(target=self._read, args=(docs,), name="bne-read", daemon=True)
         self._thread.start()
@@ -638,7 +638,7 @@ class _Reader:
             self.total = n
             self._q.put(_END)
         except BaseException as e:  # handed to the consumer, raised there
-            self._failed.set()
+            self.error = e
             self._q.put(_Failed(e))
 
     def count_up_to(self, n: int) -> int | None:
@@ -650,8 +650,8 @@ class _Reader:
                 return total
             if queued >= n:
                 return None
-            if self._failed.is_set():
-                return None  # the error is raised where the documents are consumed
+            if self.error is not None:  # a bad input fails before the model is loaded
+                raise self.error
             time.sleep(0.005)
 
     def chunks(self, size: int) -> Iterator[list[Doc]]:
