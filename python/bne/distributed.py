@@ -342,7 +342,9 @@ class _EncodeShard:
         self.texts = ray.get(texts_ref) if isinstance(texts_ref, ray.ObjectRef) else texts_ref
         self.out_dir, self.bits, self.model = out_dir, model.bits, model
         self.batch_size, self.n_shards = batch_size, n_shards
-        self.encoder = load(model, threads=threads, purpose="bulk", quiet=True)
+        # each worker encodes about one shard: a small shard does not wait for an int8 quantisation
+        per_shard = -(-len(self.texts) // max(n_shards, 1))
+        self.encoder = load(model, threads=threads, purpose="bulk", quiet=True, docs=per_shard)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
