@@ -225,5 +225,6 @@ def test_cli_build_and_search_on_ray(tmp_path):
     out = run("search", "shards", "Stock markets fell sharply.", "-k", "1", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     hit = json.loads(out.stdout)["results"][0]["hits"][0]
-    # documents are encoded for throughput (bf16 where the CPU has it), queries in fp32: a few bits may differ
-    assert hit["snippet"] == "Stock markets fell sharply." and hit["distance"] <= 16
+    # documents are encoded for throughput (bf16, or int8 once it is cached: ~97 % of bits equal),
+    # queries in fp32: the document's own text is its top hit, a few dozen bits away at most
+    assert hit["snippet"] == "Stock markets fell sharply." and hit["distance"] <= 64
