@@ -29,3 +29,14 @@ def knn(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 
 def random_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
+
+
+#: A tiny BERT config for quick model tests (the real vocabulary, so the shipped tokenizer fits).
+TINY_BERT = dict(
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=1,
+    intermediate_size=128,
+    vocab_size=30522,
+    max_position_embeddings=128,
+)

@@ -17,15 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import bne  # noqa: E402
 from bne.encoder import BinaryEmbedder, Encoder, default_tokenizer, rescore_candidates, sign_ste  # noqa: E402
+from reference import TINY_BERT as TINY  # noqa: E402
 
-TINY = dict(
-    hidden_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=1,
-    intermediate_size=128,
-    vocab_size=30522,
-    max_position_embeddings=128,
-)
 TEXTS = ["hello world", "a man is playing a guitar", "the stock market fell sharply today", "x"]
 
 

