@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codes import unpack
+from ..codes import pack, unpack
 
 
 def threads_option(text: str) -> int:
@@ -194,3 +194,62 @@ def search_with(
     """``Encoder.search`` for any encoder with ``encode(..., return_logits=True)``."""
     codes, logits = encoder.encode(texts, batch_size=batch_size, return_logits=True, threads=threads)
     return search_codes(index, codes, logits, k, rescore=rescore, threads=threads)
+
+
+class CodeEncoder:
+    """What every bne encoder (torch, ONNX Runtime, OpenVINO) shares: the text checks, packing the
+    logits into codes, and search. A runtime provides :meth:`_logit_batches`."""
+
+    bits: int
+
+    def _logit_batches(
+        self, texts: list[str], batch_size: int, show_progress: bool | None, threads: int | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, float32 logits) per batch, covering every text once."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str] | str) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts; wrap a single text as [text]")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return texts
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        return_logits: bool = False,
+        show_progress: bool | None = None,
+        threads: int | None = None,
+    ):
+        """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order, ready for
+        :meth:`bne.Index.add` / ``search``. With ``return_logits=True`` returns ``(codes, logits)``,
+        the logits being the float32 pre-sign outputs ``(n, bits)`` (their signs are the codes)."""
+        texts = self._check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        logits = np.empty((len(texts), self.bits), dtype=np.float32)
+        for rows, z in self._logit_batches(texts, batch_size, show_progress, threads):
+            logits[rows] = z
+        codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
+        return (codes, logits) if return_logits else codes
+
+    def search(
+        self,
+        index,
+        texts: Sequence[str],
+        k: int,
+        *,
+        rescore: int | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+    ):
+        """Encodes ``texts`` and searches ``index``. Without ``rescore``: the index's ``(D, I)``
+        (Hamming distances). With ``rescore=m``: the top ``m`` Hamming candidates are re-ranked by
+        the float query logits against their {-1,+1} bits; returns ``(scores float32, I)`` with
+        scores decreasing."""
+        return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)

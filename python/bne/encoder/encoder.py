@@ -22,6 +22,7 @@ import torch
 from ..codes import pack
 from .base import (  # noqa: F401
     HEADS_DIR,
+    CodeEncoder,
     available_heads,
     default_head,
     head_path,
@@ -72,7 +73,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-class Encoder:
+class Encoder(CodeEncoder):
     """Texts -> packed binary codes for :class:`bne.Index`.
 
     Wraps a :class:`BinaryEmbedder` and its tokenizer. ``threads`` caps torch's intra-op threads
@@ -97,6 +98,7 @@ class Encoder:
         if model.binary_dim % 64:
             raise ValueError(f"bne.Index needs a multiple of 64 bits, the model has {model.binary_dim}")
         self.model = model.to(device).eval()
+        self.bits = int(model.binary_dim)
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.threads = threads
@@ -112,10 +114,6 @@ class Encoder:
             f"bne.encoder.Encoder({name!r}, bits={self.bits}, max_length={self.max_length}, "
             f"device={str(self.device)!r}, precision={self.precision!r})"
         )
-
-    @property
-    def bits(self) -> int:
-        return self.model.binary_dim
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -187,35 +185,10 @@ class Encoder:
             if bar is not None:
                 bar.close()
 
-    def _check_texts(self, texts: Sequence[str] | str) -> list[str]:
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts; wrap a single text as [text]")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-        return texts
-
-    def encode(
-        self,
-        texts: Sequence[str],
-        batch_size: int = 64,
-        return_logits: bool = False,
-        show_progress: bool | None = None,
-        threads: int | None = None,
-    ):
-        """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order, ready for
-        :meth:`bne.Index.add` / ``search``. With ``return_logits=True`` returns ``(codes, logits)``,
-        the logits being the float32 pre-sign outputs ``(n, bits)`` (their signs are the codes)."""
-        texts = self._check_texts(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        logits = np.empty((len(texts), self.bits), dtype=np.float32)
+    def _logit_batches(self, texts, batch_size, show_progress, threads):  # CodeEncoder.encode
         with torch_threads(threads or self.threads), torch.inference_mode():
             for idx, ids, mask in self._batches(texts, batch_size, show_progress, "encoding"):
-                logits[idx] = self._logits(ids, mask).cpu().numpy()
-        codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
-        return (codes, logits) if return_logits else codes
+                yield idx, self._logits(ids, mask).cpu().numpy()
 
     def embed(
         self,
@@ -262,20 +235,3 @@ class Encoder:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-
-    # -- search ----------------------------------------------------------------------------------
-    def search(
-        self,
-        index,
-        texts: Sequence[str],
-        k: int,
-        *,
-        rescore: int | None = None,
-        threads: int | None = None,
-        batch_size: int = 64,
-    ):
-        """Encodes ``texts`` and searches ``index``. Without ``rescore``: the index's ``(D, I)``
-        (Hamming distances). With ``rescore=m``: the top ``m`` Hamming candidates are re-ranked by
-        the float query logits against their {-1,+1} bits; returns ``(scores float32, I)`` with
-        scores decreasing."""
-        return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import pack
-from .base import cache_dir, default_head, file_sha256, length_batches, minilm_dir, read_head_config, search_with
+from .base import CodeEncoder, cache_dir, default_head, file_sha256, length_batches, minilm_dir, read_head_config
 
 #: Bump when the exported graph changes (inputs, outputs, opset): old cache files are then ignored.
 EXPORT_VERSION = 1
@@ -122,7 +122,7 @@ def bert_wordpiece(vocab_file: str | os.PathLike, max_length: int):
     return tok
 
 
-class OnnxEncoder:
+class OnnxEncoder(CodeEncoder):
     """Texts -> packed binary codes with ONNX Runtime (CPU), no torch. Same interface as
     :class:`bne.encoder.Encoder`: ``encode``, ``embed``, ``project``, ``search``, ``bits``, ``info``.
 
@@ -222,15 +222,6 @@ class OnnxEncoder:
             self._tok_len = self.max_length
         return self._tok
 
-    def _check_texts(self, texts: Sequence[str] | str) -> list[str]:
-        if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts; wrap a single text as [text]")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-        return texts
-
     def _run(self, texts: list[str], batch_size: int, show_progress: bool | None, threads: int | None, desc: str):
         """Yields (row indices, logits, pooled) per batch; batches hold texts of similar length
         (long first), each padded only to its own longest text."""
@@ -279,22 +270,9 @@ class OnnxEncoder:
                 bar.close()
 
     # -- public API ------------------------------------------------------------------------------
-    def encode(
-        self,
-        texts: Sequence[str],
-        batch_size: int = 64,
-        return_logits: bool = False,
-        show_progress: bool | None = None,
-        threads: int | None = None,
-    ):
-        """Packed codes of ``texts``: uint8 ``(n, bits/8)`` in :func:`bne.pack` order; with
-        ``return_logits=True`` also the float32 pre-sign logits ``(n, bits)``."""
-        texts = self._check_texts(texts)
-        logits = np.empty((len(texts), self.bits), dtype=np.float32)
+    def _logit_batches(self, texts, batch_size, show_progress, threads):  # CodeEncoder.encode
         for rows, z, _ in self._run(texts, batch_size, show_progress, threads, "encoding"):
-            logits[rows] = z
-        codes = pack(logits >= 0) if len(texts) else np.zeros((0, self.bits // 8), np.uint8)
-        return (codes, logits) if return_logits else codes
+            yield rows, z
 
     def embed(
         self,
@@ -331,19 +309,6 @@ class OnnxEncoder:
         z = ((z - mu) / np.sqrt(var + 1e-5) * w["1.weight"] + w["1.bias"]).astype(np.float32)
         codes = pack(z >= 0)
         return (codes, z) if return_logits else codes
-
-    def search(
-        self,
-        index,
-        texts: Sequence[str],
-        k: int,
-        *,
-        rescore: int | None = None,
-        threads: int | None = None,
-        batch_size: int = 64,
-    ):
-        """As :meth:`bne.encoder.Encoder.search`."""
-        return search_with(self, index, texts, k, rescore=rescore, threads=threads, batch_size=batch_size)
 
 
 class OpenVinoEncoder(OnnxEncoder):
