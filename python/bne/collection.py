@@ -74,7 +74,7 @@ class AddResult:
     added: int = 0  # documents committed by this call
     present: int = 0  # documents skipped: already in the collection
     dropped: int = 0  # rows an interrupted earlier add left in the docstore, removed
-    total: int = 0  # documents read from the input
+    total: int = 0  # documents in the input (read so far, if it was not read to its end)
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -276,6 +276,8 @@ class Collection:
             except KeyboardInterrupt:
                 result.interrupted = True
             finally:
+                if reader.total is not None:  # the whole input, also when Ctrl-C stopped before its end
+                    result.total = max(result.total, reader.total)
                 committer.finish()  # the commit in flight completes; its error (if any) is raised
                 result.added = committer.committed
                 store = committer.store
