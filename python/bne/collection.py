@@ -282,7 +282,6 @@ class Collection:
                 result.added = committer.committed
                 store = committer.store
         except BaseException:
-            reader.stop()
             self._close_store(store)
             if fresh and result.added == 0:
                 self._remove_new_files()
@@ -343,7 +342,7 @@ class Collection:
                     report()
         if pending:
             committer.put(pending, np.concatenate(codes))
-        committer.drain()
+        committer.finish()  # every batch committed before the last report
         report()
 
     def _writer_store(self) -> DocStore:
@@ -722,11 +721,8 @@ class _Committer:
         self._raise()
         self._q.put((docs, codes))
 
-    def drain(self) -> None:
-        """Waits for every batch handed over so far."""
-        self.finish()
-
     def finish(self) -> None:
+        """Waits for every batch handed over (idempotent), then raises the first commit error."""
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
