@@ -210,7 +210,7 @@ def cmd_build(args) -> int:
         coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
     if args.threads:
         _core.set_num_threads(args.threads)
-    bar = ProgressBar(args.quiet, model=f"model {safe(coll.model.name)}" if coll.model else "the model")
+    bar = ProgressBar(args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model")
     try:
         with coll:
             r = coll.add(
