@@ -199,22 +199,48 @@ def test_terminal_gets_the_bar():
     assert not re.search(r"docs, \d+ docs/s", text)  # the bar, not the plain lines
 
 
-def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake):
-    """The bar sat at `encoding: 0doc` while the model loaded and the first batch ran."""
+def slow_load(monkeypatch, enc, seconds: float) -> None:
+    import time
+
+    def load(*a, **k):
+        time.sleep(seconds)
+        return enc
+
+    monkeypatch.setattr(bcoll, "load", load)
+
+
+def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake, monkeypatch):
+    """The bar sat at `encoding: 0doc` while the model loaded and the first batch ran; in a log
+    file, nothing at all was printed."""
+    slow_load(monkeypatch, fake, 0.5)
     out = io.StringIO()
     seen_at_first_batch = []
     fake.on_call = lambda: seen_at_first_batch.append(out.getvalue()) if not seen_at_first_batch else None
-    bar = cli.ProgressBar(False, model="model fake", file=out, interval=0)
+    bar = cli.ProgressBar(False, model="model fake", file=out, interval=0.1)
     with Collection.create(tmp_path / "c.bne") as c:
-        assert out.getvalue() == "bne: loading model fake\n"  # printed before the model is asked for
         c.add([Doc(f"d{i}", f"document {i}") for i in range(1200)], progress=bar, commit_every=500)
     bar.close()
     first = seen_at_first_batch[0].splitlines()
-    assert first[0] == "bne: loading model fake" and first[1].startswith("encoding: 0")
+    assert first[0] == "bne: loading model fake, 0s"  # a line every interval while the model loads
+    assert all(ln.startswith("bne: loading model fake, ") for ln in first[:-1])
+    assert first[-1].startswith("encoding: 0")  # the model is ready: encoding, before the first batch is done
     lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("encoding: ")]
     counts = [int(re.match(r"encoding: (\d+)", ln).group(1)) for ln in lines]  # type: ignore[union-attr]
-    assert counts == sorted(counts) and counts[-1] == 1200 and len(set(counts)) >= 3
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 1200  # the fake encodes in < 0.1 s
     assert lines[-1].startswith("encoding: 1200/1200 docs, ") and lines[-1].endswith("(1200 committed)")
+
+
+def test_terminal_build_says_loading_once_then_shows_the_bar(tmp_path, fake, monkeypatch):
+    slow_load(monkeypatch, fake, 0.4)
+    monkeypatch.setattr(cli, "LOADING_GRACE_S", 0.05)
+    out = Tty()
+    bar = cli.ProgressBar(False, model="model fake", file=out)
+    with Collection.create(tmp_path / "c.bne") as c:
+        c.add([Doc(f"d{i}", f"document {i}") for i in range(700)], progress=bar)
+    bar.close()
+    text = out.getvalue()
+    assert text.startswith("bne: loading model fake\n") and text.count("loading") == 1
+    assert "\r" in text and "700/700" in text and not re.search(r"docs, \d+ docs/s", text)
 
 
 def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypatch, capsys):
@@ -223,7 +249,7 @@ def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypat
     (tmp_path / "docs.txt").write_text("".join(f"line number {i}\n" for i in range(1500)))
     assert cli.main(["build", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "d.bne"), "--commit-every", "600"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "bne: loading model default (1024 bits)"
+    assert all(ln.startswith(("bne: loading model default (1024 bits), ", "encoding: ")) for ln in err), err
     counts = [int(m.group(1)) for ln in err if (m := re.match(r"encoding: (\d+)(?:/1500)? docs, \d+ docs/s", ln))]
     assert len(set(counts)) >= 3 and counts == sorted(counts) and counts[-1] == 1500
 

@@ -15,6 +15,8 @@ import os
 import re
 import sqlite3
 import sys
+import threading
+import time
 import warnings
 from typing import Any
 
@@ -138,31 +140,62 @@ def snippet(text: str, width: int = 100) -> str:
 # -- build --------------------------------------------------------------------------------------
 
 
+#: A terminal is told the model is loading if that takes longer than this (a quick error stays one line).
+LOADING_GRACE_S = 0.5
+
+
 class ProgressBar:
-    """Build progress on stderr. Until the model is loaded (a first run also exports it, once) it
-    says so; then documents encoded, of the total once the reader has seen the whole input, with
+    """Build progress on stderr. While the model loads (a first run also exports it, once) it says
+    so; then documents encoded, of the total once the reader has seen the whole input, with
     documents/s, the ETA and how many are committed: a tqdm bar on a terminal, a plain line every
-    ``interval`` seconds elsewhere (a log file gets lines, not silence until the end)."""
+    ``interval`` seconds elsewhere (a log file gets lines, not silence until the end). Nothing is
+    printed before an error that comes at once, so the error stays one line."""
 
     def __init__(self, quiet: bool, *, model: str = "the model", file=None, interval: float | None = None) -> None:
-        self.quiet, self.file, self.interval = quiet, file, interval
+        from .progress import INTERVAL, is_terminal
+
+        self.quiet, self.file, self.model = quiet, file, model
+        self.interval = INTERVAL if interval is None else interval
         self.bar: Any = None
+        self.ready = threading.Event()  # set by the first report: the model is loaded
+        self.lock = threading.Lock()
         if not quiet:
-            print(f"bne: loading {model}", file=file or sys.stderr, flush=True)
+            tty = is_terminal(sys.stderr if file is None else file)
+            first = LOADING_GRACE_S if tty else self.interval
+            threading.Thread(target=self._loading, args=(first, tty), daemon=True, name="bne-progress").start()
+
+    def _loading(self, first: float, tty: bool) -> None:
+        t0, wait = time.monotonic(), first
+        while not self.ready.wait(wait):
+            with self.lock:
+                if self.ready.is_set():
+                    return
+                took = "" if tty else f", {int(time.monotonic() - t0)}s"
+                print(f"bne: loading {self.model}{took}", file=self.file or sys.stderr, flush=True)
+            if tty:  # once: the bar follows
+                return
+            wait = max(self.interval, 0.01)
 
     def __call__(self, p) -> None:
         if self.quiet:
             return
-        if self.bar is None:  # the first report comes when the model is ready
+        first = self.bar is None  # the first report comes when the model is ready
+        if first:
             from .progress import progress_bar
 
+            with self.lock:
+                self.ready.set()
             self.bar = progress_bar(p.total, "encoding", "doc", file=self.file, interval=self.interval)
         if p.total is not None and self.bar.total != p.total:
             self.bar.total = p.total
         self.bar.set_postfix_str(f"{p.committed} committed", refresh=False)
         self.bar.update(p.encoded - self.bar.n)
+        if first:  # say "encoding" now, not after the first batch
+            self.bar.refresh()
 
     def close(self) -> None:
+        with self.lock:
+            self.ready.set()
         if self.bar is not None:
             self.bar.close()
 
@@ -210,7 +243,9 @@ def cmd_build(args) -> int:
         coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
     if args.threads:
         _core.set_num_threads(args.threads)
-    bar = ProgressBar(args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model")
+    bar = ProgressBar(
+        args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model"
+    )
     try:
         with coll:
             r = coll.add(

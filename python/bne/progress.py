@@ -69,6 +69,11 @@ class LineProgress:
         if not self.disable and now - self.last >= self.interval:
             self._print(now)
 
+    def refresh(self) -> None:
+        """A line now, unless the last one already says this count."""
+        if not self.disable and self.printed != self.n:
+            self._print(self.clock())
+
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = s
 
