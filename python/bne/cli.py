@@ -159,10 +159,11 @@ class ProgressBar:
         self.bar: Any = None
         self.ready = threading.Event()  # set by the first report: the model is loaded
         self.lock = threading.Lock()
+        self.tty = is_terminal(sys.stderr if file is None else file)
+        self.said_loading = False
         if not quiet:
-            tty = is_terminal(sys.stderr if file is None else file)
-            first = LOADING_GRACE_S if tty else self.interval
-            threading.Thread(target=self._loading, args=(first, tty), daemon=True, name="bne-progress").start()
+            first = LOADING_GRACE_S if self.tty else self.interval
+            threading.Thread(target=self._loading, args=(first, self.tty), daemon=True, name="bne-progress").start()
 
     def _loading(self, first: float, tty: bool) -> None:
         t0, wait = time.monotonic(), first
@@ -172,6 +173,7 @@ class ProgressBar:
                     return
                 took = "" if tty else f", {int(time.monotonic() - t0)}s"
                 print(f"bne: loading {self.model}{took}", file=self.file or sys.stderr, flush=True)
+                self.said_loading = True
             if tty:  # once: the bar follows
                 return
             wait = max(self.interval, 0.01)
@@ -190,7 +192,7 @@ class ProgressBar:
             self.bar.total = p.total
         self.bar.set_postfix_str(f"{p.committed} committed", refresh=False)
         self.bar.update(p.encoded - self.bar.n)
-        if first:  # say "encoding" now, not after the first batch
+        if first and p.total != 0 and (self.tty or self.said_loading):  # "encoding" now, not after a batch
             self.bar.refresh()
 
     def close(self) -> None:
