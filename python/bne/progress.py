@@ -5,6 +5,7 @@ bar there prints either nothing or one endless line of carriage returns until th
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -27,7 +28,8 @@ def _duration(s: float) -> str:
 
 class LineProgress:
     """The part of tqdm's interface bne uses (``n``, ``total``, ``update``, ``set_postfix_str``,
-    ``close``), written as one plain line per ``interval`` seconds and a last line at ``close``."""
+    ``refresh``, ``close``), written as one plain line per ``interval`` seconds (from a thread of its
+    own with ``ticker``, so also while a slow batch runs) and a last line at ``close``."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class LineProgress:
         interval: float | None = None,
         disable: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        ticker: bool = True,
     ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.file = file
@@ -47,7 +50,18 @@ class LineProgress:
         self.clock = clock
         self.postfix = ""
         self.started = self.last = clock()
-        self.printed = -1  # the count of the last line printed
+        self.printed: tuple[int, str] | None = None  # count and postfix of the last line printed
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        if ticker and not disable:  # a line per interval even while one slow batch runs
+            threading.Thread(target=self._tick, daemon=True, name="bne-progress-lines").start()
+
+    def _tick(self) -> None:
+        while not self.closed.wait(max(self.interval - (self.clock() - self.last), 0.05)):
+            with self.lock:
+                now = self.clock()
+                if not self.closed.is_set() and now - self.last >= self.interval:
+                    self._print(now)
 
     def line(self, now: float | None = None) -> str:
         now = self.clock() if now is None else now
@@ -61,26 +75,30 @@ class LineProgress:
 
     def _print(self, now: float) -> None:
         print(self.line(now), file=self.file or sys.stderr, flush=True)
-        self.last, self.printed = now, self.n
+        self.last, self.printed = now, (self.n, self.postfix)
 
     def update(self, k: int = 1) -> None:
-        self.n += k
-        now = self.clock()
-        if not self.disable and now - self.last >= self.interval:
-            self._print(now)
+        with self.lock:
+            self.n += k
+            now = self.clock()
+            if not self.disable and now - self.last >= self.interval:
+                self._print(now)
 
     def refresh(self) -> None:
-        """A line now, unless the last one already says this count."""
-        if not self.disable and self.printed != self.n:
-            self._print(self.clock())
+        """A line now, unless the last one already says this."""
+        with self.lock:
+            if not self.disable and self.printed != (self.n, self.postfix):
+                self._print(self.clock())
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = s
 
     def close(self) -> None:
-        if not self.disable and self.printed != self.n and self.n:
-            self._print(self.clock())
-        self.disable = True  # closing twice prints once
+        self.closed.set()
+        with self.lock:
+            if not self.disable and self.printed != (self.n, self.postfix) and self.n:
+                self._print(self.clock())
+            self.disable = True  # closing twice prints once
 
 
 def progress_bar(
