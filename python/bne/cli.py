@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int_in(1, 1 << 20),
         default=64,
-        help="texts per encoder call (default 64; CPU speed barely depends on it)",
+        help="texts per encoder call (default 64)",
     )
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)",
     )
     b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
     )
