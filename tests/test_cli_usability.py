@@ -191,7 +191,7 @@ def test_plain_lines_keep_coming_while_a_batch_runs():
     time.sleep(0.55)  # no update meanwhile
     bar.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) >= 3 and all(ln.startswith("encoding: 512/1500 docs, ") for ln in lines)
+    assert len(lines) >= 2 and all(ln.startswith("encoding: 512/1500 docs, ") for ln in lines)
 
 
 class Tty(io.StringIO):
@@ -232,7 +232,7 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
         c.add([Doc(f"d{i}", f"document {i}") for i in range(1200)], progress=bar, commit_every=500)
     bar.close()
     first = seen_at_first_batch[0].splitlines()
-    assert first[0] == "bne: loading model fake, 0s"  # a line every interval while the model loads
+    assert re.fullmatch(r"bne: loading model fake, \d+s", first[0])  # a line every interval while it loads
     assert all(ln.startswith("bne: loading model fake, ") for ln in first[:-1])
     assert first[-1].startswith("encoding: 0")  # the model is ready: encoding, before the first batch is done
     lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("encoding: ")]
