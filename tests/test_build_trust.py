@@ -15,13 +15,13 @@ import threading
 import time
 
 import pytest
-from test_collection import FakeEncoder, consistent, docs_of
 
 import bne
 from bne import cli, storage
 from bne import collection as bcoll
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
+from test_collection import FakeEncoder, consistent, docs_of
 
 
 @pytest.fixture

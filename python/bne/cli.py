@@ -169,7 +169,10 @@ def _stop_on_signals(got: list[int]) -> dict[int, Any]:
             got.append(signo)
             raise KeyboardInterrupt
 
-    return {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # a signal ignored by whoever started us (nohup ignores SIGHUP) stays ignored
+    return {
+        s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN
+    }
 
 
 def _restore(handlers: dict[int, Any]) -> None:
