@@ -334,3 +334,21 @@ def test_sigterm_and_sighup_stop_a_build_like_ctrl_c(tmp_path, sig):
     n, m = consistent(idx)
     assert n == m and 100 <= n < 2000 and n % 20 == 0
     assert f"; {n} of 2000 new documents committed to s.bne (run again with --append to continue)" in msg[0]
+
+
+def test_a_build_under_nohup_ignores_sighup(tmp_path):
+    """SIGHUP ignored by the parent (nohup) stays ignored: the build runs to its end."""
+    (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(400)))
+
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    p = fake_bne(tmp_path, "build", "in.txt", "-o", "h.bne", "-q", "--commit-every", "20", delay=0.05, preexec_fn=nohup)
+    idx = tmp_path / "h.bne"
+    deadline = time.time() + 60
+    while p.poll() is None and not idx.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "400 codes" in out, err
+    assert consistent(idx) == (400, 400)
