@@ -145,7 +145,8 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def fake_bne(tmp_path, *args, first=0.0, delay=0.0, full=False, **kw) -> subprocess.Popen:
     script = tmp_path / "fake_bne.py"
-    script.write_text(FAKE_BNE)
+    if not script.exists():  # rewriting it while another fake bne starts would hand that one an empty file
+        script.write_text(FAKE_BNE)
     env = dict(os.environ, HF_HUB_OFFLINE="1", BNE_FAKE_FIRST=str(first), BNE_FAKE_DELAY=str(delay))
     if full:
         env["BNE_FAKE_FULL"] = "1"
