@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sqlite3
 import sys
 import threading
@@ -202,6 +203,28 @@ class ProgressBar:
             self.bar.close()
 
 
+def _stop_on_signals(got: list[int]) -> dict[int, Any]:
+    """SIGTERM and SIGHUP stop a build as Ctrl-C does (the commit in flight completes, then a
+    message); ``got`` receives the signal. Returns the old handlers, for :func:`_restore`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signo: int, frame: object) -> None:
+        if not got:  # a repeat while the last commit completes is ignored (kill -9 still works)
+            got.append(signo)
+            raise KeyboardInterrupt
+
+    # a signal ignored by whoever started us (nohup ignores SIGHUP) stays ignored
+    return {
+        s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN
+    }
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
 def cmd_build(args) -> int:
     from .collection import Collection, build_sharded, check_new_path, same_model
     from .corpus import read_corpus
@@ -248,6 +271,8 @@ def cmd_build(args) -> int:
     bar = ProgressBar(
         args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model"
     )
+    got: list[int] = []
+    handlers = _stop_on_signals(got)
     try:
         with coll:
             r = coll.add(
@@ -267,18 +292,29 @@ def cmd_build(args) -> int:
                 file=sys.stderr,
             )
         raise
+    except KeyboardInterrupt:  # a signal before add() could take it (e.g. while the model loads)
+        if not got:
+            raise
+        print(
+            f"bne: interrupted by {signal.Signals(got[0]).name}; {coll.last_add.added} new documents committed "
+            f"to {safe(out)}",
+            file=sys.stderr,
+        )
+        return 128 + got[0]
     finally:
         bar.close()
+        _restore(handlers)
     if r.dropped:
         print(f"bne: dropped {r.dropped} document rows left by an interrupted build", file=sys.stderr)
     if r.interrupted:
         todo = r.total - r.present
+        by = f" by {signal.Signals(got[0]).name}" if got else ""
         print(
-            f"bne: interrupted; {r.added} of {todo if todo > r.added else 'the'} new documents committed to {safe(out)}"
-            + (" (nothing written)" if info is None else " (run again with --append to continue)"),
+            f"bne: interrupted{by}; {r.added} of {todo if todo > r.added else 'the'} new documents committed to "
+            f"{safe(out)}" + (" (nothing written)" if info is None else " (run again with --append to continue)"),
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return 128 + got[0] if got else EXIT_INTERRUPTED
     assert info is not None
     print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({r.added} added, {r.present} already present)")
     return 0
@@ -490,7 +526,13 @@ def cmd_verify(args) -> int:
 
     with Collection.open(index_arg(args.index)) as coll:
         checked = coll.verify()
-    docs = "" if checked["documents"] is None else f"; docstore intact ({checked['documents']} documents)"
+    n, extra = checked["documents"], checked.get("past_commit", 0)
+    docs = "" if n is None else f"; docstore intact ({n} documents)"
+    if n is not None and extra:  # the texts of a batch whose codes were never committed
+        docs = (
+            f"; docstore intact: {n} documents, {extra} past the last commit of the index "
+            f"(dropped by the next --append)"
+        )
     print(
         f"OK: {safe(args.index)}: {checked['codes']} codes in {checked['segments']} segment(s), "
         f"every checksum matches{docs}"

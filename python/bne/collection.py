@@ -19,6 +19,7 @@ A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import stat
@@ -30,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, models
+from . import _core, models, storage
 from . import index as bindex
+from .codes import check_bits
 from .corpus import Doc, doc_text
 from .docstore import DocStore, StoredDoc, path_for
 from .encoder.base import search_codes
-from .errors import CollectionError, DocStoreError
+from .errors import CollectionError, DocStoreError, IndexLockedError
 from .models import ModelRef, identify, load
 
 #: Rows encoded per call while building: the progress bar moves this often, and the encoder
@@ -43,6 +45,9 @@ from .models import ModelRef, identify, load
 ENCODE_CHUNK = 512
 #: A build of fewer documents does not wait for a one-time int8 quantisation (encoder/runtime.py).
 INT8_MIN_DOCS = 5000
+#: Documents the reader may hold ahead of the encoder: enough to tell the model whether
+#: INT8_MIN_DOCS come and to keep it fed, while memory follows the work, not the input's size.
+READ_AHEAD = INT8_MIN_DOCS + 2 * ENCODE_CHUNK
 
 
 @dataclass
@@ -125,6 +130,9 @@ class Collection:
         self.device, self.threads = device, threads
         self._encoders: dict[str, Any] = {}
         self.last_add = AddResult()  # what the latest add() did, also when it raised
+        # (st_dev, st_ino) of each file this object created: a failed new build removes these
+        # and nothing else (another process may have created the same path meanwhile)
+        self._created: dict[str, tuple[int, int]] = {}
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -351,22 +359,48 @@ class Collection:
         return DocStore(self.path, create=True, file_mode=mode, threaded=True)
 
     def _start_index(self) -> DocStore:
-        """Creates the index file (and its docstore) at the first commit of a new collection."""
+        """Creates the index file (and its docstore) at the first commit of a new collection.
+
+        Creation is exclusive: a complete empty index is linked to the path, which fails if
+        anything is there (two builds of one new path: one wins, the other changes nothing).
+        The file's identity is kept, so a failure later removes only this build's own files."""
         assert self.model is not None  # create() always has one
+        header = storage.new_header(
+            check_bits(self.bits),
+            metadata={
+                **self.model.to_metadata(),
+                "max_length": self.encoder("bulk").max_length,
+                "created_by": f"bne {_core.__version__}",
+            },
+        )
         try:
-            self.index = bindex.open(
-                self.path,
-                mode="a",
-                bits=self.bits,
-                metadata={
-                    **self.model.to_metadata(),
-                    "max_length": self.encoder("bulk").max_length,
-                    "created_by": f"bne {_core.__version__}",
-                },
-            )
+            self._created[self.path] = storage.save_atomic(self.path, header, [], -1, overwrite=False)
+        except FileExistsError:
+            raise CollectionError(
+                f"{self.path} already exists: another process created it while this build ran "
+                f"(nothing of it was changed; add to it with bne build --append once that build is done)"
+            ) from None
         except OSError as e:  # name the user's file, not the temporary one it was written through
             raise CollectionError(f"cannot create {self.path}: {e.strerror or e}") from None
-        return self._writer_store()
+        try:
+            index = bindex.open(self.path, mode="a")
+        except IndexLockedError:  # opened for appending in the moment between its creation and ours
+            raise CollectionError(
+                f"{self.path} was opened for writing by another process as this build created it"
+            ) from None
+        if _identity(self.path) != self._created[self.path]:
+            index.close()
+            raise CollectionError(f"{self.path} was replaced by another process as this build created it")
+        self.index = index
+        ds = self.docstore_path
+        if os.path.lexists(ds):  # not ours: refused, and kept
+            raise CollectionError(f"{ds} already exists without its index; remove it first")
+        try:
+            return self._writer_store()
+        finally:  # we hold the index's writer lock, so whatever is at ds now, we created
+            made = _identity(ds)
+            if made is not None:
+                self._created[ds] = made
 
     @staticmethod
     def _close_store(store: DocStore | None) -> None:
@@ -375,13 +409,23 @@ class Collection:
                 store.close()
 
     def _remove_new_files(self) -> None:
-        if self.index is not None:
-            with contextlib.suppress(Exception):
-                self.index.close()
-            self.index = None
-        for p in (self.path, self.docstore_path, self.docstore_path + "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(p)
+        """Removes the files this object created, and nothing else: a path that holds another
+        file (another process's build of the same path) stays, and so does our index if another
+        process has it open for writing. Runs while our writer lock is held, then closes."""
+        created, self._created = self._created, {}
+        ds = self.docstore_path
+        try:
+            if ds in created and _identity(ds) == created[ds]:
+                for p in (ds, ds + "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(p)
+            if self.path in created:
+                _remove_if_unused(self.path, created[self.path], locked=self.index is not None)
+        finally:
+            if self.index is not None:
+                with contextlib.suppress(Exception):
+                    self.index.close()
+                self.index = None
 
     # -- searching ---------------------------------------------------------------------------------
 
@@ -482,10 +526,12 @@ class Collection:
         if self.index is None or self.sharded:
             raise CollectionError(f"{self.path}: verify takes an index file")
         self.index.verify()
+        info = self.index.info()
         out: dict[str, Any] = {
-            "codes": self.index.info()["codes"],
-            "segments": self.index.info()["segments"],
+            "codes": info["codes"],
+            "segments": info["segments"],
             "documents": None,
+            "past_commit": 0,  # docstore rows past the index's last commit (dropped by the next add)
         }
         try:
             store = DocStore(self.path)
@@ -494,6 +540,7 @@ class Collection:
         try:
             store.check_integrity()
             out["documents"] = store.count()
+            out["past_commit"] = store.count_above(info["max_id"])
         finally:
             store.close()
         return out
@@ -574,6 +621,38 @@ def check_new_path(path: str) -> None:
         raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} is not writable")
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_if_unused(path: str, ident: tuple[int, int], *, locked: bool) -> None:
+    """Unlinks ``path`` if it is still the file ``ident`` and no other process writes it (we hold
+    its writer lock, ``locked``, or can take it now)."""
+    if locked:
+        if _identity(path) == ident:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != ident or _identity(path) != ident:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another writer has it: keep
+        os.remove(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def same_model(recorded: ModelRef | None, ref: ModelRef | None) -> bool:
     """Known to make the same codes (by content hash; see :func:`models.same_model`)."""
     return recorded is not None and ref is not None and models.same_model(recorded, ref) is True
@@ -619,10 +698,11 @@ def _legacy_present(store: DocStore, todo: list[Doc]) -> set[str]:
 
 class _Reader:
     """Reads the input on its own thread, ahead of the encoder (the documents are small next to
-    the time it takes to encode them), so the total is known early for the ETA."""
+    the time it takes to encode them), at most ``ahead`` documents ahead: memory follows the
+    work, not the size of the input. The total is known once the reader reaches the end."""
 
-    def __init__(self, docs: Iterable[Doc]) -> None:
-        self._q: queue.Queue = queue.Queue()
+    def __init__(self, docs: Iterable[Doc], ahead: int = READ_AHEAD) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.total: int | None = None
@@ -633,15 +713,25 @@ class _Reader:
         n = 0
         try:
             for d in docs:
-                if self._stop.is_set():
+                if not self._put(d):
                     return
-                self._q.put(d)
                 n += 1
             self.total = n
-            self._q.put(_END)
+            self._put(_END)
         except BaseException as e:  # handed to the consumer, raised there
             self.error = e
-            self._q.put(_Failed(e))
+            self._put(_Failed(e))
+
+    def _put(self, item: object) -> bool:
+        """Waits for room in the queue; False once the consumer has stopped (Ctrl-C, an error):
+        the reader must not stay blocked on a queue no one reads."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def count_up_to(self, n: int) -> int | None:
         """The number of documents, once the reader has seen them all or ``n`` of them (None: at
@@ -650,7 +740,7 @@ class _Reader:
             total, queued = self.total, self._q.qsize()
             if total is not None:
                 return total
-            if queued >= n:
+            if queued >= min(n, self._q.maxsize or n):  # a full queue: the reader waits for the encoder
                 return None
             if self.error is not None:  # a bad input fails before the model is loaded
                 raise self.error
@@ -713,7 +803,8 @@ class _Committer:
                 self.store.insert(ids, docs)
                 index.add(codes, ids=ids)
                 self.store.commit()  # the texts first: every committed index id then has its document
-                index.commit()
+                with storage.naming(self.coll.path):  # ENOSPC/EIO of a write or fsync names the file
+                    index.commit()
                 self.committed += len(docs)
             except BaseException as e:
                 self._error = e

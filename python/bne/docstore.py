@@ -213,6 +213,12 @@ class DocStore:
                 + (f" (+{len(rows) - 1} more)" if len(rows) > 1 else "")
             )
 
+    def count_above(self, max_id: int) -> int:
+        """Rows past the index's last committed id: the texts of a batch whose codes were never
+        committed (a crash or error between the two commits); the next append drops them."""
+        with self._errors("read"):
+            return int(self.db.execute("SELECT COUNT(*) FROM docs WHERE id > ?", (int(max_id),)).fetchone()[0])
+
     def count(self) -> int:
         with self._errors("read"):
             return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])

@@ -30,7 +30,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -407,6 +407,19 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:  # any buffer
         view, offset = view[n:], offset + n
 
 
+@contextlib.contextmanager
+def naming(path: StrPath, what: str = "cannot write the index") -> Iterator[None]:
+    """An OSError raised inside (ENOSPC, EIO, EDQUOT from a write or fsync on a descriptor) is
+    raised again naming `path`: ``x.bne: cannot write the index: No space left on device``, not a
+    bare ``[Errno 28]``. Errors that already name a file pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None or isinstance(e, BlockingIOError):
+            raise
+        raise type(e)(e.errno, f"{what}: {e.strerror or e}", os.fspath(path)) from None
+
+
 def fsync_dir(path: StrPath) -> None:
     dfd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
@@ -653,13 +666,14 @@ def _check_target(path: str) -> None:
 
 def save_atomic(
     path: StrPath, header: Header, parts: list[tuple[np.ndarray, np.ndarray]], max_id: int, *, overwrite: bool = True
-) -> None:
+) -> tuple[int, int]:
     """Writes a complete file beside `path` (same folder), fsyncs it, renames it over `path` and
     fsyncs the folder: `path` always holds either its old complete content or the new one.
     ``overwrite=False`` publishes with link() instead, which fails with FileExistsError when
     `path` appeared meanwhile (two processes creating the same index: one wins, none is lost).
     Replacing an index that a writer holds open raises IndexLockedError (its commits would go
-    to the replaced file)."""
+    to the replaced file). Returns the (st_dev, st_ino) of the file it published, so that a caller
+    that created a new index can later tell its own file from one another process put there."""
     target = real_target(path)
     _check_target(target)
     header.encode()  # validate before creating anything
@@ -671,7 +685,9 @@ def save_atomic(
         fd, tmp = new_temp(target)
         try:
             try:
-                create(fd, header, parts, max_id)
+                with naming(path):
+                    create(fd, header, parts, max_id)
+                st = os.fstat(fd)
             finally:
                 io.close(fd)
             publish(tmp, target, overwrite=overwrite)
@@ -682,6 +698,7 @@ def save_atomic(
     finally:
         if guard >= 0:
             os.close(guard)
+    return st.st_dev, st.st_ino
 
 
 def replace_locked(
@@ -695,7 +712,8 @@ def replace_locked(
     clean_temps(target)
     fd, tmp = new_temp(target)  # new_temp locks it
     try:
-        create(fd, header, parts, max_id)
+        with naming(path):
+            create(fd, header, parts, max_id)
         publish(tmp, target)
     except BaseException:
         io.close(fd)
