@@ -9,6 +9,7 @@ error messages) is printed through :func:`safe`, so no control character reaches
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -139,23 +141,66 @@ def snippet(text: str, width: int = 100) -> str:
 # -- build --------------------------------------------------------------------------------------
 
 
+#: A terminal is told the model is loading if that takes longer than this (a quick error stays one line).
+LOADING_GRACE_S = 0.5
+
+
 class ProgressBar:
-    """tqdm over documents to encode; the total appears once the reader has seen the whole input,
-    and the bar shows documents/s, the ETA and how many are committed."""
+    """Build progress on stderr. While the model loads (a first run also exports it, once) it says
+    so; then documents encoded, of the total once the reader has seen the whole input, with
+    documents/s, the ETA and how many are committed: a tqdm bar on a terminal, a plain line every
+    ``interval`` seconds elsewhere (a log file gets lines, not silence until the end). Nothing is
+    printed before an error that comes at once, so the error stays one line."""
 
-    def __init__(self, quiet: bool) -> None:
-        from tqdm import tqdm
+    def __init__(self, quiet: bool, *, model: str = "the model", file=None, interval: float | None = None) -> None:
+        from .progress import INTERVAL, is_terminal
 
-        self.bar = tqdm(total=None, unit="doc", desc="encoding", disable=quiet or None, dynamic_ncols=True)
+        self.quiet, self.file, self.model = quiet, file, model
+        self.interval = INTERVAL if interval is None else interval
+        self.bar: Any = None
+        self.ready = threading.Event()  # set by the first report: the model is loaded
+        self.lock = threading.Lock()
+        self.tty = is_terminal(sys.stderr if file is None else file)
+        self.said_loading = False
+        if not quiet:
+            first = LOADING_GRACE_S if self.tty else self.interval
+            threading.Thread(target=self._loading, args=(first, self.tty), daemon=True, name="bne-progress").start()
+
+    def _loading(self, first: float, tty: bool) -> None:
+        t0, wait = time.monotonic(), first
+        while not self.ready.wait(wait):
+            with self.lock:
+                if self.ready.is_set():
+                    return
+                took = "" if tty else f", {int(time.monotonic() - t0)}s"
+                print(f"bne: loading {self.model}{took}", file=self.file or sys.stderr, flush=True)
+                self.said_loading = True
+            if tty:  # once: the bar follows
+                return
+            wait = max(self.interval, 0.01)
 
     def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        first = self.bar is None  # the first report comes when the model is ready
+        if first:
+            from .progress import progress_bar
+
+            with self.lock:
+                self.ready.set()
+            self.bar = progress_bar(p.total, "encoding", "doc", file=self.file, interval=self.interval)
         if p.total is not None and self.bar.total != p.total:
             self.bar.total = p.total
         self.bar.set_postfix_str(f"{p.committed} committed", refresh=False)
         self.bar.update(p.encoded - self.bar.n)
+        if first and p.total != 0 and (self.tty or self.said_loading):  # "encoding" now, not after a batch
+            self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        with self.lock:
+            self.ready.set()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _stop_on_signals(got: list[int]) -> dict[int, Any]:
@@ -223,7 +268,9 @@ def cmd_build(args) -> int:
         coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
     if args.threads:
         _core.set_num_threads(args.threads)
-    bar = ProgressBar(args.quiet)
+    bar = ProgressBar(
+        args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model"
+    )
     got: list[int] = []
     handlers = _stop_on_signals(got)
     try:
@@ -524,12 +571,16 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bne", description="Exact Hamming search over native binary text embeddings.")
+    # allow_abbrev=False everywhere: a prefix is not an option (--mode must not be read as --model)
+    p = argparse.ArgumentParser(
+        prog="bne", description="Exact Hamming search over native binary text embeddings.", allow_abbrev=False
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"bne {_core.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    cmd = functools.partial(sub.add_parser, allow_abbrev=False)
 
-    b = sub.add_parser("build", help="encode a corpus into an index file (+ a SQLite docstore beside it)")
+    b = cmd("build", help="encode a corpus into an index file (+ a SQLite docstore beside it)")
     b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
     b.add_argument("-o", "--output", required=True, help="index file to write")
     b.add_argument(
@@ -544,7 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'default' (all-MiniLM-L6-v2 + shipped head), a shipped or registered model name, or the path of "
         "a head .safetensors, a BinaryEmbedder folder/file or a seed .pt",
     )
-    b.add_argument("--batch-size", type=int_in(1, 1 << 20), default=64)
+    b.add_argument(
+        "--batch-size",
+        type=int_in(1, 1 << 20),
+        default=64,
+        help="texts per encoder call (default 64)",
+    )
     b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
     b.add_argument(
@@ -554,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)",
     )
     b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
     )
@@ -562,9 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     b.set_defaults(fn=cmd_build)
 
-    s = sub.add_parser("search", help="search an index with text queries")
-    s.add_argument("index")
-    s.add_argument("query", nargs="*")
+    s = cmd("search", help="search an index with text queries")
+    s.add_argument("index", help="index file (or a folder of shards from --ray / bne shard)")
+    s.add_argument("query", nargs="*", help="query texts (each its own query; quote a query of several words)")
     s.add_argument("-k", type=int_in(1, MAX_K), default=10, help=f"hits per query (at most {MAX_K})")
     s.add_argument(
         "--queries",
@@ -579,8 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a word after --rescore is the query, not M",
     )
     s.add_argument("--model", default=None, help="override the model recorded in the index")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--threads", type=threads_arg, default=None)
+    s.add_argument("--json", action="store_true", help="print the hits and timings as JSON on stdout")
+    s.add_argument("--threads", type=threads_arg, default=None, help="encoder and search threads (default: all)")
     s.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -590,43 +646,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None, help="Ray cluster for a sharded index folder")
     s.set_defaults(fn=cmd_search)
 
-    mo = sub.add_parser("models", help="list the models bne can find, or add one: bne models add PATH")
-    mo.add_argument("action", nargs="?", choices=("list", "add"), default="list")
+    mo = cmd("models", help="list the models bne can find, or add one: bne models add PATH")
+    mo.add_argument(
+        "action", nargs="?", choices=("list", "add"), default="list", help="list (the default) or add PATH..."
+    )
     mo.add_argument("paths", nargs="*", help="model files or folders to add (a moved model is found again)")
-    mo.add_argument("--json", action="store_true")
+    mo.add_argument("--json", action="store_true", help="print the models as JSON")
     mo.set_defaults(fn=cmd_models)
 
-    sh = sub.add_parser("shard", help="split index files into N shard files for a Ray cluster")
-    sh.add_argument("index", nargs="+")
+    sh = cmd("shard", help="split index files into N shard files for a Ray cluster")
+    sh.add_argument("index", nargs="+", help="index files to split (their codes and documents)")
     sh.add_argument("-o", "--output", required=True, help="folder for the shards and their manifest")
-    sh.add_argument("--shards", type=int_in(1, 1 << 16), required=True)
+    sh.add_argument("--shards", type=int_in(1, 1 << 16), required=True, help="number of shard files to write")
     sh.set_defaults(fn=cmd_shard)
 
-    i = sub.add_parser("info", help="describe an index file")
-    i.add_argument("index")
-    i.add_argument("--json", action="store_true")
+    i = cmd("info", help="describe an index file")
+    i.add_argument("index", help="index file")
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.set_defaults(fn=cmd_info)
 
-    v = sub.add_parser("verify", help="check every checksum of an index file (exit 1 on damage)")
-    v.add_argument("index")
+    v = cmd("verify", help="check every checksum of an index file (exit 1 on damage)")
+    v.add_argument("index", help="index file")
     v.set_defaults(fn=cmd_verify)
 
-    be = sub.add_parser("bench", help="the 'Why binary?' speed table: float32, INT8, FAISS binary, bne")
+    be = cmd("bench", help="the 'Why binary?' speed table: float32, INT8, FAISS binary, bne")
     be.add_argument("--sizes", type=sizes_arg, default="10k,100k,1M", help="comma-separated database sizes (10k, 1M)")
-    be.add_argument("--queries", type=int_in(1, MAX_K), default=16)
-    be.add_argument("-k", type=int_in(1, MAX_K), default=10)
-    be.add_argument("--repeat", type=int_in(1), default=5)
-    be.add_argument("--threads", type=threads_arg, default=None)
+    be.add_argument("--queries", type=int_in(1, MAX_K), default=16, help="random queries per size (default 16)")
+    be.add_argument("-k", type=int_in(1, MAX_K), default=10, help="neighbours per query (default 10)")
+    be.add_argument(
+        "--repeat", type=int_in(1), default=5, help="timed runs per method and size; the median is reported (default 5)"
+    )
+    be.add_argument("--threads", type=threads_arg, default=None, help="threads for every method (default: all)")
     be.add_argument("--out", default="bne-bench", help="prefix of the .json and .png files written")
     be.set_defaults(fn=cmd_bench)
 
-    d = sub.add_parser("demo", help="offline: index the Python standard library's docstrings and search them")
+    d = cmd("demo", help="offline: index the Python standard library's docstrings and search them")
     d.add_argument("--limit", type=int_in(1), default=3000, help="documents to index")
     d.add_argument("--keep", default=None, help="write the demo index here instead of a temporary folder")
     d.set_defaults(fn=cmd_demo)
 
-    sub.add_parser("train", help="train a binary head (see bne train --help)", add_help=False)
-    sub.add_parser("eval", help="evaluate a model on STS and BEIR data (see bne eval --help)", add_help=False)
+    cmd("train", help="train a binary head (see bne train --help)", add_help=False)
+    cmd("eval", help="evaluate a model on STS and BEIR data (see bne eval --help)", add_help=False)
     return p
 
 

@@ -326,6 +326,7 @@ class Collection:
                 total = None if reader.total is None else reader.total - result.present
                 progress(Progress(encoded, committer.committed, total, started))
 
+        report()  # the model is loaded: the caller can say "encoding" before the first chunk is done
         for chunk in reader.chunks(ENCODE_CHUNK):
             result.total += len(chunk)
             todo = [d for d in chunk if d.ext_id not in seen]

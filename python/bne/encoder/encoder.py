@@ -172,9 +172,9 @@ class Encoder(CodeEncoder):
             show_progress = len(texts) > PROGRESS_THRESHOLD
         bar = None
         if show_progress:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar  # plain lines when stderr is a log file
 
-            bar = tqdm(total=len(texts), desc=desc, unit="text")
+            bar = progress_bar(len(texts), desc, "text")
         try:
             for idx in length_batches([len(x) for x in ids], batch_size):
                 b = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")

@@ -233,9 +233,9 @@ class OnnxEncoder(CodeEncoder):
             show_progress = len(texts) > PROGRESS_THRESHOLD
         bar = None
         if show_progress:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar  # plain lines when stderr is a log file
 
-            bar = tqdm(total=len(texts), desc=desc, unit="text")
+            bar = progress_bar(len(texts), desc, "text")
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="bne-tokenize")  # tokenizers releases the GIL

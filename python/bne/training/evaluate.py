@@ -186,6 +186,7 @@ def _parse_beir(spec: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bne eval",
+        allow_abbrev=False,  # a prefix is not an option
         description="Evaluate a binary encoder on STS and BEIR retrieval, next to float / sign / LSH baselines.",
     )
     src = p.add_mutually_exclusive_group()
@@ -214,7 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_BEIR),
         help="BEIR sets as name[:split] (scifact, scifact:train, cisi, cranfield)",
     )
-    p.add_argument("--baselines", nargs="*", default=["float", "sign", "lsh"], choices=["float", "sign", "lsh"])
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["float", "sign", "lsh"],
+        choices=["float", "sign", "lsh"],
+        help="baselines next to the model: float cosine, sign bits, random-hyperplane LSH (default: all)",
+    )
     p.add_argument(
         "--no-novel",
         dest="novel",
@@ -225,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)"
     )
-    p.add_argument("--lsh-seed", type=int, default=0)
+    p.add_argument("--lsh-seed", type=int, default=0, help="seed of the LSH baseline's hyperplanes (default 0)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder call (default 64)")
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)"
     )

@@ -35,18 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..encoder.base import threads_option
 from .config import OBJECTIVES, TrainConfig
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
-from .recipes import lsh_init, set_seed, train_full, train_head
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bne train",
+        allow_abbrev=False,  # a prefix is not an option
         description="Train a natively binary text encoder (head-only on a frozen backbone, or end to end).",
     )
     p.add_argument(
@@ -74,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score<TAB>sentence1<TAB>sentence2 pairs for a CoSENT loss (head-only), e.g. stsb-train.tsv.gz",
     )
     p.add_argument("--scored-batch", type=int, default=128, help="scored pairs per step (0: off)")
-    p.add_argument("--scored-weight", type=float, default=0.2)
+    p.add_argument("--scored-weight", type=float, default=0.2, help="weight of the CoSENT loss (default 0.2)")
     p.add_argument(
         "--texts",
         action="append",
@@ -107,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: distill+contrastive (head-only) / contrastive (full, the seed recipe)",
     )
-    p.add_argument("--distill-weight", type=float, default=1.0)
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument(
+        "--distill-weight", type=float, default=1.0, help="weight of distill in distill+contrastive (default 1.0)"
+    )
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the pairs; fractions allowed (default 1)")
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 256 head-only, 64 full)")
     p.add_argument(
         "--pool-batch",
@@ -117,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unlabelled texts (--texts / recipe pool) added to each distillation batch",
     )
     p.add_argument("--temperature", type=float, default=0.05, help="contrastive temperature")
-    p.add_argument("--distill-temperature", type=float, default=0.05)
+    p.add_argument(
+        "--distill-temperature", type=float, default=0.05, help="softmax temperature of the distill loss (default 0.05)"
+    )
     p.add_argument("--lr", type=float, default=2e-5, help="backbone learning rate (the head gets lr * head-lr-mult)")
-    p.add_argument("--head-lr-mult", type=float, default=50.0)
+    p.add_argument("--head-lr-mult", type=float, default=50.0, help="the head learns at lr times this (default 50)")
     p.add_argument(
         "--warmup", type=float, default=None, help="warm-up fraction of the steps (default 0.05 head-only, 0.1 full)"
     )
@@ -135,15 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not L2-normalise pooled features before the head",
     )
-    p.add_argument("--max-pairs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-pairs", type=int, default=None, help="train on the first N pairs only")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed and threads give the same model (default 0)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=threads_option, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--cache-dir", default=None, help="cache backbone features here (head-only)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint-every")
     p.add_argument("--checkpoint-every", type=int, default=0, help="write OUT.ckpt.pt every N steps")
-    p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--log-every", type=int, default=100, help="log the loss every N steps (default 100)")
+    p.add_argument("--quiet", action="store_true", help="no log lines or progress bars")
     return p
 
 
@@ -204,6 +209,7 @@ def _train_head_only(cfg: TrainConfig, args, rows, scored, extra_texts, resume, 
         raise SystemExit("--head-only supports --backbone minilm (all-MiniLM-L6-v2)")
     from ..encoder.encoder import Encoder, load_minilm
     from ..encoder.model import BinaryEmbedder, bert_tokenizer, minilm_dir
+    from .recipes import train_head
 
     assert cfg.max_length is not None  # TrainConfig fills the mode's default
     enc = Encoder(
@@ -240,6 +246,7 @@ def _train_head_only(cfg: TrainConfig, args, rows, scored, extra_texts, resume, 
 def _train_full(cfg: TrainConfig, args, rows, scored, extra_texts, resume, save_ckpt, log) -> tuple[dict, dict]:
     """(state dict, model config) of an end-to-end trained BinaryEmbedder (``--full``)."""
     from ..encoder.model import BinaryEmbedder, default_tokenizer
+    from .recipes import lsh_init, set_seed, train_full
 
     if scored or extra_texts:
         log(
@@ -275,6 +282,8 @@ def _train_full(cfg: TrainConfig, args, rows, scored, extra_texts, resume, save_
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch  # after parsing: `bne train --help` does not wait for torch
+
     cfg = config_from_args(args)  # a ValueError names the bad value; bne's main prints it as one line
     if args.threads:
         torch.set_num_threads(args.threads)
