@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core, storage
 from .codes import check_bits, check_codes, check_k, check_threads
-from .errors import IndexFormatError
+from .errors import IndexFormatError, ResultTooLargeError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
@@ -67,17 +67,50 @@ def _lookup_ids(ids: object) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-#: search() results are (nq, k) arrays; padding beyond the stored codes is refused past this size.
-MAX_PADDED_RESULT_BYTES = 1 << 30
+#: The result-size limit of one search call, in bytes: ``nq * k * 12`` for top-k (int32 distance
+#: + int64 id a slot; the call's peak is ~3x that), ``nq * M * (20 + bits/8)`` for rescoring M
+#: candidates, and ``RANGE_BYTES_PER_HIT`` a hit for a range search (its working peak). Past it
+#: the call raises ResultTooLargeError before allocating the result (a range search stops as
+#: soon as it has found too many); BNE_MAX_RESULT_BYTES (or assigning this constant) changes it.
+MAX_RESULT_BYTES = 1 << 30
+#: Kept for code that imported the old name.
+MAX_PADDED_RESULT_BYTES = MAX_RESULT_BYTES
+#: Peak bytes a range-search hit takes while it is collected, sorted and returned (measured:
+#: ~45); the default ``max_results`` is the limit over this (22 million hits for 1 GiB).
+RANGE_BYTES_PER_HIT = 48
+
+
+def max_result_bytes() -> int:
+    """The result-size limit in force: BNE_MAX_RESULT_BYTES if set, else MAX_RESULT_BYTES."""
+    env = os.environ.get("BNE_MAX_RESULT_BYTES", "").strip()
+    if not env:
+        return int(MAX_RESULT_BYTES)
+    try:
+        v = int(env)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise ValueError(f"BNE_MAX_RESULT_BYTES must be a positive number of bytes, got {env[:40]!r}")
+    return v
+
+
+def _limit_text(limit: int) -> str:
+    return f"the {limit:,}-byte result limit (BNE_MAX_RESULT_BYTES / bne.index.MAX_RESULT_BYTES)"
+
+
+def check_result_bytes(nbytes: int, what: str, advice: str) -> None:
+    """ResultTooLargeError when a search would return more than :func:`max_result_bytes`."""
+    limit = max_result_bytes()
+    if nbytes > limit:
+        raise ResultTooLargeError(f"{what} needs {nbytes / 2**30:.2f} GiB, over {_limit_text(limit)}; {advice}")
 
 
 def _check_result_size(nq: int, k: int, n: int) -> None:
-    """A k far above the number of codes would only allocate padding: refuse it by name."""
-    if k > n and nq * k * 12 > MAX_PADDED_RESULT_BYTES:
-        raise ValueError(
-            f"k={k} asks for {nq * k * 12 / 2**30:.1f} GiB of results for {nq} queries, but the index "
-            f"holds {n} codes; use k <= {n} (slots past the stored codes are only padding)"
-        )
+    """(nq, k) int32 distances + int64 ids must fit the result limit; checked before any allocation."""
+    advice = "search fewer queries at once or use a smaller k"
+    if k > n:
+        advice += f" (the index holds {n} codes: slots past them are only padding)"
+    check_result_bytes(nq * k * 12, f"k={k} for {nq} queries", advice)
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -341,7 +374,13 @@ class _SearchMixin:
         return _core.search_segments(self._views(), q, k, threads, bits)
 
     def range_search(
-        self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: object = None
+        self,
+        queries: np.ndarray,
+        radius: int,
+        *,
+        threads: int | None = None,
+        allow: object = None,
+        max_results: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every live code at distance ``<= radius`` from each query, FAISS-style.
 
@@ -349,15 +388,34 @@ class _SearchMixin:
         ``I[lims[i]:lims[i+1]]`` (ids), sorted by distance then insertion order. (FAISS's
         binary range search keeps distances ``< radius``; bne's radius is inclusive.)
         ``bne.split_ranges(lims, I)`` gives one array per query.
+
+        ``max_results`` caps the hits of all queries together (default: the result limit
+        :func:`max_result_bytes` over ``RANGE_BYTES_PER_HIT``, 22 million for 1 GiB). A search that finds
+        more stops early and raises ResultTooLargeError naming the cap: FAISS grows its result
+        without bound, and a large radius can match every code for every query.
         """
         q = check_codes(queries, "queries", self.code_bytes)
         radius = _check_radius(radius)
         threads = check_threads(threads)
+        by_limit = max_results is None
+        if max_results is None:
+            max_results = max(max_result_bytes() // RANGE_BYTES_PER_HIT, 1)
+        elif isinstance(max_results, bool) or not isinstance(max_results, (int, np.integer)) or max_results < 0:
+            raise ValueError(f"max_results must be an int >= 0, got {max_results!r}")
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
-        lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits)
+        try:
+            lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits, max_results=int(max_results))
+        except ResultTooLargeError as e:
+            if "more than" not in str(e):  # out of memory: the core's own message
+                raise
+            cap = f"max_results={max_results:,}" + (f", from {_limit_text(max_result_bytes())}" if by_limit else "")
+            raise ResultTooLargeError(
+                f"range_search with radius={radius} over {len(q)} queries found more than {max_results:,} "
+                f"results ({cap}); use a smaller radius, fewer queries at once, or a larger max_results"
+            ) from None
         return lims, D, self.ids_at(P)
 
     def _check_mapping(self) -> None:
