@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -521,6 +522,43 @@ class Index(_SearchMixin):
         storage.save_atomic(path, header, [(codes, ids)], self._max_id)
 
 
+class _Snapshot(_SearchMixin):
+    """One state of a MappedIndex: a commit's segments (plus a writer's pending codes), its
+    tombstones and the caches built over them. Every read of the index (search, ids, lookups)
+    goes through the snapshot current when it starts, so a refresh() in another thread, which
+    installs a new snapshot with one assignment, never mixes two commits inside one call. The
+    numpy views keep their mapping alive while a snapshot uses them."""
+
+    def __init__(self, owner: MappedIndex, parts: list[_Part], tomb: np.ndarray, end: int, fd: int) -> None:
+        self._owner, self._p, self._tomb, self._end, self._fd = owner, parts, tomb, end, fd
+        self._ino = os.fstat(fd).st_ino  # which file: a descriptor number can be reused
+        self.bits, self.code_bytes, self.path = owner._header.bits, owner._header.code_bytes, owner.path
+        self._own_fd = -1  # set when a refresh moved the index to a new file: this closes the old one
+        self._changed()
+
+    def _parts(self) -> list[_Part]:
+        return self._p
+
+    def _tombstones(self) -> np.ndarray:
+        return self._tomb
+
+    def _check_mapping(self) -> None:
+        self._owner._check_open()
+        st = os.fstat(self._owner._fd)
+        if self._fd != self._owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
+            return
+        size = st.st_size
+        if size < self._end:
+            raise IndexFormatError(
+                f"{self.path}: the file shrank to {size} bytes while open (it held "
+                f"{self._end}); another program truncated it; reopen it"
+            )
+
+    def __del__(self) -> None:
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+
+
 class MappedIndex(_SearchMixin):
     """An index file mapped read-only into memory; see :func:`bne.open`.
 
@@ -547,6 +585,7 @@ class MappedIndex(_SearchMixin):
         self.mode = mode
         self._fd = -1
         self._closed = False
+        self._refresh_lock = threading.Lock()
         if mode == "a" and not os.path.lexists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
@@ -610,22 +649,118 @@ class MappedIndex(_SearchMixin):
         if storage.repair(self._fd, self._commit, self._problems):
             self._problems = []
 
-    def _check_mapping(self) -> None:
-        self._check_open()
-        size = os.fstat(self._fd).st_size
-        if size < self._commit.end_offset:
-            raise IndexFormatError(
-                f"{self.path}: the file shrank to {size} bytes while open (it held "
-                f"{self._commit.end_offset}); another program truncated it; reopen it"
-            )
+    def refresh(self) -> bool:
+        """Follows a writer: maps the commits made since this object opened (or last refreshed)
+        and returns True, or returns False when there is none (a stat and two small reads).
 
-    def _parts(self) -> list[_Part]:
+        A long-lived reader (a service holding ``bne.open(path)``) calls it before a search, or
+        every few seconds; without it the object keeps searching the commit it mapped. A file
+        replaced by ``compact()`` or ``save()`` is reopened. Searches running in other threads
+        finish on the state they started with; later ones see the new commits. In append mode
+        the object is the writer and always current: False.
+        """
+        self._check_open()
+        if self.mode == "a":
+            return False
+        with self._refresh_lock:
+            st, cur = os.stat(self.path), os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+                if storage.latest_seq(self._fd) == self._commit.seq:
+                    return False
+                self._reload(self._fd)
+                return True
+            fd = storage.open_index_file(self.path, False)
+            try:
+                self._reload(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return True
+
+    def _reload(self, fd: int) -> None:
+        """Maps the newest commit of `fd` (this file, or the file now at the path); on any
+        error the object keeps its state."""
+        old_fd, old_snap = self._fd, self._snap
+        saved = dict(self.__dict__)
+        try:
+            self._fd = fd
+            self._load()
+            if self.bits != saved["_header"].bits:
+                raise IndexFormatError(
+                    f"{self.path}: replaced by an index of {self.bits}-bit codes (this one holds "
+                    f"{saved['_header'].bits}); open it again"
+                )
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+        if fd != old_fd:
+            old_snap._own_fd = old_fd  # closed when the last search of the old file lets go
+
+    def _check_mapping(self) -> None:
+        self._snap._check_mapping()
+
+    def _changed(self) -> None:
+        parts = self._segments
         if len(self._pending_codes):
             pending = _Part(
                 self._commit.count, len(self._pending_codes), self._pending_ids.view(), codes=self._pending_codes.view()
             )
-            return [*self._segments, pending]
-        return self._segments
+            parts = [*self._segments, pending]
+        self._snap = _Snapshot(self, parts, self._tomb, self._commit.end_offset, self._fd)
+
+    def _parts(self) -> list[_Part]:
+        return self._snap._parts()
+
+    # Reads go through one snapshot (see _Snapshot): consistent while refresh() swaps it.
+    @property
+    def npositions(self) -> int:
+        return self._snap.npositions
+
+    def __len__(self) -> int:
+        return len(self._snap)
+
+    def removed_positions(self) -> np.ndarray:
+        return self._snap.removed_positions()
+
+    def ids(self) -> np.ndarray:
+        return self._snap.ids()
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        return self._snap.ids_at(positions)
+
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap._lookup()
+
+    def positions_of(self, ids: np.typing.ArrayLike) -> np.ndarray:
+        return self._snap.positions_of(ids)
+
+    def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._snap.reconstruct(ids)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap.search(queries, k, threads=threads, allow=allow)
+
+    def search_positions(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap.search_positions(queries, k, threads=threads, allow=allow)
+
+    def range_search(
+        self,
+        queries: np.ndarray,
+        radius: int,
+        *,
+        threads: int | None = None,
+        allow: object = None,
+        max_results: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._snap.range_search(queries, radius, threads=threads, allow=allow, max_results=max_results)
+
+    search.__doc__ = _SearchMixin.search.__doc__
+    search_positions.__doc__ = _SearchMixin.search_positions.__doc__
+    range_search.__doc__ = _SearchMixin.range_search.__doc__
 
     def _tombstones(self) -> np.ndarray:
         return self._tomb
