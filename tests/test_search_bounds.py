@@ -253,3 +253,88 @@ def test_old_behaviour_env_switch():
         timeout=60,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+# -- the CLI: exit 2 and one line ---------------------------------------------------------------
+
+
+def _cli(*args):
+    import contextlib
+    import io
+
+    from bne import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def _needs_encoder():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bne.encoder import available_heads
+
+    if "minilm-l6-1024" not in available_heads():
+        pytest.skip("the default 1024-bit head is not shipped in this checkout")
+
+
+def _plain_collection(folder, n):
+    """n random 1024-bit codes recorded with the default model, and their docstore."""
+    from bne.corpus import Doc
+    from bne.docstore import DocStore
+
+    path = os.path.join(folder, "plain.bne")
+    with bne.open(path, mode="a", bits=1024, metadata={"model": "default", "bits": 1024}) as idx:
+        idx.add(codes(n, 128), ids=np.arange(n, dtype=np.int64))
+    s = DocStore(path, create=True)
+    s.insert(range(n), [Doc(f"d{i}", f"text {i}") for i in range(n)])
+    s.commit()
+    s.close()
+    return path
+
+
+def _one_line(code, err, *needles):
+    assert code == 2, err
+    # a first run may note the one-time ONNX export; anything else is the error
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bne: exporting")]
+    assert len(lines) == 1 and "Traceback" not in err and "MemoryError" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flag", [["-k", "100000"], ["--rescore", "100000"]])
+def test_cli_k_and_rescore_past_the_limit_exit_2(tmp_path, monkeypatch, flag):
+    _needs_encoder()
+    path = _plain_collection(tmp_path, 40)
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("".join(f"query {i}\n" for i in range(300)))
+    # k clamps to the 40 codes: 300 x 40 x 12 = 144,000 bytes; with --rescore, 300 x 40 x 148
+    monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "100000")
+    code, out, err = _cli("search", path, "--queries", qfile, *flag)
+    what = "k=40 for 300 queries" if flag[0] == "-k" else "rescore=100000 for 300 queries (40 candidates each)"
+    _one_line(code, err, "bne: error:", what, "100,000-byte result limit")
+    assert out == ""
+    monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "200000000")
+    code, out, err = _cli("search", path, "--queries", qfile, *flag, "--json")
+    assert code == 0, err
+    res = json.loads(out)["results"]
+    want = 40 if flag[0] == "-k" else 10  # --rescore keeps the default k=10
+    assert len(res) == 300 and all(len(r["hits"]) == want for r in res)
+
+
+@pytest.mark.slow
+def test_cli_issue_2000_queries_k_100000_exit_2(tmp_path):
+    """The issue's reproduction at the default limit: 2000 queries, -k 100000, over 100,000
+    codes (2.4 GB of results uncapped, ~28 GB with --rescore)."""
+    _needs_encoder()
+    path = _plain_collection(tmp_path, 100_000)
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("".join(f"query number {i}\n" for i in range(2000)))
+    code, _, err = _cli("search", path, "--queries", qfile, "-k", "100000")
+    _one_line(code, err, "k=100000 for 2000 queries needs 2.24 GiB", "1,073,741,824-byte result limit")
+    code, _, err = _cli("search", path, "--queries", qfile, "--rescore", "100000")
+    _one_line(code, err, "rescore=100000 for 2000 queries (100000 candidates each) needs 27.57 GiB")
