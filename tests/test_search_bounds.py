@@ -338,3 +338,23 @@ def test_cli_issue_2000_queries_k_100000_exit_2(tmp_path):
     _one_line(code, err, "k=100000 for 2000 queries needs 2.24 GiB", "1,073,741,824-byte result limit")
     code, _, err = _cli("search", path, "--queries", qfile, "--rescore", "100000")
     _one_line(code, err, "rescore=100000 for 2000 queries (100000 candidates each) needs 27.57 GiB")
+
+
+def test_threads_keep_the_tie_rule_under_heavy_ties():
+    """Threads take chunks of positions in any order: with only 20 distinct codes, every top-k
+    boundary is a tie, and the answer must still be the smallest positions (brute force)."""
+    base = codes(20, 128, seed=11)
+    db = base[np.random.default_rng(12).integers(0, 20, 400_000)]
+    q = codes(6, 128, seed=13)
+    d = bne.hamming(q, db)
+    want = np.argsort(d, axis=1, kind="stable")[:, :25]
+    for threads in (0, 2):
+        D, I = bne.knn(db, q, 25, threads=threads)
+        assert np.array_equal(I, want), threads
+        assert np.array_equal(D, np.take_along_axis(d, want, 1))
+    idx = bne.Index(1024)
+    idx.add(db)
+    r = int(np.sort(d, axis=1)[:, 50].min())
+    lims, D, I = idx.range_search(q, r, threads=2)
+    for i, got in enumerate(bne.split_ranges(lims, I)):
+        assert np.array_equal(got, np.flatnonzero(d[i] <= r)[np.argsort(d[i][d[i] <= r], kind="stable")])

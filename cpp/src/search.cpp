@@ -84,7 +84,7 @@ inline bool before(const Hit& a, const Hit& b) noexcept { return a.d != b.d ? a.
 // Bounded max-heap keeping the k best hits (the worst on top, where it is replaced).
 class TopK {
 public:
-    explicit TopK(size_t k) : k_(k) { heap_.reserve(k); }
+    explicit TopK(size_t k) : k_(k) { heap_.reserve(std::min<size_t>(k, 4096)); }  // a huge k grows as it fills
     uint32_t threshold() const noexcept { return heap_.size() < k_ ? UINT32_MAX : heap_.front().d; }
     void push(Hit h) {
         if (heap_.size() < k_) {
@@ -140,6 +140,33 @@ std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads, bool by_q
     }
     return tasks;
 }
+
+// A plan split over positions hands its slices out on demand: each thread takes the next chunk
+// of positions when it is done with one, so a thread the OS does not schedule (a loaded
+// machine, other searches) delays the search by one chunk at most, not by a fixed half.
+class Chunks {
+public:
+    Chunks(const std::vector<Task>& tasks, size_t n, size_t nq, size_t words) : n_(n), nq_(nq) {
+        on_ = tasks.size() > 1 && tasks[0].q0 == 0 && tasks[0].q1 == nq;
+        if (!on_) return;
+        const size_t min_rows = 4 * block_rows(words * 8);
+        size_ = std::max(min_rows, (n + 8 * tasks.size() - 1) / (8 * tasks.size()));
+        count_ = (n + size_ - 1) / size_;
+    }
+    bool on() const noexcept { return on_; }
+    // Calls f(task) for the caller's own task, or for each chunk it claims.
+    template <class F>
+    void each(const Task& own, const std::atomic<bool>& stop, F f) {
+        if (!on_) return f(own);
+        for (size_t c; !stop.load(std::memory_order_relaxed) && (c = next_.fetch_add(1)) < count_;)
+            f(Task{0, nq_, c * size_, std::min(n_, (c + 1) * size_)});
+    }
+
+private:
+    size_t n_, nq_, size_ = 0, count_ = 0;
+    bool on_ = false;
+    std::atomic<size_t> next_{0};
+};
 
 // Runs fn(task_index) for every task: tasks 1.. on new threads, task 0 on the calling thread,
 // which also polls `interrupted` every ~20 ms until all tasks are done.
@@ -418,18 +445,23 @@ void knn_search(const Segments& db, const uint8_t* queries, size_t nq, size_t k,
 
     // heaps[t][q - q0]: task t's top-k for each of its queries; never larger than what the
     // task's positions can return, so a huge k reserves nothing it cannot fill.
+    Chunks chunks(tasks, n, nq, words);
     std::vector<std::vector<TopK>> heaps(tasks.size());
     for (size_t t = 0; t < tasks.size(); ++t)
-        heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(std::min(k, std::max<size_t>(tasks[t].p1 - tasks[t].p0, 1))));
+        heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(std::min(k, std::max<size_t>(n, 1))));
 
     std::atomic<bool> stop{false};
     run_tasks(tasks.size(), opt.interrupted, stop, [&](size_t t) {
         Poller poller(opt.interrupted, stop, t == 0);
         auto& h = heaps[t];
         const size_t q0 = tasks[t].q0;
-        scan(db, queries, tasks[t], kt, opt.filter, poller,
-             [&](size_t q) { return h[q - q0].threshold(); },
-             [&](size_t q, uint32_t d, int64_t pos) { h[q - q0].push({d, pos}); });
+        // Chunk numbers only grow, so one thread still scans its positions in increasing order:
+        // a hit at the worst kept distance never beats the one kept (the tie rule holds).
+        chunks.each(tasks[t], stop, [&](const Task& part) {
+            scan(db, queries, part, kt, opt.filter, poller,
+                 [&](size_t q) { return h[q - q0].threshold(); },
+                 [&](size_t q, uint32_t d, int64_t pos) { h[q - q0].push({d, pos}); });
+        });
     });
 
     std::vector<Hit> merged;
@@ -468,6 +500,7 @@ RangeResult range_search(const Segments& db, const uint8_t* queries, size_t nq, 
         if (before_add > cap || total.load() > cap) throw TooManyResults(cap);
     };
 
+    Chunks chunks(tasks, db.size(), nq, db.code_bytes() / 8);
     std::vector<std::vector<std::vector<Hit>>> found(tasks.size());
     for (size_t t = 0; t < tasks.size(); ++t) found[t].resize(tasks[t].q1 - tasks[t].q0);
     std::atomic<bool> stop{false};
@@ -476,11 +509,13 @@ RangeResult range_search(const Segments& db, const uint8_t* queries, size_t nq, 
         auto& f = found[t];
         const size_t q0 = tasks[t].q0;
         size_t local = 0;
-        scan(db, queries, tasks[t], kt, opt.filter, poller, [&](size_t) { return thr; },
-             [&](size_t q, uint32_t d, int64_t pos) {
-                 f[q - q0].push_back({d, pos});
-                 if (++local == 1024) count(local);
-             });
+        chunks.each(tasks[t], stop, [&](const Task& part) {
+            scan(db, queries, part, kt, opt.filter, poller, [&](size_t) { return thr; },
+                 [&](size_t q, uint32_t d, int64_t pos) {
+                     f[q - q0].push_back({d, pos});
+                     if (++local == 1024) count(local);
+                 });
+        });
         count(local);
     });
     if (total.load() > cap) throw TooManyResults(cap);
