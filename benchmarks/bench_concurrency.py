@@ -88,8 +88,10 @@ def run() -> dict:
                 results[(m, p)].append(qps(codes, queries, p, m))
     info = bne.kernel_info()
     print(f"\n{info['cpu']} ({info['cores']} cores, kernel {info['kernel']}); {N} x {BITS}-bit codes, top-{K}")
-    print("single-query latency, one caller (ms, median): " + ", ".join(
-        f"{m} {statistics.median(v):.2f}" for m, v in lat.items()))
+    print(
+        "single-query latency, one caller (ms, median): "
+        + ", ".join(f"{m} {statistics.median(v):.2f}" for m, v in lat.items())
+    )
     print(f"{'threads':>8s} " + " ".join(f"{m:>10s}" for m in MODES) + f" {'default/best':>13s}")
     table = {}
     for p in (1, 2, 4, 8):

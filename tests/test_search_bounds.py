@@ -102,9 +102,7 @@ def test_issue_range_radius_bits_is_capped_in_a_fresh_process():
     assert "radius=64 over 50 queries found more than 22,369,621 results (max_results=22,369,621" in r["msg"]
     assert "1,073,741,824-byte result limit" in r["msg"]
     assert r["grew_mb"] < 1200, r
-    r = _child(
-        CHILD.format(n=1_000_000, nq=50, call="idx.range_search(q, 64, max_results=1_000_000)")
-    )
+    r = _child(CHILD.format(n=1_000_000, nq=50, call="idx.range_search(q, 64, max_results=1_000_000)"))
     assert "radius=64 over 50 queries found more than 1,000,000 results (max_results=1,000,000)" in r["msg"]
     assert r["grew_mb"] < 200, r
 
