@@ -51,11 +51,11 @@ def test_issue_knn_1000_queries_k_100000_small_index_refused_without_allocating(
     finally:
         tracemalloc.stop()
     msg = str(e.value)
-    assert "k=100000 for 1000 queries" in msg and "1,073,741,824-byte result limit" in msg
+    assert "k=100000 asks for results for 1000 queries" in msg and "1,073,741,824-byte result limit" in msg
     assert "BNE_MAX_RESULT_BYTES" in msg and "holds 1000 codes" in msg and "\n" not in msg
     assert isinstance(e.value, ValueError)
     assert peak < 8 << 20, peak  # the 1.2 GB result was never allocated
-    with pytest.raises(ResultTooLargeError, match="k=100000 for 1000 queries"):
+    with pytest.raises(ResultTooLargeError, match="k=100000 asks for results for 1000 queries"):
         bne.knn(idx.codes(), q, 100_000)
 
 
@@ -67,7 +67,7 @@ def test_knn_under_the_limit_still_pads_past_the_index(monkeypatch):
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", str(3 * 20 * 12))  # exactly the result: allowed
     assert idx.search(codes(3, seed=1), 20)[1].shape == (3, 20)
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", str(3 * 20 * 12 - 1))
-    with pytest.raises(ResultTooLargeError, match="k=20 for 3 queries"):
+    with pytest.raises(ResultTooLargeError, match="k=20 asks for results for 3 queries"):
         idx.search(codes(3, seed=1), 20)
 
 
@@ -109,7 +109,7 @@ def test_issue_range_radius_bits_is_capped_in_a_fresh_process():
 
 def test_issue_knn_k_100000_large_index_refused_in_a_fresh_process():
     r = _child(CHILD.format(n=200_000, nq=1000, call="idx.search(q, 100_000)"))
-    assert "k=100000 for 1000 queries needs 1.12 GiB" in r["msg"]
+    assert "k=100000 asks for results for 1000 queries, which needs 1.12 GiB" in r["msg"]
     assert r["grew_mb"] < 100, r
 
 
@@ -313,7 +313,11 @@ def test_cli_k_and_rescore_past_the_limit_exit_2(tmp_path, monkeypatch, flag):
     # k clamps to the 40 codes: 300 x 40 x 12 = 144,000 bytes; with --rescore, 300 x 40 x 148
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "100000")
     code, out, err = _cli("search", path, "--queries", qfile, *flag)
-    what = "k=40 for 300 queries" if flag[0] == "-k" else "rescore=100000 for 300 queries (40 candidates each)"
+    what = (
+        "k=40 asks for results for 300 queries"
+        if flag[0] == "-k"
+        else "rescore=100000 for 300 queries (40 candidates each)"
+    )
     _one_line(code, err, "bne: error:", what, "100,000-byte result limit")
     assert out == ""
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "200000000")
@@ -333,7 +337,9 @@ def test_cli_issue_2000_queries_k_100000_exit_2(tmp_path):
     qfile = tmp_path / "q.txt"
     qfile.write_text("".join(f"query number {i}\n" for i in range(2000)))
     code, _, err = _cli("search", path, "--queries", qfile, "-k", "100000")
-    _one_line(code, err, "k=100000 for 2000 queries needs 2.24 GiB", "1,073,741,824-byte result limit")
+    _one_line(
+        code, err, "k=100000 asks for results for 2000 queries, which needs 2.24 GiB", "1,073,741,824-byte result limit"
+    )
     code, _, err = _cli("search", path, "--queries", qfile, "--rescore", "100000")
     _one_line(code, err, "rescore=100000 for 2000 queries (100000 candidates each) needs 27.57 GiB")
 

@@ -111,7 +111,7 @@ def _check_result_size(nq: int, k: int, n: int) -> None:
     advice = "search fewer queries at once or use a smaller k"
     if k > n:
         advice += f" (the index holds {n} codes: slots past them are only padding)"
-    check_result_bytes(nq * k * 12, f"k={k} for {nq} queries", advice)
+    check_result_bytes(nq * k * 12, f"k={k} asks for results for {nq} queries, which", advice)
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
