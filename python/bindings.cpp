@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <cstring>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -137,7 +139,8 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 }
 
 py::tuple range(const bne::Segments& db, const py::array& queries, long long radius, int threads,
-                const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+                const std::optional<py::array>& allow, const std::optional<std::string>& isa, long long max_results) {
+    if (max_results < 0) throw py::value_error("max_results must be >= 0, got " + std::to_string(max_results));
     if (radius < 0) throw py::value_error("radius must be >= 0, got " + std::to_string(radius));
     auto q = as_codes(queries, "queries", db.code_bytes());
     auto filter_words = read_filter(allow, db.size());
@@ -145,11 +148,17 @@ py::tuple range(const bne::Segments& db, const py::array& queries, long long rad
     opt.threads = threads;
     opt.kernels = table_for(isa);
     opt.filter.words = allow ? filter_words.data() : nullptr;
+    opt.max_results = static_cast<size_t>(max_results);
     const uint32_t r = radius > static_cast<long long>(UINT32_MAX - 1) ? UINT32_MAX - 1 : static_cast<uint32_t>(radius);
     bne::RangeResult res;
     without_gil(opt, [&] { res = bne::range_search(db, q.data, q.n, r, opt); });
     std::vector<int64_t> lims(res.lims.begin(), res.lims.end());
-    return py::make_tuple(to_numpy(lims), to_numpy(res.distances), to_numpy(res.positions));
+    // Each array is freed once copied, so the peak holds one copy of the hits plus one array.
+    auto L = to_numpy(lims);
+    auto D = to_numpy(res.distances);
+    std::vector<int32_t>().swap(res.distances);
+    auto I = to_numpy(res.positions);
+    return py::make_tuple(L, D, I);
 }
 
 }  // namespace
@@ -165,6 +174,15 @@ PYBIND11_MODULE(_core, m) {
             if (p) std::rethrow_exception(p);
         } catch (const bne::Interrupted& e) {
             PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+        } catch (const bne::TooManyResults& e) {
+            py::object cls = py::module_::import("bne.errors").attr("ResultTooLargeError");
+            PyErr_SetString(cls.ptr(), e.what());
+        } catch (const std::bad_alloc&) {
+            // Python callers check result sizes first; this is the last line, never a bare MemoryError.
+            py::object cls = py::module_::import("bne.errors").attr("ResultTooLargeError");
+            PyErr_SetString(cls.ptr(),
+                            "not enough memory for this search's results (std::bad_alloc); search fewer queries at "
+                            "once, or with a smaller k or radius");
         }
     });
 
@@ -197,6 +215,18 @@ PYBIND11_MODULE(_core, m) {
         },
         "The kernel in use and why, the CPU it was chosen for, and the measured thread-plan model.");
     m.def("get_num_threads", &bne::default_threads, "Threads a search uses when threads=0.");
+    m.def("set_thread_budget", &bne::set_thread_budget, py::arg("enabled"),
+          "Share the cores among concurrent searches (default on; off: every search plans with all cores).");
+    m.def(
+        "thread_budget",
+        [] {
+            py::dict d;
+            d["enabled"] = bne::thread_budget_enabled();
+            d["cores"] = bne::hardware_threads();
+            d["free"] = bne::threads_free();
+            return d;
+        },
+        "The process-wide thread budget: on or off, cores, cores not taken by running searches now.");
     m.def("set_num_threads", &bne::set_default_threads, py::arg("threads"),
           "Default thread count for searches; 0 restores all cores.");
 
@@ -211,11 +241,11 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "range_search",
         [](const py::array& codes, const py::array& queries, long long radius, int threads,
-           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
-            return range(as_codes(codes, "codes", 0), queries, radius, threads, allow, isa);
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa, long long max_results) {
+            return range(as_codes(codes, "codes", 0), queries, radius, threads, allow, isa, max_results);
         },
         py::arg("codes"), py::arg("queries"), py::arg("radius"), py::arg("threads") = 0,
-        py::arg("allow") = py::none(), py::arg("isa") = py::none(),
+        py::arg("allow") = py::none(), py::arg("isa") = py::none(), py::arg("max_results") = LLONG_MAX,
         "Every code within distance <= radius: (lims int64, D int32, I int64).");
     m.def(
         "search_segments",
@@ -231,12 +261,13 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "range_segments",
         [](const py::sequence& segments, const py::array& queries, long long radius, int threads,
-           const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+           const std::optional<py::array>& allow, const std::optional<std::string>& isa, long long max_results) {
             std::vector<py::array> keep;
-            return range(as_segments(segments, query_width(queries), keep), queries, radius, threads, allow, isa);
+            return range(as_segments(segments, query_width(queries), keep), queries, radius, threads, allow, isa,
+                         max_results);
         },
         py::arg("segments"), py::arg("queries"), py::arg("radius"), py::arg("threads") = 0,
-        py::arg("allow") = py::none(), py::arg("isa") = py::none(),
+        py::arg("allow") = py::none(), py::arg("isa") = py::none(), py::arg("max_results") = LLONG_MAX,
         "Range search over the segments of an index in one call: (lims int64, D int32, I int64 positions).");
     m.def(
         "hamming",

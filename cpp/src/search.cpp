@@ -12,6 +12,7 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -28,6 +29,50 @@ namespace bne {
 namespace {
 
 std::atomic<int> g_default_threads{0};
+std::atomic<int> g_budget{-1};  // -1: as BNE_THREAD_BUDGET says (on unless "0"); 0 off; 1 on
+
+std::atomic<int>& free_cores() {
+    static std::atomic<int> f{hardware_threads()};
+    return f;
+}
+
+bool budget_on() {
+    static const bool env = [] {
+        const char* e = std::getenv("BNE_THREAD_BUDGET");
+        return !(e && std::string(e) == "0");
+    }();
+    const int v = g_budget.load(std::memory_order_relaxed);
+    return v < 0 ? env : v != 0;
+}
+
+// Cores taken from the process-wide budget for one search: as many as it wants of those free,
+// at least one (its own calling thread, which runs anyway); given back on destruction.
+class Lease {
+public:
+    explicit Lease(size_t want) {
+        const int w = static_cast<int>(std::min<size_t>(want, INT_MAX));
+        if (!budget_on()) {
+            granted_ = w;
+            return;
+        }
+        auto& f = free_cores();
+        int cur = f.load();
+        do {
+            granted_ = std::max(1, std::min(w, cur));
+        } while (!f.compare_exchange_weak(cur, cur - granted_));
+        counted_ = true;
+    }
+    ~Lease() {
+        if (counted_) free_cores().fetch_add(granted_);
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    size_t granted() const noexcept { return static_cast<size_t>(granted_); }
+
+private:
+    int granted_ = 1;
+    bool counted_ = false;
+};
 
 struct Hit {
     uint32_t d;
@@ -39,7 +84,7 @@ inline bool before(const Hit& a, const Hit& b) noexcept { return a.d != b.d ? a.
 // Bounded max-heap keeping the k best hits (the worst on top, where it is replaced).
 class TopK {
 public:
-    explicit TopK(size_t k) : k_(k) { heap_.reserve(k); }
+    explicit TopK(size_t k) : k_(k) { heap_.reserve(std::min<size_t>(k, 4096)); }  // a huge k grows as it fills
     uint32_t threshold() const noexcept { return heap_.size() < k_ ? UINT32_MAX : heap_.front().d; }
     void push(Hit h) {
         if (heap_.size() < k_) {
@@ -74,9 +119,10 @@ int resolve_threads(int requested) {
 }
 
 // Splits the work into at most `threads` tasks: over the positions when there are enough of
-// them (so a single query uses every core), otherwise over the queries. A thread is only
-// started for a share of work worth several times its cost (thread_plan_model()).
-std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads) {
+// them (so a single query uses every core), otherwise over the queries (also when `by_queries`
+// and there are enough queries). A thread is only started for a share of work worth several
+// times its cost (thread_plan_model()).
+std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads, bool by_queries = false) {
     size_t t = static_cast<size_t>(threads);
     if (t > 1 && n > 0 && nq > 0) {
         const double work = static_cast<double>(n) * static_cast<double>(nq) * static_cast<double>(words);
@@ -86,7 +132,7 @@ std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads) {
     const size_t min_rows = 4 * block_rows(words * 8);  // a slice of positions spans a few blocks
     if (t <= 1 || n == 0 || nq == 0) {
         tasks.push_back({0, nq, 0, n});
-    } else if (n >= t * min_rows || nq < t) {
+    } else if ((n >= t * min_rows && !by_queries) || nq < t) {
         t = std::min(t, n);
         for (size_t i = 0; i < t; ++i) tasks.push_back({0, nq, n * i / t, n * (i + 1) / t});
     } else {
@@ -94,6 +140,33 @@ std::vector<Task> plan(size_t n, size_t nq, size_t words, int threads) {
     }
     return tasks;
 }
+
+// A plan split over positions hands its slices out on demand: each thread takes the next chunk
+// of positions when it is done with one, so a thread the OS does not schedule (a loaded
+// machine, other searches) delays the search by one chunk at most, not by a fixed half.
+class Chunks {
+public:
+    Chunks(const std::vector<Task>& tasks, size_t n, size_t nq, size_t words) : n_(n), nq_(nq) {
+        on_ = tasks.size() > 1 && tasks[0].q0 == 0 && tasks[0].q1 == nq;
+        if (!on_) return;
+        const size_t min_rows = 4 * block_rows(words * 8);
+        size_ = std::max(min_rows, (n + 8 * tasks.size() - 1) / (8 * tasks.size()));
+        count_ = (n + size_ - 1) / size_;
+    }
+    bool on() const noexcept { return on_; }
+    // Calls f(task) for the caller's own task, or for each chunk it claims.
+    template <class F>
+    void each(const Task& own, const std::atomic<bool>& stop, F f) {
+        if (!on_) return f(own);
+        for (size_t c; !stop.load(std::memory_order_relaxed) && (c = next_.fetch_add(1)) < count_;)
+            f(Task{0, nq_, c * size_, std::min(n_, (c + 1) * size_)});
+    }
+
+private:
+    size_t n_, nq_, size_ = 0, count_ = 0;
+    bool on_ = false;
+    std::atomic<size_t> next_{0};
+};
 
 // Runs fn(task_index) for every task: tasks 1.. on new threads, task 0 on the calling thread,
 // which also polls `interrupted` every ~20 ms until all tasks are done.
@@ -348,29 +421,47 @@ void set_default_threads(int threads) {
     g_default_threads = std::min(threads, hardware_threads());
 }
 
+void set_thread_budget(bool enabled) { g_budget = enabled ? 1 : 0; }
+bool thread_budget_enabled() { return budget_on(); }
+int threads_free() { return free_cores().load(); }
+
 void knn_search(const Segments& db, const uint8_t* queries, size_t nq, size_t k, int32_t* distances,
                 int64_t* positions, const SearchOptions& opt) {
     check_segments(db);
     if (k < 1) throw InvalidArgument("k must be >= 1, got " + std::to_string(k));
     if (nq > 0 && queries == nullptr) throw InvalidArgument("queries: null pointer");
     const KernelTable& kt = opt.kernels ? *opt.kernels : active_kernels();
-    const size_t n = db.size();
-    const auto tasks = plan(n, nq, db.code_bytes() / 8, resolve_threads(opt.threads));
+    const size_t n = db.size(), words = db.code_bytes() / 8;
+    auto tasks = plan(n, nq, words, resolve_threads(opt.threads));
+    // Split over positions, every task keeps a top-k per query: with a large k that multiplies
+    // the heap memory by the thread count, so many queries with a large k split over queries.
+    const size_t kk = std::min(k, std::max<size_t>(n, 1));
+    if (tasks.size() > 1 && nq >= tasks.size() && tasks[0].q1 - tasks[0].q0 == nq &&
+        nq * kk * sizeof(Hit) > (size_t{64} << 20))
+        tasks = plan(n, nq, words, static_cast<int>(tasks.size()), true);
+    Lease lease(tasks.size());  // concurrent searches share the cores
+    if (lease.granted() < tasks.size())
+        tasks = plan(n, nq, words, static_cast<int>(lease.granted()), tasks[0].q1 - tasks[0].q0 < nq);
 
     // heaps[t][q - q0]: task t's top-k for each of its queries; never larger than what the
     // task's positions can return, so a huge k reserves nothing it cannot fill.
+    Chunks chunks(tasks, n, nq, words);
     std::vector<std::vector<TopK>> heaps(tasks.size());
     for (size_t t = 0; t < tasks.size(); ++t)
-        heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(std::min(k, std::max<size_t>(tasks[t].p1 - tasks[t].p0, 1))));
+        heaps[t].assign(tasks[t].q1 - tasks[t].q0, TopK(std::min(k, std::max<size_t>(n, 1))));
 
     std::atomic<bool> stop{false};
     run_tasks(tasks.size(), opt.interrupted, stop, [&](size_t t) {
         Poller poller(opt.interrupted, stop, t == 0);
         auto& h = heaps[t];
         const size_t q0 = tasks[t].q0;
-        scan(db, queries, tasks[t], kt, opt.filter, poller,
-             [&](size_t q) { return h[q - q0].threshold(); },
-             [&](size_t q, uint32_t d, int64_t pos) { h[q - q0].push({d, pos}); });
+        // Chunk numbers only grow, so one thread still scans its positions in increasing order:
+        // a hit at the worst kept distance never beats the one kept (the tie rule holds).
+        chunks.each(tasks[t], stop, [&](const Task& part) {
+            scan(db, queries, part, kt, opt.filter, poller,
+                 [&](size_t q) { return h[q - q0].threshold(); },
+                 [&](size_t q, uint32_t d, int64_t pos) { h[q - q0].push({d, pos}); });
+        });
     });
 
     std::vector<Hit> merged;
@@ -395,9 +486,21 @@ RangeResult range_search(const Segments& db, const uint8_t* queries, size_t nq, 
     check_segments(db);
     if (nq > 0 && queries == nullptr) throw InvalidArgument("queries: null pointer");
     const KernelTable& kt = opt.kernels ? *opt.kernels : active_kernels();
-    const auto tasks = plan(db.size(), nq, db.code_bytes() / 8, resolve_threads(opt.threads));
+    auto tasks = plan(db.size(), nq, db.code_bytes() / 8, resolve_threads(opt.threads));
+    Lease lease(tasks.size());
+    if (lease.granted() < tasks.size())
+        tasks = plan(db.size(), nq, db.code_bytes() / 8, static_cast<int>(lease.granted()));
     const uint32_t thr = radius == UINT32_MAX ? UINT32_MAX : radius + 1;  // distances never reach 2^32-1
+    // Hits counted across tasks in batches, so the cap costs one atomic add per 1024 hits.
+    const size_t cap = opt.max_results;
+    std::atomic<size_t> total{0};
+    auto count = [&](size_t& local) {
+        const size_t before_add = total.fetch_add(local);
+        local = 0;
+        if (before_add > cap || total.load() > cap) throw TooManyResults(cap);
+    };
 
+    Chunks chunks(tasks, db.size(), nq, db.code_bytes() / 8);
     std::vector<std::vector<std::vector<Hit>>> found(tasks.size());
     for (size_t t = 0; t < tasks.size(); ++t) found[t].resize(tasks[t].q1 - tasks[t].q0);
     std::atomic<bool> stop{false};
@@ -405,12 +508,22 @@ RangeResult range_search(const Segments& db, const uint8_t* queries, size_t nq, 
         Poller poller(opt.interrupted, stop, t == 0);
         auto& f = found[t];
         const size_t q0 = tasks[t].q0;
-        scan(db, queries, tasks[t], kt, opt.filter, poller, [&](size_t) { return thr; },
-             [&](size_t q, uint32_t d, int64_t pos) { f[q - q0].push_back({d, pos}); });
+        size_t local = 0;
+        chunks.each(tasks[t], stop, [&](const Task& part) {
+            scan(db, queries, part, kt, opt.filter, poller, [&](size_t) { return thr; },
+                 [&](size_t q, uint32_t d, int64_t pos) {
+                     f[q - q0].push_back({d, pos});
+                     if (++local == 1024) count(local);
+                 });
+        });
+        count(local);
     });
+    if (total.load() > cap) throw TooManyResults(cap);
 
     RangeResult r;
     r.lims.assign(nq + 1, 0);
+    r.distances.reserve(total.load());  // exactly: no doubling of the largest arrays
+    r.positions.reserve(total.load());
     std::vector<Hit> merged;
     for (size_t q = 0; q < nq; ++q) {
         merged.clear();
@@ -439,7 +552,9 @@ void pairwise_hamming(const CodeView& a, const CodeView& b, int32_t* out, const 
     const KernelTable& kt = opt.kernels ? *opt.kernels : active_kernels();
     const size_t words = a.code_bytes / 8;
     // Rows of `a` play the queries; tasks cover rectangles of the output matrix.
-    const auto tasks = plan(b.n, a.n, words, resolve_threads(opt.threads));
+    auto tasks = plan(b.n, a.n, words, resolve_threads(opt.threads));
+    Lease lease(tasks.size());
+    if (lease.granted() < tasks.size()) tasks = plan(b.n, a.n, words, static_cast<int>(lease.granted()));
     std::atomic<bool> stop{false};
     run_tasks(tasks.size(), opt.interrupted, stop, [&](size_t t) {
         Poller poller(opt.interrupted, stop, t == 0);

@@ -206,6 +206,15 @@ class Collection:
     def __len__(self) -> int:
         return 0 if self.index is None else len(self.index)
 
+    def refresh(self) -> bool:
+        """Follows a writer: maps the commits made since this read-only collection opened (or
+        last refreshed) and returns True; False, quickly, when there is none. The documents are
+        read from the docstore at each search, so they follow by themselves. A writer's own view
+        and a folder of shards need no refresh (False). See :meth:`bne.MappedIndex.refresh`."""
+        if self.writable or not isinstance(self.index, bindex.MappedIndex):
+            return False
+        return self.index.refresh()
+
     def __repr__(self) -> str:
         name = None if self.model is None else self.model.name
         return f"bne.Collection({self.path!r}, model={name!r}, bits={self.bits}, codes={len(self)})"

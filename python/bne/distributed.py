@@ -291,6 +291,7 @@ class ShardedIndex:
         """
         q = check_codes(queries, "queries", self.code_bytes)
         k = check_k(k)
+        bindex._check_result_size(len(q), k, len(self))  # before any shard allocates its (nq, k) part
         futures = [a.search.remote(q, k, base, self.threads) for a, base in zip(self.actors, self.bases, strict=True)]
         if allow_partial:
             parts, missing = self._gather(futures, "search", allow_partial=True)

@@ -36,3 +36,8 @@ class ModelError(ValueError):
 
 class ModelNotFoundError(ModelError):
     """The model an index records is nowhere bne looks (names it, its short hash, and the fix)."""
+
+
+class ResultTooLargeError(ValueError):
+    """A search would return more than the result-size limit (``nq x k``, ``nq x rescore``, or a
+    range search's hit count); the message names the limit and how to raise it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import _core, storage
 from .codes import check_bits, check_codes, check_k, check_threads
-from .errors import IndexFormatError
+from .errors import IndexFormatError, ResultTooLargeError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
@@ -67,17 +68,50 @@ def _lookup_ids(ids: object) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-#: search() results are (nq, k) arrays; padding beyond the stored codes is refused past this size.
-MAX_PADDED_RESULT_BYTES = 1 << 30
+#: The result-size limit of one search call, in bytes: ``nq * k * 12`` for top-k (int32 distance
+#: + int64 id a slot; the call's peak is ~3x that), ``nq * M * (20 + bits/8)`` for rescoring M
+#: candidates, and ``RANGE_BYTES_PER_HIT`` a hit for a range search (its working peak). Past it
+#: the call raises ResultTooLargeError before allocating the result (a range search stops as
+#: soon as it has found too many); BNE_MAX_RESULT_BYTES (or assigning this constant) changes it.
+MAX_RESULT_BYTES = 1 << 30
+#: Kept for code that imported the old name.
+MAX_PADDED_RESULT_BYTES = MAX_RESULT_BYTES
+#: Peak bytes a range-search hit takes while it is collected, sorted and returned (measured:
+#: ~45); the default ``max_results`` is the limit over this (22 million hits for 1 GiB).
+RANGE_BYTES_PER_HIT = 48
+
+
+def max_result_bytes() -> int:
+    """The result-size limit in force: BNE_MAX_RESULT_BYTES if set, else MAX_RESULT_BYTES."""
+    env = os.environ.get("BNE_MAX_RESULT_BYTES", "").strip()
+    if not env:
+        return int(MAX_RESULT_BYTES)
+    try:
+        v = int(env)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise ValueError(f"BNE_MAX_RESULT_BYTES must be a positive number of bytes, got {env[:40]!r}")
+    return v
+
+
+def _limit_text(limit: int) -> str:
+    return f"the {limit:,}-byte result limit (BNE_MAX_RESULT_BYTES / bne.index.MAX_RESULT_BYTES)"
+
+
+def check_result_bytes(nbytes: int, what: str, advice: str) -> None:
+    """ResultTooLargeError when a search would return more than :func:`max_result_bytes`."""
+    limit = max_result_bytes()
+    if nbytes > limit:
+        raise ResultTooLargeError(f"{what} needs {nbytes / 2**30:.2f} GiB, over {_limit_text(limit)}; {advice}")
 
 
 def _check_result_size(nq: int, k: int, n: int) -> None:
-    """A k far above the number of codes would only allocate padding: refuse it by name."""
-    if k > n and nq * k * 12 > MAX_PADDED_RESULT_BYTES:
-        raise ValueError(
-            f"k={k} asks for {nq * k * 12 / 2**30:.1f} GiB of results for {nq} queries, but the index "
-            f"holds {n} codes; use k <= {n} (slots past the stored codes are only padding)"
-        )
+    """(nq, k) int32 distances + int64 ids must fit the result limit; checked before any allocation."""
+    advice = "search fewer queries at once or use a smaller k"
+    if k > n:
+        advice += f" (the index holds {n} codes: slots past them are only padding)"
+    check_result_bytes(nq * k * 12, f"k={k} asks for results for {nq} queries, which", advice)
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -341,7 +375,13 @@ class _SearchMixin:
         return _core.search_segments(self._views(), q, k, threads, bits)
 
     def range_search(
-        self, queries: np.ndarray, radius: int, *, threads: int | None = None, allow: object = None
+        self,
+        queries: np.ndarray,
+        radius: int,
+        *,
+        threads: int | None = None,
+        allow: object = None,
+        max_results: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every live code at distance ``<= radius`` from each query, FAISS-style.
 
@@ -349,15 +389,34 @@ class _SearchMixin:
         ``I[lims[i]:lims[i+1]]`` (ids), sorted by distance then insertion order. (FAISS's
         binary range search keeps distances ``< radius``; bne's radius is inclusive.)
         ``bne.split_ranges(lims, I)`` gives one array per query.
+
+        ``max_results`` caps the hits of all queries together (default: the result limit
+        :func:`max_result_bytes` over ``RANGE_BYTES_PER_HIT``, 22 million for 1 GiB). A search that finds
+        more stops early and raises ResultTooLargeError naming the cap: FAISS grows its result
+        without bound, and a large radius can match every code for every query.
         """
         q = check_codes(queries, "queries", self.code_bytes)
         radius = _check_radius(radius)
         threads = check_threads(threads)
+        by_limit = max_results is None
+        if max_results is None:
+            max_results = max(max_result_bytes() // RANGE_BYTES_PER_HIT, 1)
+        elif isinstance(max_results, bool) or not isinstance(max_results, (int, np.integer)) or max_results < 0:
+            raise ValueError(f"max_results must be an int >= 0, got {max_results!r}")
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
-        lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits)
+        try:
+            lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits, max_results=int(max_results))
+        except ResultTooLargeError as e:
+            if "more than" not in str(e):  # out of memory: the core's own message
+                raise
+            cap = f"max_results={max_results:,}" + (f", from {_limit_text(max_result_bytes())}" if by_limit else "")
+            raise ResultTooLargeError(
+                f"range_search with radius={radius} over {len(q)} queries found more than {max_results:,} "
+                f"results ({cap}); use a smaller radius, fewer queries at once, or a larger max_results"
+            ) from None
         return lims, D, self.ids_at(P)
 
     def _check_mapping(self) -> None:
@@ -463,6 +522,43 @@ class Index(_SearchMixin):
         storage.save_atomic(path, header, [(codes, ids)], self._max_id)
 
 
+class _Snapshot(_SearchMixin):
+    """One state of a MappedIndex: a commit's segments (plus a writer's pending codes), its
+    tombstones and the caches built over them. Every read of the index (search, ids, lookups)
+    goes through the snapshot current when it starts, so a refresh() in another thread, which
+    installs a new snapshot with one assignment, never mixes two commits inside one call. The
+    numpy views keep their mapping alive while a snapshot uses them."""
+
+    def __init__(self, owner: MappedIndex, parts: list[_Part], tomb: np.ndarray, end: int, fd: int) -> None:
+        self._owner, self._p, self._tomb, self._end, self._fd = owner, parts, tomb, end, fd
+        self._ino = os.fstat(fd).st_ino  # which file: a descriptor number can be reused
+        self.bits, self.code_bytes, self.path = owner._header.bits, owner._header.code_bytes, owner.path
+        self._own_fd = -1  # set when a refresh moved the index to a new file: this closes the old one
+        self._changed()
+
+    def _parts(self) -> list[_Part]:
+        return self._p
+
+    def _tombstones(self) -> np.ndarray:
+        return self._tomb
+
+    def _check_mapping(self) -> None:
+        self._owner._check_open()
+        st = os.fstat(self._owner._fd)
+        if self._fd != self._owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
+            return
+        size = st.st_size
+        if size < self._end:
+            raise IndexFormatError(
+                f"{self.path}: the file shrank to {size} bytes while open (it held "
+                f"{self._end}); another program truncated it; reopen it"
+            )
+
+    def __del__(self) -> None:
+        if self._own_fd >= 0:
+            os.close(self._own_fd)
+
+
 class MappedIndex(_SearchMixin):
     """An index file mapped read-only into memory; see :func:`bne.open`.
 
@@ -489,6 +585,7 @@ class MappedIndex(_SearchMixin):
         self.mode = mode
         self._fd = -1
         self._closed = False
+        self._refresh_lock = threading.Lock()
         if mode == "a" and not os.path.lexists(self.path):
             if bits is None:
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
@@ -552,22 +649,118 @@ class MappedIndex(_SearchMixin):
         if storage.repair(self._fd, self._commit, self._problems):
             self._problems = []
 
-    def _check_mapping(self) -> None:
-        self._check_open()
-        size = os.fstat(self._fd).st_size
-        if size < self._commit.end_offset:
-            raise IndexFormatError(
-                f"{self.path}: the file shrank to {size} bytes while open (it held "
-                f"{self._commit.end_offset}); another program truncated it; reopen it"
-            )
+    def refresh(self) -> bool:
+        """Follows a writer: maps the commits made since this object opened (or last refreshed)
+        and returns True, or returns False when there is none (a stat and two small reads).
 
-    def _parts(self) -> list[_Part]:
+        A long-lived reader (a service holding ``bne.open(path)``) calls it before a search, or
+        every few seconds; without it the object keeps searching the commit it mapped. A file
+        replaced by ``compact()`` or ``save()`` is reopened. Searches running in other threads
+        finish on the state they started with; later ones see the new commits. In append mode
+        the object is the writer and always current: False.
+        """
+        self._check_open()
+        if self.mode == "a":
+            return False
+        with self._refresh_lock:
+            st, cur = os.stat(self.path), os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+                if storage.latest_seq(self._fd) == self._commit.seq:
+                    return False
+                self._reload(self._fd)
+                return True
+            fd = storage.open_index_file(self.path, False)
+            try:
+                self._reload(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return True
+
+    def _reload(self, fd: int) -> None:
+        """Maps the newest commit of `fd` (this file, or the file now at the path); on any
+        error the object keeps its state."""
+        old_fd, old_snap = self._fd, self._snap
+        saved = dict(self.__dict__)
+        try:
+            self._fd = fd
+            self._load()
+            if self.bits != saved["_header"].bits:
+                raise IndexFormatError(
+                    f"{self.path}: replaced by an index of {self.bits}-bit codes (this one holds "
+                    f"{saved['_header'].bits}); open it again"
+                )
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+        if fd != old_fd:
+            old_snap._own_fd = old_fd  # closed when the last search of the old file lets go
+
+    def _check_mapping(self) -> None:
+        self._snap._check_mapping()
+
+    def _changed(self) -> None:
+        parts = self._segments
         if len(self._pending_codes):
             pending = _Part(
                 self._commit.count, len(self._pending_codes), self._pending_ids.view(), codes=self._pending_codes.view()
             )
-            return [*self._segments, pending]
-        return self._segments
+            parts = [*self._segments, pending]
+        self._snap = _Snapshot(self, parts, self._tomb, self._commit.end_offset, self._fd)
+
+    def _parts(self) -> list[_Part]:
+        return self._snap._parts()
+
+    # Reads go through one snapshot (see _Snapshot): consistent while refresh() swaps it.
+    @property
+    def npositions(self) -> int:
+        return self._snap.npositions
+
+    def __len__(self) -> int:
+        return len(self._snap)
+
+    def removed_positions(self) -> np.ndarray:
+        return self._snap.removed_positions()
+
+    def ids(self) -> np.ndarray:
+        return self._snap.ids()
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        return self._snap.ids_at(positions)
+
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap._lookup()
+
+    def positions_of(self, ids: np.typing.ArrayLike) -> np.ndarray:
+        return self._snap.positions_of(ids)
+
+    def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._snap.reconstruct(ids)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap.search(queries, k, threads=threads, allow=allow)
+
+    def search_positions(
+        self, queries: np.ndarray, k: int, *, threads: int | None = None, allow: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._snap.search_positions(queries, k, threads=threads, allow=allow)
+
+    def range_search(
+        self,
+        queries: np.ndarray,
+        radius: int,
+        *,
+        threads: int | None = None,
+        allow: object = None,
+        max_results: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._snap.range_search(queries, radius, threads=threads, allow=allow, max_results=max_results)
+
+    search.__doc__ = _SearchMixin.search.__doc__
+    search_positions.__doc__ = _SearchMixin.search_positions.__doc__
+    range_search.__doc__ = _SearchMixin.range_search.__doc__
 
     def _tombstones(self) -> np.ndarray:
         return self._tomb

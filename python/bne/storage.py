@@ -313,6 +313,13 @@ def read_state(path: StrPath, fd: int, file_size: int) -> tuple[Header, Commit, 
     return header, commit, problems
 
 
+def latest_seq(fd: int) -> int | None:
+    """The sequence number of the newest valid commit record (None: no valid one): two small
+    reads, what a reader's refresh() compares with the commit it has mapped."""
+    seqs = [p[0] for p in (_parse_slot(os.pread(fd, COMMIT.size + 4, off)) for off in SLOT_OFFSETS) if p]
+    return max(seqs) if seqs else None
+
+
 def describe_problems(problems: list[SlotProblem], commit: Commit, file_size: int) -> str:
     """One sentence naming every bad slot and what it may mean for the data."""
     parts = []

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bne/kernels.hpp"
@@ -60,6 +62,16 @@ struct SearchOptions {
     std::function<bool()> interrupted;
     PositionFilter filter;
     const KernelTable* kernels = nullptr;  // nullptr: active_kernels()
+    // range_search only: the most hits (all queries together) it may collect; past it the
+    // search stops and throws TooManyResults instead of growing without bound.
+    size_t max_results = SIZE_MAX;
+};
+
+// A range search found more than SearchOptions::max_results hits.
+struct TooManyResults : std::length_error {
+    explicit TooManyResults(size_t cap)
+        : std::length_error("range search found more than " + std::to_string(cap) + " results"), cap(cap) {}
+    size_t cap;
 };
 
 // Writes distances[nq*k] and positions[nq*k]; rows with fewer than k hits are padded with
@@ -94,6 +106,16 @@ int hardware_threads();
 // SearchOptions::threads is 0.
 int default_threads();
 void set_default_threads(int threads);  // 0 restores "all cores"; larger than the core count: clamped
+
+// Process-wide thread budget: hardware_threads() cores shared by every search running at once.
+// A search takes as many of its planned threads as are free (always at least one: its caller)
+// and gives them back when it ends, so concurrent searches share the cores instead of each
+// starting one thread per core. With one search at a time the plan is unchanged.
+// set_thread_budget(false) (or BNE_THREAD_BUDGET=0 in the environment) restores the old
+// behaviour, where every search plans with all cores whatever else runs.
+void set_thread_budget(bool enabled);
+bool thread_budget_enabled();
+int threads_free();  // cores not taken by running searches now (negative: callers beyond the cores)
 
 // The thread plan's cost model, measured once per process on first use: the time to start and
 // join one thread (plus merging its partial results), and the scan time per word of

@@ -161,12 +161,20 @@ def rescore_candidates(
     out_s = np.full((nq, k), -np.inf, dtype=np.float32)
     out_i = np.full((nq, k), -1, dtype=np.int64)
     kk = min(k, m)
+    # The float signs of a block take rows * cols * bits * 4 bytes: keep a block near 64 MiB
+    # whatever M is (M = 100,000 candidates of 1024 bits would be 400 MB for one query).
+    budget = 64 << 20
+    cols = max(1, budget // (4 * bits))
+    chunk = max(1, min(chunk, budget // max(1, 4 * bits * m)))
     for s in range(0, nq, chunk):
         sl = slice(s, s + chunk)
         cid = ids[sl]
-        c = codes[sl] if codes.ndim == 3 else codes[np.clip(cid, 0, None)]
-        signs = unpack(c, bits).astype(np.float32)  # (b, m, bits)
-        sc = np.einsum("qb,qmb->qm", q[sl], signs)
+        sc = np.empty(cid.shape, np.float32)
+        for c0 in range(0, m, cols):
+            cc = cid[:, c0 : c0 + cols]
+            c = codes[sl, c0 : c0 + cols] if codes.ndim == 3 else codes[np.clip(cc, 0, None)]
+            signs = unpack(c, bits).astype(np.float32)  # (b, cols, bits)
+            sc[:, c0 : c0 + cols] = np.einsum("qb,qmb->qm", q[sl], signs)
         sc[cid < 0] = -np.inf
         order = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
         out_s[sl, :kk] = np.take_along_axis(sc, order, 1)
@@ -183,7 +191,17 @@ def search_codes(index, codes: np.ndarray, logits: np.ndarray | None, k: int, *,
         return index.search(codes, k, **kw)
     if logits is None:
         raise ValueError("rescore needs the query logits")
-    _, cand = index.search(codes, max(int(rescore), int(k)), **kw)
+    from ..index import check_result_bytes
+
+    # More candidates than codes would only be padding; then the candidates' ids, codes and
+    # distances must fit the result limit before anything is allocated.
+    m = min(max(int(rescore), int(k)), max(len(index), 1))
+    check_result_bytes(
+        len(codes) * m * (20 + codes.shape[1]),
+        f"rescore={int(rescore)} for {len(codes)} queries ({m} candidates each)",
+        "rescore fewer candidates or search fewer queries at once",
+    )
+    _, cand = index.search(codes, m, **kw)
     # Codes looked up by id: right for custom ids and file-backed indexes, and copies only m per query.
     return rescore_candidates(logits, index.reconstruct(cand), cand, k)
 
