@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..encoder.base import threads_option
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import OBJECTIVES, TrainConfig
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
@@ -296,10 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = out.with_name(out.name + ".ckpt.pt")
-    resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    resume = load_checkpoint(args.resume) if args.resume else None  # typed: never unpickles code
 
     def save_ckpt(state):
-        torch.save(state, ckpt_path)
+        save_checkpoint(state, ckpt_path)
         log(f"checkpoint -> {ckpt_path}")
 
     record = _record(cfg, args, argv, rows, scored, extra_texts)

