@@ -127,3 +127,93 @@ def test_no_unsafe_unpickling_left_in_bne():
         for i, line in enumerate(text.splitlines()):
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{f}:{i + 1}"
+
+
+# ------------------------------------------------------------------ item 3: FIFOs are never read
+def _returns_within(fn, seconds: float, fifos=()):
+    """fn()'s result or exception, or a failure when it blocks longer than ``seconds`` (then the
+    FIFOs get a writer so the blocked reader, and this test run, can go on)."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        t.join(5)
+        pytest.fail(f"{fn} blocked on a FIFO for more than {seconds} s")
+    return box
+
+
+def _fifo_folder(tmp_path: Path, name: str, weights: str) -> tuple[Path, Path]:
+    d = tmp_path / name
+    d.mkdir()
+    os.mkfifo(d / weights)
+    return d, d / weights
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "weights.safetensors", "model.pt", "x.pt"])
+def test_fifo_weights_in_a_model_folder_are_refused_not_read(tmp_path, weights):
+    from bne import models
+    from bne.errors import ModelError
+
+    d, fifo = _fifo_folder(tmp_path, "m", weights)
+    # bne build --model DIR / bne models add DIR: both identify the folder first
+    box = _returns_within(lambda: models.identify(d, remember=False), 10, [fifo])
+    assert isinstance(box.get("error"), ModelError), box
+    assert str(fifo) in str(box["error"]) and "not a regular file" in str(box["error"])
+    # bne search: a folder under the model's name beside the index is a candidate, skipped
+    ref = models.ModelRef("m", "ab" * 32, "embedder", 1024)
+    box = _returns_within(lambda: models.resolve(ref, search_dirs=[tmp_path]), 10, [fifo])
+    assert isinstance(box.get("error"), models.ModelNotFoundError), box
+    # a FIFO given as the model itself, and hashed directly
+    box = _returns_within(lambda: models.identify(fifo, remember=False), 10, [fifo])
+    assert isinstance(box.get("error"), ModelError) and "not a regular file" in str(box["error"]), box
+    from bne.encoder.base import file_sha256
+
+    box = _returns_within(lambda: file_sha256(fifo), 10, [fifo])
+    assert isinstance(box.get("error"), OSError) and "not a regular file" in str(box["error"]), box
+
+
+@needs_torch
+def test_fifo_weights_are_refused_by_the_torch_loaders(tmp_path):
+    from bne.encoder.model import BinaryEmbedder, load_weights
+
+    d, fifo = _fifo_folder(tmp_path, "m", "model.safetensors")
+    box = _returns_within(lambda: BinaryEmbedder.from_pretrained(d), 10, [fifo])
+    assert isinstance(box.get("error"), ValueError) and "not a regular file" in str(box["error"]), box
+    for name in ("w.pt", "w.safetensors"):
+        os.mkfifo(tmp_path / name)
+        box = _returns_within(lambda n=name: load_weights(tmp_path / n), 10, [tmp_path / name])
+        assert isinstance(box.get("error"), OSError) and "not a regular file" in str(box["error"]), box
+
+
+def test_fifo_model_folder_on_the_command_line_is_one_line_no_hang(tmp_path):
+    d, fifo = _fifo_folder(tmp_path, "m", "model.safetensors")
+    docs = tmp_path / "docs.txt"
+    docs.write_text("one document\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for args in (["models", "add", str(d)], ["build", str(docs), "-o", str(tmp_path / "x.bne"), "--model", str(d)]):
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "bne.cli", *args], capture_output=True, text=True, timeout=120, env=env
+            )
+        except subprocess.TimeoutExpired:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"bne {args[0]} hung on a FIFO")
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert lines[0].startswith("bne: error: ") and "not a regular file" in lines[0], lines
+    assert not (tmp_path / "x.bne").exists()
