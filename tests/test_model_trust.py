@@ -5,6 +5,7 @@ they were the recorded ones."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -217,3 +218,55 @@ def test_fifo_model_folder_on_the_command_line_is_one_line_no_hang(tmp_path):
         assert out.returncode == 2 and len(lines) == 1, out.stderr
         assert lines[0].startswith("bne: error: ") and "not a regular file" in lines[0], lines
     assert not (tmp_path / "x.bne").exists()
+
+
+# ------------------------------------------- item 4a: same size, same mtime, other weights
+def _swap_keeping_size_and_mtime(path: Path, other: Path) -> None:
+    """What ``cp -p other path`` does: the content is rewritten in place, then the old times are set back."""
+    st = path.stat()
+    assert other.stat().st_size == st.st_size
+    with open(other, "rb") as src, open(path, "r+b") as dst:
+        dst.write(src.read())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_file_sha256_is_not_fooled_by_a_same_size_same_mtime_swap(tmp_path):
+    from bne.encoder.base import file_sha256
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"\x01" * 4096)
+    b.write_bytes(b"\x02" * 4096)
+    first = file_sha256(a)
+    assert file_sha256(a) == first  # memoised
+    _swap_keeping_size_and_mtime(a, b)
+    assert file_sha256(a) == file_sha256(b, memo=False) != first
+
+
+@needs_torch
+def test_swapped_model_file_is_refused_not_used(tmp_path, monkeypatch):
+    """An index built with model A; A's file then holds other weights of the same size and mtime:
+    search must refuse it (before: the document's own text came back at distance ~500, exit 0)."""
+    from test_models import DOCS, TINY_BERT, bne, make_embedder, one_line_error, top_hits
+
+    from bne import models
+    from bne.encoder.model import save_safetensors
+
+    cache = tmp_path / "cache"
+    mdir = tmp_path / "models"
+    mdir.mkdir()
+    conf = {"bits": 1024, "binary_dim": 1024, "backbone": dict(TINY_BERT), "normalize": False, "max_length": 64}
+    for name, seed in (("m", 2), ("other", 3)):
+        sd = {k: v.contiguous() for k, v in make_embedder(seed, TINY_BERT).state_dict().items()}
+        save_safetensors(sd, mdir / f"{name}.safetensors")
+        (mdir / f"{name}.json").write_text(json.dumps(conf))
+    model = mdir / "m.safetensors"
+    (tmp_path / "docs.txt").write_text("\n".join(DOCS) + "\n")
+    index = tmp_path / "docs.bne"
+    bne(cache, "build", tmp_path / "docs.txt", "-o", index, "--model", model, "-q", check=True)
+    assert all(d == 0 for _, d in top_hits(cache, index, DOCS[:2]))
+    _swap_keeping_size_and_mtime(model, mdir / "other.safetensors")
+    one_line_error(bne(cache, "search", index, DOCS[1]), "'m'", "is not found")
+    monkeypatch.setenv("BNE_CACHE_DIR", str(cache))
+    assert models.identify(model, remember=False).sha256 == models.identify(mdir / "other.safetensors").sha256
