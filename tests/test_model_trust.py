@@ -5,6 +5,7 @@ they were the recorded ones."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -149,10 +150,8 @@ def _returns_within(fn, seconds: float, fifos=()):
     t.join(seconds)
     if t.is_alive():
         for f in fifos:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
         t.join(5)
         pytest.fail(f"{fn} blocked on a FIFO for more than {seconds} s")
     return box
@@ -248,10 +247,9 @@ def test_file_sha256_is_not_fooled_by_a_same_size_same_mtime_swap(tmp_path):
 def test_swapped_model_file_is_refused_not_used(tmp_path, monkeypatch):
     """An index built with model A; A's file then holds other weights of the same size and mtime:
     search must refuse it (before: the document's own text came back at distance ~500, exit 0)."""
-    from test_models import DOCS, TINY_BERT, bne, make_embedder, one_line_error, top_hits
-
     from bne import models
     from bne.encoder.model import save_safetensors
+    from test_models import DOCS, TINY_BERT, bne, make_embedder, one_line_error, top_hits
 
     cache = tmp_path / "cache"
     mdir = tmp_path / "models"
@@ -270,3 +268,56 @@ def test_swapped_model_file_is_refused_not_used(tmp_path, monkeypatch):
     one_line_error(bne(cache, "search", index, DOCS[1]), "'m'", "is not found")
     monkeypatch.setenv("BNE_CACHE_DIR", str(cache))
     assert models.identify(model, remember=False).sha256 == models.identify(mdir / "other.safetensors").sha256
+
+
+# ------------------------------------------------------- item 4b: the cached ONNX graph is checked
+def test_ensure_cached_checks_the_recorded_sha256(tmp_path, capsys):
+    from bne.encoder.runtime import ensure_cached
+
+    made = []
+
+    def export(tmp: Path) -> None:
+        made.append(tmp)
+        tmp.write_bytes(b"graph " * 1000)
+
+    path = tmp_path / "cache" / "g.onnx"
+    assert ensure_cached(path, export, label="g") == path and len(made) == 1
+    assert (tmp_path / "cache" / "g.onnx.sha256").is_file()
+    assert ensure_cached(path, export, label="g") == path and len(made) == 1  # intact: used as is
+    data = bytearray(path.read_bytes())
+    data[100:108] = b"GRAPH!!!"  # damaged in place, same size
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert ensure_cached(path, export, label="g") == path and len(made) == 2  # exported again
+    assert path.read_bytes() == b"graph " * 1000
+    assert "does not match its recorded sha256" in capsys.readouterr().err
+    (tmp_path / "cache" / "g.onnx.sha256").unlink()  # no record (a cache from an older bne): not trusted
+    ensure_cached(path, export, label="g", quiet=True)
+    assert len(made) == 3 and path.read_bytes() == b"graph " * 1000
+
+
+@needs_torch
+def test_flipped_bits_in_the_cached_graph_never_change_codes(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from bne import models
+    from test_models import DOCS, TINY_BERT, make_embedder
+
+    monkeypatch.setenv("BNE_CACHE_DIR", str(tmp_path / "cache"))
+    model = make_embedder(5, TINY_BERT)
+    folder = model.save_pretrained(tmp_path / "emb")
+    ref = models.identify(folder)
+    good = models.load(ref, backend="onnx").encode(DOCS)
+    graph = models.onnx_path(ref)
+    data = bytearray(graph.read_bytes())
+    emb = model.state_dict()["encoder.embeddings.word_embeddings.weight"].numpy().tobytes()
+    at = data.find(emb[:256])  # the word-embedding weights, as stored in the graph
+    assert at > 0 and data[at : at + len(emb)] == emb
+    for i in range(at + 3, at + len(emb), 4):  # a low exponent bit of every float32 (little endian)
+        data[i] ^= 0x01
+    with open(graph, "r+b") as f:  # in place: same size, the graph still loads
+        f.write(data)
+    assert graph.stat().st_size == len(data)
+    capsys.readouterr()
+    codes = models.load(ref, backend="onnx").encode(DOCS)
+    assert np.array_equal(codes, good)  # the graph was exported again, not used as found
+    assert "does not match its recorded sha256" in capsys.readouterr().err
