@@ -94,12 +94,9 @@ def ensure_cached(path: Path, export: Callable[[Path], Any], *, label: str, quie
         if path.is_file():
             if _cache_ok(path):  # another process exported it while we waited
                 return path
-            if not quiet:
-                print(
-                    f"bne: cached model {path} does not match its recorded sha256; exporting it again",
-                    file=sys.stderr,
-                )
-            _discard(path)
+            if not quiet:  # kept until the new export replaces it, but never used
+                why = "does not match its recorded sha256" if _sha_file(path).exists() else "has no recorded sha256"
+                print(f"bne: cached model {path} {why}; exporting it again", file=sys.stderr)
         if not quiet:
             print(f"bne: exporting {label} to ONNX once (cached in {path.parent})", file=sys.stderr)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
