@@ -36,6 +36,8 @@ from .encoder.base import (
     cache_dir,
     file_sha256,
     head_path,
+    is_regular,
+    open_regular,
     read_head_config,
 )
 from .encoder.runtime import OnnxEncoder, _locked  # numpy-only imports; onnxruntime loads on first use
@@ -124,14 +126,21 @@ class ModelRef:
 def _model_files(path: Path) -> tuple[Path, Path | None]:
     """(weights, config or None) of a model file or folder; ModelError when it holds no weights."""
     if path.is_dir():
-        weights = next((path / n for n in FOLDER_WEIGHTS if (path / n).is_file()), None)
+        weights = next((path / n for n in FOLDER_WEIGHTS if is_regular(path / n)), None)
         if weights is None:
             cands = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.bin"))
             if not cands:
                 raise ModelError(
                     f"{path} is a folder without model weights (model.safetensors, pytorch_model.bin, *.pt)"
                 )
-            weights = cands[0]
+            # a FIFO or device named like weights would block the hash forever: never opened
+            regular = [c for c in cands if is_regular(c)]
+            if not regular:
+                raise ModelError(f"{cands[0]} is not a regular file (a FIFO, socket or device is not model weights)")
+            weights = regular[0]
+        odd = next((path / n for n in (*FOLDER_WEIGHTS, "config.json") if _odd(path / n)), None)
+        if odd is not None:
+            raise ModelError(f"{odd} is not a regular file (a FIFO, socket or device is not model weights)")
         cfg = path / "config.json"
         return weights, cfg if cfg.is_file() else None
     if path.is_file():
@@ -140,8 +149,13 @@ def _model_files(path: Path) -> tuple[Path, Path | None]:
         cfg = path.with_suffix(".json")  # the config `bne train` writes next to its weights
         return path, cfg if cfg.is_file() else None
     if path.exists():
-        raise ModelError(f"{path} is not a file or folder")
+        raise ModelError(f"{path} is not a regular file or folder (a FIFO, socket or device is not a model)")
     raise ModelError(f"model not found: {path}")
+
+
+def _odd(p: Path) -> bool:
+    """``p`` exists but is neither a regular file nor a folder (after symlinks)."""
+    return p.exists() and not p.is_file() and not p.is_dir()
 
 
 def _content_sha(weights: Path, config: Path | None) -> str:
@@ -168,8 +182,8 @@ def _sha_of(path: Path) -> str | None:
 def _sniff(path: Path) -> str:
     """'safetensors' or 'torch' by the first bytes; ModelError for anything else."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO is refused, never read (a read would block)
+            size = os.fstat(f.fileno()).st_size
             head = f.read(16)
     except OSError as e:
         raise ModelError(f"cannot read {path}: {e.strerror or e}") from None

@@ -4,9 +4,11 @@ the cache folder, and asymmetric rescoring. Importing this module needs only num
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,23 +99,51 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def open_regular(path: str | os.PathLike):
+    """``open(path, "rb")`` for a regular file only (after symlinks): a FIFO, socket or device is
+    refused with OSError naming it, before a read could block forever. Opened non-blocking and checked
+    with fstat, so a file swapped for a FIFO between a check and the open cannot hang either."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (after symlinks) is a regular file: never a FIFO or device to block on."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
-    """sha256 of a file's content. With ``memo``, remembered in the cache folder under the file's
-    (real path, size, mtime), so the 90 MB backbone is hashed once per install, not on every start."""
+    """sha256 of a file's content (a regular file: OSError for anything else, never a blocking read).
+
+    With ``memo``, remembered in the cache folder, so the 90 MB backbone is hashed once per install,
+    not on every start. The memo is keyed by the file's real path, device, inode, size, mtime *and*
+    ctime: ``cp -p``, ``rsync -t`` or ``tar`` can give other weights the old size and mtime, but any
+    write or rename sets the ctime (and a rename brings another inode), and no tool sets it back."""
     path = Path(path).resolve()
-    st = path.stat()
-    memo_file = None
-    if memo:
-        key = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
-        memo_file = cache_dir() / "sha256" / key
-        try:
-            v = memo_file.read_text().strip()
-            if len(v) == 64:
-                return v
-        except OSError:
-            pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        st = os.fstat(f.fileno())
+        memo_file = None
+        if memo:
+            key = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+            memo_file = cache_dir() / "sha256" / hashlib.sha1(key.encode()).hexdigest()
+            try:
+                v = memo_file.read_text().strip()
+                if len(v) == 64:
+                    return v
+            except OSError:
+                pass
+        h = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     digest = h.hexdigest()

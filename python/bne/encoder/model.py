@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import length_batches, minilm_dir  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
+from .base import is_regular, length_batches, minilm_dir, open_regular  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
 
 #: prajjwal1/bert-mini, the seed model's backbone, as a config (no download).
 BERT_MINI_CONFIG: dict[str, Any] = {
@@ -293,12 +293,15 @@ class BinaryEmbedder(nn.Module):
 
     @classmethod
     def _from_folder(cls, folder: Path, binary_dim: int | None, normalize: bool | None) -> BinaryEmbedder:
-        weights = next((folder / n for n in _WEIGHT_NAMES if (folder / n).is_file()), None)
+        weights = next((folder / n for n in _WEIGHT_NAMES if is_regular(folder / n)), None)
         if weights is None:
             cands = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.bin"))
             if not cands:
                 raise FileNotFoundError(f"no weights (model.safetensors / pytorch_model.bin / *.pt) in {folder}")
-            weights = cands[0]
+            regular = [c for c in cands if is_regular(c)]  # a FIFO would block the read forever
+            if not regular:
+                raise ValueError(f"{cands[0]} is not a regular file (a FIFO, socket or device is not model weights)")
+            weights = regular[0]
         cfg = None
         if (folder / "config.json").is_file():
             cfg = json.loads((folder / "config.json").read_text())
@@ -371,8 +374,10 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(p))
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with open_regular(p):  # refuses a FIFO / device before safetensors blocks on it
+            return load_file(str(p))
+    with open_regular(p) as f:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], dict):

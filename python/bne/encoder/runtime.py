@@ -76,8 +76,13 @@ def ensure_onnx(head: str | os.PathLike, *, quiet: bool = False) -> Path:
 
 def ensure_cached(path: Path, export: Callable[[Path], Any], *, label: str, quiet: bool = False) -> Path:
     """``path`` in the cache, made by ``export(tmp)`` first if missing: under a file lock, landing by
-    atomic rename, so concurrent first runs export once and never see a partial file."""
-    if path.is_file():
+    atomic rename, so concurrent first runs export once and never see a partial file.
+
+    The sha256 of what was exported is recorded beside it (``<path>.sha256``) and checked before
+    each use (the hash itself is memoised by :func:`file_sha256` under the file's inode and ctime, so
+    only a changed file is read again): a graph damaged or replaced outside bne would change every
+    code without an error, so it is exported again instead, with one note."""
+    if path.is_file() and _cache_ok(path):
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,18 +91,50 @@ def ensure_cached(path: Path, export: Callable[[Path], Any], *, label: str, quie
             f"cannot create the model cache {path.parent} ({e.strerror}); set BNE_CACHE_DIR to a writable folder"
         ) from None
     with _locked(path.with_name(path.name + ".lock")):
-        if path.is_file():  # another process exported it while we waited
-            return path
+        if path.is_file():
+            if _cache_ok(path):  # another process exported it while we waited
+                return path
+            if not quiet:  # kept until the new export replaces it, but never used
+                why = "does not match its recorded sha256" if _sha_file(path).exists() else "has no recorded sha256"
+                print(f"bne: cached model {path} {why}; exporting it again", file=sys.stderr)
         if not quiet:
             print(f"bne: exporting {label} to ONNX once (cached in {path.parent})", file=sys.stderr)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             export(tmp)
+            _record_sha(tmp, path)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     return path
+
+
+def _sha_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _record_sha(tmp: Path, final: Path) -> None:
+    """Writes the sha256 of ``tmp`` (about to be renamed to ``final``) to ``final``'s .sha256 file."""
+    from .base import atomic_write_text
+
+    atomic_write_text(_sha_file(final), file_sha256(tmp, memo=False) + "\n")
+
+
+def _cache_ok(path: Path) -> bool:
+    """Whether the cached ``path`` holds exactly what was exported (its recorded sha256). A file
+    without a record (written before records, or a crash between the two renames) does not pass."""
+    try:
+        want = _sha_file(path).read_text(encoding="ascii").strip()
+        return len(want) == 64 and file_sha256(path) == want
+    except (OSError, ValueError):
+        return False
+
+
+def _discard(path: Path) -> None:
+    for f in (path, _sha_file(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f)
 
 
 def bert_wordpiece(vocab_file: str | os.PathLike, max_length: int):
@@ -496,7 +533,7 @@ def int8_path(onnx: Path, texts: Sequence[str] | None = None) -> Path:
 def int8_ready(head: str | os.PathLike) -> bool:
     """The int8 model of ``head`` is already in the cache (no quantisation to wait for)."""
     p = int8_path(onnx_path(head))
-    return p.is_file() and p.with_suffix(".bin").is_file()
+    return p.is_file() and p.with_suffix(".bin").is_file() and _cache_ok(p) and _cache_ok(p.with_suffix(".bin"))
 
 
 def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
@@ -506,11 +543,20 @@ def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
     rules. ValueError when NNCF is needed and missing."""
     texts = calibration_texts()
     path = int8_path(onnx, texts)
-    if path.is_file() and path.with_suffix(".bin").is_file():
+    weights = path.with_suffix(".bin")
+    if path.is_file() and weights.is_file() and _cache_ok(path) and _cache_ok(weights):
         return path
     with _locked(path.with_name(path.name + ".lock")):
-        if path.is_file() and path.with_suffix(".bin").is_file():
-            return path
+        if path.is_file() and weights.is_file():
+            if _cache_ok(path) and _cache_ok(weights):
+                return path
+            if not quiet:
+                print(
+                    f"bne: cached int8 model {path} does not match its recorded sha256; quantising it again",
+                    file=sys.stderr,
+                )
+            _discard(path)
+            _discard(weights)
         if not _have("nncf"):
             raise ValueError("precision int8 needs NNCF once, to quantise the model: pip install nncf")
         if len(texts) < 8:  # pragma: no cover - a Python without its library sources
@@ -520,6 +566,8 @@ def ensure_int8(onnx: Path, *, quiet: bool = False) -> Path:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xml")
         try:
             _quantize(onnx, tmp, texts)
+            _record_sha(tmp.with_suffix(".bin"), weights)
+            _record_sha(tmp, path)
             os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
             os.replace(tmp, path)  # the .xml last: it is what readers look for
         finally:

@@ -97,15 +97,25 @@ def _checkpoint(module: nn.Module, opt, sched, step: int, g: torch.Generator, pe
 
 
 def _restore(state: dict[str, Any], module: nn.Module, opt, sched, g: torch.Generator) -> tuple[int, torch.Tensor]:
-    """Loads a :func:`_checkpoint` state; returns (step, permutation of the current epoch)."""
+    """Loads a :func:`_checkpoint` state; returns (step, permutation of the current epoch).
+    ValueError (one line) when the state is of another model or data set than this run's."""
     # "head" / "model": the keys of checkpoints written before the two loops shared one format
-    module.load_state_dict(state.get("module") or state.get("head") or state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    g.set_state(state["generator"])
-    if "torch_rng" in state:
-        torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), state["perm"]
+    sd = state.get("module") or state.get("head") or state["model"]
+    mine = module.state_dict()
+    if set(sd) != set(mine) or any(tuple(sd[k].shape) != tuple(mine[k].shape) for k in mine):
+        raise ValueError("the --resume checkpoint is of another model (other weights or shapes than this run's)")
+    perm = state["perm"]
+    try:
+        module.load_state_dict(sd)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["generator"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ValueError(f"the --resume checkpoint does not fit this run ({line[:200]})") from None
+    return int(state["step"]), perm
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +136,11 @@ def _loop(cfg: TrainConfig, n_rows: int, module: nn.Module, groups, g, step_loss
     perm = torch.randperm(n_rows, generator=g) if resume is None else None
     if resume is not None:
         step, perm = _restore(resume, module, opt, sched, g)
+        if len(perm) != n_rows or step > total:
+            raise ValueError(
+                f"the --resume checkpoint is of a run over {len(perm)} training rows at step {step}; "
+                f"this run has {n_rows} rows and {total} steps (same data and flags are needed)"
+            )
     assert perm is not None and cfg.batch_size is not None
     t0 = time.time()
     run = 0.0

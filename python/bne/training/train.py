@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..encoder.base import threads_option
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import OBJECTIVES, TrainConfig
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
@@ -305,10 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = out.with_name(out.name + ".ckpt.pt")
-    resume = torch.load(args.resume, map_location="cpu", weights_only=False) if args.resume else None
+    resume = load_checkpoint(args.resume) if args.resume else None  # typed: never unpickles code
 
     def save_ckpt(state):
-        torch.save(state, ckpt_path)
+        save_checkpoint(state, ckpt_path)
         log(f"checkpoint -> {ckpt_path}")
 
     record = _record(cfg, args, argv, rows, scored, extra_texts)
