@@ -13,8 +13,9 @@
 //                           transposed so that one vector holds the same word of every code;
 //                           each query word is broadcast against it, the accumulator lanes are
 //                           the group's distances, compared with the bounds in registers.
-//   scan_below_buffered<Ops>    the fused scan for ISAs without cheap 64-bit popcounts:
-//                           hamming_block into an L1 slice, then a vector compare.
+//   scan_below_rows<Ops>    the fused scan for ISAs whose popcount counts bytes (AVX2): one
+//                           code at a time against 4 queries, the 4 distances in one vector
+//                           compared with the 4 bounds at once.
 // The serial kernel (kernels_serial.cpp) stays a plain loop: it is the oracle.
 #pragma once
 #include <cstddef>
@@ -245,36 +246,82 @@ size_t scan_below_transposed(const uint8_t* queries, size_t nq, const uint8_t* c
     }
 }
 
-// ---- fused scan through an L1 buffer -------------------------------------------------------
+// ---- fused scan, one code at a time against up to 4 queries ---------------------------------
 //
-// Distances of a slice of codes go to a small buffer that stays in L1 (block_hamming), then a
-// vector compare against each query's bound picks the few pairs that are reported. Ops: the
-// block_hamming ops plus kScanQueries and below8(const uint32_t* d, uint32_t bound) (bit j:
-// d[j] < bound, for 8 distances).
-template <class Ops, size_t kSlice>
-size_t scan_below_buffered(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
-                           const uint32_t* thr, ScanHit* hits) noexcept {
-    alignas(32) uint32_t buf[Ops::kScanQueries * kSlice];
+// For a popcount that only counts bytes (AVX2's nibble lookup): each code chunk is loaded once
+// and XORed with the same chunk of 4 queries (loads from L1); the 4 sums reduce to one vector
+// whose lane a is the distance of query a, compared with the 4 bounds at once. Ops: the
+// block_hamming ops plus sum4(const V* v) (lane a: the 64-bit sum of v[a]), bounds4(thr, q)
+// (lanes a < q: thr[a]; the rest 0, so they never report) and below4(sums, bounds) (bit a:
+// lane a of sums < lane a of bounds).
+
+template <class Ops, size_t Q, size_t C>
+size_t rows_scan_q(const uint8_t* q, size_t a0, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+                   ScanHit* hits) noexcept {
+    using V = typename Ops::V;
+    const size_t stride = C ? C * 32 : words * 8;
+    const size_t chunks = C ? C : words / 4;
+    const V bound = Ops::bounds4(thr, Q);
     size_t m = 0;
-    for (size_t i0 = 0; i0 < n; i0 += kSlice) {
-        const size_t cnt = n - i0 < kSlice ? n - i0 : kSlice;
-        block_hamming<Ops>(queries, nq, codes + i0 * words * 8, cnt, words, buf);
-        for (size_t a = 0; a < nq; ++a) {
-            const uint32_t* d = buf + a * cnt;
-            size_t i = 0;
-            for (; i + 8 <= cnt; i += 8) {
-                unsigned keep = Ops::below8(d + i, thr[a]);
-                while (keep) {  // rare once a top-k bound has settled
-                    const unsigned j = static_cast<unsigned>(__builtin_ctz(keep));
-                    hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i0 + i + j), d[i + j]};
-                    keep &= keep - 1;
-                }
+    for (size_t i = 0; i < n; ++i) {
+        const uint8_t* c = codes + i * stride;
+        V cnt[4], tot[4];
+#pragma GCC unroll 4
+        for (size_t a = 0; a < 4; ++a) cnt[a] = tot[a] = Ops::zero();
+#pragma GCC unroll 8
+        for (size_t w = 0; w < chunks; ++w) {
+            const V cw = Ops::load(c + 32 * w);
+#pragma GCC unroll 4
+            for (size_t a = 0; a < Q; ++a) cnt[a] = Ops::add_popcount_xor(cnt[a], cw, Ops::load(q + a * stride + 32 * w));
+            if constexpr (Ops::kFlush != 0)
+                if (w % Ops::kFlush == Ops::kFlush - 1)
+                    for (size_t a = 0; a < Q; ++a) tot[a] = Ops::add64(tot[a], Ops::widen(cnt[a])), cnt[a] = Ops::zero();
+        }
+        if (C == 0 && words % 4) {
+            const size_t off = 32 * chunks, nw = words % 4;
+            const V cw = Ops::load_first(c + off, nw);
+            for (size_t a = 0; a < Q; ++a)
+                cnt[a] = Ops::add_popcount_xor(cnt[a], cw, Ops::load_first(q + a * stride + off, nw));
+        }
+        for (size_t a = 0; a < Q; ++a) tot[a] = Ops::add64(tot[a], Ops::widen(cnt[a]));
+        const V d = Ops::sum4(tot);
+        if (const unsigned keep = Ops::below4(d, bound)) [[unlikely]] {
+            alignas(32) uint64_t dd[4];
+            Ops::store(dd, d);
+            for (unsigned k = keep; k; k &= k - 1) {
+                const unsigned a = static_cast<unsigned>(__builtin_ctz(k));
+                hits[m++] = {static_cast<uint32_t>(a0 + a), static_cast<uint32_t>(i), static_cast<uint32_t>(dd[a])};
             }
-            for (; i < cnt; ++i)
-                if (d[i] < thr[a]) hits[m++] = {static_cast<uint32_t>(a), static_cast<uint32_t>(i0 + i), d[i]};
         }
     }
     return m;
+}
+
+// Passes of 4 queries over the block (which the caller keeps small enough for L1).
+template <class Ops, size_t C>
+size_t rows_scan(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
+                 ScanHit* hits) noexcept {
+    const size_t stride = words * 8;
+    size_t m = 0, a = 0;
+    for (; a + 4 <= nq; a += 4) m += rows_scan_q<Ops, 4, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m);
+    switch (nq - a) {
+        case 3: m += rows_scan_q<Ops, 3, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m); break;
+        case 2: m += rows_scan_q<Ops, 2, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m); break;
+        case 1: m += rows_scan_q<Ops, 1, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m); break;
+        default: break;
+    }
+    return m;
+}
+
+template <class Ops>
+size_t scan_below_rows(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t n, size_t words,
+                       const uint32_t* thr, ScanHit* hits) noexcept {
+    switch (words) {
+        case 16: return rows_scan<Ops, 4>(queries, nq, codes, n, words, thr, hits);  // 1024 bits
+        case 32: return rows_scan<Ops, 8>(queries, nq, codes, n, words, thr, hits);  // 2048 bits
+        case 8: return rows_scan<Ops, 2>(queries, nq, codes, n, words, thr, hits);   // 512 bits
+        default: return rows_scan<Ops, 0>(queries, nq, codes, n, words, thr, hits);
+    }
 }
 
 }  // namespace
