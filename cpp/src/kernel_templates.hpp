@@ -125,7 +125,8 @@ void block_fixed(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t
                  uint32_t* out) noexcept {
     const size_t stride = words * 8;
     size_t a = 0;
-    for (; a + Ops::kQ <= nq; a += Ops::kQ) block_rows<Ops, Ops::kQ, C>(queries + a * stride, codes, n, words, out + a * n);
+    for (; a + Ops::kQ <= nq; a += Ops::kQ)
+        block_rows<Ops, Ops::kQ, C>(queries + a * stride, codes, n, words, out + a * n);
     block_rest<Ops, Ops::kQ - 1, C>(queries + a * stride, nq - a, codes, n, words, out + a * n);
 }
 
@@ -167,7 +168,8 @@ inline void transposed_group(const uint8_t* q, size_t words, const uint8_t* c, s
         V v[L];
 #pragma GCC unroll 8
         for (size_t r = 0; r < L; ++r)
-            v[r] = r < count ? (C ? Ops::load(c + r * stride + chunk * w) : Ops::load_first(c + r * stride + chunk * w, nw))
+            v[r] = r < count ? (C ? Ops::load(c + r * stride + chunk * w)
+                                  : Ops::load_first(c + r * stride + chunk * w, nw))
                              : Ops::zero();
         Ops::transpose(v);
         const uint8_t* qw = q + chunk * w;
@@ -272,10 +274,14 @@ size_t rows_scan_q(const uint8_t* q, size_t a0, const uint8_t* codes, size_t n, 
         for (size_t w = 0; w < chunks; ++w) {
             const V cw = Ops::load(c + 32 * w);
 #pragma GCC unroll 4
-            for (size_t a = 0; a < Q; ++a) cnt[a] = Ops::add_popcount_xor(cnt[a], cw, Ops::load(q + a * stride + 32 * w));
+            for (size_t a = 0; a < Q; ++a)
+                cnt[a] = Ops::add_popcount_xor(cnt[a], cw, Ops::load(q + a * stride + 32 * w));
             if constexpr (Ops::kFlush != 0)
                 if (w % Ops::kFlush == Ops::kFlush - 1)
-                    for (size_t a = 0; a < Q; ++a) tot[a] = Ops::add64(tot[a], Ops::widen(cnt[a])), cnt[a] = Ops::zero();
+                    for (size_t a = 0; a < Q; ++a) {
+                        tot[a] = Ops::add64(tot[a], Ops::widen(cnt[a]));
+                        cnt[a] = Ops::zero();
+                    }
         }
         if (C == 0 && words % 4) {
             const size_t off = 32 * chunks, nw = words % 4;
@@ -303,7 +309,8 @@ size_t rows_scan(const uint8_t* queries, size_t nq, const uint8_t* codes, size_t
                  ScanHit* hits) noexcept {
     const size_t stride = words * 8;
     size_t m = 0, a = 0;
-    for (; a + 4 <= nq; a += 4) m += rows_scan_q<Ops, 4, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m);
+    for (; a + 4 <= nq; a += 4)
+        m += rows_scan_q<Ops, 4, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m);
     switch (nq - a) {
         case 3: m += rows_scan_q<Ops, 3, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m); break;
         case 2: m += rows_scan_q<Ops, 2, C>(queries + a * stride, a, codes, n, words, thr + a, hits + m); break;

@@ -38,7 +38,9 @@ struct Ymm {
     static V add_popcount_xor(V acc, V a, V b) noexcept {
         return _mm256_add_epi64(acc, _mm256_popcnt_epi64(_mm256_xor_si256(a, b)));
     }
-    static V add_popcount_xor(V acc, V v, const uint8_t* qword) noexcept { return add_popcount_xor(acc, v, broadcast256(qword)); }
+    static V add_popcount_xor(V acc, V v, const uint8_t* qword) noexcept {
+        return add_popcount_xor(acc, v, broadcast256(qword));
+    }
     static V widen(V c) noexcept { return c; }
     static V add64(V a, V b) noexcept { return _mm256_add_epi64(a, b); }
     // Lane j: the sum of the 4 qwords of v[j], as uint32.
