@@ -274,6 +274,7 @@ size_t scan_below_transposed(const uint8_t* queries, size_t nq, const uint8_t* c
 template <class Ops, size_t Q, size_t C>
 size_t rows_scan_q(const uint8_t* q, size_t a0, const uint8_t* codes, size_t n, size_t words, const uint32_t* thr,
                    ScanHit* hits) noexcept {
+    const bool first_pass = a0 == 0;  // later passes find the block in L1: no prefetch
     using V = typename Ops::V;
     const size_t stride = C ? C * 32 : words * 8;
     const size_t chunks = C ? C : words / 4;
@@ -281,7 +282,7 @@ size_t rows_scan_q(const uint8_t* q, size_t a0, const uint8_t* codes, size_t n, 
     size_t m = 0;
     for (size_t i = 0; i < n; ++i) {
         const uint8_t* c = codes + i * stride;
-        prefetch_ahead(codes, i * stride, stride, n * stride);
+        if (first_pass) prefetch_ahead(codes, i * stride, stride, n * stride);
         V cnt[4], tot[4];
 #pragma GCC unroll 4
         for (size_t a = 0; a < 4; ++a) cnt[a] = tot[a] = Ops::zero();
