@@ -188,49 +188,89 @@ Choice preferred_avx512() {
 #endif
 }
 
-// nullptr when `name` is unknown or this CPU lacks it. Sets *reason for an ISA name.
-const KernelTable* lookup(const std::string& name, std::string* reason = nullptr) {
-    auto say = [&](const std::string& r) {
-        if (reason) *reason = r;
-    };
-    if (name == "serial") {
-        say("the portable scalar kernel (std::popcount)");
-        return &kernels::serial::table;
-    }
+// The ISA table: every kernel variant, plainest first (the order of available_isas() and
+// available_kernels(), and the last available ISA is the default). Rows of the other
+// architecture stay (table nullptr, never available) so their names give "this CPU does not
+// support" rather than "unknown". `why` says why naming the ISA picked this variant; an ISA with
+// several variants (avx512) picks one with prefer_variant() instead.
+struct Variant {
+    const char* isa;           // the ISA family, e.g. "avx512"
+    const char* name;          // this variant, e.g. "avx512-256"
+    const KernelTable* table;  // nullptr where this build has no such kernel
+    bool (*available)();       // this CPU and OS run it
+    std::string (*why)();
+};
+
 #if defined(BNE_X86)
-    if (name == "avx2" && features().avx2) {
-        say("AVX2 without AVX-512 VPOPCNTDQ: nibble-lookup popcount");
-        return &kernels::avx2::table;
-    }
-    if (!features().avx512) return nullptr;
-    if (name == "avx512" || name == "avx512vpopcnt") {
-        Choice c = preferred_avx512();
-        say(c.reason);
-        return c.table;
-    }
-    if (name == "avx512-256") return &kernels::avx512::table256;
-    if (name == "avx512-512") return &kernels::avx512::table512;
+constexpr const KernelTable* kAvx2 = &kernels::avx2::table;
+constexpr const KernelTable* kAvx512_256 = &kernels::avx512::table256;
+constexpr const KernelTable* kAvx512_512 = &kernels::avx512::table512;
+#else
+constexpr const KernelTable* kAvx2 = nullptr;
+constexpr const KernelTable* kAvx512_256 = nullptr;
+constexpr const KernelTable* kAvx512_512 = nullptr;
 #endif
 #if defined(BNE_ARM)
-    if (name == "neon" && features().neon) {
-        say(features().sve ? "NEON (Advanced SIMD): vcntq_u8 popcount; SVE is available too"
-                           : "NEON (Advanced SIMD), no SVE on this CPU: vcntq_u8 popcount");
-        return &kernels::neon::table;
-    }
-#if defined(BNE_HAVE_SVE)
-    if (name == "sve" && features().sve) {
-        say("SVE (getauxval(AT_HWCAP) & HWCAP_SVE), " + std::to_string(kernels::sve::vector_bits()) +
-            "-bit vectors: svcnt + svdot popcount");
-        return &kernels::sve::table;
-    }
+constexpr const KernelTable* kNeon = &kernels::neon::table;
+#else
+constexpr const KernelTable* kNeon = nullptr;
 #endif
+#if defined(BNE_ARM) && defined(BNE_HAVE_SVE)
+constexpr const KernelTable* kSve = &kernels::sve::table;
+std::string sve_bits() { return std::to_string(kernels::sve::vector_bits()); }
+#else
+constexpr const KernelTable* kSve = nullptr;
+std::string sve_bits() { return "?"; }
 #endif
+
+const Variant kVariants[] = {
+    {"serial", "serial", &kernels::serial::table, [] { return true; },
+     [] { return std::string("the portable scalar kernel (std::popcount)"); }},
+    {"avx2", "avx2", kAvx2, [] { return features().avx2; },
+     [] { return std::string("AVX2 without AVX-512 VPOPCNTDQ: nibble-lookup popcount"); }},
+    {"avx512", "avx512-256", kAvx512_256, [] { return features().avx512; }, nullptr},
+    {"avx512", "avx512-512", kAvx512_512, [] { return features().avx512; }, nullptr},
+    {"neon", "neon", kNeon, [] { return features().neon; },
+     [] {
+         return std::string(features().sve ? "NEON (Advanced SIMD): vcntq_u8 popcount; SVE is available too"
+                                           : "NEON (Advanced SIMD), no SVE on this CPU: vcntq_u8 popcount");
+     }},
+    {"sve", "sve", kSve, [] { return features().sve; },
+     [] { return "SVE (getauxval(AT_HWCAP) & HWCAP_SVE), " + sve_bits() + "-bit vectors: svcnt + svdot popcount"; }},
+};
+
+// The variant of a several-variant ISA for this CPU, and why.
+Choice prefer_variant(const std::string& isa) {
+    if (isa == "avx512") return preferred_avx512();
+    return {nullptr, ""};
+}
+
+// nullptr when `name` is unknown or this CPU lacks it. Sets *reason for an ISA name.
+const KernelTable* lookup(std::string name, std::string* reason = nullptr) {
+    if (name == "avx512vpopcnt") name = "avx512";  // an older name of the ISA
+    const Variant* only = nullptr;
+    size_t variants = 0;
+    for (const Variant& v : kVariants)
+        if (name == v.isa && v.available()) only = &v, ++variants;
+    if (variants > 1) {
+        Choice c = prefer_variant(name);
+        if (reason) *reason = c.reason;
+        return c.table;
+    }
+    if (only) {
+        if (reason) *reason = only->why();
+        return only->table;
+    }
+    for (const Variant& v : kVariants)
+        if (name == v.name && v.available()) return v.table;
     return nullptr;
 }
 
 bool known(const std::string& name) {
-    return name == "serial" || name == "avx2" || name == "avx512" || name == "avx512vpopcnt" || name == "avx512-256" ||
-           name == "avx512-512" || name == "neon" || name == "sve";
+    if (name == "avx512vpopcnt") return true;
+    for (const Variant& v : kVariants)
+        if (name == v.isa || name == v.name) return true;
+    return false;
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -277,23 +317,16 @@ Active& active() {
 }  // namespace
 
 std::vector<std::string> available_isas() {
-    std::vector<std::string> out{"serial"};
-    if (features().avx2) out.emplace_back("avx2");
-    if (features().avx512) out.emplace_back("avx512");
-    if (features().neon) out.emplace_back("neon");
-    if (features().sve) out.emplace_back("sve");
+    std::vector<std::string> out;
+    for (const Variant& v : kVariants)
+        if (v.available() && (out.empty() || out.back() != v.isa)) out.emplace_back(v.isa);
     return out;
 }
 
 std::vector<std::string> available_kernels() {
-    std::vector<std::string> out{"serial"};
-    if (features().avx2) out.emplace_back("avx2");
-    if (features().avx512) {
-        out.emplace_back("avx512-256");
-        out.emplace_back("avx512-512");
-    }
-    if (features().neon) out.emplace_back("neon");
-    if (features().sve) out.emplace_back("sve");
+    std::vector<std::string> out;
+    for (const Variant& v : kVariants)
+        if (v.available()) out.emplace_back(v.name);
     return out;
 }
 

@@ -3,6 +3,9 @@
 // chunk serves every query, and the threshold filter of the fused scan done in registers.
 // NEON is part of the aarch64 baseline; this file is still built with its own flags
 // (-march=armv8-a+simd, see CMakeLists.txt) and keeps internal linkage like the x86 files.
+// Its loops are not the templates of kernel_templates.hpp: 16-bit counters over pairs of
+// 16-byte vectors and an 8-byte tail fit them badly, and with only qemu to run it a rewrite
+// could not be shown to be no slower on a real Arm core.
 #include <arm_neon.h>
 
 #include "bne/kernels.hpp"

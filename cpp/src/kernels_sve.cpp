@@ -5,6 +5,8 @@
 // loaded code vector. Built with -march=armv8.2-a+sve only; called only when getauxval(AT_HWCAP)
 // reports SVE. Internal linkage throughout, and no std:: templates, so no SVE instance of an
 // inline function can be picked by the linker for baseline code (the ODR trap).
+// Not built on kernel_templates.hpp: SVE vectors are sizeless, so they cannot be array
+// elements or struct members, which those templates are made of.
 #include <arm_sve.h>
 
 #include "bne/kernels.hpp"

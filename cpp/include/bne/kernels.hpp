@@ -8,13 +8,15 @@
 //     results never depend on the kernel (tests/test_kernels.py checks every table).
 // Each ISA lives in its own translation unit built with only its own flags, with internal
 // linkage throughout (no inline function compiled with wide-vector flags may leak into baseline
-// code), and exports only its KernelTable(s).
+// code), and exports only its KernelTable(s). The algorithms are written once, as templates
+// over a small per-ISA ops struct, in cpp/src/kernel_templates.hpp; an ISA file defines its ops
+// and instantiates them (NEON and SVE keep their own loops: see their files).
 //
-// Adding an ISA (e.g. Arm NEON / SVE): a kernels_<isa>.cpp defining a KernelTable, its compile
-// flags in CMakeLists.txt (set_source_files_properties; never the build machine's own -march flags), a declaration
-// below, and in dispatch.cpp its feature test, its names in lookup()/available_isas()/
-// available_kernels(), and its preference; tests/test_kernels.py then checks it automatically
-// (the `isa` fixture runs every available kernel).
+// Adding an ISA: a kernels_<isa>.cpp with its ops and KernelTable, its compile flags in
+// CMakeLists.txt (set_source_files_properties; never the build machine's own -march flags), a
+// declaration below, and a row in the ISA table of dispatch.cpp (kVariants: ISA, variant,
+// table, feature test, reason); tests/test_kernels.py then checks it automatically (the `isa`
+// fixture runs every available kernel).
 #pragma once
 #include <cstddef>
 #include <cstdint>
