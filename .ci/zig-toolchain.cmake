@@ -1,0 +1,11 @@
+# CMake toolchain for the manylinux2014 wheels (.ci/wheel): Zig's clang, with Zig's glibc 2.17
+# stubs and its libc++ linked statically, so the module needs no glibc symbol newer than 2.17 and
+# no libstdc++ at all. .ci/wheel writes the wrappers (zig c++ -target <arch>-linux-gnu.2.17, ar,
+# ranlib, strip) into $BNE_ZIG_BIN; the environment, unlike -D values, also reaches try_compile.
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR $ENV{BNE_ZIG_ARCH})
+set(CMAKE_C_COMPILER $ENV{BNE_ZIG_BIN}/cc)
+set(CMAKE_CXX_COMPILER $ENV{BNE_ZIG_BIN}/c++)
+set(CMAKE_AR $ENV{BNE_ZIG_BIN}/ar CACHE FILEPATH "zig ar")
+set(CMAKE_RANLIB $ENV{BNE_ZIG_BIN}/ranlib CACHE FILEPATH "zig ranlib")
+set(CMAKE_STRIP $ENV{BNE_ZIG_BIN}/strip CACHE FILEPATH "zig objcopy --strip-all")
