@@ -1,7 +1,7 @@
 # CMake toolchain for the manylinux2014 wheels (.ci/wheel): Zig's clang, with Zig's glibc 2.17
 # stubs and its libc++ linked statically, so the module needs no glibc symbol newer than 2.17 and
-# no libstdc++ at all. .ci/wheel writes the wrappers (zig c++ -target <arch>-linux-gnu.2.17, ar,
-# ranlib, strip) into $BNE_ZIG_BIN; the environment, unlike -D values, also reaches try_compile.
+# no libstdc++ at all. .ci/wheel links .ci/zig-tool as cc, c++, ar, ranlib and strip into
+# $BNE_ZIG_BIN; the environment, unlike -D values, also reaches CMake's try_compile projects.
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR $ENV{BNE_ZIG_ARCH})
 set(CMAKE_C_COMPILER $ENV{BNE_ZIG_BIN}/cc)
