@@ -137,8 +137,8 @@ def zig_tool_args(tmp_path: pathlib.Path, tool: str, arch: str, *args: str) -> l
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
 def test_zig_tool_spells_arm_isa_flags_for_zig_and_targets_glibc_2_17(tmp_path):
-    got = zig_tool_args(tmp_path, "c++", "aarch64", "-O3", "-march=armv8.2-a+sve", "-c", "kernels_sve.cpp")
-    assert got == ["c++", "-target", "aarch64-linux-gnu.2.17", "-O3", "-mcpu=generic+v8_2a+sve", "-c", "kernels_sve.cpp"]
+    got = zig_tool_args(tmp_path, "c++", "aarch64", "-O3", "-march=armv8.2-a+sve", "-c", "sve.cpp")
+    assert got == ["c++", "-target", "aarch64-linux-gnu.2.17", "-O3", "-mcpu=generic+v8_2a+sve", "-c", "sve.cpp"]
     got = zig_tool_args(tmp_path, "c++", "aarch64", "-march=armv8-a+simd", "-c", "kernels_neon.cpp")
     assert got[3:] == ["-mcpu=generic+neon", "-c", "kernels_neon.cpp"]
     # x86 ISA flags are Zig's own spelling already: passed on as they are
