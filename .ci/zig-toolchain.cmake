@@ -11,5 +11,5 @@ set(CMAKE_RANLIB $ENV{BNE_ZIG_BIN}/ranlib CACHE FILEPATH "zig ranlib")
 # Zig's objcopy cannot strip an aarch64 module ("unimplemented") and the host's strip cannot read
 # one: the module is stripped when it is linked, and the strip that pybind11 and
 # `cmake --install --strip` run afterwards is .ci/zig-tool's no-op.
-set(CMAKE_SHARED_MODULE_LINKER_FLAGS_INIT "-s")
+set(CMAKE_MODULE_LINKER_FLAGS_INIT "-s")
 set(CMAKE_STRIP $ENV{BNE_ZIG_BIN}/strip CACHE FILEPATH "no-op: stripped at link time")
