@@ -11,6 +11,8 @@ from __future__ import annotations
 import pathlib
 import re
 import shlex
+import shutil
+import subprocess
 
 import pytest
 
@@ -113,3 +115,53 @@ def test_release_build_and_cibuildwheel_smoke_test():
     for script in scripts:
         assert (ROOT / script).is_file(), f"cibuildwheel test-command: {script} does not exist"
     assert shlex.split(cibw["test-command"])[:2] == ["python", "-I"], "run the smoke test outside the source tree"
+
+
+# The manylinux2014 wheels (.ci/wheel) are built with Zig through .ci/zig-tool, which passes every
+# flag on except GCC's Arm -march spelling, which Zig would read as a CPU name.
+ZIG_TOOL = ROOT / ".ci" / "zig-tool"
+
+
+def zig_tool_args(tmp_path: pathlib.Path, tool: str, arch: str, *args: str) -> list[str]:
+    """The command line .ci/zig-tool, linked as `tool`, hands to zig (a stand-in that prints it)."""
+    fake = tmp_path / "zig"
+    fake.write_text('#!/bin/sh\nfor a; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    link = tmp_path / tool
+    if not link.exists():
+        link.symlink_to(ZIG_TOOL)
+    env = {"PATH": "/usr/bin:/bin", "BNE_ZIG": str(fake), "BNE_ZIG_ARCH": arch}
+    out = subprocess.run([str(link), *args], capture_output=True, text=True, env=env, check=True).stdout
+    return out.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_zig_tool_spells_arm_isa_flags_for_zig_and_targets_glibc_2_17(tmp_path):
+    got = zig_tool_args(tmp_path, "c++", "aarch64", "-O3", "-march=armv8.2-a+sve", "-c", "sve.cpp")
+    assert got == ["c++", "-target", "aarch64-linux-gnu.2.17", "-O3", "-mcpu=generic+v8_2a+sve", "-c", "sve.cpp"]
+    got = zig_tool_args(tmp_path, "c++", "aarch64", "-march=armv8-a+simd", "-c", "kernels_neon.cpp")
+    assert got[3:] == ["-mcpu=generic+neon", "-c", "kernels_neon.cpp"]
+    # x86 ISA flags are Zig's own spelling already: passed on as they are
+    flags = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq", "-mpopcnt"]
+    assert zig_tool_args(tmp_path, "c++", "x86_64", *flags) == ["c++", "-target", "x86_64-linux-gnu.2.17", *flags]
+    assert zig_tool_args(tmp_path, "ar", "x86_64", "qc", "lib.a", "a.o") == ["ar", "qc", "lib.a", "a.o"]
+    # every Arm -march of CMakeLists.txt becomes a generic (not the build machine's) CPU with features
+    marches = set(re.findall(r"-march=[\w.+-]+", (ROOT / "CMakeLists.txt").read_text()))
+    assert marches, "CMakeLists.txt has no Arm -march flags: update this test"
+    for march in marches:
+        (spelled,) = zig_tool_args(tmp_path, "c++", "aarch64", march)[3:]
+        assert re.fullmatch(r"-mcpu=generic(\+\w+)+", spelled), f"{march} -> {spelled}"
+
+
+def test_zig_toolchain_adds_no_target_flags_and_wheel_asks_for_manylinux2014():
+    for path in (ROOT / ".ci" / "zig-toolchain.cmake", ZIG_TOOL, ROOT / ".ci" / "wheel"):
+        text = re.sub(r"#[^\n]*", "", path.read_text())
+        assert not NATIVE.search(text), f"{path.name}: a native target"
+    cmake = (ROOT / ".ci" / "zig-toolchain.cmake").read_text()
+    assert isa_flag_violations(cmake) == []
+    # link flags only (-s: strip), no compile flags that could reach code outside the ISA files
+    assert re.findall(r"CMAKE_\w*FLAGS\w*", re.sub(r"#[^\n]*", "", cmake)) == ["CMAKE_MODULE_LINKER_FLAGS_INIT"]
+    wheel = (ROOT / ".ci" / "wheel").read_text()
+    # the tag is what auditwheel finds the module consistent with, for both targets
+    assert "policy=manylinux_2_17" in wheel and "auditwheel repair --plat" in wheel
+    assert re.search(r"archs=\$\{BNE_WHEEL_ARCHS:-x86_64 aarch64\}", wheel)
