@@ -45,6 +45,7 @@ MAX_QUERY_CHARS = 4096  # a query is a question, not a document: the rest of a 1
 MAX_TERM_CHARS = 64  # longer "words" are ids or garbage, and FTS5 would index them as one token anyway
 MAX_TERMS = 64  # an OR of more terms costs more than it ranks
 _WORD = re.compile(r"[^\W_]+")  # unicode letters and digits, like unicode61's token characters
+_LAST_WORD = re.compile(r"[^\W_]+\Z")
 
 
 def query_terms(text: str) -> list[str]:
@@ -55,18 +56,29 @@ def query_terms(text: str) -> list[str]:
     quoted, so ``AND``, ``NEAR``, ``*``, ``col:``, ``^``, quotes and parentheses are words or nothing."""
     if not isinstance(text, str):
         raise TypeError(f"query text must be str, not {type(text).__name__}")
-    text = unicodedata.normalize("NFKC", text[:MAX_QUERY_CHARS]).lower()
+    if len(text) > MAX_QUERY_CHARS:
+        cut = text[: MAX_QUERY_CHARS + 1]
+        text = _LAST_WORD.sub("", cut)[:MAX_QUERY_CHARS]  # a word cut in two is not a term
+    text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
     seen: set[str] = set()
     for m in _WORD.finditer(text):
         w = m.group()
-        if len(w) > MAX_TERM_CHARS or w in seen:
+        key = _fold(w)  # "applé" and "apple" are one token to FTS5: counted twice, it would weigh double
+        if len(w) > MAX_TERM_CHARS or key in seen:
             continue
-        seen.add(w)
+        seen.add(key)
         out.append('"' + w.replace('"', '""') + '"')
         if len(out) == MAX_TERMS:
             break
     return out
+
+
+def _fold(word: str) -> str:
+    """The word without its diacritics, as ``remove_diacritics 2`` indexes Latin letters."""
+    if word.isascii():
+        return word
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
 
 
 def match_expr(terms: Sequence[str]) -> str:
