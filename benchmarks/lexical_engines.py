@@ -120,7 +120,9 @@ def build(path: str, variant: str, n: int) -> dict:
         if variant in ("contentless", "unicode61"):
             lexical.insert(db, (r[0] for r in batch), (f"{r[2]} {r[3]}" if r[2] else r[3] for r in batch))
         elif variant in ("external", "column"):
-            db.executemany("INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", [(r[0], r[2], r[3]) for r in batch])
+            db.executemany(
+                "INSERT INTO docs_fts (rowid, title, text) VALUES (?, ?, ?)", [(r[0], r[2], r[3]) for r in batch]
+            )
         db.commit()
         batch.clear()
 
@@ -175,7 +177,7 @@ def latency(path: str, variant: str, qs: list[str], limit: int = 100) -> dict:
     if variant == "contentless":  # the sharded path: own scoring with outside statistics
         st = [lexical.local_stats(db, t) for t in terms]
         glob_ = []
-        for t, s in zip(terms, st, strict=True):
+        for t in terms:
             t0 = time.perf_counter()
             lexical.bm25_search(db, t, limit, stats=lexical.local_stats(db, t))
             glob_.append(time.perf_counter() - t0)

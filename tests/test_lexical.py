@@ -295,7 +295,9 @@ def test_deleted_documents_never_come_back() -> None:
     assert lexical.local_stats(db, ['"zucchini"']).df == {'"zucchini"': 0}
     # the statistics are those of the documents left
     rest = {0: texts[0], 1: texts[1], 4: texts[4]}
-    same_ranking(lexical.bm25_search(db, lexical.query_terms("apple banana"), 10), brute_bm25(rest, ["apple", "banana"]))
+    same_ranking(
+        lexical.bm25_search(db, lexical.query_terms("apple banana"), 10), brute_bm25(rest, ["apple", "banana"])
+    )
     db.execute("INSERT INTO docs_fts(docs_fts) VALUES ('integrity-check')")  # FTS5's own check agrees
 
 

@@ -190,7 +190,9 @@ class Stats:
 def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
     """This table's statistics for ``terms`` (one count per term: what FTS5's bm25() counts)."""
     n, total = table_totals(conn)
-    df = {t: int(conn.execute(f"SELECT count(*) FROM {TABLE} WHERE {TABLE} MATCH ?", (t,)).fetchone()[0]) for t in terms}
+    df = {
+        t: int(conn.execute(f"SELECT count(*) FROM {TABLE} WHERE {TABLE} MATCH ?", (t,)).fetchone()[0]) for t in terms
+    }
     return Stats(n, total, df)
 
 
