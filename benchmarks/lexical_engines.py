@@ -152,7 +152,7 @@ def build(path: str, variant: str, n: int) -> dict:
     }
 
 
-def latency(path: str, variant: str, qs: list[str], limit: int = 100) -> dict:
+def latency(path: str, variant: str, qs: list[str], limit: int = 100, n_global: int = 100) -> dict:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     db.execute("PRAGMA trusted_schema=OFF")
     terms = [lexical.query_terms(q) for q in qs]
@@ -177,7 +177,7 @@ def latency(path: str, variant: str, qs: list[str], limit: int = 100) -> dict:
     if variant == "contentless":  # the sharded path: own scoring with outside statistics
         st = [lexical.local_stats(db, t) for t in terms]
         glob_ = []
-        for t in terms:
+        for t in terms[:n_global]:
             t0 = time.perf_counter()
             lexical.bm25_search(db, t, limit, stats=lexical.local_stats(db, t))
             glob_.append(time.perf_counter() - t0)
@@ -185,7 +185,15 @@ def latency(path: str, variant: str, qs: list[str], limit: int = 100) -> dict:
             global_nq1_median_ms=round(1e3 * statistics.median(glob_), 2),
             global_nq1_p90_ms=round(1e3 * sorted(glob_)[int(0.9 * len(glob_))], 2),
             df_max_median=statistics.median(max(s.df.values(), default=0) for s in st),
+            postings_median=statistics.median(sum(s.df.values()) for s in st),
         )
+        # the cost of FTS5 finding the matches alone, without bm25() or sorting
+        cnt = []
+        for t in terms:
+            t0 = time.perf_counter()
+            db.execute("SELECT count(*) FROM docs_fts WHERE docs_fts MATCH ?", (lexical.match_expr(t),)).fetchone()
+            cnt.append(time.perf_counter() - t0)
+        res["match_only_nq1_median_ms"] = round(1e3 * statistics.median(cnt), 2)
     db.close()
     return res
 
@@ -227,6 +235,95 @@ def bm25s_engine(folder: str, n: int, qs: list[str], limit: int = 100) -> list[d
     ]
 
 
+def tantivy_engine(
+    folder: str, n: int, qs: list[str], limit: int = 100, commit_every: int = COMMIT_EVERY
+) -> list[dict]:
+    """tantivy (Lucene-like, Rust; block-max WAND top-k) with its English stemmer, committed every
+    COMMIT_EVERY documents like the docstore. Queries: query_terms' quoted words, OR-ed (the query
+    parser sees only quoted words). Not a bne dependency."""
+    import shutil
+
+    import tantivy
+
+    out = os.path.join(folder, f"tantivy-{n}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("text", stored=False, tokenizer_name="en_stem")
+    sb.add_integer_field("id", stored=True, indexed=True, fast=True)
+    schema = sb.build()
+    index = tantivy.Index(schema, path=out)
+    writer = index.writer(heap_size=128_000_000, num_threads=1)
+    t0 = time.perf_counter()
+    for k, (i, _, title, text) in enumerate(corpus(n), 1):
+        writer.add_document(tantivy.Document(id=i, text=f"{title} {text}" if title else text))
+        if k % commit_every == 0:
+            writer.commit()
+    writer.commit()
+    writer.wait_merging_threads()
+    t_build = time.perf_counter() - t0
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    index.reload()
+    searcher = index.searcher()
+    parsed = [index.parse_query(" ".join(lexical.query_terms(q)) or '""', ["text"]) for q in qs]
+    searcher.search(parsed[0], limit)
+    one = []
+    for q in parsed:
+        t0 = time.perf_counter()
+        searcher.search(q, limit).hits  # noqa: B018
+        one.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for q in parsed:
+        searcher.search(q, limit).hits  # noqa: B018
+    return [
+        {
+            "variant": "tantivy",
+            "n": n,
+            "commit_every": commit_every,
+            "build_s": round(t_build, 2),
+            "docs_per_s": round(n / t_build),
+            "bytes": size,
+        },
+        {
+            "variant": "tantivy",
+            "nq1_median_ms": round(1e3 * statistics.median(one), 2),
+            "nq1_p90_ms": round(1e3 * sorted(one)[int(0.9 * len(one))], 2),
+            "nq100_s": round(time.perf_counter() - t0, 3),
+        },
+    ]
+
+
+def dense_engine(n: int, qs: list[str], limit: int = 100) -> list[dict]:
+    """The dense side for comparison: the shipped query encoder (ONNX Runtime, as ``bne search``)
+    plus exact Hamming top-``limit`` over n random 1024-bit codes (search time does not depend on
+    the codes), end to end per query."""
+    import numpy as np
+
+    from bne.encoder.runtime import load
+    from bne.index import Index
+
+    enc = load("default", 1024, purpose="query", threads=2, quiet=True)
+    index = Index(1024)
+    index.add(np.random.default_rng(0).integers(0, 256, (n, 128), dtype=np.uint8))
+    enc.search(index, qs[:1], limit)
+    one = []
+    for q in qs:
+        t0 = time.perf_counter()
+        enc.search(index, [q], limit)
+        one.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    enc.search(index, qs, limit)
+    return [
+        {
+            "variant": "dense",
+            "n": n,
+            "nq1_median_ms": round(1e3 * statistics.median(one), 2),
+            "nq1_p90_ms": round(1e3 * sorted(one)[int(0.9 * len(one))], 2),
+            "nq100_s": round(time.perf_counter() - t0, 3),
+        }
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=100_000)
@@ -234,18 +331,29 @@ def main() -> None:
     p.add_argument("--keep", default="/tmp/bne-lex", help="folder for the databases (kept for reruns)")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--global-queries", type=int, default=100, help="queries timed on the outside-statistics path")
+    p.add_argument("--tantivy-commit", type=int, default=COMMIT_EVERY)
     args = p.parse_args()
     os.makedirs(args.keep, exist_ok=True)
     qs = queries()[: args.queries]
     for v in args.variants.split(","):
-        if v == "bm25s":
-            for r in bm25s_engine(args.keep, args.n, qs):
+        if v == "dense":
+            for r in dense_engine(args.n, qs):
+                print(json.dumps(r), flush=True)
+            continue
+        if v in ("bm25s", "tantivy"):
+            rows = (
+                bm25s_engine(args.keep, args.n, qs)
+                if v == "bm25s"
+                else tantivy_engine(args.keep, args.n, qs, commit_every=args.tantivy_commit)
+            )
+            for r in rows:
                 print(json.dumps(r), flush=True)
             continue
         path = os.path.join(args.keep, f"{v}-{args.n}.sqlite")
         if not args.skip_build:
             print(json.dumps(build(path, v, args.n)), flush=True)
-        print(json.dumps(latency(path, v, qs)), flush=True)
+        print(json.dumps(latency(path, v, qs, n_global=args.global_queries)), flush=True)
 
 
 if __name__ == "__main__":
