@@ -26,6 +26,8 @@ import sqlite3
 import unicodedata
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from .errors import DocStoreError
 
 TABLE = "docs_fts"
@@ -266,11 +268,11 @@ def _scored(
     if n_l == 0 or stats.n_docs == 0:
         return []
     avg_l, avg_g = total_l / n_l, stats.avgdl
-    scores: dict[int, float] = {}
     sql = (
         f"SELECT f.rowid, -bm25({TABLE}), d.sz FROM {TABLE} f JOIN {TABLE}_docsize d ON d.id = f.rowid "
         f"WHERE {TABLE} MATCH ?"
     )
+    ids_parts, score_parts = [], []
     for t in terms:
         df_g = stats.df.get(t, 0)
         if df_g == 0:
@@ -279,16 +281,26 @@ def _scored(
         if not rows:
             continue
         idf_l, idf_g = idf(n_l, len(rows)), idf(stats.n_docs, df_g)
-        for i, s, sz in rows:
-            if not admit(i):
-                continue
-            dl = _varints(sz)[0]
-            # s = idf_l * tf (k1 + 1) / (tf + k1 * L), L = 1 - b + b * dl / avgdl: solve for tf
-            norm_l = 1 - B + B * dl / avg_l
-            tf = round(s * K1 * norm_l / (idf_l * (K1 + 1) - s))
-            norm_g = 1 - B + B * dl / avg_g
-            scores[i] = scores.get(i, 0.0) + idf_g * tf * (K1 + 1) / (tf + K1 * norm_g)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        s = np.fromiter((r[1] for r in rows), np.float64, len(rows))
+        # one column: the blob is one varint, one byte below 128 tokens
+        dl = np.fromiter((r[2][0] if len(r[2]) == 1 else _varints(r[2])[0] for r in rows), np.float64, len(rows))
+        # s = idf_l * tf (k1 + 1) / (tf + k1 * L), L = 1 - b + b * dl / avgdl: solve for tf (an integer)
+        tf = np.rint(s * K1 * (1 - B + B * dl / avg_l) / (idf_l * (K1 + 1) - s))
+        ids_parts.append(ids)
+        score_parts.append(idf_g * tf * (K1 + 1) / (tf + K1 * (1 - B + B * dl / avg_g)))
+    if not ids_parts:
+        return []
+    uniq, inv = np.unique(np.concatenate(ids_parts), return_inverse=True)
+    total = np.bincount(inv, weights=np.concatenate(score_parts))  # summed in term order, per document
+    out: list[tuple[int, float]] = []
+    for j in np.lexsort((uniq, -total)):  # best first, ties by id; filtered until ``limit`` are kept
+        i = int(uniq[j])
+        if admit(i):
+            out.append((i, float(total[j])))
+            if len(out) == limit:
+                break
+    return out
 
 
 def merge_ranked(parts: Iterable[Sequence[tuple[int, float]]], limit: int) -> list[tuple[int, float]]:
