@@ -45,7 +45,7 @@ EXPECTED_SCHEMA = {("table", TABLE): CREATE_SQL, **SHADOW_SQL}
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 MAX_QUERY_CHARS = 4096  # a query is a question, not a document: the rest of a 10 MB query is not read
 MAX_TERM_CHARS = 64  # longer "words" are ids or garbage, and FTS5 would index them as one token anyway
-MAX_TERMS = 64  # an OR of more terms costs more than it ranks
+MAX_TERMS = 256  # bounds the FTS5 expression; a long query (a CISI paragraph) keeps all its words
 _WORD = re.compile(r"[^\W_]+")  # unicode letters and digits, like unicode61's token characters
 _LAST_WORD = re.compile(r"[^\W_]+\Z")
 
