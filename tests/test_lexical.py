@@ -187,6 +187,10 @@ def test_caps() -> None:
     assert time.perf_counter() - t0 < 5  # generous: a cap, not a speed target
     many = " ".join(f"w{i}" for i in range(1000))
     assert len(lexical.query_terms(many)) == lexical.MAX_TERMS
+    db = open_db(["w1 w2", "w3", f"w{lexical.MAX_TERMS - 1} w{lexical.MAX_TERMS}"])
+    # the longest expression FTS5 is given still parses; the term past the cap is not searched
+    assert [i for i, _ in lexical.bm25_search(db, lexical.query_terms(many), 10)] == [0, 1, 2]
+    assert lexical.bm25_search(db, lexical.query_terms(f"w{lexical.MAX_TERMS}"), 10)[0][0] == 2
     assert lexical.query_terms("a" * (lexical.MAX_TERM_CHARS + 1) + " b") == ['"b"']
     assert lexical.query_terms("a" * lexical.MAX_TERM_CHARS) == ['"' + "a" * lexical.MAX_TERM_CHARS + '"']
     assert lexical.query_terms("Apple APPLE apple banana") == ['"apple"', '"banana"']
