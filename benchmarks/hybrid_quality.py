@@ -25,14 +25,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 DEPTH = 100  # each side's list, as the issue's measurements
 
 
-def bm25_lists(texts: list[str], queries: list[str], depth: int) -> list[list[int]]:
+def bm25_lists(texts: list[str], queries: list[str], depth: int, repeats: bool = False) -> list[list[int]]:
     from bne import lexical
 
     db = sqlite3.connect(":memory:")
     lexical.create(db)
     lexical.insert(db, range(len(texts)), texts)
     db.commit()
-    return [[i for i, _ in lexical.bm25_search(db, lexical.query_terms(q), depth)] for q in queries]
+    return [[i for i, _ in lexical.bm25_search(db, lexical.query_terms(q, repeats=repeats), depth)] for q in queries]
 
 
 def as_array(lists: list[list[int]], k: int = 10) -> np.ndarray:
@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/bne-hybrid-quality")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--repeats", action="store_true", help="BM25 counts repeated query words (query_terms)")
     args = p.parse_args()
 
     from bne import lexical
@@ -60,7 +61,7 @@ def main() -> None:
     os.makedirs(args.cache, exist_ok=True)
     qenc = load("default", 1024, purpose="query", threads=args.threads, quiet=True)
     benc = None
-    results: dict[str, object] = {"load_average_start": round(os.getloadavg()[0], 1)}
+    results: dict[str, object] = {"load_average_start": round(os.getloadavg()[0], 1), "repeats": args.repeats}
 
     def side_lists(name: str, split: str):
         """(qrels as rows, dense lists, dense+rescore lists, bm25 lists) for one dataset split."""
@@ -84,7 +85,7 @@ def main() -> None:
         qtexts = [queries[q] for q in qids]
         _, dense = qenc.search(index, qtexts, DEPTH)
         _, rescored = qenc.search(index, qtexts, DEPTH, rescore=DEPTH)
-        lex = bm25_lists(texts, qtexts, DEPTH)
+        lex = bm25_lists(texts, qtexts, DEPTH, args.repeats)
         rels = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
         return rels, [list(map(int, r)) for r in dense], [list(map(int, r)) for r in rescored], lex
 

@@ -35,13 +35,13 @@ def open_db(texts: list[str], ids: list[int] | None = None) -> sqlite3.Connectio
     return db
 
 
-def brute_bm25(texts: dict[int, str], query_words: list[str]) -> list[tuple[int, float]]:
+def brute_bm25(texts: dict[int, str], query_words: list[str], repeats: bool = False) -> list[tuple[int, float]]:
     """BM25 as FTS5 defines it (k1 = 1.2, b = 0.75, idf floored at 1e-6), in plain Python."""
     docs = {i: t.split() for i, t in texts.items()}
     n = len(docs)
     avgdl = sum(len(d) for d in docs.values()) / n
     scores: dict[int, float] = {}
-    for w in dict.fromkeys(query_words):
+    for w in query_words if repeats else dict.fromkeys(query_words):
         df = sum(1 for d in docs.values() if w in d)
         if df == 0:
             continue
@@ -226,6 +226,19 @@ def test_bm25_matches_brute_force(seed: int) -> None:
         got = lexical.bm25_search(db, terms, 20, stats=lexical.local_stats(db, terms))
         same_ranking(got, want[:20])
     assert checked > 20
+
+
+def test_repeated_words_weigh_more() -> None:
+    texts = make_corpus(300, 7)
+    db = open_db(texts)
+    words = ["apple", "fennel", "fennel", "celery", "fennel", "apple"]
+    terms = lexical.query_terms(" ".join(words), repeats=True)
+    assert terms == [f'"{w}"' for w in words]
+    want = brute_bm25(dict(enumerate(texts)), words, repeats=True)
+    assert distinct_scores(want[:21])
+    same_ranking(lexical.bm25_search(db, terms, 20), want[:20])
+    same_ranking(lexical.bm25_search(db, terms, 20, stats=lexical.local_stats(db, terms)), want[:20])
+    assert [i for i, _ in want[:20]] != [i for i, _ in brute_bm25(dict(enumerate(texts)), words)[:20]]
 
 
 def test_totals_and_stats() -> None:

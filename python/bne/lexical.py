@@ -50,9 +50,11 @@ _WORD = re.compile(r"[^\W_]+")  # unicode letters and digits, like unicode61's t
 _LAST_WORD = re.compile(r"[^\W_]+\Z")
 
 
-def query_terms(text: str) -> list[str]:
+def query_terms(text: str, *, repeats: bool = False) -> list[str]:
     """The terms of a user query, each double-quoted for FTS5 (``"term"``), lowercased, in first-seen
     order without repeats; ``[]`` when nothing in it can be indexed (then search is dense only).
+    ``repeats=True`` keeps every occurrence, so BM25 weighs a word by how often the query says it
+    (as Lucene does with repeated clauses; docs/HYBRID_RESEARCH.md measures both).
 
     The text is never parsed as FTS5 syntax: only runs of letters and digits survive, and each is
     quoted, so ``AND``, ``NEAR``, ``*``, ``col:``, ``^``, quotes and parentheses are words or nothing."""
@@ -67,7 +69,7 @@ def query_terms(text: str) -> list[str]:
     for m in _WORD.finditer(text):
         w = m.group()
         key = _fold(w)  # "applé" and "apple" are one token to FTS5: counted twice, it would weigh double
-        if len(w) > MAX_TERM_CHARS or key in seen:
+        if len(w) > MAX_TERM_CHARS or (key in seen and not repeats):
             continue
         seen.add(key)
         out.append('"' + w.replace('"', '""') + '"')
