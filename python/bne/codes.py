@@ -143,6 +143,14 @@ def check_k(k: object) -> int:
     return int(k)
 
 
+def check_radius(radius: object) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
+        raise TypeError(f"radius must be an int, got {type(radius).__name__}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    return int(radius)
+
+
 def check_threads(threads: object) -> int:
     if threads is None:
         return 0

@@ -28,8 +28,7 @@ import numpy as np
 
 from .codes import check_bit_order
 from .errors import IndexFormatError
-
-StrPath = str | os.PathLike  # a file path as callers give it
+from .fileio import StrPath
 
 MAGIC = b"\x89BNEIDX\n"
 COMMIT_MAGIC = b"BNECOMIT"
@@ -71,7 +70,7 @@ def crc32(data: Any) -> int:  # any object with the buffer protocol
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def _align(x: int, a: int) -> int:
+def align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
@@ -180,17 +179,18 @@ def encode_table(segments: list[Segment], tombstones: np.ndarray, major: int) ->
 # in Python integers (no overflow), and nothing larger than the file is ever allocated.
 
 
-def _fail(path: StrPath, msg: str) -> IndexFormatError:
+def invalid(path: StrPath, msg: str) -> IndexFormatError:
+    """The error for a bad file: IndexFormatError naming the file."""
     return IndexFormatError(f"{os.fspath(path)}: {msg}")
 
 
 def parse_header(path: StrPath, page: bytes, file_size: int) -> Header:
     if file_size == 0:
-        raise _fail(path, "file is empty (0 bytes); not a bne index")
+        raise invalid(path, "file is empty (0 bytes); not a bne index")
     if len(page) < len(MAGIC) or page[: len(MAGIC)] != MAGIC:
-        raise _fail(path, f"wrong magic {bytes(page[:8])!r}: not a bne index file (expected {MAGIC!r})")
+        raise invalid(path, f"wrong magic {bytes(page[:8])!r}: not a bne index file (expected {MAGIC!r})")
     if len(page) < HEADER.size + 4:
-        raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
+        raise invalid(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
     (
         _,
         major,
@@ -208,34 +208,34 @@ def parse_header(path: StrPath, page: bytes, file_size: int) -> Header:
         meta_len,
     ) = HEADER.unpack_from(page)
     if major not in READABLE_MAJORS:
-        raise _fail(path, f"unknown major version {major}.{minor} (this bne reads versions 1.x and 2.x; upgrade bne)")
+        raise invalid(path, f"unknown major version {major}.{minor} (this bne reads versions 1.x and 2.x; upgrade bne)")
     if len(page) < PAGE:
-        raise _fail(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
+        raise invalid(path, f"file truncated inside the header ({file_size} bytes, the header alone takes {PAGE})")
     stored = struct.unpack_from("<I", page, HEADER_CRC_AT)[0]
     if stored != crc32(page[:HEADER_CRC_AT]):
-        raise _fail(path, "header checksum mismatch: the header is corrupt")
+        raise invalid(path, "header checksum mismatch: the header is corrupt")
     if endian != ENDIAN_LITTLE:
-        raise _fail(path, f"unsupported byte order marker {endian} (files are little-endian)")
+        raise invalid(path, f"unsupported byte order marker {endian} (files are little-endian)")
     if header_bytes != PAGE or page_size != PAGE:
-        raise _fail(path, f"header size {header_bytes} / page size {page_size} disagree with version {major}.{minor}")
+        raise invalid(path, f"header size {header_bytes} / page size {page_size} disagree with version {major}.{minor}")
     if bits == 0 or bits % 64:
-        raise _fail(path, f"bits must be a positive multiple of 64, header says {bits}")
+        raise invalid(path, f"bits must be a positive multiple of 64, header says {bits}")
     if code_bytes != bits // 8:
-        raise _fail(path, f"bits ({bits}) and bytes per code ({code_bytes}) disagree")
+        raise invalid(path, f"bits ({bits}) and bytes per code ({code_bytes}) disagree")
     if bit_order not in BIT_ORDER_NAMES or metric != METRIC_HAMMING or id_bytes != 8:
-        raise _fail(path, f"unsupported bit order {bit_order} / metric {metric} / id width {id_bytes}")
+        raise invalid(path, f"unsupported bit order {bit_order} / metric {metric} / id width {id_bytes}")
     if flags & ~(FLAG_IDS | FLAG_TOMBSTONES) and minor == 0:
-        raise _fail(path, f"unknown section flags {flags:#x}")
+        raise invalid(path, f"unknown section flags {flags:#x}")
     if meta_len > MAX_METADATA:
-        raise _fail(path, f"metadata length {meta_len} exceeds the header page")
+        raise invalid(path, f"metadata length {meta_len} exceeds the header page")
     try:
         metadata = json.loads(bytes(page[HEADER.size : HEADER.size + meta_len]) or b"{}")
     except ValueError as e:
-        raise _fail(path, f"metadata is not valid JSON ({e})") from None
+        raise invalid(path, f"metadata is not valid JSON ({e})") from None
     except RecursionError:
-        raise _fail(path, "metadata JSON is nested too deeply") from None
+        raise invalid(path, "metadata JSON is nested too deeply") from None
     if not isinstance(metadata, dict):
-        raise _fail(path, "metadata is not a JSON object")
+        raise invalid(path, "metadata is not a JSON object")
     return Header(
         bits=bits, bit_order=BIT_ORDER_NAMES[bit_order], metadata=metadata, created=created, minor=minor, major=major
     )
@@ -273,7 +273,7 @@ def read_state(path: StrPath, fd: int, file_size: int) -> tuple[Header, Commit, 
     """Header, the newest valid commit, and the slots that are damaged or wrongly zero."""
     header = parse_header(path, os.pread(fd, PAGE, 0), file_size)
     if file_size < DATA_START:
-        raise _fail(path, f"file truncated: {file_size} bytes, the header and commit slots take {DATA_START}")
+        raise invalid(path, f"file truncated: {file_size} bytes, the header and commit slots take {DATA_START}")
     valid, zero, damaged = [], [], []
     for slot, off in enumerate(SLOT_OFFSETS):
         buf = os.pread(fd, COMMIT.size + 4, off)
@@ -285,7 +285,7 @@ def read_state(path: StrPath, fd: int, file_size: int) -> tuple[Header, Commit, 
         else:
             zero.append(slot)
     if not valid:
-        raise _fail(path, "no valid commit record (both commit slots are damaged)")
+        raise invalid(path, "no valid commit record (both commit slots are damaged)")
     seq, slot, rec = max(valid)
     # A writer may have committed between the caller's fstat and the slot reads above: the
     # file only grows past a committed end, so the size taken now covers the record just read.
@@ -330,19 +330,19 @@ def may_hide_a_commit(problems: list[SlotProblem], commit: Commit, file_size: in
 def _parse_commit(path: StrPath, fd: int, header: Header, rec: bytes, slot: int, file_size: int) -> Commit:
     (_, seq, count, ntomb, nseg, table_offset, table_bytes, end_offset, max_id, table_crc) = COMMIT.unpack_from(rec)
     if end_offset > file_size:
-        raise _fail(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
+        raise invalid(path, f"file truncated: the last commit ends at byte {end_offset}, the file has {file_size}")
     if not DATA_START <= table_offset <= end_offset or table_offset + table_bytes != end_offset:
-        raise _fail(
+        raise invalid(
             path, f"commit table at {table_offset}+{table_bytes} lies outside the committed data (end {end_offset})"
         )
     seg_rec = segment_struct(header.major)
     if nseg * seg_rec.size + ntomb * 8 != table_bytes:
-        raise _fail(path, f"commit table size {table_bytes} disagrees with {nseg} segments and {ntomb} tombstones")
+        raise invalid(path, f"commit table size {table_bytes} disagrees with {nseg} segments and {ntomb} tombstones")
     if ntomb > count:
-        raise _fail(path, f"{ntomb} tombstones for {count} codes")
+        raise invalid(path, f"{ntomb} tombstones for {count} codes")
     table = os.pread(fd, table_bytes, table_offset)
     if len(table) != table_bytes or crc32(table) != table_crc:
-        raise _fail(path, "commit table checksum mismatch: the segment table is corrupt")
+        raise invalid(path, "commit table checksum mismatch: the segment table is corrupt")
     cb = header.code_bytes
     segments, total, prev_end = [], 0, DATA_START
     for i in range(nseg):
@@ -353,22 +353,24 @@ def _parse_commit(path: StrPath, fd: int, header: Header, rec: bytes, slot: int,
             codes_offset, n, cap, ids_offset, codes_crc, ids_crc = SEGMENT.unpack_from(table, i * seg_rec.size)
         s = Segment(codes_offset, n, ids_offset, codes_crc, ids_crc, cap)
         if n > cap:
-            raise _fail(path, f"segment {i}: {n} codes in room for {cap}")
+            raise invalid(path, f"segment {i}: {n} codes in room for {cap}")
         if s.end() > table_offset:
-            raise _fail(path, f"segment {i}: {cap} codes at {codes_offset} run past the commit table at {table_offset}")
+            raise invalid(
+                path, f"segment {i}: {cap} codes at {codes_offset} run past the commit table at {table_offset}"
+            )
         if codes_offset % PAGE or codes_offset < prev_end or ids_offset != codes_offset + cap * cb:
-            raise _fail(path, f"segment {i}: codes at {codes_offset} are misaligned or overlap earlier data")
+            raise invalid(path, f"segment {i}: codes at {codes_offset} are misaligned or overlap earlier data")
         segments.append(s)
         total += n
         prev_end = s.end()
     if total != count:
-        raise _fail(path, f"segments hold {total} codes but the commit record says {count}")
+        raise invalid(path, f"segments hold {total} codes but the commit record says {count}")
     tomb = np.frombuffer(table, dtype="<i8", count=ntomb, offset=nseg * seg_rec.size).astype(np.int64)
     # Comparisons, not np.diff: a difference of int64 positions can wrap (e.g. -2**63).
     if ntomb and (tomb[0] < 0 or tomb[-1] >= count or bool((tomb[1:] <= tomb[:-1]).any())):
-        raise _fail(path, "tombstones are not sorted positions inside the index")
+        raise invalid(path, "tombstones are not sorted positions inside the index")
     if max_id < -1:
-        raise _fail(path, f"invalid max id {max_id}")
+        raise invalid(path, f"invalid max id {max_id}")
     return Commit(seq, count, segments, tomb, table_offset, table_bytes, end_offset, max_id, slot)
 
 
@@ -384,9 +386,9 @@ def verify_segments(path: StrPath, mm: mmap.mmap, header: Header, commit: Commit
     for i, seg in enumerate(commit.segments):
         codes, ids = segment_arrays(mm, header, seg)
         if crc32(codes) != seg.codes_crc:
-            raise _fail(path, f"segment {i}: codes checksum mismatch ({seg.count} codes at byte {seg.codes_offset})")
+            raise invalid(path, f"segment {i}: codes checksum mismatch ({seg.count} codes at byte {seg.codes_offset})")
         if crc32(ids) != seg.ids_crc:
-            raise _fail(path, f"segment {i}: ids checksum mismatch")
+            raise invalid(path, f"segment {i}: ids checksum mismatch")
 
 
 def describe(header: Header, commit: Commit) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _core, storage
-from .codes import check_bits, check_codes, check_k, check_threads
+from .codes import check_bits, check_codes, check_k, check_radius, check_threads
 from .errors import IndexFormatError, ResultTooLargeError
 
 if TYPE_CHECKING:  # at run time these two come through __getattr__ (mapped imports this module)
@@ -26,14 +26,6 @@ if TYPE_CHECKING:  # at run time these two come through __getattr__ (mapped impo
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
-
-
-def _check_radius(radius: object) -> int:
-    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
-        raise TypeError(f"radius must be an int, got {type(radius).__name__}")
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    return int(radius)
 
 
 #: Ids are integers in [0, MAX_ID]: int64 without the negatives, so -1 means only "no hit".
@@ -397,7 +389,7 @@ class _SearchMixin:
         without bound, and a large radius can match every code for every query.
         """
         q = check_codes(queries, "queries", self.code_bytes)
-        radius = _check_radius(radius)
+        radius = check_radius(radius)
         threads = check_threads(threads)
         by_limit = max_results is None
         if max_results is None:

@@ -36,12 +36,12 @@ from .fileformat import (
     Header,
     Segment,
     SlotProblem,
-    StrPath,
-    _align,
-    _fail,
+    align_up,
     crc32,
     encode_table,
+    invalid,
 )
+from .fileio import StrPath
 
 # A new tail segment reserves room for a quarter of the codes so far, within these bounds (bytes
 # of codes): few segments for any commit size, and at most ~1/4 of the file reserved and unused
@@ -147,14 +147,14 @@ def write_commit(
         codes, ids, count = codes[take:], ids[take:], count + take
     if len(codes):
         cap = _new_capacity(header, len(codes), count, reserve)
-        offset = _align(cursor, PAGE)  # page-aligned codes: kernels read them in place
+        offset = align_up(cursor, PAGE)  # page-aligned codes: kernels read them in place
         _pwrite_all(fd, codes, offset)
         _pwrite_all(fd, ids, offset + cap * cb)
         seg = Segment(offset, len(codes), offset + cap * cb, crc32(codes), crc32(ids), cap)
         segments.append(seg)
         count += len(codes)
         cursor = seg.end()
-    table_offset = _align(cursor, 8)
+    table_offset = align_up(cursor, 8)
     table = encode_table(segments, tombstones, header.major)
     _pwrite_all(fd, table, table_offset)
     io.fsync(fd)
@@ -203,7 +203,7 @@ def open_index_file(path: StrPath, writable: bool) -> int:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder, not a bne index file", os.fspath(path))
         if not stat.S_ISREG(st.st_mode):
-            raise _fail(path, "not a regular file (a FIFO, device or socket cannot hold an index)")
+            raise invalid(path, "not a regular file (a FIFO, device or socket cannot hold an index)")
     except BaseException:
         os.close(fd)
         raise
