@@ -427,9 +427,8 @@ def _parameters_of(cls: Callable[P, MappedIndex]) -> Callable[[Callable[..., Map
 
 @_parameters_of(MappedIndex)
 def open(*args: Any, **kwargs: Any) -> MappedIndex:
-    """Opens an index file written by ``Index.save`` or by a writer:
-    ``open(path, mode="r", *, verify=False, expect_bits=None, bits=None, metadata=None,
-    bit_order="big", repair=False)``, the parameters of :class:`MappedIndex`.
+    """Opens an index file written by ``Index.save`` or by a writer, as a :class:`MappedIndex`
+    (its parameters, which ``help(bne.open)`` shows, are defined once, there).
 
     ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
     ``mode="a"``: append (one writer at a time, a file lock); creates the file when ``bits`` is
