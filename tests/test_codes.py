@@ -34,7 +34,7 @@ def test_unpack_roundtrip(rng):
     np.testing.assert_array_equal(bne.unpack(codes, signs=False), (s > 0).astype(np.uint8))
     np.testing.assert_array_equal(bne.unpack(codes, bits=100), s[:, :100])
     for order in ("big", "little"):
-        np.testing.assert_array_equal(bne.unpack(bne.pack(s, bitorder=order), bitorder=order), s)
+        np.testing.assert_array_equal(bne.unpack(bne.pack(s, bit_order=order), bit_order=order), s)
 
 
 def test_hamming_equals_sign_disagreements(rng):
@@ -56,8 +56,8 @@ def test_faiss_fvecs2bitvecs_order(rng):
     x = rng.standard_normal((6, 128)).astype(np.float32)
     ref = np.empty((6, 16), np.uint8)
     faiss.fvecs2bitvecs(faiss.swig_ptr(x), faiss.swig_ptr(ref), 128, 6)
-    np.testing.assert_array_equal(bne.pack(x, bitorder="little"), ref)
+    np.testing.assert_array_equal(bne.pack(x, bit_order="little"), ref)
     # Distances do not depend on the order, as long as both sides use the same one.
     np.testing.assert_array_equal(
-        bne.hamming(bne.pack(x, bitorder="little"), ref), bne.hamming(bne.pack(x), bne.pack(x))
+        bne.hamming(bne.pack(x, bit_order="little"), ref), bne.hamming(bne.pack(x), bne.pack(x))
     )

@@ -112,7 +112,7 @@ CASES = [
     ),
     ("pack strings", lambda: bne.pack(np.array(["a", "b"])), TypeError, "pack needs a bool or numeric array"),
     ("pack scalar", lambda: bne.pack(1.0), ValueError, "got a scalar"),
-    ("pack bad bitorder", lambda: bne.pack(np.ones((1, 8)), bitorder="middle"), ValueError, "bitorder must be 'big'"),
+    ("pack bad bit_order", lambda: bne.pack(np.ones((1, 8)), bit_order="middle"), ValueError, "bit_order must be"),
     ("unpack too many bits", lambda: bne.unpack(u8(1, 8), bits=65), ValueError, "bits must be an int in 1..64"),
     ("unpack float", lambda: bne.unpack(np.zeros((1, 8))), TypeError, "codes must have dtype uint8"),
     ("set_isa unknown", lambda: bne.set_isa("sse9"), ValueError, "unknown ISA 'sse9'; available: serial"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bne
-from bne import storage
+from bne import fileformat, storage
 from reference import knn, random_codes
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden_v1.bne"  # written by bne 0.1 (format 1.0)
@@ -41,14 +41,14 @@ def rewrite(path, offset, data):
 
 
 def fix_slot_crc(path, slot):
-    off = storage.SLOT_OFFSETS[slot]
-    raw = bytearray(path.read_bytes()[off : off + storage.COMMIT.size])
-    rewrite(path, off + storage.COMMIT.size, struct.pack("<I", storage.crc32(bytes(raw))))
+    off = fileformat.SLOT_OFFSETS[slot]
+    raw = bytearray(path.read_bytes()[off : off + fileformat.COMMIT.size])
+    rewrite(path, off + fileformat.COMMIT.size, struct.pack("<I", fileformat.crc32(bytes(raw))))
 
 
 def fix_header_crc(path):
-    page = path.read_bytes()[: storage.HEADER_CRC_AT]
-    rewrite(path, storage.HEADER_CRC_AT, struct.pack("<I", storage.crc32(page)))
+    page = path.read_bytes()[: fileformat.HEADER_CRC_AT]
+    rewrite(path, fileformat.HEADER_CRC_AT, struct.pack("<I", fileformat.crc32(page)))
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def golden_bytes(tmp_path, monkeypatch):
     """Version 2.0: a save of 4 codes (exact size), an append that starts a segment with reserved
     room, and an append that fills that room in place and removes one code."""
     monkeypatch.setattr(storage, "SEGMENT_MIN_BYTES", 4096)  # small reserved room: a small fixture
-    header = storage.Header(bits=128, bit_order="big", metadata={"model": "golden"}, created=0)
+    header = fileformat.Header(bits=128, bit_order="big", metadata={"model": "golden"}, created=0)
     path = tmp_path / "g.bne"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     try:
@@ -270,12 +270,12 @@ def test_golden_bytes(tmp_path, monkeypatch):  # 1, 20: the layout is pinned
     assert data == GOLDEN_V2.read_bytes(), "file layout changed: bump the format version and keep the old reader"
     assert data[:8] == b"\x89BNEIDX\n"
     magic, major, minor, hdr, bits, cb, order, metric, idw, endian, page, flags, created, mlen = (
-        storage.HEADER.unpack_from(data)
+        fileformat.HEADER.unpack_from(data)
     )
     assert (major, minor, hdr, bits, cb, order, metric, idw, endian, page) == (2, 0, 4096, 128, 16, 0, 0, 8, 1, 4096)
-    assert data[storage.DATA_START : storage.DATA_START + 64] == bytes(range(64))  # codes at 12288
-    assert np.frombuffer(data, "<i8", 4, storage.DATA_START + 64).tolist() == [10, 11, 12, 13]
-    second = storage.DATA_START + storage.PAGE  # the appended segment: 256 codes of room, then 256 ids
+    assert data[fileformat.DATA_START : fileformat.DATA_START + 64] == bytes(range(64))  # codes at 12288
+    assert np.frombuffer(data, "<i8", 4, fileformat.DATA_START + 64).tolist() == [10, 11, 12, 13]
+    second = fileformat.DATA_START + fileformat.PAGE  # the appended segment: 256 codes of room, then 256 ids
     assert data[second : second + 64] == bytes(b ^ 0xFF for b in range(32)) + bytes(b ^ 0x0F for b in range(32, 64))
     assert np.frombuffer(data, "<i8", 4, second + 256 * 16).tolist() == [20, 21, 22, 23]
     idx = bne.open(GOLDEN_V2, verify=True)
@@ -368,11 +368,11 @@ def test_crafted_commit_records(tmp_path, field, value, message):  # 4: checks b
         "table_crc",
     ]
     data = path.read_bytes()
-    slot = max((struct.unpack_from("<Q", data, off + 8)[0], s) for s, off in enumerate(storage.SLOT_OFFSETS))[1]
-    off = storage.SLOT_OFFSETS[slot]
-    rec = list(storage.COMMIT.unpack_from(data, off))
+    slot = max((struct.unpack_from("<Q", data, off + 8)[0], s) for s, off in enumerate(fileformat.SLOT_OFFSETS))[1]
+    off = fileformat.SLOT_OFFSETS[slot]
+    rec = list(fileformat.COMMIT.unpack_from(data, off))
     rec[names.index(field)] = value
-    rewrite(path, off, storage.COMMIT.pack(*rec))
+    rewrite(path, off, fileformat.COMMIT.pack(*rec))
     fix_slot_crc(path, slot)
     with pytest.raises(bne.IndexFormatError, match=re.escape(message)):
         bne.open(path)
@@ -398,16 +398,16 @@ def test_crafted_segment_past_end(tmp_path):  # 4
     path = small_file(tmp_path)
     data = path.read_bytes()
     slot = 0
-    rec = storage.COMMIT.unpack_from(data, storage.SLOT_OFFSETS[slot])
+    rec = fileformat.COMMIT.unpack_from(data, fileformat.SLOT_OFFSETS[slot])
     table_offset = rec[5]
-    seg = list(storage.SEGMENT.unpack_from(data, table_offset))
+    seg = list(fileformat.SEGMENT.unpack_from(data, table_offset))
     seg[1] = seg[2] = 2**40  # a count (and room) that runs far past the file
     table = bytearray(data[table_offset : rec[7]])
-    table[: storage.SEGMENT.size] = storage.SEGMENT.pack(*seg)
+    table[: fileformat.SEGMENT.size] = fileformat.SEGMENT.pack(*seg)
     rewrite(path, table_offset, bytes(table))
     new = list(rec)
-    new[9] = storage.crc32(bytes(table))
-    rewrite(path, storage.SLOT_OFFSETS[slot], storage.COMMIT.pack(*new))
+    new[9] = fileformat.crc32(bytes(table))
+    rewrite(path, fileformat.SLOT_OFFSETS[slot], fileformat.COMMIT.pack(*new))
     fix_slot_crc(path, slot)
     with pytest.raises(bne.IndexFormatError, match="run past the commit table"):
         bne.open(path)
@@ -416,7 +416,7 @@ def test_crafted_segment_past_end(tmp_path):  # 4
 def test_every_header_bit_flip_is_detected(tmp_path):  # 3
     path = small_file(tmp_path)
     good = path.read_bytes()
-    for byte in range(0, storage.PAGE, 7):
+    for byte in range(0, fileformat.PAGE, 7):
         for bit in (0, 5):
             data = bytearray(good)
             data[byte] ^= 1 << bit
@@ -427,7 +427,7 @@ def test_every_header_bit_flip_is_detected(tmp_path):  # 3
 
 def test_payload_flip_detected_by_verify(tmp_path, rng):  # 3
     path = small_file(tmp_path, n=200, bits=1024)
-    for offset in (storage.DATA_START, storage.DATA_START + 200 * 128 - 1, storage.DATA_START + 200 * 128 + 3):
+    for offset in (fileformat.DATA_START, fileformat.DATA_START + 200 * 128 - 1, fileformat.DATA_START + 200 * 128 + 3):
         data = bytearray(path.read_bytes())
         data[offset] ^= 0x10
         bad = tmp_path / f"flip{offset}.bne"
@@ -493,7 +493,7 @@ def failing_io(monkeypatch, fail_at, exc):
 
         return inner
 
-    for name in ("pwrite", "fsync", "replace"):
+    for name in ("pwrite", "fsync", "replace", "fsync_dir"):
         monkeypatch.setattr(storage.io, name, wrap(getattr(storage._OsIO, name)))
     return calls
 
@@ -706,7 +706,7 @@ def test_empty_segments_cost_nothing_to_search(tmp_path, rng):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         c = storage.create(fd, header, [(random_codes(rng, 3, 128), np.arange(3))], 2)
-        empty = storage.Segment(storage.DATA_START, 0, storage.DATA_START, 0, 0, 0)
+        empty = fileformat.Segment(fileformat.DATA_START, 0, fileformat.DATA_START, 0, 0, 0)
         c.segments = [empty] * 100_000 + c.segments
         storage.write_commit(fd, header, c, [], np.empty(0, np.int64), 2)
     finally:

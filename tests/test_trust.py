@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bne
-from bne import storage
+from bne import fileformat, storage
 from reference import random_codes
 
 
@@ -32,7 +32,7 @@ def new_index(tmp_path, n=20, bits=128, name="x.bne", commits=1, rng=None):
 
 def newest_slot(path):
     data = path.read_bytes()
-    return max((struct.unpack_from("<Q", data, off + 8)[0], s) for s, off in enumerate(storage.SLOT_OFFSETS))[1]
+    return max((struct.unpack_from("<Q", data, off + 8)[0], s) for s, off in enumerate(fileformat.SLOT_OFFSETS))[1]
 
 
 def run_py(code, *args, timeout=60):
@@ -86,8 +86,8 @@ def test_zeroed_newest_slot_is_not_a_silent_rollback(tmp_path):
     path = new_index(tmp_path, n=5, commits=3)
     slot = newest_slot(path)
     data = bytearray(path.read_bytes())
-    off = storage.SLOT_OFFSETS[slot]
-    data[off : off + storage.PAGE] = bytes(storage.PAGE)  # a zeroed page, as some filesystems leave
+    off = fileformat.SLOT_OFFSETS[slot]
+    data[off : off + fileformat.PAGE] = bytes(fileformat.PAGE)  # a zeroed page, as some filesystems leave
     path.write_bytes(bytes(data))
     with pytest.warns(RuntimeWarning, match=r"all zero although the file has had 3 commits.*bytes follow commit 3"):
         idx = bne.open(path)
@@ -112,7 +112,7 @@ def test_zero_second_slot_is_fine_after_one_commit(tmp_path):
 def test_damaged_older_slot_is_reported_and_repaired(tmp_path):
     path = new_index(tmp_path, n=4, commits=3)
     older = 1 - newest_slot(path)
-    storage_off = storage.SLOT_OFFSETS[older]
+    storage_off = fileformat.SLOT_OFFSETS[older]
     data = bytearray(path.read_bytes())
     data[storage_off + 20] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -131,16 +131,18 @@ def test_crafted_tombstone_wrapping_diff_is_refused(tmp_path):
         w.remove([2, 5])
     slot = newest_slot(path)
     data = bytearray(path.read_bytes())
-    rec = list(storage.COMMIT.unpack_from(data, storage.SLOT_OFFSETS[slot]))
+    rec = list(fileformat.COMMIT.unpack_from(data, fileformat.SLOT_OFFSETS[slot]))
     table_offset, table_bytes = rec[5], rec[6]
     struct.pack_into("<q", data, table_offset + table_bytes - 8, -(2**63))  # tombstones [2, -2**63]
-    rec[9] = storage.crc32(bytes(data[table_offset : table_offset + table_bytes]))
-    struct.pack_into("<" + storage.COMMIT.format[1:], data, storage.SLOT_OFFSETS[slot], *rec)
+    rec[9] = fileformat.crc32(bytes(data[table_offset : table_offset + table_bytes]))
+    struct.pack_into("<" + fileformat.COMMIT.format[1:], data, fileformat.SLOT_OFFSETS[slot], *rec)
     struct.pack_into(
         "<I",
         data,
-        storage.SLOT_OFFSETS[slot] + storage.COMMIT.size,
-        storage.crc32(bytes(data[storage.SLOT_OFFSETS[slot] : storage.SLOT_OFFSETS[slot] + storage.COMMIT.size])),
+        fileformat.SLOT_OFFSETS[slot] + fileformat.COMMIT.size,
+        fileformat.crc32(
+            bytes(data[fileformat.SLOT_OFFSETS[slot] : fileformat.SLOT_OFFSETS[slot] + fileformat.COMMIT.size])
+        ),
     )
     path.write_bytes(bytes(data))
     with pytest.raises(bne.IndexFormatError, match="tombstones are not sorted positions"):
@@ -170,7 +172,7 @@ def test_largest_id_works_and_lookups_never_wrap(tmp_path):
 def test_negative_stored_ids_are_caught(tmp_path):
     path = new_index(tmp_path, n=3)
     with open(path, "rb") as f:
-        seg = storage.read_state(path, f.fileno(), os.fstat(f.fileno()).st_size)[1].segments[0]
+        seg = fileformat.read_state(path, f.fileno(), os.fstat(f.fileno()).st_size)[1].segments[0]
     data = bytearray(path.read_bytes())
     struct.pack_into("<q", data, seg.ids_offset, -1)  # first stored id becomes -1 (crc now wrong too)
     path.write_bytes(bytes(data))
@@ -259,9 +261,9 @@ def test_deeply_nested_metadata(tmp_path):
     path = new_index(tmp_path, n=2)
     data = bytearray(path.read_bytes())
     meta = b'{"a":' + b"[" * 1900 + b"]" * 1900 + b"}"
-    struct.pack_into("<I", data, storage.HEADER.size - 4, len(meta))
-    data[storage.HEADER.size : storage.HEADER.size + len(meta)] = meta
-    struct.pack_into("<I", data, storage.HEADER_CRC_AT, storage.crc32(bytes(data[: storage.HEADER_CRC_AT])))
+    struct.pack_into("<I", data, fileformat.HEADER.size - 4, len(meta))
+    data[fileformat.HEADER.size : fileformat.HEADER.size + len(meta)] = meta
+    struct.pack_into("<I", data, fileformat.HEADER_CRC_AT, fileformat.crc32(bytes(data[: fileformat.HEADER_CRC_AT])))
     path.write_bytes(bytes(data))
     with pytest.raises(bne.IndexFormatError, match="nested too deeply"):
         bne.open(path)

@@ -2,7 +2,8 @@
 
 Search needs only numpy. ``bne.Collection`` (an index, its docstore and its model: what the
 ``bne`` command works on) and ``bne.read_corpus`` are imported on first use; the torch encoder
-(``bne.Encoder`` / ``bne.BinaryEmbedder``) too.
+(``bne.Encoder`` / ``bne.BinaryEmbedder``) too. ``dir(bne)`` lists those lazily loaded names;
+``from bne import *`` imports only the numpy-only ones (``__all__``).
 """
 
 from __future__ import annotations
@@ -18,41 +19,52 @@ from ._core import (
 )
 from ._core import set_isa as _set_isa
 from .codes import pack, unpack
-from .errors import IndexFormatError, IndexLockedError
-from .index import PAD_DISTANCE, Index, MappedIndex, hamming, knn, open, split_ranges
+from .errors import IndexFormatError, IndexLockedError, ResultTooLargeError
+from .index import PAD_DISTANCE, Index, hamming, knn, split_ranges
+from .mapped import MappedIndex, open
+
+# Names imported on first use, by the module that holds them: the encoder pulls in torch +
+# transformers (OpenVinoEncoder: openvino), the collection layer documents, models and SQLite.
+_LAZY = {
+    "Encoder": "encoder",
+    "BinaryEmbedder": "encoder",
+    "OpenVinoEncoder": "encoder.runtime",
+    "Collection": "collection",
+    "build_sharded": "collection",
+    "Doc": "corpus",
+    "read_corpus": "corpus",
+    "doc_text": "corpus",
+}
 
 
 def __getattr__(name: str) -> object:
-    # The encoder pulls in torch + transformers: import it only when it is asked for.
-    if name in ("Encoder", "BinaryEmbedder"):
-        from . import encoder
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'bne' has no attribute {name!r}")
+    import importlib
 
-        return getattr(encoder, name)
-    # The collection layer (documents, models, SQLite): imported on first use, like the encoder.
-    if name in ("Collection", "build_sharded"):
-        from . import collection
+    return getattr(importlib.import_module(f".{mod}", __name__), name)
 
-        return getattr(collection, name)
-    if name in ("Doc", "read_corpus", "doc_text"):
-        from . import corpus
 
-        return getattr(corpus, name)
-    raise AttributeError(f"module 'bne' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def set_isa(isa: str) -> None:
     """Forces the kernels every later search uses: an ISA ('serial', 'avx2', 'avx512': its best
     variant here) or one kernel variant from ``available_kernels()`` (e.g. 'avx512-256').
     Raises ValueError when this CPU lacks it (``available_isas()`` lists the ISAs it has).
-    ``kernel_info()`` says which kernel is in use and why."""
+    ``kernel_info()`` says which kernel is in use and why: its ``'kernel'`` is the name of that
+    variant, one that ``set_isa`` takes."""
     _set_isa(isa)
 
 
-# Encoder / BinaryEmbedder are left out of __all__ so that `from bne import *` stays numpy-only.
+# The lazy names (_LAZY) are left out of __all__ so that `from bne import *` stays numpy-only.
 __all__ = [
     "Index",
     "IndexFormatError",
     "IndexLockedError",
+    "ResultTooLargeError",
     "MappedIndex",
     "open",
     "PAD_DISTANCE",

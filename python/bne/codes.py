@@ -1,13 +1,14 @@
 """Packing embeddings to binary codes and back, and the checks every code array goes through.
 
 Bit order: dimension 0 is the most significant bit of byte 0 (numpy ``packbits`` order, the same
-as sentence-transformers' ``quantize_embeddings(precision="ubinary")``). ``bitorder="little"``
+as sentence-transformers' ``quantize_embeddings(precision="ubinary")``). ``bit_order="little"``
 gives FAISS's ``fvecs2bitvecs`` order (dimension 0 is the least significant bit of byte 0).
 A dimension is 1 when its value is > 0.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -15,18 +16,35 @@ import numpy as np
 BitOrder = Literal["big", "little"]
 
 
-def _check_bitorder(bitorder: str) -> None:
-    if bitorder not in ("big", "little"):
-        raise ValueError(f"bitorder must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bitorder!r}")
+def check_bit_order(bit_order: object) -> None:
+    """ValueError unless ``bit_order`` is 'big' or 'little' (codes, headers and saves share it)."""
+    if bit_order not in ("big", "little"):
+        raise ValueError(
+            f"bit_order must be 'big' (numpy/sentence-transformers) or 'little' (FAISS), got {bit_order!r}"
+        )
 
 
-def pack(x: np.typing.ArrayLike, bitorder: BitOrder = "big") -> np.ndarray:
+def _renamed_bit_order(bit_order: BitOrder, bitorder: BitOrder | None, where: str) -> BitOrder:
+    """The ``bit_order`` to use, accepting the old spelling ``bitorder`` with a DeprecationWarning."""
+    if bitorder is None:
+        return bit_order
+    warnings.warn(
+        f"{where}(bitorder=...) is deprecated; use bit_order=... (the name Index.save and bne.open use)",
+        DeprecationWarning,
+        3,
+    )
+    return bitorder
+
+
+def pack(x: np.typing.ArrayLike, bit_order: BitOrder = "big", *, bitorder: BitOrder | None = None) -> np.ndarray:
     """Packs ``{-1,+1}``, bool or float embeddings of shape ``(..., dim)`` to uint8 codes of
     shape ``(..., ceil(dim / 8))``; a dimension becomes bit 1 when its value is > 0.
 
     NaN raises ValueError (its sign is meaningless). Index codes need ``dim`` to be a multiple of 64.
+    ``bitorder`` is the deprecated spelling of ``bit_order``.
     """
-    _check_bitorder(bitorder)
+    bit_order = _renamed_bit_order(bit_order, bitorder, "pack")
+    check_bit_order(bit_order)
     a = np.asarray(x)
     if a.ndim == 0:
         raise ValueError("pack needs an array of shape (..., dim), got a scalar")
@@ -43,13 +61,22 @@ def pack(x: np.typing.ArrayLike, bitorder: BitOrder = "big") -> np.ndarray:
         bits = a > 0
     else:
         raise TypeError(f"pack needs a bool or numeric array, got dtype {a.dtype}")
-    return np.packbits(bits, axis=-1, bitorder=bitorder)
+    return np.packbits(bits, axis=-1, bitorder=bit_order)
 
 
-def unpack(codes: np.ndarray, bits: int | None = None, bitorder: BitOrder = "big", *, signs: bool = True) -> np.ndarray:
+def unpack(
+    codes: np.ndarray,
+    bits: int | None = None,
+    bit_order: BitOrder = "big",
+    *,
+    signs: bool = True,
+    bitorder: BitOrder | None = None,
+) -> np.ndarray:
     """Inverse of :func:`pack`: ``(..., bytes)`` uint8 codes to ``(..., bits)`` values,
-    int8 in ``{-1,+1}`` (``signs=True``) or uint8 in ``{0,1}``. ``bits`` defaults to 8 * bytes."""
-    _check_bitorder(bitorder)
+    int8 in ``{-1,+1}`` (``signs=True``) or uint8 in ``{0,1}``. ``bits`` defaults to 8 * bytes.
+    ``bitorder`` is the deprecated spelling of ``bit_order``."""
+    bit_order = _renamed_bit_order(bit_order, bitorder, "unpack")
+    check_bit_order(bit_order)
     c = check_uint8(codes, "codes")
     nbits = c.shape[-1] * 8 if c.ndim else 0
     if bits is None:
@@ -58,7 +85,7 @@ def unpack(codes: np.ndarray, bits: int | None = None, bitorder: BitOrder = "big
         raise ValueError(
             f"bits must be an int in 1..{nbits} for codes of {c.shape[-1] if c.ndim else 0} bytes, got {bits!r}"
         )
-    b = np.unpackbits(c, axis=-1, count=int(bits), bitorder=bitorder)
+    b = np.unpackbits(c, axis=-1, count=int(bits), bitorder=bit_order)
     if not signs:
         return b
     return (b.astype(np.int8) * 2 - 1).astype(np.int8)
@@ -114,6 +141,14 @@ def check_k(k: object) -> int:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return int(k)
+
+
+def check_radius(radius: object) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
+        raise TypeError(f"radius must be an int, got {type(radius).__name__}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    return int(radius)
 
 
 def check_threads(threads: object) -> int:

@@ -30,6 +30,10 @@ class CollectionError(ValueError):
     """A collection cannot be created, opened or used as asked (names the path)."""
 
 
+class CheckpointError(ValueError):
+    """A ``--resume`` file is not a bne training checkpoint (the message names it and what is wrong)."""
+
+
 class ModelError(ValueError):
     """A model cannot be used: not a model, unreadable, or of the wrong bit count (names it)."""
 

@@ -7,7 +7,8 @@
   published ``bne-binary-1024`` checkpoints; trainable end to end (straight-through sign). Needs torch.
 * :class:`Encoder` - the torch encoder: ``Encoder.default(bits=1024)`` is all-MiniLM-L6-v2 plus a
   shipped natively binary head; ``encode`` returns packed codes for :class:`bne.Index`.
-* :func:`rescore` - re-rank Hamming candidates by float query logits against their bits.
+* :func:`rescore_candidates` - re-rank Hamming candidates by float query logits against their bits
+  (``rescore`` is its deprecated old name).
 
 Names are imported on first use, so ``from bne.encoder import load`` or ``rescore_candidates`` does
 not import torch or transformers.
@@ -16,6 +17,7 @@ not import torch or transformers.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 _LAZY = {
@@ -25,7 +27,6 @@ _LAZY = {
     "minilm_dir": "base",
     "cache_dir": "base",
     "rescore_candidates": "base",
-    "rescore": "base",
     "load": "runtime",
     "OnnxEncoder": "runtime",
     "onnx_path": "runtime",
@@ -42,10 +43,13 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "rescore":  # not cached: every use warns
+        warnings.warn("bne.encoder.rescore is deprecated; use bne.encoder.rescore_candidates", DeprecationWarning, 2)
+        name = "rescore_candidates"
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'bne.encoder' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), "rescore_candidates" if name == "rescore" else name)
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
     globals()[name] = value
     return value
 

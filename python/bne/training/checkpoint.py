@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
+
 #: Written into every checkpoint; a file without it (or with another) is not one of ours.
 FORMAT = "bne-train-checkpoint-v1"
 _GLOBAL = re.compile(r"unsupported GLOBAL ([\w.]+)")
 _KEYS = ("module", "optimizer", "scheduler", "step", "generator", "torch_rng", "perm")
-
-
-class CheckpointError(ValueError):
-    """A ``--resume`` file is not a bne training checkpoint (the message names it and what is wrong)."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
