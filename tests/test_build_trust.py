@@ -17,9 +17,8 @@ import time
 import pytest
 
 import bne
-from bne import cli, storage
+from bne import cli, ingest, storage
 from bne import collection as bcoll
-from bne import ingest
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
 from test_collection import FakeEncoder, consistent, docs_of

@@ -1,6 +1,7 @@
 """A collection: an index (one file, or a folder of shards), the docstore beside it, and the
-model that made its codes. What ``bne build`` / ``bne search`` / ``bne info`` / ``bne verify``,
-the Ray build and the demo do, as a library:
+model that made its codes. What ``bne build`` / ``bne search`` / ``bne info`` / ``bne verify``
+and the demo do, as a library (the Ray build of a folder of shards is :func:`bne.distributed.build_sharded`,
+re-exported here and as ``bne.build_sharded``):
 
     >>> c = bne.Collection.create("docs.bne")            # nothing is written before add()
     >>> c.add(bne.read_corpus("docs.txt"))               # encode, commit in batches
@@ -9,8 +10,8 @@ the Ray build and the demo do, as a library:
 The collection owns the two-store transaction: for every batch the texts are committed to the
 docstore first, then the codes to the index, so every committed index id has its document, and
 rows of a batch whose index commit never happened are dropped on the next ``add``. Reading the
-input, encoding and committing run on three threads, so neither the disk nor the reader waits on
-the model (nor the model on them); Ctrl-C stops after the commit in flight.
+input, encoding and committing run on three threads (:mod:`bne.ingest`), so neither the disk nor
+the reader waits on the model (nor the model on them); Ctrl-C stops after the commit in flight.
 
 A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index file ``P``, and
 ``<folder>/corpus.docs.sqlite`` in a folder of shards. Its row ids are the index's ids.
