@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from ..encoder.base import threads_option
-from .checkpoint import load_checkpoint, save_checkpoint
 from .config import OBJECTIVES, TrainConfig
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
@@ -306,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = out.with_name(out.name + ".ckpt.pt")
+    from .checkpoint import load_checkpoint, save_checkpoint  # imports torch: not for --help
+
     resume = load_checkpoint(args.resume) if args.resume else None  # typed: never unpickles code
 
     def save_ckpt(state):
