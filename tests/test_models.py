@@ -408,11 +408,11 @@ def test_names_from_an_index_stay_in_its_folder(use_cache, tmp_path):
 
 
 def test_embedder_without_onnx_runtime_falls_back_to_torch(zoo, use_cache, monkeypatch):
-    from bne.encoder import runtime
+    from bne.encoder import backend as runtime
 
     ref = models.identify(zoo[1]["full"])
     onnx_codes = models.load(ref).encode(DOCS)
-    monkeypatch.setattr(runtime, "_onnx_available", lambda: False)
+    monkeypatch.setattr(runtime, "onnx_available", lambda: False)
     enc = models.load(ref)
     assert enc.backend == "torch" and enc.max_length == 64  # full.json's max_length
     assert np.mean(np.unpackbits(enc.encode(DOCS)) == np.unpackbits(onnx_codes)) >= 0.999

@@ -28,9 +28,9 @@ from .mapped import MappedIndex, open
 _LAZY = {
     "Encoder": "encoder",
     "BinaryEmbedder": "encoder",
-    "OpenVinoEncoder": "encoder.runtime",
+    "OpenVinoEncoder": "encoder.openvino",
     "Collection": "collection",
-    "build_sharded": "collection",
+    "build_sharded": "distributed",
     "Doc": "corpus",
     "read_corpus": "corpus",
     "doc_text": "corpus",

@@ -1,6 +1,7 @@
 """A collection: an index (one file, or a folder of shards), the docstore beside it, and the
-model that made its codes. What ``bne build`` / ``bne search`` / ``bne info`` / ``bne verify``,
-the Ray build and the demo do, as a library:
+model that made its codes. What ``bne build`` / ``bne search`` / ``bne info`` / ``bne verify``
+and the demo do, as a library (the Ray build of a folder of shards is :func:`bne.distributed.build_sharded`,
+re-exported here and as ``bne.build_sharded``):
 
     >>> c = bne.Collection.create("docs.bne")            # nothing is written before add()
     >>> c.add(bne.read_corpus("docs.txt"))               # encode, commit in batches
@@ -9,8 +10,8 @@ the Ray build and the demo do, as a library:
 The collection owns the two-store transaction: for every batch the texts are committed to the
 docstore first, then the codes to the index, so every committed index id has its document, and
 rows of a batch whose index commit never happened are dropped on the next ``add``. Reading the
-input, encoding and committing run on three threads, so neither the disk nor the reader waits on
-the model (nor the model on them); Ctrl-C stops after the commit in flight.
+input, encoding and committing run on three threads (:mod:`bne.ingest`), so neither the disk nor
+the reader waits on the model (nor the model on them); Ctrl-C stops after the commit in flight.
 
 A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index file ``P``, and
 ``<folder>/corpus.docs.sqlite`` in a folder of shards. Its row ids are the index's ids.
@@ -19,35 +20,36 @@ A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import queue
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _core, models, storage
+from . import _core, distributed, storage
 from . import index as bindex
 from .codes import check_bits
-from .corpus import Doc, doc_text
+from .corpus import Doc
+from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
 from .docstore import DocStore, StoredDoc, path_for
+from .encoder.backend import INT8_MIN_DOCS
 from .encoder.base import search_codes
 from .errors import CollectionError, DocStoreError, IndexLockedError
-from .models import ModelRef, identify, load
-
-#: Rows encoded per call while building: the progress bar moves this often, and the encoder
-#: still sorts this many texts by length to pad little.
-ENCODE_CHUNK = 512
-#: A build of fewer documents does not wait for a one-time int8 quantisation (encoder/runtime.py).
-INT8_MIN_DOCS = 5000
-#: Documents the reader may hold ahead of the encoder: enough to tell the model whether
-#: INT8_MIN_DOCS come and to keep it fed, while memory follows the work, not the input's size.
-READ_AHEAD = INT8_MIN_DOCS + 2 * ENCODE_CHUNK
+from .ingest import (
+    AddResult,
+    Committer,
+    Progress,
+    Reader,
+    file_identity,
+    legacy_present,
+    remove_if_unused,
+    run_pipeline,
+)
+from .models import ModelRef, identify, load, same_model
+from .shards import MANIFEST, docstore_key, is_sharded
 
 
 @dataclass
@@ -72,41 +74,6 @@ class SearchResult:
     search_ms: float
     codes: int  # codes searched
     warning: str | None = None  # the docstore could not be read: ids only
-
-
-@dataclass
-class AddResult:
-    added: int = 0  # documents committed by this call
-    present: int = 0  # documents skipped: already in the collection
-    dropped: int = 0  # rows an interrupted earlier add left in the docstore, removed
-    total: int = 0  # documents in the input (read so far, if it was not read to its end)
-    interrupted: bool = False
-    seconds: float = 0.0
-
-
-@dataclass
-class Progress:
-    """Passed to ``add(progress=...)`` after each encoded chunk and each commit."""
-
-    encoded: int
-    committed: int
-    total: int | None  # documents to encode, once the reader has seen the whole input
-    started: float = field(default_factory=time.perf_counter)
-
-
-def is_sharded(path: str | os.PathLike) -> bool:
-    """A folder of shards (or its manifest) rather than one index file."""
-    p = os.fspath(path)
-    return os.path.isdir(p) or p.endswith(".json")
-
-
-def docstore_key(path: str | os.PathLike) -> str:
-    """What :func:`docstore.path_for` is applied to: the index file, or ``<folder>/corpus``."""
-    p = os.fspath(path)
-    if not is_sharded(p):
-        return p
-    folder = p if os.path.isdir(p) else os.path.dirname(p)
-    return os.path.join(folder, "corpus")
 
 
 class Collection:
@@ -176,8 +143,6 @@ class Collection:
         if is_sharded(path):
             if mode != "r":
                 raise CollectionError(f"{path}: a folder of shards is read-only; rebuild it with --ray --append")
-            from . import distributed
-
             paths, manifest = distributed.read_manifest(_manifest_path(path))
             recorded = ModelRef.from_metadata(manifest.get("metadata", {}), manifest["bits"])
             ref = _chosen_model(path, recorded, model, manifest["bits"])
@@ -275,7 +240,7 @@ class Collection:
             raise ValueError("batch_size and commit_every must be >= 1")
         t0 = time.perf_counter()
         result = self.last_add = AddResult()
-        reader = _Reader(docs)  # starts reading now, while the model loads
+        reader = Reader(docs)  # starts reading now, while the model loads
         store: DocStore | None = None
         fresh = self.index is None
         try:
@@ -286,10 +251,10 @@ class Collection:
                 old = store = self._writer_store()
                 result.dropped = old.delete_above(self.index.info()["max_id"])
                 seen = old.ext_ids()
-                legacy = lambda todo: _legacy_present(old, todo)  # noqa: E731
-            committer = _Committer(self, store)
+                legacy = lambda todo: legacy_present(old, todo)  # noqa: E731
+            committer = Committer(self, store)
             try:
-                self._pipeline(reader, encoder, committer, seen, legacy, result, batch_size, commit_every, progress)
+                run_pipeline(reader, encoder, committer, seen, legacy, result, batch_size, commit_every, progress)
             except KeyboardInterrupt:
                 result.interrupted = True
             finally:
@@ -312,56 +277,6 @@ class Collection:
                 raise CollectionError(f"empty corpus: no documents in {source}")
         result.seconds = time.perf_counter() - t0
         return result
-
-    def _pipeline(
-        self,
-        reader: _Reader,
-        encoder: Any,
-        committer: _Committer,
-        seen: set[str],
-        legacy: Callable[[list[Doc]], set[str]],
-        result: AddResult,
-        batch_size: int,
-        commit_every: int,
-        progress: Callable[[Progress], None] | None,
-    ) -> None:
-        started = time.perf_counter()
-        encoded = 0
-        pending: list[Doc] = []
-        codes: list[np.ndarray] = []
-
-        def report() -> None:
-            if progress is not None:
-                total = None if reader.total is None else reader.total - result.present
-                progress(Progress(encoded, committer.committed, total, started))
-
-        report()  # the model is loaded: the caller can say "encoding" before the first chunk is done
-        for chunk in reader.chunks(ENCODE_CHUNK):
-            result.total += len(chunk)
-            todo = [d for d in chunk if d.ext_id not in seen]
-            if len(todo) < len(chunk) or seen:
-                old = legacy(todo)
-                todo = [d for d in todo if d.ext_id not in old]
-            result.present += len(chunk) - len(todo)
-            while todo:
-                take = todo[: commit_every - len(pending)]
-                todo = todo[len(take) :]
-                codes.append(
-                    encoder.encode(
-                        [doc_text(d.title, d.text) for d in take], batch_size=batch_size, show_progress=False
-                    )
-                )
-                pending += take
-                encoded += len(take)
-                report()
-                if len(pending) == commit_every:
-                    committer.put(pending, np.concatenate(codes))
-                    pending, codes = [], []
-                    report()
-        if pending:
-            committer.put(pending, np.concatenate(codes))
-        committer.finish()  # every batch committed before the last report
-        report()
 
     def _writer_store(self) -> DocStore:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)  # the docstore holds the same corpus: same bits
@@ -397,7 +312,7 @@ class Collection:
             raise CollectionError(
                 f"{self.path} was opened for writing by another process as this build created it"
             ) from None
-        if _identity(self.path) != self._created[self.path]:
+        if file_identity(self.path) != self._created[self.path]:
             index.close()
             raise CollectionError(f"{self.path} was replaced by another process as this build created it")
         self.index = index
@@ -407,7 +322,7 @@ class Collection:
         try:
             return self._writer_store()
         finally:  # we hold the index's writer lock, so whatever is at ds now, we created
-            made = _identity(ds)
+            made = file_identity(ds)
             if made is not None:
                 self._created[ds] = made
 
@@ -424,12 +339,12 @@ class Collection:
         created, self._created = self._created, {}
         ds = self.docstore_path
         try:
-            if ds in created and _identity(ds) == created[ds]:
+            if ds in created and file_identity(ds) == created[ds]:
                 for p in (ds, ds + "-journal"):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(p)
             if self.path in created:
-                _remove_if_unused(self.path, created[self.path], locked=self.index is not None)
+                remove_if_unused(self.path, created[self.path], locked=self.index is not None)
         finally:
             if self.index is not None:
                 with contextlib.suppress(Exception):
@@ -555,58 +470,6 @@ class Collection:
         return out
 
 
-def build_sharded(
-    folder: str | os.PathLike,
-    docs: Iterable[Doc],
-    *,
-    shards: int,
-    model: str | os.PathLike | ModelRef = "default",
-    bits: int | None = None,
-    batch_size: int = 64,
-    threads: int | None = None,
-    ray_address: str | None = None,
-    source: str = "the input",
-) -> dict[str, Any]:
-    """Encodes ``docs`` on a Ray cluster into ``shards`` shard files, a manifest and the folder's
-    docstore (ids are the documents' positions). Shards written by an interrupted run are kept.
-    Returns :func:`distributed.build_sharded`'s summary plus ``documents``."""
-    from . import distributed
-
-    folder = os.fspath(folder)
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise CollectionError(f"{folder} exists and is not a folder (a sharded build writes a folder of shards)")
-    ref = model if isinstance(model, ModelRef) else identify(model, bits)
-    if os.path.exists(os.path.join(folder, distributed.MANIFEST)):
-        _, m = distributed.read_manifest(folder)
-        if not same_model(ModelRef.from_metadata(m.get("metadata", {}), m.get("bits")), ref):
-            raise CollectionError(f"{folder} holds shards of another model or bit count; remove it first")
-    docs = list(docs)
-    if not docs:
-        raise CollectionError(f"empty corpus: no documents in {source}")
-    distributed.start_ray(ray_address)
-    os.makedirs(folder, exist_ok=True)
-    store = DocStore(docstore_key(folder), create=True)
-    try:
-        if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
-            store.delete_above(-1)
-            store.insert(range(len(docs)), docs)
-            store.commit()
-    finally:
-        store.close()
-    result = distributed.build_sharded(
-        [doc_text(d.title, d.text) for d in docs],
-        folder,
-        n_shards=shards,
-        model=ref,
-        batch_size=batch_size,
-        threads=threads,
-    )
-    if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
-        os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
-    result["documents"] = len(docs)
-    return result
-
-
 # -- helpers ------------------------------------------------------------------------------------
 
 
@@ -630,46 +493,7 @@ def check_new_path(path: str) -> None:
         raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} is not writable")
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _remove_if_unused(path: str, ident: tuple[int, int], *, locked: bool) -> None:
-    """Unlinks ``path`` if it is still the file ``ident`` and no other process writes it (we hold
-    its writer lock, ``locked``, or can take it now)."""
-    if locked:
-        if _identity(path) == ident:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != ident or _identity(path) != ident:
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another writer has it: keep
-        os.remove(path)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def same_model(recorded: ModelRef | None, ref: ModelRef | None) -> bool:
-    """Known to make the same codes (by content hash; see :func:`models.same_model`)."""
-    return recorded is not None and ref is not None and models.same_model(recorded, ref) is True
-
-
 def _manifest_path(path: str) -> str:
-    from .distributed import MANIFEST
-
     manifest = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
     if not os.path.isfile(manifest):
         hint = ""
@@ -688,148 +512,6 @@ def _chosen_model(
     if override is None:
         return recorded
     ref = identify(override, bits)
-    if recorded is not None and models.same_model(recorded, ref) is False:  # None: cannot tell (old index)
+    if recorded is not None and same_model(recorded, ref) is False:  # None: cannot tell (old index)
         raise CollectionError(f"{path} was built with model {recorded.describe()}, not {ref.describe()}")
     return ref
-
-
-def _legacy_present(store: DocStore, todo: list[Doc]) -> set[str]:
-    """ext_ids of .txt documents that a docstore of an older bne holds under their line number
-    (same line number, same text), so appending or resuming over such a store adds nothing twice."""
-    import json
-
-    if store.version >= 1:
-        return set()
-    line_of = {d.ext_id: str(json.loads(d.meta)["line"]) for d in todo if d.ext_id.startswith("txt:") and d.meta}
-    stored = store.texts_of(sorted(set(line_of.values())))
-    return {d.ext_id for d in todo if d.ext_id in line_of and stored.get(line_of[d.ext_id]) == d.text}
-
-
-class _Reader:
-    """Reads the input on its own thread, ahead of the encoder (the documents are small next to
-    the time it takes to encode them), at most ``ahead`` documents ahead: memory follows the
-    work, not the size of the input. The total is known once the reader reaches the end."""
-
-    def __init__(self, docs: Iterable[Doc], ahead: int = READ_AHEAD) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=ahead)
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-        self.total: int | None = None
-        self._thread = threading.Thread(target=self._read, args=(docs,), name="bne-read", daemon=True)
-        self._thread.start()
-
-    def _read(self, docs: Iterable[Doc]) -> None:
-        n = 0
-        try:
-            for d in docs:
-                if not self._put(d):
-                    return
-                n += 1
-            self.total = n
-            self._put(_END)
-        except BaseException as e:  # handed to the consumer, raised there
-            self.error = e
-            self._put(_Failed(e))
-
-    def _put(self, item: object) -> bool:
-        """Waits for room in the queue; False once the consumer has stopped (Ctrl-C, an error):
-        the reader must not stay blocked on a queue no one reads."""
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def count_up_to(self, n: int) -> int | None:
-        """The number of documents, once the reader has seen them all or ``n`` of them (None: at
-        least ``n``). Reading is fast next to encoding; this waits only for the first ``n``."""
-        while True:
-            total, queued = self.total, self._q.qsize()
-            if total is not None:
-                return total
-            if queued >= min(n, self._q.maxsize or n):  # a full queue: the reader waits for the encoder
-                return None
-            if self.error is not None:  # a bad input fails before the model is loaded
-                raise self.error
-            time.sleep(0.005)
-
-    def chunks(self, size: int) -> Iterator[list[Doc]]:
-        chunk: list[Doc] = []
-        while True:
-            item = self._q.get()
-            if item is _END:
-                break
-            if isinstance(item, _Failed):
-                raise item.error
-            chunk.append(item)
-            if len(chunk) == size or (self._q.empty() and chunk and self.total is None and len(chunk) >= 64):
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-_END = object()
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-class _Committer:
-    """Commits batches on its own thread, in order: texts to the docstore, then codes to the index.
-    One batch waits while another commits, so the encoder never waits on fsync."""
-
-    def __init__(self, coll: Collection, store: DocStore | None) -> None:
-        self.coll, self.store = coll, store
-        self.committed = 0
-        self._q: queue.Queue = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bne-commit", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue  # drain: nothing more is committed after a failure
-            docs, codes = item
-            try:
-                if self.coll.index is None:
-                    self.store = self.coll._start_index()
-                assert self.store is not None
-                index = self.coll.index
-                next_id = index.info()["max_id"] + 1
-                ids = np.arange(next_id, next_id + len(docs), dtype=np.int64)
-                self.store.insert(ids, docs)
-                index.add(codes, ids=ids)
-                self.store.commit()  # the texts first: every committed index id then has its document
-                with storage.naming(self.coll.path):  # ENOSPC/EIO of a write or fsync names the file
-                    index.commit()
-                self.committed += len(docs)
-            except BaseException as e:
-                self._error = e
-
-    def put(self, docs: list[Doc], codes: np.ndarray) -> None:
-        self._raise()
-        self._q.put((docs, codes))
-
-    def finish(self) -> None:
-        """Waits for every batch handed over (idempotent), then raises the first commit error."""
-        if self._thread.is_alive():
-            self._q.put(None)
-            self._thread.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err

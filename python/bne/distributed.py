@@ -1,23 +1,23 @@
-"""Scale-out on Ray: sharded search and distributed index builds.
+"""Scale-out on Ray: sharded search and distributed index builds. Shard files and manifests
+without Ray are :mod:`bne.shards` (their names are re-exported here).
 
-* :func:`shard_index` splits one index file (or several, in order) into N shard files of
-  contiguous positions, so shard i covers global positions ``[base_i, base_i + n_i)``.
 * :class:`ShardedIndex` starts one Ray actor per shard file; each maps its file once. ``search``
   scatters the queries to every shard and merges the per-shard top-k under the single-node tie
   rule (distance, then global position), so results equal a search over the union of the shards.
   Dead actors are restarted and the call retried; a shard that stays down raises
   :class:`ShardUnavailableError` naming it, unless the caller asks for partial results.
-* :func:`build_sharded` (``bne build --ray``) encodes a corpus with Ray Data ``map_batches``, one
-  shard per task, and skips shards already written, so a failed build resumes where it stopped.
+* :func:`build_sharded` (``bne build --ray``) writes a folder's docstore and encodes the corpus
+  with Ray Data ``map_batches``, one shard per task, skipping shards already written, so a failed
+  build resumes where it stopped.
 
 Needs ``pip install 'bne[ray]'`` and a running Ray (``ray.init()`` or ``ray.init(address=...)``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,21 @@ import numpy as np
 from . import index as bindex
 from . import storage
 from .codes import check_codes, check_k
-from .errors import ShardUnavailableError
-from .models import ModelRef, identify
+from .corpus import Doc, doc_text
+from .docstore import DocStore
+from .errors import CollectionError, ShardUnavailableError
+from .models import ModelRef, identify, same_model
+from .shards import MANIFEST, docstore_key, read_manifest, shard_done, shard_index, shard_path, write_manifest
 
-MANIFEST = "manifest.json"
+__all__ = [
+    "MANIFEST",
+    "ShardedIndex",
+    "build_sharded",
+    "read_manifest",
+    "shard_index",
+    "start_ray",
+    "write_manifest",
+]
 
 
 def start_ray(address: str | None = None):
@@ -47,123 +58,6 @@ def start_ray(address: str | None = None):
             include_dashboard=False if not address else None,
         )
     return ray
-
-
-# -- splitting ------------------------------------------------------------------------------------
-
-
-def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
-    """(codes, ids) of every live code of the source files, in position order, in chunks."""
-    for path in paths:
-        src = bindex.open(path)
-        tomb = src.removed_positions()
-        base = 0
-        for codes, ids in src.segments():
-            keep = np.ones(len(codes), bool)
-            lo, hi = np.searchsorted(tomb, [base, base + len(codes)])
-            keep[tomb[lo:hi] - base] = False
-            for s in range(0, len(codes), chunk):
-                k = keep[s : s + chunk]
-                yield np.asarray(codes[s : s + chunk])[k], np.asarray(ids[s : s + chunk])[k]
-            base += len(codes)
-        src.close()
-
-
-def shard_index(
-    sources: str | Sequence[str], n_shards: int, out_dir: str | os.PathLike, *, prefix: str = "shard"
-) -> list[str]:
-    """Splits the live codes of ``sources`` (in order) into ``n_shards`` files of near-equal
-    size in ``out_dir`` and writes a manifest; returns the shard paths."""
-    paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    heads = [bindex.open(p) for p in paths]
-    bits = {h.bits for h in heads}
-    if len(bits) != 1:
-        raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
-    total = sum(len(h) for h in heads)
-    meta = dict(heads[0].metadata)
-    for h in heads:
-        h.close()
-    bits_v = bits.pop()
-    os.makedirs(out_dir, exist_ok=True)
-    bounds = [total * i // n_shards for i in range(n_shards + 1)]
-    out: list[str] = []
-    buf_c: list[np.ndarray] = []
-    buf_i: list[np.ndarray] = []
-    filled = 0
-
-    def flush(i: int) -> None:
-        codes = np.concatenate(buf_c) if buf_c else np.zeros((0, bits_v // 8), np.uint8)
-        ids = np.concatenate(buf_i) if buf_i else np.zeros(0, np.int64)
-        path = os.path.join(os.fspath(out_dir), f"{prefix}-{i:05d}.bne")
-        header = storage.new_header(bits_v, metadata={**meta, "shard": i, "shards": n_shards, "base": bounds[i]})
-        storage.save_atomic(path, header, [(codes, ids)], int(ids.max()) if len(ids) else -1)
-        out.append(path)
-
-    shard = 0
-    for codes, ids in _live_chunks(paths):
-        while len(codes):
-            room = bounds[shard + 1] - filled
-            take = min(room, len(codes))
-            buf_c.append(codes[:take])
-            buf_i.append(ids[:take])
-            codes, ids, filled = codes[take:], ids[take:], filled + take
-            if filled == bounds[shard + 1]:
-                flush(shard)
-                buf_c, buf_i, shard = [], [], shard + 1
-    while shard < n_shards:  # empty trailing shards when total < n_shards
-        flush(shard)
-        buf_c, buf_i, shard = [], [], shard + 1
-    write_manifest(out_dir, out, bits_v, meta)
-    return out
-
-
-def write_manifest(out_dir, shard_paths: Sequence[str], bits: int, metadata: dict) -> str:
-    path = os.path.join(os.fspath(out_dir), MANIFEST)
-    rel = [os.path.relpath(p, os.fspath(out_dir)) for p in shard_paths]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"bits": bits, "shards": rel, "metadata": metadata}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(path: str | os.PathLike) -> tuple[list[str], dict]:
-    """(shard paths, manifest) of a manifest file or the folder holding one. Shard paths must be
-    relative and stay inside the manifest's folder (no absolute paths, no ``..``): a manifest
-    from elsewhere cannot make a reader open other files. A bad manifest raises ``ValueError``."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
-    except (ValueError, RecursionError) as e:  # JSON syntax, not UTF-8, absurd nesting
-        raise ValueError(f"{path}: not a bne shard manifest ({type(e).__name__}: {e})") from None
-    if (
-        not isinstance(m, dict)
-        or not isinstance(m.get("shards"), list)
-        or not m["shards"]
-        or type(m.get("bits")) is not int
-        or not isinstance(m.get("metadata", {}), dict)
-    ):
-        raise ValueError(f'{path}: not a bne shard manifest (needs "bits", a list of "shards" and a "metadata" object)')
-    folder = os.path.dirname(os.path.abspath(path))
-    out = []
-    for p in m["shards"]:
-        if not isinstance(p, str) or not p or "\0" in p:
-            raise ValueError(f"{path}: shard entry {p!r} is not a file name")
-        norm = os.path.normpath(p)
-        if os.path.isabs(p) or norm in (".", "..") or norm.startswith(".." + os.sep):
-            raise ValueError(
-                f"{path}: shard path {p!r} leaves the manifest's folder; shard paths must be relative "
-                f"to it, without '..'"
-            )
-        out.append(os.path.join(folder, norm))
-    return out, m
 
 
 # -- serving --------------------------------------------------------------------------------------
@@ -311,25 +205,6 @@ class ShardedIndex:
 # -- distributed build --------------------------------------------------------------------------
 
 
-def _shard_done(path: str, expected: int, model: ModelRef) -> bool:
-    """A shard file present with the right model, bits and count: written completely before
-    (saves are atomic), so a resumed build skips it."""
-    if not os.path.exists(path):
-        return False
-    try:
-        idx = bindex.open(path)
-    except (ValueError, OSError):
-        return False
-    meta = idx.metadata
-    ok = (
-        idx.bits == model.bits
-        and (meta.get("model"), meta.get("model_sha256", "")) == (model.name, model.sha256)
-        and len(idx) == expected
-    )
-    idx.close()
-    return ok
-
-
 class _EncodeShard:
     """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it."""
 
@@ -338,7 +213,7 @@ class _EncodeShard:
     ) -> None:
         import ray
 
-        from .models import load
+        from .models import load  # the encoder runs on the Ray workers only
 
         self.texts = ray.get(texts_ref) if isinstance(texts_ref, ray.ObjectRef) else texts_ref
         self.out_dir, self.bits, self.model = out_dir, model.bits, model
@@ -350,8 +225,8 @@ class _EncodeShard:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
-            path = os.path.join(self.out_dir, f"shard-{int(shard):05d}.bne")
-            if _shard_done(path, int(stop - start), self.model):
+            path = shard_path(self.out_dir, int(shard))
+            if shard_done(path, int(stop - start), self.model):
                 done.append(0)
                 continue
             codes = self.encoder.encode(
@@ -372,7 +247,7 @@ class _EncodeShard:
         return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done)}
 
 
-def build_sharded(
+def encode_shards(
     texts: Sequence[str],
     out_dir: str | os.PathLike,
     *,
@@ -418,10 +293,60 @@ def build_sharded(
     )
     result = ds.take_all()
     encoded = {int(r["shard"]): int(r["encoded"]) for r in result}
-    paths = [os.path.join(out_dir, f"shard-{i:05d}.bne") for i in range(n_shards)]
+    paths = [shard_path(out_dir, i) for i in range(n_shards)]
     write_manifest(out_dir, paths, model.bits, model.to_metadata())
     return {
         "shards": paths,
         "encoded": encoded,
         "skipped": [i for i, c in encoded.items() if c == 0 and bounds[i + 1] > bounds[i]],
     }
+
+
+def build_sharded(
+    folder: str | os.PathLike,
+    docs: Iterable[Doc],
+    *,
+    shards: int,
+    model: str | os.PathLike | ModelRef = "default",
+    bits: int | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    source: str = "the input",
+) -> dict[str, Any]:
+    """Encodes ``docs`` on a Ray cluster into ``shards`` shard files, a manifest and the folder's
+    docstore (ids are the documents' positions). Shards written by an interrupted run are kept.
+    Returns :func:`encode_shards`' summary plus ``documents``."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CollectionError(f"{folder} exists and is not a folder (a sharded build writes a folder of shards)")
+    ref = model if isinstance(model, ModelRef) else identify(model, bits)
+    if os.path.exists(os.path.join(folder, MANIFEST)):
+        _, m = read_manifest(folder)
+        if not same_model(ModelRef.from_metadata(m.get("metadata", {}), m.get("bits")), ref):
+            raise CollectionError(f"{folder} holds shards of another model or bit count; remove it first")
+    docs = list(docs)
+    if not docs:
+        raise CollectionError(f"empty corpus: no documents in {source}")
+    start_ray(ray_address)
+    os.makedirs(folder, exist_ok=True)
+    store = DocStore(docstore_key(folder), create=True)
+    try:
+        if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
+            store.delete_above(-1)
+            store.insert(range(len(docs)), docs)
+            store.commit()
+    finally:
+        store.close()
+    result = encode_shards(
+        [doc_text(d.title, d.text) for d in docs],
+        folder,
+        n_shards=shards,
+        model=ref,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
+        os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
+    result["documents"] = len(docs)
+    return result

@@ -119,10 +119,10 @@ def test_distributed_build_resumes(local_ray, tmp_path):
     if not head:
         pytest.skip("BNE_TEST_HEAD (a head file) not given")
     texts = [f"document number {i} about {'cats' if i % 2 else 'finance'}" for i in range(60)]
-    out = distributed.build_sharded(texts, tmp_path / "b", n_shards=3, model=head)
+    out = distributed.encode_shards(texts, tmp_path / "b", n_shards=3, model=head)
     assert sorted(out["encoded"].values()) == [20, 20, 20]
     os.remove(out["shards"][1])  # as if the task writing shard 1 had failed
-    again = distributed.build_sharded(texts, tmp_path / "b", n_shards=3, model=head)
+    again = distributed.encode_shards(texts, tmp_path / "b", n_shards=3, model=head)
     assert again["encoded"] == {0: 0, 1: 20, 2: 0} and again["skipped"] == [0, 2]
     sharded = distributed.ShardedIndex(tmp_path / "b")
     assert len(sharded) == 60

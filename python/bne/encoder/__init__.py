@@ -2,7 +2,8 @@
 
 * :func:`load` - the inference encoder for a head: ONNX Runtime + ``tokenizers`` (no torch in the
   process once the model is exported into the cache), or torch as a fallback and on GPUs.
-* :class:`OnnxEncoder` - the torch-free encoder (``bne.encoder.runtime``).
+* :class:`OnnxEncoder` / :class:`OpenVinoEncoder` - the torch-free encoders (``bne.encoder.onnx``,
+  ``bne.encoder.openvino``; the backend rule in ``bne.encoder.backend``).
 * :class:`BinaryEmbedder` - BERT -> mean pooling -> Linear -> LayerNorm -> sign, the layout of the
   published ``bne-binary-1024`` checkpoints; trainable end to end (straight-through sign). Needs torch.
 * :class:`Encoder` - the torch encoder: ``Encoder.default(bits=1024)`` is all-MiniLM-L6-v2 plus a
@@ -27,9 +28,10 @@ _LAZY = {
     "minilm_dir": "base",
     "cache_dir": "base",
     "rescore_candidates": "base",
-    "load": "runtime",
-    "OnnxEncoder": "runtime",
-    "onnx_path": "runtime",
+    "load": "backend",
+    "OnnxEncoder": "onnx",
+    "OpenVinoEncoder": "openvino",
+    "onnx_path": "cache",
     # torch + transformers
     "Encoder": "encoder",
     "load_minilm": "encoder",

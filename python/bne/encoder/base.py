@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..codes import pack, unpack
+from ..fileio import write_atomic
+
+#: Encodes of more texts than this show a progress bar unless told otherwise (every runtime).
+PROGRESS_THRESHOLD = 2000
 
 
 def threads_option(text: str) -> int:
@@ -30,6 +33,31 @@ def threads_option(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return min(n, os.cpu_count() or 1)
 
+
+def have(module: str) -> bool:
+    """Whether ``module`` can be imported here, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules[module] is None: blocked on purpose
+        return False
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+#: Weight files of a model folder, in BinaryEmbedder.from_pretrained's order of preference.
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
 
 HEADS_DIR = Path(__file__).resolve().parent.parent / "heads"
 BACKBONES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -87,16 +115,26 @@ def cache_dir() -> Path:
     return Path(xdg if xdg else Path.home() / ".cache") / "bne"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with __import__("contextlib").suppress(OSError):
-            os.unlink(tmp)
-        raise
+def bert_wordpiece(vocab_file: str | os.PathLike, max_length: int):
+    """BERT uncased WordPiece as a ``tokenizers.Tokenizer``: the same pipeline transformers'
+    ``BertTokenizerFast`` builds from a vocab.txt ([CLS] ... [SEP], truncation to ``max_length``)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from tokenizers.processors import BertProcessing
+
+    vocab: dict[str, int] = {}
+    with open(vocab_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab[line.rstrip("\n")] = i
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = BertPreTokenizer()
+    tok.post_processor = BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    tok.enable_truncation(max_length=int(max_length))
+    tok.no_padding()
+    return tok
 
 
 def open_regular(path: str | os.PathLike):
@@ -150,7 +188,7 @@ def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
     if memo_file is not None:
         try:
             memo_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(memo_file, digest)
+            write_atomic(memo_file, digest)
         except OSError:  # a read-only cache only costs the hash next time
             pass
     return digest

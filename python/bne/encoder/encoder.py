@@ -22,6 +22,7 @@ import torch
 from ..codes import pack
 from .base import (  # noqa: F401
     HEADS_DIR,
+    PROGRESS_THRESHOLD,
     CodeEncoder,
     available_heads,
     default_head,
@@ -34,7 +35,6 @@ from .base import (  # noqa: F401
 from .model import BinaryEmbedder, bert_tokenizer, mean_pool, minilm_dir
 
 #: Texts above this count get a progress bar when ``show_progress`` is None.
-PROGRESS_THRESHOLD = 2000
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

