@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 import bne
-from bne import cli
+from bne import cli, console
 from bne import collection as bcoll
-from bne import progress as bprogress
 from bne.collection import Collection, Progress
 from bne.corpus import Doc
 
@@ -167,8 +166,8 @@ class Clock:
 
 def test_plain_lines_every_interval_when_not_a_terminal():
     out, clock = io.StringIO(), Clock()
-    assert isinstance(bprogress.progress_bar(5, "encoding", "doc", file=io.StringIO()), bprogress.LineProgress)
-    bar = bprogress.LineProgress(50_000, "encoding", "doc", file=out, interval=10, clock=clock, ticker=False)
+    assert isinstance(console.progress_bar(5, "encoding", "doc", file=io.StringIO()), console.LineProgress)
+    bar = console.LineProgress(50_000, "encoding", "doc", file=out, interval=10, clock=clock, ticker=False)
     for _ in range(60):  # 512 documents a second for a minute
         clock.t += 1
         bar.update(512)
@@ -186,7 +185,7 @@ def test_plain_lines_keep_coming_while_a_batch_runs():
     import time
 
     out = io.StringIO()
-    bar = bprogress.LineProgress(1500, "encoding", "doc", file=out, interval=0.1)
+    bar = console.LineProgress(1500, "encoding", "doc", file=out, interval=0.1)
     bar.update(512)
     time.sleep(0.55)  # no update meanwhile
     bar.close()
@@ -201,8 +200,8 @@ class Tty(io.StringIO):
 
 def test_terminal_gets_the_bar():
     out = Tty()
-    bar = bprogress.progress_bar(1000, "encoding", "doc", file=out)
-    assert not isinstance(bar, bprogress.LineProgress)
+    bar = console.progress_bar(1000, "encoding", "doc", file=out)
+    assert not isinstance(bar, console.LineProgress)
     bar.update(500)
     bar.close()
     text = out.getvalue()
@@ -227,7 +226,7 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
     out = io.StringIO()
     seen_at_first_batch = []
     fake.on_call = lambda: seen_at_first_batch.append(out.getvalue()) if not seen_at_first_batch else None
-    bar = cli.ProgressBar(False, model="model fake", file=out, interval=0.1)
+    bar = console.ProgressBar(False, model="model fake", file=out, interval=0.1)
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"document {i}") for i in range(1200)], progress=bar, commit_every=500)
     bar.close()
@@ -243,9 +242,9 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
 
 def test_terminal_build_says_loading_once_then_shows_the_bar(tmp_path, fake, monkeypatch):
     slow_load(monkeypatch, fake, 0.4)
-    monkeypatch.setattr(cli, "LOADING_GRACE_S", 0.05)
+    monkeypatch.setattr(console, "LOADING_GRACE_S", 0.05)
     out = Tty()
-    bar = cli.ProgressBar(False, model="model fake", file=out)
+    bar = console.ProgressBar(False, model="model fake", file=out)
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"document {i}") for i in range(700)], progress=bar)
     bar.close()
@@ -256,7 +255,7 @@ def test_terminal_build_says_loading_once_then_shows_the_bar(tmp_path, fake, mon
 
 def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypatch, capsys):
     """With stderr not a terminal, `bne build` printed nothing until the end."""
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     (tmp_path / "docs.txt").write_text("".join(f"line number {i}\n" for i in range(1500)))
     assert cli.main(["build", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "d.bne"), "--commit-every", "600"]) == 0
     err = capsys.readouterr().err.splitlines()
@@ -266,7 +265,7 @@ def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypat
 
 
 def test_quiet_build_prints_no_progress(tmp_path, fake, monkeypatch, capsys):
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     (tmp_path / "docs.txt").write_text("a\nb\n")
     assert cli.main(["build", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "d.bne"), "-q"]) == 0
     assert capsys.readouterr().err == ""
@@ -289,7 +288,7 @@ def test_encoder_progress_is_plain_lines_in_a_log(monkeypatch, capsys):
 
     if "minilm-l6-1024" not in available_heads():
         pytest.skip("the default 1024-bit head is not shipped in this checkout")
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     Encoder.default(1024).embed([f"sentence {i}" for i in range(12)], batch_size=4, show_progress=True)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("embedding: ")]
     counts = [int(re.match(r"embedding: (\d+)/12 texts, ", ln).group(1)) for ln in lines]  # type: ignore[union-attr]
