@@ -9,13 +9,13 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bne import cli
+from runner import run_bne
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,12 +204,9 @@ def test_fifo_model_folder_on_the_command_line_is_one_line_no_hang(tmp_path):
     d, fifo = _fifo_folder(tmp_path, "m", "model.safetensors")
     docs = tmp_path / "docs.txt"
     docs.write_text("one document\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     for args in (["models", "add", str(d)], ["build", str(docs), "-o", str(tmp_path / "x.bne"), "--model", str(d)]):
         try:
-            out = subprocess.run(
-                [sys.executable, "-m", "bne.cli", *args], capture_output=True, text=True, timeout=120, env=env
-            )
+            out = run_bne(*args, timeout=120)
         except subprocess.TimeoutExpired:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             pytest.fail(f"bne {args[0]} hung on a FIFO")

@@ -5,9 +5,6 @@ import fcntl
 import os
 import stat
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import warnings
 
@@ -17,6 +14,7 @@ import pytest
 import bne
 from bne import storage
 from reference import random_codes
+from runner import run_python
 
 
 def new_index(tmp_path, n=20, bits=128, name="x.bne", commits=1, rng=None):
@@ -36,9 +34,7 @@ def newest_slot(path):
 
 
 def run_py(code, *args, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+    return run_python(code, *args, timeout=timeout)
 
 
 # -- item 2: compact() and a second writer --------------------------------------------------------
