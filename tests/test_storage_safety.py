@@ -61,7 +61,7 @@ def test_writer_that_opened_the_old_inode_retries_on_the_new_file(tmp_path, monk
 
 
 # The stress version (a compact loop in another process against this one's commits) is
-# tests/test_attack.py::test_no_commit_lost_to_a_compact_loop.
+# tests/test_index_file_attacks.py::test_no_commit_lost_to_a_compact_loop.
 
 
 def test_save_over_an_index_a_writer_holds_is_refused(tmp_path, rng):
