@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bne import cli
-from runner import run_bne
+from runner import run_bne, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,14 +48,13 @@ def _tiny_tsv(tmp_path: Path) -> Path:
 
 
 @needs_torch
-def test_resume_of_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
+def test_resume_of_a_crafted_checkpoint_runs_no_code(tmp_path):
     import torch
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt.pt"
     torch.save({"module": _Marker(marker), "step": 1}, evil)
-    rc = cli.main(["train", "--data", str(_tiny_tsv(tmp_path)), "--out", str(tmp_path / "m"), "--resume", str(evil)])
-    err = capsys.readouterr().err
+    rc, _, err = run_main("train", "--data", _tiny_tsv(tmp_path), "--out", tmp_path / "m", "--resume", evil)
     assert not marker.exists()  # the unpickle never ran os.system
     assert rc == 2 and err.count("\n") == 1, err
     assert "not a bne training checkpoint" in err and "posix.system" in err and "refused" in err

@@ -20,6 +20,7 @@ from bne.corpus import CorpusError, read_corpus
 from bne.training.config import TrainConfig
 from bne.training.data import data_root, load_beir, read_texts, read_tsv
 from reference import TINY_BERT as TINY
+from runner import run_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -87,11 +88,11 @@ def test_data_root_missing_folders_are_named(tmp_path, monkeypatch):
         data_root(tmp_path / "nope")
 
 
-def test_eval_without_data_is_one_line_error(monkeypatch, capsys, tmp_path):
+def test_eval_without_data_is_one_line_error(monkeypatch, tmp_path):
     monkeypatch.delenv("BNE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["eval", "--sts", "stsb-dev", "--beir"]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_main("eval", "--sts", "stsb-dev", "--beir")
+    assert code == 2
     assert err.count("\n") == 1 and "bne: error: no data folder: pass --data DIR or set BNE_DATA" in err
 
 
