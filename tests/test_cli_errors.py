@@ -559,14 +559,10 @@ def test_safe_and_json_text_leave_no_control_character():
 
 @pytest.mark.parametrize("command", ["train", "eval"])
 @pytest.mark.parametrize("value", ["-1", "0", "many"])
-def test_train_and_eval_threads_are_checked(command, value, capsys):
+def test_train_and_eval_threads_are_checked(command, value):
     """bne train / eval --threads: a one-line argparse error, not a torch RuntimeError."""
-    from bne import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main([command, "--threads", value])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "--threads" in err and "Traceback" not in err
+    code, _, err = run_main(command, "--threads", value)
+    assert code == 2 and "--threads" in err and "Traceback" not in err
 
 
 def test_threads_option_clamps_to_the_cpus():

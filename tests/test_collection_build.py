@@ -243,7 +243,7 @@ def test_ctrl_c_stops_a_reader_that_waits_for_room(tmp_path, fake):
 # -- item 6: messages ---------------------------------------------------------------------------
 
 
-def test_disk_full_in_an_index_commit_names_the_file_and_keeps_the_commits(tmp_path, fake, monkeypatch, capsys):
+def test_disk_full_in_an_index_commit_names_the_file_and_keeps_the_commits(tmp_path, fake, monkeypatch):
     """ENOSPC from a real write of the second commit: the error names the index; commit 1 and
     its documents stay; verify reports the texts of the failed batch as past the last commit."""
     path = tmp_path / "c.bne"
