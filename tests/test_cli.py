@@ -104,7 +104,7 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_corpus_formats(tmp_path):
+def test_jsonl_tsv_csv_corpora_give_ids_titles_and_texts(tmp_path):
     from bne.corpus import read_corpus
 
     (tmp_path / "a.jsonl").write_text(

@@ -187,7 +187,7 @@ def test_bad_numbers_fail_before_any_file_exists(tmp_path, args, needle):
         (["--rescore", "0"], "--rescore"),
     ],
 )
-def test_bad_search_numbers(tmp_path, args, needle):
+def test_bad_search_numbers_are_one_line_errors(tmp_path, args, needle):
     idx = plain_index(tmp_path, QUICK)
     one_line_error(*run_main("search", idx, "cat", *args)[::2], needle)
 
@@ -309,7 +309,7 @@ def test_search_on_a_beir_folder_fails_before_ray(tmp_path, monkeypatch):
     assert started == []
 
 
-def test_queries_jsonl_is_parsed(quick, tmp_path):
+def test_queries_jsonl_gives_query_ids_and_bad_lines_are_one_line_errors(quick, tmp_path):
     q = tmp_path / "queries.jsonl"
     q.write_text('{"_id": "q1", "text": "a small kitten sleeping"}\n\n"stock market crash"\n')
     res = search_json(quick / "docs.bne", "--queries", q, "-k", "1")

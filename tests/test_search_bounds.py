@@ -148,7 +148,7 @@ def test_range_explicit_cap_exact_boundary():
         _core.range_search(db, q, 64, 2, max_results=100)
 
 
-def test_mapped_index_range_cap(tmp_path):
+def test_mapped_index_range_cap_is_exact_at_the_boundary(tmp_path):
     path = tmp_path / "a.bne"
     with bne.open(path, "a", bits=64) as w:
         w.add(codes(500))
@@ -240,7 +240,7 @@ def test_thread_budget_can_be_switched_off():
     assert _core.thread_budget()["enabled"] is True
 
 
-def test_old_behaviour_env_switch():
+def test_thread_budget_env_zero_turns_it_off():
     out = run_python(
         "from bne import _core; print(_core.thread_budget()['enabled'])", env={"BNE_THREAD_BUDGET": "0"}, timeout=60
     )

@@ -251,7 +251,7 @@ def test_file_truncated_under_a_reader_raises_instead_of_sigbus(tmp_path):
 # -- item 8: deeply nested metadata ------------------------------------------------------------
 
 
-def test_deeply_nested_metadata(tmp_path):
+def test_deeply_nested_metadata_is_refused(tmp_path):
     path = new_index(tmp_path, n=2)
     data = bytearray(path.read_bytes())
     meta = b'{"a":' + b"[" * 1900 + b"]" * 1900 + b"}"
@@ -273,7 +273,7 @@ def test_deeply_nested_metadata(tmp_path):
 # -- items 9 and 10: API arguments and error messages --------------------------------------------
 
 
-def test_bad_save_and_open_arguments(tmp_path):
+def test_bad_save_and_open_arguments_are_refused_before_any_file(tmp_path):
     index = bne.Index(64)
     index.add(np.zeros((1, 8), np.uint8))
     with pytest.raises(ValueError, match="bit_order must be 'big'.*got 'middle'"):
@@ -381,7 +381,7 @@ with bne.open(path, mode="a") as w:
 """
 
 
-def test_compact_killed_mid_rewrite(tmp_path):
+def test_compact_killed_mid_rewrite_keeps_the_index_and_its_temp_is_cleaned(tmp_path):
     path = new_index(tmp_path, n=50, bits=1024)
     before = path.read_bytes()
     out = run_py(KILLED_COMPACT, path)
