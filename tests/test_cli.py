@@ -1,16 +1,15 @@
 """The bne command, driven as a user would drive it (subprocess), error cases included."""
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import bne
+from runner import needs_encoder, run_bne
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [
@@ -23,48 +22,23 @@ DOCS = [
 ]
 
 
-def bne_cmd(*args, cwd=None, input=None, check=False, timeout=300):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", *map(str, args)],
-        cwd=cwd,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
-
-
-def needs_encoder():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from bne.encoder import available_heads
-
-    if "minilm-l6-1024" not in available_heads():
-        pytest.skip("the default 1024-bit head is not shipped in this checkout")
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     needs_encoder()
     d = tmp_path_factory.mktemp("cli")
     (d / "docs.txt").write_text("\n".join(DOCS) + "\n")
-    out = bne_cmd("build", d / "docs.txt", "-o", d / "docs.bne", "-q", check=True)
+    out = run_bne("build", d / "docs.txt", "-o", d / "docs.bne", "-q", check=True)
     assert "6 codes of 1024 bits" in out.stdout
     return d
 
 
 def test_build_search_info_verify(built):
     d = built
-    out = bne_cmd("search", d / "docs.bne", "a small cat sleeping", "-k", "2", check=True)
+    out = run_bne("search", d / "docs.bne", "a small cat sleeping", "-k", "2", check=True)
     lines = [line for line in out.stdout.splitlines() if re.match(r"\s+\d+\.", line)]
     assert len(lines) == 2 and ("cat" in out.stdout or "kitten" in out.stdout)
     assert re.search(r"encode [\d.]+ ms, search [\d.]+ ms", out.stderr)
-    out = bne_cmd(
+    out = run_bne(
         "search", d / "docs.bne", "--json", "-k", "3", "--queries", "-", input="interest rates\nbread\n", check=True
     )
     res = json.loads(out.stdout)
@@ -72,23 +46,23 @@ def test_build_search_info_verify(built):
     assert res["results"][0]["hits"][0]["snippet"].startswith("Central banks")
     assert res["results"][1]["hits"][0]["snippet"].startswith("How to bake")
     assert all(h["distance"] >= 0 for h in res["results"][0]["hits"])
-    out = bne_cmd("search", d / "docs.bne", "interest rates", "--rescore", "5", "--json", check=True)
+    out = run_bne("search", d / "docs.bne", "interest rates", "--rescore", "5", "--json", check=True)
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"].startswith("Central banks")
-    info = json.loads(bne_cmd("info", d / "docs.bne", "--json", check=True).stdout)
+    info = json.loads(run_bne("info", d / "docs.bne", "--json", check=True).stdout)
     assert (
         info["bits"] == 1024 and info["live"] == 6 and info["documents"] == 6 and info["metadata"]["model"] == "default"
     )
-    assert "every checksum matches" in bne_cmd("verify", d / "docs.bne", check=True).stdout
+    assert "every checksum matches" in run_bne("verify", d / "docs.bne", check=True).stdout
 
 
 def test_append_skips_known_documents(built, tmp_path):
     d = built
     more = tmp_path / "more.txt"
     more.write_text("\n".join(DOCS + ["Quantum computers use qubits."]) + "\n")
-    out = bne_cmd("build", more, "-o", d / "docs.bne", "--append", "-q", check=True)
+    out = run_bne("build", more, "-o", d / "docs.bne", "--append", "-q", check=True)
     assert "1 added, 6 already present" in out.stdout
     assert len(bne.open(d / "docs.bne")) == 7
-    out = bne_cmd("build", more, "-o", d / "docs.bne", "--append", "--bits", "2048", "-q")
+    out = run_bne("build", more, "-o", d / "docs.bne", "--append", "--bits", "2048", "-q")
     assert (
         out.returncode == 2
         and "was built with model 'default' at 1024 bits; asked for 'default' at 2048 bits" in out.stderr
@@ -100,7 +74,7 @@ def test_verify_fails_on_damage(built, tmp_path):
     data = bytearray((built / "docs.bne").read_bytes())
     data[3 * 4096 + 5] ^= 0xFF  # inside the codes
     damaged.write_bytes(bytes(data))
-    out = bne_cmd("verify", damaged)
+    out = run_bne("verify", damaged)
     assert out.returncode == 1 and "checksum mismatch" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -122,15 +96,15 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "one.txt").write_text("hello\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "bad.bne").write_bytes(b"not an index at all")
-    out = bne_cmd(*args, cwd=tmp_path)
+    out = run_bne(*args, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    debug = bne_cmd("--debug", *args, cwd=tmp_path)
+    debug = run_bne("--debug", *args, cwd=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_corpus_formats(tmp_path):
+def test_jsonl_tsv_csv_corpora_give_ids_titles_and_texts(tmp_path):
     from bne.corpus import read_corpus
 
     (tmp_path / "a.jsonl").write_text(
@@ -159,7 +133,7 @@ def test_corpus_json_errors_name_the_line(tmp_path):
 
 def test_bench_writes_table_json_and_plot(tmp_path):
     pytest.importorskip("faiss")
-    out = bne_cmd("bench", "--sizes", "1k,3000", "--repeat", "1", "--queries", "4", "--out", tmp_path / "b", check=True)
+    out = run_bne("bench", "--sizes", "1k,3000", "--repeat", "1", "--queries", "4", "--out", tmp_path / "b", check=True)
     assert "bne 1024 vs FAISS binary 1024" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["sizes"] == [1000, 3000]
@@ -184,7 +158,7 @@ def test_readme_quickstart_runs(tmp_path):
         argv = shlex.split(line)
         assert argv[0] in ("bne", "printf", "echo"), line
         if argv[0] == "bne":
-            out = bne_cmd(*argv[1:], cwd=tmp_path)
+            out = run_bne(*argv[1:], cwd=tmp_path)
         else:
             out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
@@ -193,7 +167,7 @@ def test_readme_quickstart_runs(tmp_path):
     # the last line appended more.txt: its document is in the index, the docstore and the results
     added = [line for line in (tmp_path / "more.txt").read_text().splitlines() if line.strip()]
     assert len(bne.open(tmp_path / "docs.bne")) == 5 and len(added) == 1
-    out = bne_cmd("search", "docs.bne", added[0], "-k", "1", "--json", cwd=tmp_path, check=True)
+    out = run_bne("search", "docs.bne", added[0], "-k", "1", "--json", cwd=tmp_path, check=True)
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"] == added[0]
-    out = bne_cmd("info", "docs.bne", "--json", cwd=tmp_path, check=True)
+    out = run_bne("info", "docs.bne", "--json", cwd=tmp_path, check=True)
     assert json.loads(out.stdout)["documents"] == 5

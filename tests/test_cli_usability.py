@@ -7,17 +7,16 @@ import argparse
 import io
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import bne
-from bne import cli
+from bne import cli, console
 from bne import collection as bcoll
-from bne import progress as bprogress
 from bne.collection import Collection, Progress
 from bne.corpus import Doc
+from runner import run_main, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -69,12 +68,10 @@ def all_parsers() -> dict[str, argparse.ArgumentParser]:
 # -- option prefixes ------------------------------------------------------------------------------
 
 
-def test_mode_is_not_read_as_model(capsys):
+def test_mode_is_not_read_as_model():
     """`--mode dense` was taken as `--model dense`: now it is an unknown option, named."""
-    with pytest.raises(SystemExit) as e:
-        cli.main(["search", "idx.bne", "--mode", "dense", "q"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2
+    code, _, err = run_main("search", "idx.bne", "--mode", "dense", "q")
+    assert code == 2
     assert "unrecognized arguments: --mode" in err
     assert "idx.bne" not in err  # refused while parsing: no search was attempted with model 'dense'
 
@@ -133,10 +130,9 @@ def test_every_option_has_help():
     assert not missing, missing
 
 
-def test_bench_help_explains_k_and_repeat(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "--help"])
-    out = capsys.readouterr().out
+def test_bench_help_explains_k_and_repeat():
+    code, out, _ = run_main("bench", "--help")
+    assert code == 0
     assert re.search(r"-k K\s+neighbours per query", out)
     assert re.search(r"--repeat REPEAT\s+timed runs", out)
 
@@ -149,7 +145,7 @@ def test_train_and_eval_help_do_not_import_torch(command, option):
         f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH', 'torch' in sys.modules, file=sys.stderr)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_python(code)
     assert option in out.stdout  # the help was printed
     assert "TORCH False" in out.stderr, out.stderr[-2000:]
 
@@ -167,8 +163,8 @@ class Clock:
 
 def test_plain_lines_every_interval_when_not_a_terminal():
     out, clock = io.StringIO(), Clock()
-    assert isinstance(bprogress.progress_bar(5, "encoding", "doc", file=io.StringIO()), bprogress.LineProgress)
-    bar = bprogress.LineProgress(50_000, "encoding", "doc", file=out, interval=10, clock=clock, ticker=False)
+    assert isinstance(console.progress_bar(5, "encoding", "doc", file=io.StringIO()), console.LineProgress)
+    bar = console.LineProgress(50_000, "encoding", "doc", file=out, interval=10, clock=clock, ticker=False)
     for _ in range(60):  # 512 documents a second for a minute
         clock.t += 1
         bar.update(512)
@@ -186,7 +182,7 @@ def test_plain_lines_keep_coming_while_a_batch_runs():
     import time
 
     out = io.StringIO()
-    bar = bprogress.LineProgress(1500, "encoding", "doc", file=out, interval=0.1)
+    bar = console.LineProgress(1500, "encoding", "doc", file=out, interval=0.1)
     bar.update(512)
     time.sleep(0.55)  # no update meanwhile
     bar.close()
@@ -201,8 +197,8 @@ class Tty(io.StringIO):
 
 def test_terminal_gets_the_bar():
     out = Tty()
-    bar = bprogress.progress_bar(1000, "encoding", "doc", file=out)
-    assert not isinstance(bar, bprogress.LineProgress)
+    bar = console.progress_bar(1000, "encoding", "doc", file=out)
+    assert not isinstance(bar, console.LineProgress)
     bar.update(500)
     bar.close()
     text = out.getvalue()
@@ -227,7 +223,7 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
     out = io.StringIO()
     seen_at_first_batch = []
     fake.on_call = lambda: seen_at_first_batch.append(out.getvalue()) if not seen_at_first_batch else None
-    bar = cli.ProgressBar(False, model="model fake", file=out, interval=0.1)
+    bar = console.ProgressBar(False, model="model fake", file=out, interval=0.1)
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"document {i}") for i in range(1200)], progress=bar, commit_every=500)
     bar.close()
@@ -243,9 +239,9 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
 
 def test_terminal_build_says_loading_once_then_shows_the_bar(tmp_path, fake, monkeypatch):
     slow_load(monkeypatch, fake, 0.4)
-    monkeypatch.setattr(cli, "LOADING_GRACE_S", 0.05)
+    monkeypatch.setattr(console, "LOADING_GRACE_S", 0.05)
     out = Tty()
-    bar = cli.ProgressBar(False, model="model fake", file=out)
+    bar = console.ProgressBar(False, model="model fake", file=out)
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"document {i}") for i in range(700)], progress=bar)
     bar.close()
@@ -254,22 +250,23 @@ def test_terminal_build_says_loading_once_then_shows_the_bar(tmp_path, fake, mon
     assert "\r" in text and "700/700" in text and not re.search(r"docs, \d+ docs/s", text)
 
 
-def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypatch, capsys):
+def test_bne_build_to_a_log_file_prints_progress_lines(tmp_path, fake, monkeypatch):
     """With stderr not a terminal, `bne build` printed nothing until the end."""
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     (tmp_path / "docs.txt").write_text("".join(f"line number {i}\n" for i in range(1500)))
-    assert cli.main(["build", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "d.bne"), "--commit-every", "600"]) == 0
-    err = capsys.readouterr().err.splitlines()
+    code, _, err_text = run_main("build", tmp_path / "docs.txt", "-o", tmp_path / "d.bne", "--commit-every", "600")
+    assert code == 0, err_text
+    err = err_text.splitlines()
     assert all(ln.startswith(("bne: loading model default (1024 bits), ", "encoding: ")) for ln in err), err
     counts = [int(m.group(1)) for ln in err if (m := re.match(r"encoding: (\d+)(?:/1500)? docs, \d+ docs/s", ln))]
     assert len(set(counts)) >= 3 and counts == sorted(counts) and counts[-1] == 1500
 
 
-def test_quiet_build_prints_no_progress(tmp_path, fake, monkeypatch, capsys):
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+def test_quiet_build_prints_no_progress(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     (tmp_path / "docs.txt").write_text("a\nb\n")
-    assert cli.main(["build", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "d.bne"), "-q"]) == 0
-    assert capsys.readouterr().err == ""
+    code, out, err = run_main("build", tmp_path / "docs.txt", "-o", tmp_path / "d.bne", "-q")
+    assert code == 0 and err == "" and "2 codes" in out
 
 
 def test_progress_reports_before_the_first_chunk(tmp_path, fake):
@@ -289,7 +286,7 @@ def test_encoder_progress_is_plain_lines_in_a_log(monkeypatch, capsys):
 
     if "minilm-l6-1024" not in available_heads():
         pytest.skip("the default 1024-bit head is not shipped in this checkout")
-    monkeypatch.setattr(bprogress, "INTERVAL", 0.0)
+    monkeypatch.setattr(console, "INTERVAL", 0.0)
     Encoder.default(1024).embed([f"sentence {i}" for i in range(12)], batch_size=4, show_progress=True)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("embedding: ")]
     counts = [int(re.match(r"embedding: (\d+)/12 texts, ", ln).group(1)) for ln in lines]  # type: ignore[union-attr]
@@ -328,7 +325,7 @@ def test_readme_quickstart_then_collection_block_in_one_folder(tmp_path, fake, m
             continue
         argv = shlex.split(line)
         if argv[0] == "bne":
-            assert cli.main(argv[1:]) == 0, line
+            assert run_main(*argv[1:])[0] == 0, line
         else:
             assert subprocess.run(line, shell=True, cwd=tmp_path).returncode == 0, line
     capsys.readouterr()

@@ -19,6 +19,7 @@ from bne import ingest
 from bne.corpus import Doc, doc_text
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
+from runner import run_bne
 
 
 class FakeEncoder:
@@ -314,16 +315,8 @@ def test_bits_default_to_the_models(tmp_path):
 
 
 def test_cli_bits_must_be_a_multiple_of_64(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "d.txt").write_text("a\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "--bits", "1000"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    out = run_bne("build", "d.txt", "-o", "d.bne", "--bits", "1000", cwd=tmp_path)
     assert out.returncode == 2 and "multiple of 64" in out.stderr and not (tmp_path / "d.bne").exists()
 
 

@@ -10,15 +10,14 @@ import time
 import pytest
 
 import bne
+from runner import run_python
 
 ISAS = ["serial", "avx2", "avx512", "neon", "sve"]  # x86, then aarch64
 
 
-def run_py(code, env_extra=None, **kw):
-    env = dict(os.environ)
-    env.pop("BNE_ISA", None)
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, **kw)
+def run_py(code, env_extra=None):
+    """``python -c CODE`` with BNE_ISA cleared (the default kernel choice), then ``env_extra``."""
+    return run_python(code, env={"BNE_ISA": None, **(env_extra or {})})
 
 
 def test_available_isas_order_and_default_is_best():

@@ -37,6 +37,7 @@ except ImportError:
 from bne.encoder import backend, int8, runtime  # noqa: E402
 from bne.encoder import onnx as onnx_runtime  # noqa: E402
 from bne.encoder.base import default_head  # noqa: E402
+from runner import run_bne, run_python  # noqa: E402
 
 #: A small built-in text set: short and long, accents, CJK, numbers, markup, empty-ish.
 TEXTS = [
@@ -380,9 +381,7 @@ def test_torch_bf16_autocast_agrees(torch_enc):
 
 
 def _run_py(code, cache, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-c", code], env=_env(cache), capture_output=True, text=True, timeout=timeout
-    )
+    return run_python(code, env=_env(cache), timeout=timeout)
 
 
 def test_cli_build_and_search_never_import_torch(use_cache, tmp_path):
@@ -439,14 +438,7 @@ def test_load_picks_backends(use_cache, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
     (tmp_path / "d.txt").write_text("hello\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "--device", "cuda"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path / "c"),
-        timeout=300,
-    )
+    out = run_bne("build", "d.txt", "-o", "d.bne", "--device", "cuda", cwd=tmp_path, env=_env(tmp_path / "c"))
     assert out.returncode == 2 and "torch sees no CUDA GPU" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "d.bne").exists()
 
@@ -473,22 +465,8 @@ def test_gpu_cli_build(tmp_path):
     docs = [f"document number {i} about topic {i % 7}" for i in range(300)] + ["the cat sat on the mat"]
     (tmp_path / "d.txt").write_text("\n".join(docs) + "\n")
     env = _env(tmp_path / "c")
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "build", "d.txt", "-o", "d.bne", "-q", "--device", "cuda"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    out = run_bne("build", "d.txt", "-o", "d.bne", "-q", "--device", "cuda", cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "301 codes of 1024 bits" in out.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "search", "d.bne", "a kitten on a mat", "-k", "1", "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    out = run_bne("search", "d.bne", "a kitten on a mat", "-k", "1", "--json", cwd=tmp_path, env=env, timeout=600)
     assert json.loads(out.stdout)["results"][0]["hits"][0]["snippet"] == "the cat sat on the mat"

@@ -9,8 +9,6 @@ through the command line, are moved, and are found again. Everything runs in a p
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ pytest.importorskip("onnxruntime")
 
 from bne import models  # noqa: E402
 from bne.errors import ModelError, ModelNotFoundError  # noqa: E402
+from runner import run_bne  # noqa: E402
 
 DOCS = [
     "The cat sat on the mat and purred.",
@@ -44,17 +43,8 @@ def env(cache):
 
 
 def bne(cache, *args, check=False, input=None):
-    out = subprocess.run(
-        [sys.executable, "-m", "bne.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(cache),
-        input=input,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
+    """``bne ARGS`` with ``cache`` as its model cache and registry."""
+    return run_bne(*args, env={"BNE_CACHE_DIR": str(cache)}, check=check, input=input, timeout=600)
 
 
 def one_line_error(out, *needles):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import tracemalloc
 
@@ -19,6 +17,7 @@ from bne import _core
 from bne.encoder.base import search_codes
 from bne.errors import ResultTooLargeError
 from bne.index import MAX_RESULT_BYTES
+from runner import needs_encoder, run_main, run_python
 
 
 def codes(n, nbytes=8, seed=0):
@@ -73,7 +72,7 @@ def test_knn_under_the_limit_still_pads_past_the_index(monkeypatch):
 
 def _child(code: str) -> dict:
     """Runs `code` in a fresh interpreter (its peak RSS is its own) and returns its JSON line."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -149,7 +148,7 @@ def test_range_explicit_cap_exact_boundary():
         _core.range_search(db, q, 64, 2, max_results=100)
 
 
-def test_mapped_index_range_cap(tmp_path):
+def test_mapped_index_range_cap_is_exact_at_the_boundary(tmp_path):
     path = tmp_path / "a.bne"
     with bne.open(path, "a", bits=64) as w:
         w.add(codes(500))
@@ -241,43 +240,14 @@ def test_thread_budget_can_be_switched_off():
     assert _core.thread_budget()["enabled"] is True
 
 
-def test_old_behaviour_env_switch():
-    env = dict(os.environ, BNE_THREAD_BUDGET="0")
-    out = subprocess.run(
-        [sys.executable, "-c", "from bne import _core; print(_core.thread_budget()['enabled'])"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
+def test_thread_budget_env_zero_turns_it_off():
+    out = run_python(
+        "from bne import _core; print(_core.thread_budget()['enabled'])", env={"BNE_THREAD_BUDGET": "0"}, timeout=60
     )
     assert out.stdout.strip() == "False", out.stderr
 
 
 # -- the CLI: exit 2 and one line ---------------------------------------------------------------
-
-
-def _cli(*args):
-    import contextlib
-    import io
-
-    from bne import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def _needs_encoder():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from bne.encoder import available_heads
-
-    if "minilm-l6-1024" not in available_heads():
-        pytest.skip("the default 1024-bit head is not shipped in this checkout")
 
 
 def _plain_collection(folder, n):
@@ -306,13 +276,13 @@ def _one_line(code, err, *needles):
 
 @pytest.mark.parametrize("flag", [["-k", "100000"], ["--rescore", "100000"]])
 def test_cli_k_and_rescore_past_the_limit_exit_2(tmp_path, monkeypatch, flag):
-    _needs_encoder()
+    needs_encoder()
     path = _plain_collection(tmp_path, 40)
     qfile = tmp_path / "q.txt"
     qfile.write_text("".join(f"query {i}\n" for i in range(300)))
     # k clamps to the 40 codes: 300 x 40 x 12 = 144,000 bytes; with --rescore, 300 x 40 x 148
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "100000")
-    code, out, err = _cli("search", path, "--queries", qfile, *flag)
+    code, out, err = run_main("search", path, "--queries", qfile, *flag)
     what = (
         "k=40 asks for results for 300 queries"
         if flag[0] == "-k"
@@ -321,7 +291,7 @@ def test_cli_k_and_rescore_past_the_limit_exit_2(tmp_path, monkeypatch, flag):
     _one_line(code, err, "bne: error:", what, "100,000-byte result limit")
     assert out == ""
     monkeypatch.setenv("BNE_MAX_RESULT_BYTES", "200000000")
-    code, out, err = _cli("search", path, "--queries", qfile, *flag, "--json")
+    code, out, err = run_main("search", path, "--queries", qfile, *flag, "--json")
     assert code == 0, err
     res = json.loads(out)["results"]
     want = 40 if flag[0] == "-k" else 10  # --rescore keeps the default k=10
@@ -332,15 +302,15 @@ def test_cli_k_and_rescore_past_the_limit_exit_2(tmp_path, monkeypatch, flag):
 def test_cli_issue_2000_queries_k_100000_exit_2(tmp_path):
     """The issue's reproduction at the default limit: 2000 queries, -k 100000, over 100,000
     codes (2.4 GB of results uncapped, ~28 GB with --rescore)."""
-    _needs_encoder()
+    needs_encoder()
     path = _plain_collection(tmp_path, 100_000)
     qfile = tmp_path / "q.txt"
     qfile.write_text("".join(f"query number {i}\n" for i in range(2000)))
-    code, _, err = _cli("search", path, "--queries", qfile, "-k", "100000")
+    code, _, err = run_main("search", path, "--queries", qfile, "-k", "100000")
     _one_line(
         code, err, "k=100000 asks for results for 2000 queries, which needs 2.24 GiB", "1,073,741,824-byte result limit"
     )
-    code, _, err = _cli("search", path, "--queries", qfile, "--rescore", "100000")
+    code, _, err = run_main("search", path, "--queries", qfile, "--rescore", "100000")
     _one_line(code, err, "rescore=100000 for 2000 queries (100000 candidates each) needs 27.57 GiB")
 
 

@@ -124,7 +124,18 @@ def test_file_of_many_commits_searches_in_one_call(tmp_path, rng, monkeypatch):
         np.testing.assert_array_equal(I[lims[row] : lims[row + 1]], want)
 
 
-def test_pending_codes_of_a_writer_are_searched_without_copy(tmp_path, rng):
+def test_pending_codes_of_a_writer_are_searched_without_copy(tmp_path, rng, monkeypatch):
+    """A writer's pending codes are found at once, and the kernel gets a view of the writer's
+    buffer, not a copy per search: two searches hand it the same memory, and the committed codes
+    come straight from the mapped file (read-only views)."""
+    seen = []
+    real = _core.search_segments
+
+    def spy(segments, *args):
+        seen.append(list(segments))
+        return real(segments, *args)
+
+    monkeypatch.setattr(_core, "search_segments", spy)
     path = tmp_path / "w.bne"
     db = random_codes(rng, 500, 512)
     with bne.open(path, mode="a", bits=512) as w:
@@ -134,6 +145,16 @@ def test_pending_codes_of_a_writer_are_searched_without_copy(tmp_path, rng):
         D, I = w.search(db[[5, 300, 499]], 1)
         np.testing.assert_array_equal(I[:, 0], [5, 300, 499])
         assert (D[:, 0] == 0).all()
+        w.search(db[[7]], 1)
+    assert len(seen) == 2
+    first, second = seen
+    pending = [s for s in first if len(s) == 300]
+    assert len(pending) == 1 and np.array_equal(pending[0], db[200:])
+    assert pending[0].base is not None  # a view of a buffer, not an array of its own
+    assert any(np.shares_memory(pending[0], s) for s in second)  # the same buffer both times
+    committed = [s for s in first if len(s) == 200]
+    assert len(committed) == 1 and np.array_equal(committed[0], db[:200])
+    assert not committed[0].flags.writeable and not committed[0].flags.owndata  # the file's mapping
 
 
 def test_one_query_over_many_segments_is_split_across_threads(rng):

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bne import cli
 from bne.corpus import CorpusError, read_corpus
 from bne.training.config import TrainConfig
 from bne.training.data import data_root, load_beir, read_texts, read_tsv
 from reference import TINY_BERT as TINY
+from runner import run_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -87,20 +87,20 @@ def test_data_root_missing_folders_are_named(tmp_path, monkeypatch):
         data_root(tmp_path / "nope")
 
 
-def test_eval_without_data_is_one_line_error(monkeypatch, capsys, tmp_path):
+def test_eval_without_data_is_one_line_error(monkeypatch, tmp_path):
     monkeypatch.delenv("BNE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["eval", "--sts", "stsb-dev", "--beir"]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_main("eval", "--sts", "stsb-dev", "--beir")
+    assert code == 2
     assert err.count("\n") == 1 and "bne: error: no data folder: pass --data DIR or set BNE_DATA" in err
 
 
 @needs_torch
-def test_train_recipe_without_data_is_one_line_error(monkeypatch, capsys, tmp_path):
+def test_train_recipe_without_data_is_one_line_error(monkeypatch, tmp_path):
     monkeypatch.delenv("BNE_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--recipe", "minilm-default", "--out", str(tmp_path / "h")]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_main("train", "--recipe", "minilm-default", "--out", tmp_path / "h")
+    assert code == 2
     assert err.count("\n") == 1 and "pass --data-root DIR or set BNE_DATA" in err
     assert not (tmp_path / "h.safetensors").exists()
 
@@ -212,10 +212,10 @@ def test_train_config_from_command_line():
 
 
 @needs_torch
-def test_train_bad_bits_is_one_line_error(tmp_path, capsys):
+def test_train_bad_bits_is_one_line_error(tmp_path):
     tsv = _tiny_tsv(tmp_path)
-    assert cli.main(["train", "--data", str(tsv), "--bits", "100", "--out", str(tmp_path / "h")]) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_main("train", "--data", tsv, "--bits", "100", "--out", tmp_path / "h")
+    assert code == 2
     assert err == "bne: error: bits must be a positive multiple of 64, got 100\n"
 
 

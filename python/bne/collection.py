@@ -493,6 +493,33 @@ def check_new_path(path: str) -> None:
         raise CollectionError(f"cannot create {path}: folder {os.path.dirname(path) or folder} is not writable")
 
 
+def open_to_append(
+    path: str | os.PathLike,
+    model: str | os.PathLike,
+    bits: int | None = None,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Collection:
+    """An index file opened to add to with ``model`` (at ``bits``, default the index's). Stricter
+    than ``Collection.open(model=)``: the model must be known to make the recorded codes, so an
+    index that records no model, or one that cannot be compared, is refused (appending would mix
+    codes of two models)."""
+    coll = Collection.open(path, mode="a", device=device, threads=threads)
+    try:
+        asked = identify(model, bits or coll.bits)
+        if not same_model(coll.model, asked):
+            built = "an unrecorded model" if coll.model is None else f"model {coll.model.name!r}"
+            raise CollectionError(
+                f"{os.fspath(path)} was built with {built} at {coll.bits} bits; "
+                f"asked for {asked.name!r} at {asked.bits} bits"
+            )
+    except BaseException:
+        coll.close()
+        raise
+    return coll
+
+
 def _manifest_path(path: str) -> str:
     manifest = os.path.join(path, MANIFEST) if os.path.isdir(path) else path
     if not os.path.isfile(manifest):

@@ -64,9 +64,10 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
 
 
 def run_demo(args) -> int:
-    from .cli import ProgressBar, safe
     from .collection import Collection
+    from .console import ProgressBar, safe
     from .corpus import Doc
+    from .docstore import path_for
 
     t0 = time.perf_counter()
     docs = stdlib_docstrings(args.limit)
@@ -75,7 +76,7 @@ def run_demo(args) -> int:
     path = os.path.join(folder, "stdlib.bne")
     coll = Collection.create(path, model="default", bits=1024) if not os.path.exists(path) else None
     if coll is None:  # --keep of an earlier demo: start again
-        for p in (path, path + ".docs.sqlite"):
+        for p in (path, path_for(path)):
             os.remove(p)
         coll = Collection.create(path, model="default", bits=1024)
     with coll:

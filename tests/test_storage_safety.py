@@ -5,9 +5,6 @@ import fcntl
 import os
 import stat
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import warnings
 
@@ -17,6 +14,7 @@ import pytest
 import bne
 from bne import fileformat, storage
 from reference import random_codes
+from runner import run_python
 
 
 def new_index(tmp_path, n=20, bits=128, name="x.bne", commits=1, rng=None):
@@ -36,9 +34,7 @@ def newest_slot(path):
 
 
 def run_py(code, *args, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+    return run_python(code, *args, timeout=timeout)
 
 
 # -- item 2: compact() and a second writer --------------------------------------------------------
@@ -65,7 +61,7 @@ def test_writer_that_opened_the_old_inode_retries_on_the_new_file(tmp_path, monk
 
 
 # The stress version (a compact loop in another process against this one's commits) is
-# tests/test_attack.py::test_no_commit_lost_to_a_compact_loop.
+# tests/test_index_file_attacks.py::test_no_commit_lost_to_a_compact_loop.
 
 
 def test_save_over_an_index_a_writer_holds_is_refused(tmp_path, rng):
@@ -257,7 +253,7 @@ def test_file_truncated_under_a_reader_raises_instead_of_sigbus(tmp_path):
 # -- item 8: deeply nested metadata ------------------------------------------------------------
 
 
-def test_deeply_nested_metadata(tmp_path):
+def test_deeply_nested_metadata_is_refused(tmp_path):
     path = new_index(tmp_path, n=2)
     data = bytearray(path.read_bytes())
     meta = b'{"a":' + b"[" * 1900 + b"]" * 1900 + b"}"
@@ -279,7 +275,7 @@ def test_deeply_nested_metadata(tmp_path):
 # -- items 9 and 10: API arguments and error messages --------------------------------------------
 
 
-def test_bad_save_and_open_arguments(tmp_path):
+def test_bad_save_and_open_arguments_are_refused_before_any_file(tmp_path):
     index = bne.Index(64)
     index.add(np.zeros((1, 8), np.uint8))
     with pytest.raises(ValueError, match="bit_order must be 'big'.*got 'middle'"):
@@ -387,7 +383,7 @@ with bne.open(path, mode="a") as w:
 """
 
 
-def test_compact_killed_mid_rewrite(tmp_path):
+def test_compact_killed_mid_rewrite_keeps_the_index_and_its_temp_is_cleaned(tmp_path):
     path = new_index(tmp_path, n=50, bits=1024)
     before = path.read_bytes()
     out = run_py(KILLED_COMPACT, path)

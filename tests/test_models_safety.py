@@ -9,13 +9,12 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bne import cli
+from runner import run_bne, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,14 +48,13 @@ def _tiny_tsv(tmp_path: Path) -> Path:
 
 
 @needs_torch
-def test_resume_of_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
+def test_resume_of_a_crafted_checkpoint_runs_no_code(tmp_path):
     import torch
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt.pt"
     torch.save({"module": _Marker(marker), "step": 1}, evil)
-    rc = cli.main(["train", "--data", str(_tiny_tsv(tmp_path)), "--out", str(tmp_path / "m"), "--resume", str(evil)])
-    err = capsys.readouterr().err
+    rc, _, err = run_main("train", "--data", _tiny_tsv(tmp_path), "--out", tmp_path / "m", "--resume", evil)
     assert not marker.exists()  # the unpickle never ran os.system
     assert rc == 2 and err.count("\n") == 1, err
     assert "not a bne training checkpoint" in err and "posix.system" in err and "refused" in err
@@ -204,12 +202,9 @@ def test_fifo_model_folder_on_the_command_line_is_one_line_no_hang(tmp_path):
     d, fifo = _fifo_folder(tmp_path, "m", "model.safetensors")
     docs = tmp_path / "docs.txt"
     docs.write_text("one document\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     for args in (["models", "add", str(d)], ["build", str(docs), "-o", str(tmp_path / "x.bne"), "--model", str(d)]):
         try:
-            out = subprocess.run(
-                [sys.executable, "-m", "bne.cli", *args], capture_output=True, text=True, timeout=120, env=env
-            )
+            out = run_bne(*args, timeout=120)
         except subprocess.TimeoutExpired:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             pytest.fail(f"bne {args[0]} hung on a FIFO")

@@ -17,10 +17,11 @@ import time
 import pytest
 
 import bne
-from bne import cli, ingest, storage
 from bne import collection as bcoll
+from bne import ingest, storage
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
+from runner import run_main
 from test_collection import FakeEncoder, consistent, docs_of
 
 
@@ -242,7 +243,7 @@ def test_ctrl_c_stops_a_reader_that_waits_for_room(tmp_path, fake):
 # -- item 6: messages ---------------------------------------------------------------------------
 
 
-def test_disk_full_in_an_index_commit_names_the_file_and_keeps_the_commits(tmp_path, fake, monkeypatch, capsys):
+def test_disk_full_in_an_index_commit_names_the_file_and_keeps_the_commits(tmp_path, fake, monkeypatch):
     """ENOSPC from a real write of the second commit: the error names the index; commit 1 and
     its documents stay; verify reports the texts of the failed batch as past the last commit."""
     path = tmp_path / "c.bne"
@@ -280,13 +281,13 @@ def test_disk_full_in_an_index_commit_names_the_file_and_keeps_the_commits(tmp_p
     with bcoll.Collection.open(path) as coll:
         checked = coll.verify()
     assert (checked["codes"], checked["documents"], checked["past_commit"]) == (10, 20, 10)
-    assert cli.main(["verify", str(path)]) == 0
-    out = capsys.readouterr().out
+    code, out, err = run_main("verify", path)
+    assert code == 0, err
     assert "10 codes" in out and "20 documents, 10 past the last commit of the index" in out, out
     assert "dropped by the next --append" in out
 
 
-def test_cli_names_the_index_on_a_full_disk(tmp_path, capsys):
+def test_cli_names_the_index_on_a_full_disk(tmp_path):
     """`bne build` on a disk that fills at the second commit: one error line naming the index."""
     (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(50)))
     p = fake_bne(tmp_path, "build", "in.txt", "-o", "f.bne", "-q", "--commit-every", "10", full=True)
@@ -297,17 +298,17 @@ def test_cli_names_the_index_on_a_full_disk(tmp_path, capsys):
     assert "10 documents were committed to f.bne before the error" in err
     with bne.open(tmp_path / "f.bne") as idx:
         assert len(idx) == 10
-    assert cli.main(["verify", str(tmp_path / "f.bne")]) == 0
-    out = capsys.readouterr().out
+    code, out, err = run_main("verify", tmp_path / "f.bne")
+    assert code == 0, err
     assert "10 codes" in out and "20 documents, 10 past the last commit of the index" in out, out
 
 
-def test_verify_of_a_clean_index_keeps_its_message(tmp_path, fake, capsys):
+def test_verify_of_a_clean_index_keeps_its_message(tmp_path, fake):
     path = tmp_path / "c.bne"
     with bcoll.Collection.create(path) as c:
         c.add(docs_of(12), commit_every=5)
-    assert cli.main(["verify", str(path)]) == 0
-    out = capsys.readouterr().out
+    code, out, err = run_main("verify", path)
+    assert code == 0, err
     assert "12 codes" in out and "docstore intact (12 documents)" in out and "past the last commit" not in out
 
 

@@ -161,7 +161,7 @@ def test_searches_during_refresh_see_one_commit(tmp_path):
     w.close()
 
 
-def test_collection_refresh(tmp_path):
+def test_collection_refresh_follows_the_index(tmp_path):
     """Collection.refresh follows the index; the docstore is read per search."""
     from bne.collection import Collection
 
@@ -204,7 +204,7 @@ w.close()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_randomized_writer_process(tmp_path, seed):
+def test_refresh_matches_a_random_writer_process(tmp_path, seed):
     """A writer process appends, removes and compacts at random; after each of its commits the
     reader (this process) refreshes and matches brute force over the writer's view, and a
     reader that never refreshes keeps matching the first state."""

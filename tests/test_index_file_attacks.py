@@ -2,7 +2,7 @@
 
 Each attack runs briefly in the default suite and for as long as asked in the slow one:
 
-    BNE_ATTACK_SECONDS=600 python -m pytest -m slow tests/test_attack.py   # 10 minutes per attack
+    BNE_ATTACK_SECONDS=600 python -m pytest -m slow tests/test_index_file_attacks.py   # 10 minutes per attack
     python tests/fuzz/fuzz_open.py -max_total_time=3600                     # coverage-guided, 1 hour
 
 An attack fails on any exception other than the documented ones (IndexFormatError for a bad
@@ -118,7 +118,7 @@ def test_mutated_files_are_refused_or_exact(tmp_path, request, speed):
 WRITER = """
 import sys, time, numpy as np, bne
 sys.path.insert(0, sys.argv[3])
-from test_attack import code_of
+from test_index_file_attacks import code_of
 path, stop = sys.argv[1], time.time() + float(sys.argv[2])
 next_id, step = int(bne.open(path).ids().max()) + 1, 0
 while time.time() < stop:

@@ -7,8 +7,6 @@ disk-full cases need a subprocess (another user namespace, a file size limit).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -16,7 +14,6 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +22,10 @@ import numpy as np
 import pytest
 
 import bne
-from bne import cli, distributed
+from bne import cli, console, distributed
 from bne.corpus import CorpusError, Doc, read_corpus, txt_key
 from bne.docstore import DocStore, DocStoreError, path_for
+from runner import needs_encoder, popen_bne, run_bne, run_main, run_python
 
 QUICK = [
     "The cat sat on the mat.",
@@ -36,23 +34,6 @@ QUICK = [
     "The kitten slept on the rug.",
 ]
 RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # what must never reach the terminal (newline ends a line)
-
-
-def run(*args, cwd=None) -> tuple[int, str, str]:
-    """``bne ARGS`` in this process: (exit code, stdout, stderr). argparse errors exit 2 via SystemExit."""
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main([str(a) for a in args])
-            except SystemExit as e:
-                code = e.code
-    finally:
-        os.chdir(old)
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_line_error(code, err, *needles):
@@ -64,15 +45,6 @@ def one_line_error(code, err, *needles):
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
-
-
-def needs_encoder():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from bne.encoder import available_heads
-
-    if "minilm-l6-1024" not in available_heads():
-        pytest.skip("the default 1024-bit head is not shipped in this checkout")
 
 
 def plain_index(folder, texts, *, metadata=None, ext_ids=None, store=True):
@@ -107,13 +79,13 @@ def quick(tmp_path_factory):
     needs_encoder()
     d = tmp_path_factory.mktemp("quick")
     (d / "docs.txt").write_text("\n".join(QUICK) + "\n")
-    code, out, err = run("build", d / "docs.txt", "-o", d / "docs.bne", "-q")
+    code, out, err = run_main("build", d / "docs.txt", "-o", d / "docs.bne", "-q")
     assert code == 0 and "4 added" in out, err
     return d
 
 
 def search_json(index, *args):
-    code, out, err = run("search", index, *args, "--json")
+    code, out, err = run_main("search", index, *args, "--json")
     assert code == 0, err
     return json.loads(out)["results"]
 
@@ -126,7 +98,7 @@ def test_append_new_txt_file_adds_its_document(quick, tmp_path):
     for suffix in ("", ".docs.sqlite"):
         shutil.copy(str(quick / "docs.bne") + suffix, str(idx) + suffix)
     (tmp_path / "more.txt").write_text("Interest rates rose again.\n")
-    code, out, err = run("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
+    code, out, err = run_main("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
     assert code == 0 and "(1 added, 0 already present)" in out, out + err
     assert len(bne.open(idx)) == 5 and count(idx) == 5
     hit = search_json(idx, "Interest rates rose again", "-k", "1")[0]["hits"][0]
@@ -141,10 +113,10 @@ def test_resume_of_the_same_txt_file_adds_nothing_twice(quick, tmp_path):
     (tmp_path / "part" / "docs.txt").write_text("\n".join(lines[:2]) + "\n")
     (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n")
     idx = tmp_path / "docs.bne"
-    assert run("build", tmp_path / "part" / "docs.txt", "-o", idx, "-q")[0] == 0
-    code, out, err = run("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")
+    assert run_main("build", tmp_path / "part" / "docs.txt", "-o", idx, "-q")[0] == 0
+    code, out, err = run_main("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")
     assert "(3 added, 2 already present)" in out, out + err
-    code, out, err = run("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")
+    code, out, err = run_main("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")
     assert "(0 added, 5 already present)" in out, out + err
     assert len(bne.open(idx)) == 5 and count(idx) == 5
 
@@ -159,8 +131,8 @@ def test_append_over_a_line_number_keyed_docstore_of_an_older_bne(tmp_path):
     db.close()
     (tmp_path / "docs.txt").write_text("\n".join(QUICK) + "\n")
     (tmp_path / "more.txt").write_text("Interest rates rose again.\n")
-    assert "(0 added, 4 already present)" in run("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")[1]
-    assert "(1 added, 0 already present)" in run("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")[1]
+    assert "(0 added, 4 already present)" in run_main("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")[1]
+    assert "(1 added, 0 already present)" in run_main("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")[1]
     assert count(idx) == 5 and len(bne.open(idx)) == 5
 
 
@@ -180,9 +152,9 @@ def test_garbage_docstore_is_a_one_line_error_naming_it(tmp_path):
     with open(path_for(idx), "wb") as f:
         f.write(b"SQLite format 3\0" + os.urandom(4000))
     (tmp_path / "more.txt").write_text("x\n")
-    code, out, err = run("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
+    code, out, err = run_main("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
     one_line_error(code, err, "document store", path_for(idx))
-    code, out, err = run("info", idx)  # the index itself is fine: info still describes it
+    code, out, err = run_main("info", idx)  # the index itself is fine: info still describes it
     assert code == 0 and re.search(r"documents\s+None", out) and "document store" in err and "Traceback" not in err
     with pytest.raises(DocStoreError, match="plain.bne.docs.sqlite"):
         DocStore(idx)
@@ -201,7 +173,7 @@ def test_garbage_docstore_is_a_one_line_error_naming_it(tmp_path):
 )
 def test_bad_numbers_fail_before_any_file_exists(tmp_path, args, needle):
     (tmp_path / "docs.txt").write_text("hello\n")
-    code, out, err = run("build", tmp_path / "docs.txt", "-o", tmp_path / "x.bne", *args)
+    code, out, err = run_main("build", tmp_path / "docs.txt", "-o", tmp_path / "x.bne", *args)
     one_line_error(code, err, needle)
     assert sorted(os.listdir(tmp_path)) == ["docs.txt"]  # item 12: nothing created
 
@@ -215,18 +187,20 @@ def test_bad_numbers_fail_before_any_file_exists(tmp_path, args, needle):
         (["--rescore", "0"], "--rescore"),
     ],
 )
-def test_bad_search_numbers(tmp_path, args, needle):
+def test_bad_search_numbers_are_one_line_errors(tmp_path, args, needle):
     idx = plain_index(tmp_path, QUICK)
-    one_line_error(*run("search", idx, "cat", *args)[::2], needle)
+    one_line_error(*run_main("search", idx, "cat", *args)[::2], needle)
 
 
 def test_too_many_threads_are_clamped(quick, tmp_path):
     before = bne.get_num_threads()
     try:
-        code, out, err = run("search", quick / "docs.bne", "a small cat", "-k", "1", "--threads", "100000", "--json")
+        code, out, err = run_main(
+            "search", quick / "docs.bne", "a small cat", "-k", "1", "--threads", "100000", "--json"
+        )
     finally:
         bne.set_num_threads(before)
-    assert code == 0 and f"using {cli.cpu_count()}" in err
+    assert code == 0 and f"using {os.cpu_count() or 1}" in err
     assert json.loads(out)["results"][0]["hits"][0]["snippet"] in (QUICK[0], QUICK[3])
 
 
@@ -260,15 +234,12 @@ def test_read_only_folder_can_be_searched():
             os.chmod(os.path.join(folder, n), 0o444)
         os.chmod(folder, 0o555)
         prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         script = (
             "import sys; from bne.cli import main; "
             "sys.exit(main(['info', sys.argv[1]]) or main(['info', sys.argv[2]]) or "
             "main(['search', sys.argv[1], 'a cat', '-k', '4']) or main(['search', sys.argv[2], 'a cat', '-k', '4']))"
         )
-        res = subprocess.run(
-            prefix + [sys.executable, "-c", script, idx, legacy], capture_output=True, text=True, env=env, timeout=300
-        )
+        res = run_python(script, idx, legacy, prefix=prefix, timeout=300)
         assert res.returncode == 0, res.stderr
         assert len(re.findall(r"documents\s+4", res.stdout)) == 2, res.stdout
         for t in QUICK:  # every text came back, from both docstores
@@ -293,16 +264,7 @@ def test_disk_full_in_the_docstore_is_one_line_and_leaves_nothing(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    res = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "big.bne", "-q"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        preexec_fn=limit,
-        timeout=300,
-    )
+    res = run_bne("build", "big.txt", "-o", "big.bne", "-q", cwd=tmp_path, preexec_fn=limit)
     line = one_line_error(res.returncode, res.stderr, "big.bne.docs.sqlite")
     assert re.search(r"full|too large|I/O", line), line
     assert sorted(os.listdir(tmp_path)) == ["big.txt"]
@@ -315,11 +277,11 @@ def test_errors_name_the_users_file(tmp_path):
     (tmp_path / "docs.txt").write_text("hello\n")
     (tmp_path / "out").mkdir()
     (tmp_path / "latin1.txt").write_bytes("ok\nfine\ncaf\xe9\n".encode("latin-1"))
-    code, _, err = run("build", "docs.txt", "-o", "nodir/x.bne", cwd=tmp_path)
+    code, _, err = run_main("build", "docs.txt", "-o", "nodir/x.bne", cwd=tmp_path)
     line = one_line_error(code, err, "nodir")
     assert ".tmp" not in line and "does not exist" in line
-    one_line_error(*run("build", "docs.txt", "-o", "out", cwd=tmp_path)[::2], "out is a folder")
-    one_line_error(*run("build", "latin1.txt", "-o", "x.bne", cwd=tmp_path)[::2], "latin1.txt:3", "UTF-8")
+    one_line_error(*run_main("build", "docs.txt", "-o", "out", cwd=tmp_path)[::2], "out is a folder")
+    one_line_error(*run_main("build", "latin1.txt", "-o", "x.bne", cwd=tmp_path)[::2], "latin1.txt:3", "UTF-8")
     with pytest.raises(CorpusError, match=r"a\.csv:2"):
         (tmp_path / "a.csv").write_bytes(b"1,ok\n2,\xff\n")
         list(read_corpus(tmp_path / "a.csv"))
@@ -332,7 +294,7 @@ def test_errors_name_the_users_file(tmp_path):
 def test_missing_docstore_warns_once_and_prints_ids(quick, tmp_path):
     idx = tmp_path / "bare.bne"
     shutil.copy(quick / "docs.bne", idx)
-    code, out, err = run("search", idx, "a small cat", "another query", "-k", "2")
+    code, out, err = run_main("search", idx, "a small cat", "another query", "-k", "2")
     assert code == 0 and err.count("document store not found") == 1 and "printing ids only" in err
     ids = re.findall(r"^\s+\d+\.\s+d=\s*\d+\s+(\d+)\s*$", out, re.M)
     assert len(ids) == 4 and set(ids) <= {"0", "1", "2", "3"}, out
@@ -342,12 +304,12 @@ def test_search_on_a_beir_folder_fails_before_ray(tmp_path, monkeypatch):
     (tmp_path / "corpus.jsonl").write_text('{"_id": "a", "text": "b"}\n')
     started = []
     monkeypatch.setattr(distributed, "start_ray", lambda *a: started.append(a))
-    code, _, err = run("search", tmp_path, "query")
+    code, _, err = run_main("search", tmp_path, "query")
     one_line_error(code, err, "manifest.json", "BEIR")
     assert started == []
 
 
-def test_queries_jsonl_is_parsed(quick, tmp_path):
+def test_queries_jsonl_gives_query_ids_and_bad_lines_are_one_line_errors(quick, tmp_path):
     q = tmp_path / "queries.jsonl"
     q.write_text('{"_id": "q1", "text": "a small kitten sleeping"}\n\n"stock market crash"\n')
     res = search_json(quick / "docs.bne", "--queries", q, "-k", "1")
@@ -357,9 +319,9 @@ def test_queries_jsonl_is_parsed(quick, tmp_path):
     ]
     assert res[0]["hits"][0]["snippet"] in (QUICK[0], QUICK[3]) and res[1]["hits"][0]["snippet"] == QUICK[2]
     q.write_text('{"_id": "q1", "title": "no text"}\n')
-    one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "text")
+    one_line_error(*run_main("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "text")
     q.write_text('{"_id": "q1", "text": "a", "n": ' + "1" * 5000 + "}\n")  # json raises a plain ValueError
-    one_line_error(*run("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "not valid JSON")
+    one_line_error(*run_main("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "not valid JSON")
 
 
 def test_rescore_without_a_number_keeps_the_query(quick):
@@ -375,7 +337,7 @@ def test_bench_sizes_take_suffixes():
     for bad in ("10x", "0", "1.5", "", "1e400", "2000G"):
         with pytest.raises(Exception, match="bad size"):
             cli.parse_sizes(bad)
-    one_line_error(*run("bench", "--sizes", "ten")[::2], "--sizes", "10k")
+    one_line_error(*run_main("bench", "--sizes", "ten")[::2], "--sizes", "10k")
 
 
 def test_k_larger_than_the_index_is_not_an_allocation(quick):
@@ -390,38 +352,33 @@ EVIL = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e"
 
 def test_info_escapes_metadata(tmp_path):
     idx = plain_index(tmp_path, QUICK, metadata={"model": "default", "model_name": EVIL, EVIL: EVIL})
-    code, out, err = run("info", idx)
+    code, out, err = run_main("info", idx)
     assert code == 0 and not RAW.search(out + err) and "\u202e" not in out
     assert "\\x1b]0;owned\\x07" in out and "\\u202e" in out
-    code, out, err = run("info", idx, "--json")
+    code, out, err = run_main("info", idx, "--json")
     assert code == 0 and not RAW.search(out) and json.loads(out)["metadata"]["model_name"] == EVIL
 
 
 def test_search_escapes_docstore_text_and_ids(quick, tmp_path):
     texts = [f"text {i} {EVIL} end" for i in range(4)]
     idx = plain_index(tmp_path, texts, ext_ids=[f"id{i}{EVIL}" for i in range(4)])
-    code, out, err = run("search", idx, f"query {EVIL}", "-k", "4")
+    code, out, err = run_main("search", idx, f"query {EVIL}", "-k", "4")
     assert code == 0 and not RAW.search(out + err)
     assert out.count("\\x1b]0;owned\\x07") == 9  # the query line, then text and id of 4 hits
-    code, out, err = run("search", idx, "query", "-k", "4", "--json")
+    code, out, err = run_main("search", idx, "query", "-k", "4", "--json")
     hits = json.loads(out)["results"][0]["hits"]
     assert not RAW.search(out) and sorted(h["doc_id"] for h in hits) == [f"id{i}{EVIL}" for i in range(4)]
 
 
 def test_queries_that_are_not_utf8_are_one_line_errors(tmp_path):
     idx = plain_index(tmp_path, QUICK)
-    one_line_error(*run("search", idx, "caf\udce9")[::2], "caf\\udce9", "not UTF-8")  # argv bytes 63 61 66 e9
-    res = subprocess.run(
-        [sys.executable, "-m", "bne.cli", "search", idx, "--queries", "-"],
-        input=b"ok\ncaf\xe9\n",
-        capture_output=True,
-        timeout=120,
-    )
+    one_line_error(*run_main("search", idx, "caf\udce9")[::2], "caf\\udce9", "not UTF-8")  # argv bytes 63 61 66 e9
+    res = run_bne("search", idx, "--queries", "-", input=b"ok\ncaf\xe9\n", text=False, timeout=120)
     one_line_error(res.returncode, res.stderr.decode(), "<stdin>:2", "not UTF-8")
 
 
 def test_error_messages_are_escaped(tmp_path):
-    code, _, err = run("build", f"missing{EVIL}.txt", "-o", tmp_path / "x.bne")
+    code, _, err = run_main("build", f"missing{EVIL}.txt", "-o", tmp_path / "x.bne")
     line = one_line_error(code, err, "input not found")
     assert not RAW.search(err) and "\\x1b[2J" in line
 
@@ -444,13 +401,13 @@ def test_docstore_with_unknown_schema_objects_is_refused(tmp_path, sql):
     db.commit()
     db.close()
     (tmp_path / "more.txt").write_text("Interest rates rose again.\n")
-    code, out, err = run("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
+    code, out, err = run_main("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
     one_line_error(code, err, "did not write", path_for(idx))
     db = sqlite3.connect(path_for(idx))
     assert db.execute("SELECT COUNT(*) FROM docs").fetchone()[0] == 4  # the trigger never ran
     db.close()
     assert len(bne.open(idx)) == 4
-    code, out, err = run("info", idx)  # readers refuse it too, and still describe the index
+    code, out, err = run_main("info", idx)  # readers refuse it too, and still describe the index
     assert code == 0 and "did not write" in err
 
 
@@ -486,7 +443,7 @@ def test_manifest_paths_stay_inside_its_folder(tmp_path, monkeypatch, shard):
         distributed.read_manifest(tmp_path)
     started = []
     monkeypatch.setattr(distributed, "start_ray", lambda *a: started.append(a))
-    one_line_error(*run("search", tmp_path, "query")[::2], "manifest.json")
+    one_line_error(*run_main("search", tmp_path, "query")[::2], "manifest.json")
     assert started == []
 
 
@@ -511,7 +468,7 @@ def test_docstore_mode_follows_the_index(quick, tmp_path):
     (tmp_path / "more.txt").write_text("Interest rates rose again.\n")
     old = os.umask(0o022)
     try:
-        code, out, err = run("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
+        code, out, err = run_main("build", tmp_path / "more.txt", "-o", idx, "--append", "-q")
     finally:
         os.umask(old)
     assert code == 0 and count(idx) == 1, err
@@ -520,7 +477,7 @@ def test_docstore_mode_follows_the_index(quick, tmp_path):
 
 def test_demo_prints_hits_from_its_docstore(tmp_path):
     needs_encoder()
-    code, out, err = run("demo", "--limit", "30", "--keep", tmp_path)
+    code, out, err = run_main("demo", "--limit", "30", "--keep", tmp_path)
     assert code == 0, err
     assert out.count("query: ") == 5 and len(re.findall(r"^\s+d=\s*\d+\s+\S", out, re.M)) == 15
     assert count(tmp_path / "stdlib.bne") == 30
@@ -534,13 +491,10 @@ def test_ctrl_c_then_append_resumes_exactly(tmp_path):
 
     lines = [f"line {i} about {('cats', 'rates', 'bread')[i % 3]}" for i in range(3000)]
     (tmp_path / "big.txt").write_text("\n".join(lines) + "\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     idx = tmp_path / "r.bne"
+    cmd = ["build", "big.txt", "-o", "r.bne", "-q", "--commit-every", "50"]
     for target in (500, 1500):
-        cmd = [sys.executable, "-m", "bne.cli", "build", "big.txt", "-o", "r.bne", "-q", "--commit-every", "50"]
-        p = subprocess.Popen(
-            cmd + (["--append"] if idx.exists() else []), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
-        )
+        p = popen_bne(*cmd, *(["--append"] if idx.exists() else []), cwd=tmp_path, stdout=None)
         while p.poll() is None:
             try:
                 if len(bne.open(idx)) >= target:
@@ -552,7 +506,7 @@ def test_ctrl_c_then_append_resumes_exactly(tmp_path):
         _, err = p.communicate(timeout=120)
         if p.returncode == 130:
             assert "committed to r.bne" in err and "Traceback" not in err
-    res = subprocess.run(cmd[:-2] + ["--append"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = run_bne(*cmd[:-2], "--append", cwd=tmp_path)
     assert res.returncode == 0 and "3000 codes" in res.stdout, res.stderr
     db = sqlite3.connect(path_for(idx))
     assert db.execute("SELECT text FROM docs ORDER BY id").fetchall() == [(t,) for t in lines]
@@ -594,25 +548,21 @@ def test_safe_and_json_text_leave_no_control_character():
         if unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs") or 0x202A <= c <= 0x202E or 0x2066 <= c <= 0x2069
     ]
     text = "".join(bad)
-    shown = cli.safe(text)
+    shown = console.safe(text)
     assert not any(c in shown for c in bad) and shown.count("\\") == len(bad)
-    dumped = cli.json_text({"t": text})
+    dumped = console.json_text({"t": text})
     assert not any(c in dumped for c in bad if c != "\n")  # newlines: only the indentation's
     no_surrogates = "".join(c for c in bad if not 0xD800 <= ord(c) <= 0xDFFF)  # JSON pairs adjacent ones up
-    assert json.loads(cli.json_text({"t": no_surrogates}))["t"] == no_surrogates  # escaped, not lost
-    assert cli.safe("plain é 日本") == "plain é 日本"
+    assert json.loads(console.json_text({"t": no_surrogates}))["t"] == no_surrogates  # escaped, not lost
+    assert console.safe("plain é 日本") == "plain é 日本"
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
 @pytest.mark.parametrize("value", ["-1", "0", "many"])
-def test_train_and_eval_threads_are_checked(command, value, capsys):
+def test_train_and_eval_threads_are_checked(command, value):
     """bne train / eval --threads: a one-line argparse error, not a torch RuntimeError."""
-    from bne import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main([command, "--threads", value])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "--threads" in err and "Traceback" not in err
+    code, _, err = run_main(command, "--threads", value)
+    assert code == 2 and "--threads" in err and "Traceback" not in err
 
 
 def test_threads_option_clamps_to_the_cpus():

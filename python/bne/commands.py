@@ -1,0 +1,378 @@
+"""What each ``bne`` subcommand does once its arguments are parsed: call the layer below
+(:class:`bne.Collection`, :mod:`bne.models`, :mod:`bne.distributed`) and print the result. The
+rules (which model may append to an index, what a collection holds) live in those layers; this
+module only turns their answers into lines. Text from files is printed through
+:func:`bne.console.safe`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from . import _core
+from .console import ProgressBar, json_text, safe, snippet
+
+EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 2."""
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+def _stop_on_signals(got: list[int]) -> dict[int, Any]:
+    """SIGTERM and SIGHUP stop a build as Ctrl-C does (the commit in flight completes, then a
+    message); ``got`` receives the signal. Returns the old handlers, for :func:`_restore`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signo: int, frame: object) -> None:
+        if not got:  # a repeat while the last commit completes is ignored (kill -9 still works)
+            got.append(signo)
+            raise KeyboardInterrupt
+
+    # a signal ignored by whoever started us (nohup ignores SIGHUP) stays ignored
+    return {
+        s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN
+    }
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def cmd_build(args) -> int:
+    from .collection import Collection, build_sharded, check_new_path, open_to_append
+    from .corpus import read_corpus
+
+    out = args.output
+    if args.ray:
+        result = build_sharded(
+            out,
+            read_corpus(args.input),
+            shards=args.shards,
+            model=args.model,
+            bits=args.bits,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            ray_address=args.ray_address,
+            source=args.input,
+        )
+        print(
+            f"{safe(out)}: {result['documents']} documents in {args.shards} shards ({len(result['skipped'])} already "
+            f'written, skipped); search with: bne search {safe(out)} "query"'
+        )
+        return 0
+    if not out:
+        raise UserError("-o is empty: give the index file to write")
+    if args.append and os.path.lexists(out) and not os.path.isdir(out):
+        coll = open_to_append(out, args.model, args.bits, device=args.device, threads=args.threads)
+    else:
+        check_new_path(out)
+        coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
+    if args.threads:
+        _core.set_num_threads(args.threads)
+    bar = ProgressBar(
+        args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model"
+    )
+    got: list[int] = []
+    handlers = _stop_on_signals(got)
+    try:
+        with coll:
+            r = coll.add(
+                read_corpus(args.input),
+                batch_size=args.batch_size,
+                commit_every=args.commit_every,
+                progress=bar,
+                source=args.input,
+            )
+            info = coll.info() if coll.index is not None else None
+    except Exception:
+        bar.close()
+        if coll.last_add.added:  # the error is printed next; say what is already safe
+            print(
+                f"bne: note: {coll.last_add.added} documents were committed to {safe(out)} before the error; "
+                f"run again with --append to continue",
+                file=sys.stderr,
+            )
+        raise
+    except KeyboardInterrupt:  # a signal before add() could take it (e.g. while the model loads)
+        if not got:
+            raise
+        print(
+            f"bne: interrupted by {signal.Signals(got[0]).name}; {coll.last_add.added} new documents committed "
+            f"to {safe(out)}",
+            file=sys.stderr,
+        )
+        return 128 + got[0]
+    finally:
+        bar.close()
+        _restore(handlers)
+    if r.dropped:
+        print(f"bne: dropped {r.dropped} document rows left by an interrupted build", file=sys.stderr)
+    if r.interrupted:
+        todo = r.total - r.present
+        by = f" by {signal.Signals(got[0]).name}" if got else ""
+        print(
+            f"bne: interrupted{by}; {r.added} of {todo if todo > r.added else 'the'} new documents committed to "
+            f"{safe(out)}" + (" (nothing written)" if info is None else " (run again with --append to continue)"),
+            file=sys.stderr,
+        )
+        return 128 + got[0] if got else EXIT_INTERRUPTED
+    assert info is not None
+    print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({r.added} added, {r.present} already present)")
+    return 0
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def read_queries(args) -> list[tuple[str, str | None]]:
+    """(text, query id or None): the command line's queries, then --queries FILE: one query per
+    line, or for .jsonl a JSON object per line with "text" (or "query") and "_id"/"id" (BEIR's
+    queries.jsonl), or a JSON string."""
+    from .corpus import CorpusError, read_query_file
+
+    queries: list[tuple[str, str | None]] = []
+    for q in args.query or []:
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise UserError(f"query {safe(q)!s} is not UTF-8 text") from None
+        queries.append((q, None))
+    if args.queries == "-":
+        lines = (
+            sys.stdin.buffer
+            if hasattr(sys.stdin, "buffer")
+            else (t.encode("utf-8", "surrogateescape") for t in sys.stdin)
+        )
+        for lineno, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"<stdin>:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
+            if line.strip():
+                queries.append((line.strip(), None))
+    elif args.queries:
+        try:
+            queries += read_query_file(args.queries)
+        except CorpusError as e:
+            raise UserError(f"--queries {e}") from None
+    if not queries:
+        raise UserError("no query: give one on the command line or --queries FILE (- for stdin)")
+    return queries
+
+
+def source_of(meta: str) -> str | None:
+    """``file:line`` of a .txt document (its ext_id is a content hash), else None."""
+    if not meta.startswith("{"):
+        return None
+    try:
+        m = json.loads(meta)
+    except ValueError:
+        return None
+    return f"{m['file']}:{m['line']}" if isinstance(m, dict) and "file" in m and "line" in m else None
+
+
+def index_arg(path: str, folder_ok: bool = False) -> str:
+    if not path:
+        raise UserError("the index path is empty")
+    if os.path.isdir(path) and not folder_ok:
+        raise UserError(f"{path} is a folder, not an index file")
+    return path
+
+
+def cmd_search(args) -> int:
+    from .collection import Collection
+
+    index_arg(args.index, folder_ok=True)
+    asked = read_queries(args)
+    queries = [q for q, _ in asked]
+    with Collection.open(
+        args.index, model=args.model, device=args.device, threads=args.threads, ray_address=args.ray_address
+    ) as coll:
+        res = coll.search(queries, args.k, rescore=args.rescore)
+    if res.warning:
+        print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
+    results: list[dict[str, Any]] = []
+    for (q, qid), row in zip(asked, res.hits, strict=True):
+        hits = []
+        for h in row:
+            hit: dict[str, Any] = {
+                "rank": h.rank,
+                "id": h.id,
+                "doc_id": h.doc_id,
+                "title": h.title,
+                "snippet": snippet(h.text),
+            }
+            src = source_of(h.meta)
+            if src:
+                hit["source"] = src
+            if h.distance is not None:
+                hit["distance"] = h.distance
+            else:
+                hit["score"] = h.score
+            hits.append(hit)
+        results.append({"query": q, "hits": hits} if qid is None else {"query": q, "query_id": qid, "hits": hits})
+    timing = {
+        "encode_ms": res.encode_ms,
+        "search_ms": res.search_ms,
+        "queries": len(queries),
+        "codes": res.codes,
+        "isa": _core.active_isa(),
+    }
+    if args.json:
+        print(json_text({"results": results, "timing": timing}))
+    else:
+        for r in results:
+            print(f"query: {safe(r['query'])}" + (f"  [{safe(r['query_id'])}]" if "query_id" in r else ""))
+            for h in r["hits"]:
+                score = f"d={h['distance']:4d}" if "distance" in h else f"s={h['score']:8.2f}"
+                title = f"[{safe(h['title'])}] " if h["title"] else ""
+                print(
+                    f"  {h['rank']:3d}. {score}  {safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
+                )
+        print(
+            f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
+            f"({len(queries)} queries over {res.codes} codes, {timing['isa']})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- info / verify ------------------------------------------------------------------------------
+
+
+def cmd_info(args) -> int:
+    from .collection import Collection
+
+    with Collection.open(index_arg(args.index)) as coll:
+        info = coll.info()
+    if "warning" in info:
+        print(f"bne: warning: {safe(info.pop('warning'))}", file=sys.stderr)
+    if args.json:
+        print(json_text(info))
+        return 0
+    meta = dict(info.pop("metadata"))
+    model = info.pop("model_identity")
+    for key in (
+        "path",
+        "format_version",
+        "bits",
+        "bit_order",
+        "codes",
+        "live",
+        "tombstones",
+        "segments",
+        "commit",
+        "max_id",
+        "file_bytes",
+        "documents",
+        "isa",
+    ):
+        print(f"{key:15s} {safe(info.get(key))}")
+    for key in ("model", "model_sha256", "model_kind"):
+        meta.pop(key, None)
+    desc = (
+        "not recorded"
+        if model is None
+        else f"{model['name']} ({model['kind']}" + (f", sha256 {model['sha256'][:16]})" if model["sha256"] else ")")
+    )
+    name = meta.pop("model_name", "")  # what the encoder calls itself
+    print(f"{'model':15s} {safe(desc)}" + (f" [{safe(name)}]" if name else ""))
+    if meta:  # anything else save(metadata=...) stored, on one line
+        print(f"{'metadata':15s} {safe(json.dumps(meta, ensure_ascii=False))}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import models
+
+    if args.action == "add":
+        if not args.paths:
+            raise UserError("bne models add: give the path of a model file or folder")
+        for p in args.paths:
+            if not os.path.exists(p):
+                raise UserError(f"{p}: no such file or folder")
+            try:
+                ref = models.identify(p, remember=False)
+            except models.ModelError as e:
+                raise UserError(str(e)) from None
+            shipped = os.path.dirname(os.path.abspath(p)) == os.path.abspath(models.HEADS_DIR)
+            if not shipped and not models.register(ref, p):
+                raise UserError(f"cannot record {p} in {models.registry_path()}")
+            print(f"{safe(ref.name)}: {ref.kind}, {ref.bits} bits, sha256 {ref.short}, at {safe(os.path.abspath(p))}")
+        return 0
+    if args.paths:
+        raise UserError("bne models list takes no paths (did you mean: bne models add PATH?)")
+    rows = models.known_models()
+    if args.json:
+        print(json_text(rows))
+        return 0
+    for r in rows:
+        where = safe(r["path"]) if r["path"] else "(not found: bne models add PATH)"
+        print(f"{safe(r['name']):24s} {r['kind']:8s} {r['bits']:5d} bits  {r['sha256'][:12]}  {where}")
+    return 0
+
+
+def cmd_shard(args) -> int:
+    from . import distributed
+
+    paths = distributed.shard_index(args.index, args.shards, args.output)
+    print(f"{safe(args.output)}: {len(paths)} shards and {distributed.MANIFEST}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .collection import Collection
+
+    with Collection.open(index_arg(args.index)) as coll:
+        checked = coll.verify()
+    n, extra = checked["documents"], checked.get("past_commit", 0)
+    docs = "" if n is None else f"; docstore intact ({n} documents)"
+    if n is not None and extra:  # the texts of a batch whose codes were never committed
+        docs = (
+            f"; docstore intact: {n} documents, {extra} past the last commit of the index "
+            f"(dropped by the next --append)"
+        )
+    print(
+        f"OK: {safe(args.index)}: {checked['codes']} codes in {checked['segments']} segment(s), "
+        f"every checksum matches{docs}"
+    )
+    return 0
+
+
+# -- bench / demo / train / eval ------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .training import train
+
+    return train.main(argv) or 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from .training import evaluate
+
+    return evaluate.main(argv) or 0
