@@ -66,8 +66,7 @@ def test_open_has_the_parameters_of_mapped_index(tmp_path, rng):
     assert (len(r), r.bit_order, r.metadata) == (3, "little", {"m": 1})
     with pytest.raises(TypeError, match="nonsense"):
         bne.open(path, nonsense=1)
-    # the old home of the mapped index keeps both names
-    assert bne.index.MappedIndex is bne.MappedIndex and bne.index.open is bne.open
+    assert bne.mapped.MappedIndex is bne.MappedIndex and bne.mapped.open is bne.open
 
 
 def test_dir_lists_lazy_names_and_star_import_stays_numpy_only():

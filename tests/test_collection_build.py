@@ -126,8 +126,8 @@ class Fake:
 
 collection.load = lambda *a, **k: Fake()
 if os.environ.get("BNE_FAKE_FULL"):  # the disk fills during the second index commit
-    from bne import index, storage
-    real_commit, real_pwrite, state = index.MappedIndex.commit, storage.io.pwrite, {"n": 0, "full": False}
+    from bne import mapped, storage
+    real_commit, real_pwrite, state = mapped.MappedIndex.commit, storage.io.pwrite, {"n": 0, "full": False}
     def commit(self):
         state["n"] += 1
         state["full"] = state["n"] == 2
@@ -139,7 +139,7 @@ if os.environ.get("BNE_FAKE_FULL"):  # the disk fills during the second index co
         if state["full"]:
             raise OSError(28, os.strerror(28))
         return real_pwrite(fd, data, offset)
-    index.MappedIndex.commit, storage.io.pwrite = commit, pwrite
+    mapped.MappedIndex.commit, storage.io.pwrite = commit, pwrite
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -21,7 +21,6 @@ from .commands import (
     EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    UserError,
     cmd_bench,
     cmd_build,
     cmd_demo,
@@ -35,7 +34,7 @@ from .commands import (
 )
 from .console import safe
 from .encoder.base import threads_option
-from .errors import IndexFormatError
+from .errors import IndexFormatError, UserError
 
 # -- argument types (checked by argparse, before anything is read or created) ------------------
 

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, distributed, storage
-from . import index as bindex
+from . import _core, distributed, mapped, storage
 from .codes import check_bits
 from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
@@ -149,7 +148,7 @@ class Collection:
             distributed.start_ray(ray_address)
             sharded = distributed.ShardedIndex(paths, threads=threads)
             return cls(path, ref, writable=False, index=sharded, device=device, threads=threads)
-        idx = bindex.open(path, mode=mode)
+        idx = mapped.open(path, mode=mode)
         try:
             recorded = ModelRef.from_metadata(idx.metadata, idx.bits)
             ref = _chosen_model(path, recorded, model, idx.bits)
@@ -176,7 +175,7 @@ class Collection:
         last refreshed) and returns True; False, quickly, when there is none. The documents are
         read from the docstore at each search, so they follow by themselves. A writer's own view
         and a folder of shards need no refresh (False). See :meth:`bne.MappedIndex.refresh`."""
-        if self.writable or not isinstance(self.index, bindex.MappedIndex):
+        if self.writable or not isinstance(self.index, mapped.MappedIndex):
             return False
         return self.index.refresh()
 
@@ -307,7 +306,7 @@ class Collection:
         except OSError as e:  # name the user's file, not the temporary one it was written through
             raise CollectionError(f"cannot create {self.path}: {e.strerror or e}") from None
         try:
-            index = bindex.open(self.path, mode="a")
+            index = mapped.open(self.path, mode="a")
         except IndexLockedError:  # opened for appending in the moment between its creation and ours
             raise CollectionError(
                 f"{self.path} was opened for writing by another process as this build created it"

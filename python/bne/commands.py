@@ -15,12 +15,9 @@ from typing import Any
 
 from . import _core
 from .console import ProgressBar, json_text, safe, snippet
+from .errors import UserError
 
 EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
-
-
-class UserError(Exception):
-    """A mistake the user can fix: printed as one line, exit code 2."""
 
 
 # -- build --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import index as bindex
-from . import storage
+from . import mapped, storage
 from .codes import check_codes, check_k
 from .corpus import Doc, doc_text
 from .docstore import DocStore
@@ -72,7 +72,7 @@ def _server_class():
 
         def __init__(self, path: str) -> None:
             self.path = path
-            self.index = bindex.open(path)
+            self.index = mapped.open(path)
             self.node = ray.get_runtime_context().get_node_id()
 
         def info(self) -> dict[str, Any]:

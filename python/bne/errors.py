@@ -45,3 +45,7 @@ class ModelNotFoundError(ModelError):
 class ResultTooLargeError(ValueError):
     """A search would return more than the result-size limit (``nq x k``, ``nq x rescore``, or a
     range search's hit count); the message names the limit and how to raise it."""
+
+
+class UserError(Exception):
+    """A command-line mistake the user can fix (the CLI prints it as one line and exits 2)."""

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _core, storage
 from .codes import check_bits, check_codes, check_k, check_radius, check_threads
 from .errors import IndexFormatError, ResultTooLargeError
-
-if TYPE_CHECKING:  # at run time these two come through __getattr__ (mapped imports this module)
-    from .mapped import MappedIndex as MappedIndex
-    from .mapped import open as open
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
@@ -536,13 +531,3 @@ def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.n
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
     """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]
-
-
-def __getattr__(name: str) -> object:
-    # MappedIndex and open lived here before the mapped index got its own module: both names
-    # keep working from bne.index (mapped imports this module, so the import is deferred).
-    if name in ("MappedIndex", "open"):
-        from . import mapped
-
-        return getattr(mapped, name)
-    raise AttributeError(f"module 'bne.index' has no attribute {name!r}")

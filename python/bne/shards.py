@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import index as bindex
-from . import storage
+from . import mapped, storage
 from .fileio import write_atomic
 from .models import ModelRef
 
@@ -47,7 +46,7 @@ def docstore_key(path: str | os.PathLike) -> str:
 def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
     """(codes, ids) of every live code of the source files, in position order, in chunks."""
     for path in paths:
-        src = bindex.open(path)
+        src = mapped.open(path)
         tomb = src.removed_positions()
         base = 0
         for codes, ids in src.segments():
@@ -69,7 +68,7 @@ def shard_index(
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    heads = [bindex.open(p) for p in paths]
+    heads = [mapped.open(p) for p in paths]
     bits = {h.bits for h in heads}
     if len(bits) != 1:
         raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
@@ -160,7 +159,7 @@ def shard_done(path: str, expected: int, model: ModelRef) -> bool:
     if not os.path.exists(path):
         return False
     try:
-        idx = bindex.open(path)
+        idx = mapped.open(path)
     except (ValueError, OSError):
         return False
     meta = idx.metadata
