@@ -49,3 +49,11 @@ class ResultTooLargeError(ValueError):
 
 class UserError(Exception):
     """A command-line mistake the user can fix (the CLI prints it as one line and exits 2)."""
+
+
+def last_line(e: BaseException, limit: int = 300) -> str:
+    """The last non-empty line of ``e``'s message (where ONNX Runtime, OpenVINO and torch put the
+    cause), at most ``limit`` characters; the exception's type name when the message is empty. For
+    one-line errors that wrap another library's exception."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else type(e).__name__

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..messages import first_line
+from ..errors import last_line
 from .base import cpu_flags, default_head
 from .base import have as _have
 from .int8 import int8_ready
@@ -142,9 +142,7 @@ def load(
                 return OnnxEncoder.from_head(head, threads=threads, quiet=quiet)
             except Exception as e:
                 if not quiet:
-                    print(
-                        f"bne: {name} encoder unavailable ({first_line(e)}); trying the next runtime", file=sys.stderr
-                    )
+                    print(f"bne: {name} encoder unavailable ({last_line(e)}); trying the next runtime", file=sys.stderr)
         backend = "torch"
     if backend == "openvino":
         return OpenVinoEncoder.from_head(head, threads=threads, precision=precision or "fp32", quiet=quiet)

@@ -172,7 +172,7 @@ class Encoder(CodeEncoder):
             show_progress = len(texts) > PROGRESS_THRESHOLD
         bar = None
         if show_progress:
-            from ..progress import progress_bar  # plain lines when stderr is a log file
+            from ..console import progress_bar  # plain lines when stderr is a log file
 
             bar = progress_bar(len(texts), desc, "text")
         try:

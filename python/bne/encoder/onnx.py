@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..codes import pack
-from ..messages import first_line
+from ..errors import last_line
 from .base import (
     PROGRESS_THRESHOLD,
     CodeEncoder,
@@ -60,7 +60,7 @@ def open_cached(ensure: Callable[[], Path], make: Callable[[Path], E], quiet: bo
         raise
     except Exception as e:  # onnxruntime / openvino raise their own Exception subclasses
         if not quiet:
-            print(f"bne: cached model {path} is unreadable ({first_line(e)}); exporting it again", file=sys.stderr)
+            print(f"bne: cached model {path} is unreadable ({last_line(e)}); exporting it again", file=sys.stderr)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return make(ensure())
@@ -167,7 +167,7 @@ class OnnxEncoder(CodeEncoder):
             show_progress = len(texts) > PROGRESS_THRESHOLD
         bar = None
         if show_progress:
-            from ..progress import progress_bar  # plain lines when stderr is a log file
+            from ..console import progress_bar  # plain lines when stderr is a log file
 
             bar = progress_bar(len(texts), desc, "text")
         from concurrent.futures import ThreadPoolExecutor

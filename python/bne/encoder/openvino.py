@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..messages import first_line
+from ..errors import last_line
 from .base import cpu_flags
 from .int8 import ensure_int8
 from .onnx import OnnxEncoder
@@ -62,7 +62,7 @@ class OpenVinoEncoder(OnnxEncoder):
                     for f in (path, path.with_suffix(".bin")):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(f)
-                    raise ValueError(f"cached int8 model {path} is unreadable ({first_line(e)}); removed it") from e
+                    raise ValueError(f"cached int8 model {path} is unreadable ({last_line(e)}); removed it") from e
             self._sessions[n] = s
         return s
 

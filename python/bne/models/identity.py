@@ -38,9 +38,8 @@ from ..encoder.base import (
     read_head_config,
 )
 from ..encoder.cache import lock_for, locked
-from ..errors import ModelError, ModelNotFoundError
+from ..errors import ModelError, ModelNotFoundError, last_line
 from ..fileio import write_atomic
-from ..messages import first_line
 
 __all__ = [
     "KINDS",
@@ -202,7 +201,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             "reading .safetensors models needs the 'safetensors' package (pip install 'bne[encoder]')"
         ) from None
     except Exception as e:  # safetensors raises its own SafetensorError
-        raise ModelError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable safetensors file ({last_line(e)})") from None
 
 
 def _torch_state_dict(path: Path) -> dict[str, Any]:
@@ -215,14 +214,14 @@ def _torch_state_dict(path: Path) -> dict[str, Any]:
     try:
         return load_weights(path)
     except Exception as e:  # unpickling errors of every kind: one line, never a traceback
-        raise ModelError(f"{path} is not a readable torch state dict ({first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable torch state dict ({last_line(e)})") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:
-        raise ModelError(f"{path} is not a readable JSON config ({first_line(e)})") from None
+        raise ModelError(f"{path} is not a readable JSON config ({last_line(e)})") from None
     if not isinstance(obj, dict):
         raise ModelError(f"{path} is not a JSON object")
     return obj
@@ -259,7 +258,7 @@ def _classify(weights: Path, config: Path | None) -> tuple[str, int]:
         try:
             cfg = read_head_config(weights)
         except (OSError, ValueError) as e:
-            raise ModelError(f"{name}: {first_line(e)}") from None
+            raise ModelError(f"{name}: {last_line(e)}") from None
         if cfg.get("bits", bits) != bits:
             raise ModelError(f"{name}: its config says {cfg['bits']} bits, the weights have {bits}")
     else:

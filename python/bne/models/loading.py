@@ -14,8 +14,7 @@ from typing import Any
 from ..encoder import backend as encoders
 from ..encoder.cache import embedder_onnx_path, ensure_cached
 from ..encoder.onnx import OnnxEncoder, open_cached
-from ..errors import ModelError
-from ..messages import first_line
+from ..errors import ModelError, last_line
 from .identity import _HEAD_KEYS, ModelRef, _model_files, _read_json, _sniff, _torch_state_dict, identify, resolve
 
 #: BinaryEmbedder.encode's default, the length the seed was trained at
@@ -85,7 +84,7 @@ def _load_embedder(ref: ModelRef, path: Path, *, runtime: str, device: str, thre
             if runtime != "auto":
                 raise
             if not quiet:
-                print(f"bne: onnx encoder unavailable ({first_line(e)}); using torch", file=sys.stderr)
+                print(f"bne: onnx encoder unavailable ({last_line(e)}); using torch", file=sys.stderr)
     from ..encoder.encoder import Encoder
     from ..encoder.model import BinaryEmbedder, default_tokenizer
 

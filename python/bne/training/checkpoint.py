@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, last_line
 from ..fileio import replacing
-from ..messages import first_line
 
 #: Written into every checkpoint; a file without it (or with another) is not one of ours.
 FORMAT = "bne-train-checkpoint-v1"
@@ -56,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             + "; refused without running them"
         ) from None
     except Exception as e:  # zip errors, EOF...: all mean "not our checkpoint"
-        raise CheckpointError(f"{p} is not a bne training checkpoint ({first_line(e)})") from None
+        raise CheckpointError(f"{p} is not a bne training checkpoint ({last_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} is not a bne training checkpoint (it holds a {type(obj).__name__}, not a dict)")
     fmt = obj.get("format")
