@@ -1,0 +1,355 @@
+"""Prototype (issue 17): exact BM25 top-k over our own postings in SQLite, scored with numpy.
+
+FTS5 ranks an OR query by calling ``bm25()`` on every matching row (seconds at 1M documents,
+docs/HYBRID_RESEARCH.md section 7); this keeps the postings as numpy-ready blobs instead and scores a
+query's terms with a few vectorised passes. What FTS5 gave is kept:
+
+* **same transaction**: :func:`insert` / :func:`delete` only execute statements on the caller's
+  connection; the caller commits them with the docstore rows.
+* **same tokens**: texts are tokenised by FTS5 itself (a temporary in-memory ``fts5`` table with
+  ``bne.lexical.TOKENIZER`` and its ``fts5vocab`` instance view), so terms, stems and document
+  lengths are exactly what ``bne.lexical`` indexes, and the scores are FTS5's ``bm25()`` (k1 = 1.2,
+  b = 0.75, its idf).
+* **segments**: each insert call writes one segment, rows ``(seg, term) -> (df, docids int32, tfs
+  uint16)`` appended at the end of a ``(seg, term)`` b-tree, so a commit never rewrites old blobs.
+  Segments of one level are merged F at a time (tiered, as Lucene), so a 1M-document index has a few
+  dozen segments and every posting is rewritten about log_F(N / batch) times.
+* **deletes**: given the row's text (as a contentless FTS5 table needs), the row's tokens are
+  subtracted from the statistics (exact df, N, total length) and the (id, seg) pair is marked dead,
+  so its postings are skipped; :func:`compact` purges them. An id may be inserted again after delete.
+* **shards**: :func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=`` as in ``bne.lexical``.
+
+Quoted query terms (``bne.lexical.query_terms``) are each one FTS5 phrase; every phrase adds its
+term's score, as FTS5's OR query does (two words with one stem count twice there too). A word that
+FTS5 would split into several tokens (none from ``query_terms`` in practice) is scored as its
+tokens OR-ed, not as a phrase.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import lexical
+from .lexical import Allowed, Stats, idf
+
+F = 8  # segments of one level merged at a time
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS lexp_seg(seg INTEGER PRIMARY KEY, level INTEGER NOT NULL, ids BLOB NOT NULL,"
+    " lens BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS lexp_post(seg INTEGER NOT NULL, term TEXT NOT NULL, df INTEGER NOT NULL,"
+    " docs BLOB NOT NULL, tfs BLOB NOT NULL, PRIMARY KEY(seg, term)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS lexp_dead(id INTEGER NOT NULL, seg INTEGER NOT NULL, PRIMARY KEY(id, seg))"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS lexp_deldf(term TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS lexp_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID",
+)
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Creates the tables when missing (in the caller's transaction)."""
+    for sql in SCHEMA:
+        conn.execute(sql)
+    conn.execute("INSERT OR IGNORE INTO lexp_meta VALUES ('n_docs', 0), ('total_len', 0)")
+
+
+def _tokenizer(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexp_tok USING fts5(text, content='', detail=full, "
+        f"tokenize='{lexical.TOKENIZER}')"
+    )
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexp_tokv USING fts5vocab(temp, lexp_tok, instance)")
+
+
+def tokenize(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(term, id, tf) sorted by term then id: FTS5's own tokens of each text (ids must be distinct)."""
+    _tokenizer(conn)
+    conn.executemany("INSERT INTO temp.lexp_tok(rowid, text) VALUES (?, ?)", zip(ids, texts, strict=True))
+    rows = conn.execute("SELECT term, doc, count(*) FROM temp.lexp_tokv GROUP BY term, doc").fetchall()
+    conn.execute("INSERT INTO temp.lexp_tok(lexp_tok) VALUES ('delete-all')")
+    return rows
+
+
+def _meta(conn: sqlite3.Connection, dn: int, dlen: int) -> None:
+    _bump(conn)
+    conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'n_docs'", (dn,))
+    conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'total_len'", (dlen,))
+
+
+def _by_term(rows: list[tuple[str, int, int]]) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+    docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
+    start = 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or rows[k][0] != rows[start][0]:
+            yield rows[start][0], docs[start:k], tfs[start:k]
+            start = k
+
+
+def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], merge: bool = True) -> None:
+    """Indexes ``texts`` under row ``ids`` as one new segment, then merges full levels; no commit."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return
+    if min(ids) < 0 or max(ids) >= 2**31 or len(set(ids)) != len(ids):
+        raise ValueError("lexical_postings.insert: ids must be distinct and in [0, 2**31)")
+    rows = tokenize(conn, ids, texts)
+    seg = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
+    id_arr = np.asarray(ids, np.int64)
+    order = np.argsort(id_arr)
+    all_docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    all_tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
+    lens = np.bincount(order[np.searchsorted(id_arr, all_docs, sorter=order)], all_tfs, len(ids)).astype(np.int64)
+    out = [
+        (seg, term, len(d), d.astype(np.int32).tobytes(), np.minimum(tf, 65535).astype(np.uint16).tobytes())
+        for term, d, tf in _by_term(rows)
+    ]
+    conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
+    conn.execute(
+        "INSERT INTO lexp_seg VALUES (?, 0, ?, ?)",
+        (seg, id_arr.astype(np.int32).tobytes(), lens.astype(np.int32).tobytes()),
+    )
+    _meta(conn, len(ids), int(lens.sum()))
+    if merge:
+        merge_levels(conn)
+
+
+def _bump(conn: sqlite3.Connection) -> None:
+    """Every write bumps a version, so a Searcher (of any connection) reloads its arrays."""
+    conn.execute("INSERT INTO lexp_meta VALUES ('version', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1")
+
+
+def _live(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
+    """(seg of each live id or -1, length of each id), arrays indexed by id."""
+    segs = conn.execute("SELECT seg, ids, lens FROM lexp_seg").fetchall()
+    dead: dict[int, list[int]] = {}
+    for i, s in conn.execute("SELECT id, seg FROM lexp_dead"):
+        dead.setdefault(int(s), []).append(int(i))
+    size = 1 + max((int(np.frombuffer(b, np.int32).max()) for _, b, _ in segs if b), default=-1)
+    seg_of = np.full(size, -1, np.int64)
+    dl = np.zeros(size, np.float64)
+    for s, b, lb in segs:
+        ids = np.frombuffer(b, np.int32)
+        lens = np.frombuffer(lb, np.int32)
+        if s in dead:
+            keep = ~np.isin(ids, dead[s])
+            ids, lens = ids[keep], lens[keep]
+        seg_of[ids] = s
+        dl[ids] = lens
+    return seg_of, dl
+
+
+def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -> None:
+    """Removes live rows; each text must be the one the row was indexed with (its tokens are
+    subtracted from df, N and the total length). Unknown ids are an error; no commit."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return
+    seg_of, dl = _live(conn)
+    arr = np.asarray(ids, np.int64)
+    if arr.min() < 0 or arr.max() >= len(seg_of) or (seg_of[arr] < 0).any() or len(set(ids)) != len(ids):
+        raise ValueError("lexical_postings.delete: an id is not in the index")
+    rows = tokenize(conn, ids, texts)
+    lens: dict[int, int] = {}
+    dfs: list[tuple[str, int]] = []
+    for term, d, tf in _by_term(rows):
+        dfs.append((term, len(d)))
+        for x, t in zip(d.tolist(), tf.tolist(), strict=True):
+            lens[x] = lens.get(x, 0) + t
+    if any(lens.get(i, 0) != int(dl[i]) for i in ids):
+        raise ValueError("lexical_postings.delete: a text is not the one its row was indexed with")
+    conn.executemany("INSERT INTO lexp_dead VALUES (?, ?)", [(i, int(seg_of[i])) for i in ids])
+    conn.executemany(
+        "INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs
+    )
+    _meta(conn, -len(ids), -sum(lens.values()))
+
+
+def _merge(conn: sqlite3.Connection, segs: list[int], level: int, purge: bool) -> None:
+    """Merges ``segs`` into one new segment (dead postings dropped when ``purge``)."""
+    new = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
+    seg_of = _live(conn)[0] if purge else None
+    ph = ",".join("?" * len(segs))
+    cursors = [
+        conn.execute("SELECT term, seg, docs, tfs FROM lexp_post WHERE seg = ? ORDER BY term", (s,)).fetchall()
+        for s in segs
+    ]
+    out = []
+    cur_term: str | None = None
+    parts: list[tuple[bytes, bytes, int]] = []
+
+    def flush() -> None:
+        d = np.concatenate([np.frombuffer(p[0], np.int32) for p in parts])
+        t = np.concatenate([np.frombuffer(p[1], np.uint16) for p in parts])
+        if seg_of is not None:
+            s = np.concatenate([np.full(len(p[0]) // 4, p[2], np.int64) for p in parts])
+            keep = seg_of[d] == s
+            d, t = d[keep], t[keep]
+        if len(d):
+            out.append((new, cur_term, len(d), d.tobytes(), t.tobytes()))
+
+    for term, s, d, t in heapq.merge(*cursors, key=lambda r: r[0]):
+        if term != cur_term:
+            if parts:
+                flush()
+            cur_term, parts = term, []
+        parts.append((d, t, s))
+    if parts:
+        flush()
+    rows = conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg", segs).fetchall()
+    ids = np.concatenate([np.frombuffer(r[1], np.int32) for r in rows])
+    lens = np.concatenate([np.frombuffer(r[2], np.int32) for r in rows])
+    if seg_of is not None:
+        sg = np.concatenate([np.full(len(r[1]) // 4, r[0], np.int64) for r in rows])
+        keep = seg_of[ids] == sg
+        ids, lens = ids[keep], lens[keep]
+        conn.execute(f"DELETE FROM lexp_dead WHERE seg IN ({ph})", segs)
+    else:
+        conn.execute(f"UPDATE lexp_dead SET seg = ? WHERE seg IN ({ph})", [new, *segs])
+    conn.execute(f"DELETE FROM lexp_post WHERE seg IN ({ph})", segs)
+    conn.execute(f"DELETE FROM lexp_seg WHERE seg IN ({ph})", segs)
+    conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
+    conn.execute("INSERT INTO lexp_seg VALUES (?, ?, ?, ?)", (new, level, ids.tobytes(), lens.tobytes()))
+    _bump(conn)
+
+
+def merge_levels(conn: sqlite3.Connection) -> None:
+    """Merges the oldest F segments of any level that holds F or more (repeatedly); no commit."""
+    while True:
+        full = conn.execute(
+            "SELECT level FROM lexp_seg GROUP BY level HAVING count(*) >= ? ORDER BY level LIMIT 1", (F,)
+        ).fetchone()
+        if full is None:
+            return
+        segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg WHERE level = ? ORDER BY seg LIMIT ?", (full[0], F))]
+        _merge(conn, segs, int(full[0]) + 1, purge=False)
+
+
+def compact(conn: sqlite3.Connection) -> None:
+    """Everything into one segment without the deleted rows (then df needs no correction); no commit."""
+    segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+    if segs:
+        top = int(conn.execute("SELECT max(level) FROM lexp_seg").fetchone()[0])
+        _merge(conn, segs, top, purge=True)
+    conn.execute("DELETE FROM lexp_deldf")
+
+
+# --- query ----------------------------------------------------------------------------------------
+
+
+def query_tokens(conn: sqlite3.Connection, terms: Sequence[str]) -> list[list[str]]:
+    """Each quoted query term's index tokens (stemmed by FTS5's tokenizer)."""
+    if any(not (len(t) >= 2 and t[0] == t[-1] == '"') for t in terms):
+        raise ValueError("lexical_postings: terms come from bne.lexical.query_terms (each double-quoted)")
+    out: list[list[str]] = [[] for _ in terms]
+    if terms:
+        for term, i, _ in tokenize(conn, range(len(terms)), [t[1:-1].replace('""', '"') for t in terms]):
+            out[i].append(term)
+    return out
+
+
+class Searcher:
+    """BM25 over one connection's postings; the per-id arrays are reloaded when the database changed
+    (another connection's commit or this connection's own writes)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._key: int | None = None
+
+    def _refresh(self) -> None:
+        row = self.conn.execute("SELECT v FROM lexp_meta WHERE k = 'version'").fetchone()
+        key = int(row[0]) if row else 0
+        if key == self._key:
+            return
+        self.seg_of, self.dl = _live(self.conn)
+        self.has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
+        n, total = self._totals()
+        self.n_docs, self.total_len = n, total
+        self.segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+        self._key = key
+
+    def _totals(self) -> tuple[int, int]:
+        m = dict(self.conn.execute("SELECT k, v FROM lexp_meta").fetchall())
+        return int(m.get("n_docs", 0)), int(m.get("total_len", 0))
+
+    def _postings(self, token: str) -> list[tuple[int, int, bytes, bytes]]:
+        return self.conn.execute("SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN (%s)"
+                                 % ",".join(map(str, self.segs)), (token,)).fetchall() if self.segs else []
+
+    def _df(self, token: str, rows: list[tuple[int, int, bytes, bytes]]) -> int:
+        r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
+        return sum(x[1] for x in rows) - (int(r[0]) if r else 0)
+
+    def local_stats(self, terms: Sequence[str]) -> Stats:
+        """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
+        self._refresh()
+        toks = query_tokens(self.conn, terms)
+        df = {}
+        for t, ts in zip(terms, toks, strict=True):
+            df[t] = self._df(ts[0], self._postings(ts[0])) if len(ts) == 1 else 0
+        return Stats(self.n_docs, self.total_len, df)
+
+    def search(
+        self, terms: Sequence[str], limit: int, stats: Stats | None = None, allowed: Allowed = None
+    ) -> list[tuple[int, float]]:
+        """The best ``limit`` (id, BM25) for any of ``terms``, best first, ties by id: the ranking of
+        ``bne.lexical.bm25_search`` with the same arguments."""
+        if limit < 1 or not terms:
+            return []
+        self._refresh()
+        if self.n_docs == 0 or len(self.dl) == 0:
+            return []
+        n_g, avg = (self.n_docs, self.total_len / self.n_docs) if stats is None else (stats.n_docs, stats.avgdl)
+        if n_g == 0 or avg == 0:
+            return []
+        knorm = lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg)
+        acc = np.zeros(len(self.dl), np.float64)
+        for t, toks in zip(terms, query_tokens(self.conn, terms), strict=True):
+            for tok in toks:
+                rows = self._postings(tok)
+                if not rows:
+                    continue
+                df = self._df(tok, rows) if stats is None else stats.df.get(t, 0)
+                if df <= 0:
+                    continue
+                w = idf(n_g, df) * (lexical.K1 + 1)
+                for seg, _, db, tb in rows:
+                    d = np.frombuffer(db, np.int32)
+                    tf = np.frombuffer(tb, np.uint16).astype(np.float64)
+                    if self.has_dead:
+                        keep = self.seg_of[d] == seg
+                        d, tf = d[keep], tf[keep]
+                    # a term's postings hold each id once, so fancy-index += is exact
+                    acc[d] += w * tf / (tf + knorm[d])
+        return _top(acc, limit, allowed)
+
+
+def _top(acc: np.ndarray, limit: int, allowed: Allowed) -> list[tuple[int, float]]:
+    admit = lexical._admit(allowed)
+    want = limit if allowed is None else 2 * limit
+    nz = int(np.count_nonzero(acc))
+    while True:
+        k = min(want, nz)
+        if k == 0:
+            return []
+        theta = np.partition(acc, len(acc) - k)[len(acc) - k]
+        cand = np.flatnonzero(acc >= theta) if theta > 0 else np.flatnonzero(acc)
+        order = cand[np.lexsort((cand, -acc[cand]))]
+        out = [(int(i), float(acc[i])) for i in order if admit(int(i))]
+        if len(out) >= limit or k == nz:
+            return out[:limit]
+        want *= 4
+
+
+def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
+    return Searcher(conn).local_stats(terms)
+
+
+def bm25_search(
+    conn: sqlite3.Connection, terms: Sequence[str], limit: int, stats: Stats | None = None, allowed: Allowed = None
+) -> list[tuple[int, float]]:
+    """One-off search (a :class:`Searcher` kept across queries avoids reloading the id arrays)."""
+    return Searcher(conn).search(terms, limit, stats, allowed)
