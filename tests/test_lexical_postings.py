@@ -40,12 +40,18 @@ def test_matches_brute_force_and_fts5(seed: int) -> None:
     levels = dict(db.execute("SELECT level, count(*) FROM lexp_seg GROUP BY level").fetchall())
     assert levels[1] >= 1 and all(c < lp.F for c in levels.values())
     s = lp.Searcher(db)
-    for words in queries(seed):
+    pruned = 0
+    for words in queries(seed, 40):
         terms = lexical.query_terms(" ".join(words))
         want = brute_bm25(texts, words)
         same_ranking(s.search(terms, 1000), want)
-        same_ranking(s.search(terms, 10), want[:10])
+        same_ranking(s.search(terms, 1000, prune=False), want)
+        for k in (1, 3, 10):
+            same_ranking(s.search(terms, k), want[:k])  # MaxScore: exact
+            pruned += s.pruned_terms
+            same_ranking(s.search(terms, k, prune=False), want[:k])
         same_ranking(s.search(terms, 10), lexical.bm25_search(db, terms, 10))
+    assert pruned > 20  # the common terms were skipped in many of these queries
 
 
 def test_stems_and_repeats_count_as_fts5_does() -> None:
@@ -80,11 +86,24 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
     db.commit()
     live[3] = "apple apple zucchini"
     same_ranking(s.search(lexical.query_terms("apple zucchini"), 1000), brute_bm25(live, ["apple", "zucchini"]))
+    # merges drop dead postings (and their df correction) and keep the ranking, the re-inserted id included
+    more = dict(zip(range(200, 300), make_corpus(100, 8), strict=True))
+    for k in range(200, 300, 9):
+        ids = [i for i in range(k, min(k + 9, 300))]
+        lp.insert(db, ids, [more[i] for i in ids])
+        db.commit()
+    live.update(more)
+    assert db.execute("SELECT max(level) FROM lexp_seg").fetchone()[0] >= 1
+    for words in queries(9):
+        terms = lexical.query_terms(" ".join(words))
+        same_ranking(s.search(terms, 1000), brute_bm25(live, words))
+        same_ranking(s.search(terms, 5), brute_bm25(live, words)[:5])
     # compaction purges the dead postings and keeps the ranking
     lp.compact(db)
     db.commit()
     assert db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] == 1
     assert db.execute("SELECT count(*) FROM lexp_dead").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM lexp_deldf").fetchone()[0] == 0  # no correction left over
     same_ranking(s.search(lexical.query_terms("apple zucchini"), 1000), brute_bm25(live, ["apple", "zucchini"]))
     for words in queries(7):
         same_ranking(s.search(lexical.query_terms(" ".join(words)), 1000), brute_bm25(live, words))

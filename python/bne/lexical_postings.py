@@ -168,31 +168,37 @@ def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -
     _meta(conn, -len(ids), -sum(lens.values()))
 
 
-def _merge(conn: sqlite3.Connection, segs: list[int], level: int, purge: bool) -> None:
-    """Merges ``segs`` into one new segment (dead postings dropped when ``purge``)."""
+def _merge(conn: sqlite3.Connection, segs: list[int], level: int) -> None:
+    """Merges ``segs`` into one new segment without their deleted rows (whose tokens leave the df
+    correction with them, so the statistics stay exact)."""
     new = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
-    seg_of = _live(conn)[0] if purge else None
+    seg_of = _live(conn)[0]
     ph = ",".join("?" * len(segs))
     cursors = [
         conn.execute("SELECT term, seg, docs, tfs FROM lexp_post WHERE seg = ? ORDER BY term", (s,)).fetchall()
         for s in segs
     ]
     out = []
-    cur_term: str | None = None
+    purged: list[tuple[int, str]] = []
+    cur_term = ""
     parts: list[tuple[bytes, bytes, int]] = []
 
     def flush() -> None:
         d = np.concatenate([np.frombuffer(p[0], np.int32) for p in parts])
         t = np.concatenate([np.frombuffer(p[1], np.uint16) for p in parts])
-        if seg_of is not None:
-            s = np.concatenate([np.full(len(p[0]) // 4, p[2], np.int64) for p in parts])
-            keep = seg_of[d] == s
+        s = np.concatenate([np.full(len(p[0]) // 4, p[2], np.int64) for p in parts])
+        keep = seg_of[d] == s
+        if not keep.all():
+            purged.append((int((~keep).sum()), cur_term))
             d, t = d[keep], t[keep]
+        if len(d) > 1 and (np.diff(d) <= 0).any():  # an id inserted again after a delete: keep ids ascending
+            o = np.argsort(d, kind="stable")
+            d, t = d[o], t[o]
         if len(d):
             out.append((new, cur_term, len(d), d.tobytes(), t.tobytes()))
 
     for term, s, d, t in heapq.merge(*cursors, key=lambda r: r[0]):
-        if term != cur_term:
+        if term != cur_term or not parts:
             if parts:
                 flush()
             cur_term, parts = term, []
@@ -202,13 +208,12 @@ def _merge(conn: sqlite3.Connection, segs: list[int], level: int, purge: bool) -
     rows = conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg", segs).fetchall()
     ids = np.concatenate([np.frombuffer(r[1], np.int32) for r in rows])
     lens = np.concatenate([np.frombuffer(r[2], np.int32) for r in rows])
-    if seg_of is not None:
-        sg = np.concatenate([np.full(len(r[1]) // 4, r[0], np.int64) for r in rows])
-        keep = seg_of[ids] == sg
-        ids, lens = ids[keep], lens[keep]
-        conn.execute(f"DELETE FROM lexp_dead WHERE seg IN ({ph})", segs)
-    else:
-        conn.execute(f"UPDATE lexp_dead SET seg = ? WHERE seg IN ({ph})", [new, *segs])
+    sg = np.concatenate([np.full(len(r[1]) // 4, r[0], np.int64) for r in rows])
+    keep = seg_of[ids] == sg
+    ids, lens = ids[keep], lens[keep]
+    conn.execute(f"DELETE FROM lexp_dead WHERE seg IN ({ph})", segs)
+    conn.executemany("UPDATE lexp_deldf SET n = n - ? WHERE term = ?", purged)
+    conn.execute("DELETE FROM lexp_deldf WHERE n = 0")
     conn.execute(f"DELETE FROM lexp_post WHERE seg IN ({ph})", segs)
     conn.execute(f"DELETE FROM lexp_seg WHERE seg IN ({ph})", segs)
     conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
@@ -225,7 +230,7 @@ def merge_levels(conn: sqlite3.Connection) -> None:
         if full is None:
             return
         segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg WHERE level = ? ORDER BY seg LIMIT ?", (full[0], F))]
-        _merge(conn, segs, int(full[0]) + 1, purge=False)
+        _merge(conn, segs, int(full[0]) + 1)
 
 
 def compact(conn: sqlite3.Connection) -> None:
@@ -233,8 +238,7 @@ def compact(conn: sqlite3.Connection) -> None:
     segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
     if segs:
         top = int(conn.execute("SELECT max(level) FROM lexp_seg").fetchone()[0])
-        _merge(conn, segs, top, purge=True)
-    conn.execute("DELETE FROM lexp_deldf")
+        _merge(conn, segs, top)
 
 
 # --- query ----------------------------------------------------------------------------------------
@@ -258,6 +262,7 @@ class Searcher:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._key: int | None = None
+        self.pruned_terms = 0
 
     def _refresh(self) -> None:
         row = self.conn.execute("SELECT v FROM lexp_meta WHERE k = 'version'").fetchone()
@@ -293,10 +298,20 @@ class Searcher:
         return Stats(self.n_docs, self.total_len, df)
 
     def search(
-        self, terms: Sequence[str], limit: int, stats: Stats | None = None, allowed: Allowed = None
+        self,
+        terms: Sequence[str],
+        limit: int,
+        stats: Stats | None = None,
+        allowed: Allowed = None,
+        prune: bool = True,
     ) -> list[tuple[int, float]]:
         """The best ``limit`` (id, BM25) for any of ``terms``, best first, ties by id: the ranking of
-        ``bne.lexical.bm25_search`` with the same arguments."""
+        ``bne.lexical.bm25_search`` with the same arguments.
+
+        ``prune`` (exact either way): MaxScore. Terms are scored fully from the highest idf down until
+        the sum of the remaining terms' bounds (idf * (k1 + 1): a term's tf part is below k1 + 1) is
+        below the k-th best partial score; the remaining (common) terms are then looked up only
+        for the documents that can still reach the top k."""
         if limit < 1 or not terms:
             return []
         self._refresh()
@@ -305,26 +320,66 @@ class Searcher:
         n_g, avg = (self.n_docs, self.total_len / self.n_docs) if stats is None else (stats.n_docs, stats.avgdl)
         if n_g == 0 or avg == 0:
             return []
-        knorm = lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg)
-        acc = np.zeros(len(self.dl), np.float64)
+        plan = []  # (bound, postings rows) per query token
         for t, toks in zip(terms, query_tokens(self.conn, terms), strict=True):
             for tok in toks:
                 rows = self._postings(tok)
                 if not rows:
                     continue
                 df = self._df(tok, rows) if stats is None else stats.df.get(t, 0)
-                if df <= 0:
+                if df > 0:
+                    plan.append((idf(n_g, df) * (lexical.K1 + 1), rows))
+        if not plan:
+            return []
+        plan.sort(key=lambda p: -p[0])  # rarest first
+        rest = np.cumsum([p[0] for p in plan][::-1])[::-1]  # rest[j]: bound of terms j..end
+        knorm = lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg)
+        acc = np.zeros(len(self.dl), np.float64)
+        want = limit if allowed is None else 2 * limit
+        touched: list[np.ndarray] = []
+        cut = len(plan)
+        for j, (w, rows) in enumerate(plan):
+            if prune and j > 0 and rest[j] < acc.max():
+                ids = np.unique(np.concatenate(touched))
+                if len(ids) >= want:
+                    part = acc[ids]
+                    theta = np.partition(part, len(part) - want)[len(part) - want]
+                    # a document no earlier term matched scores at most rest[j] (slack for rounding)
+                    if rest[j] * (1 + 1e-9) < theta:
+                        cut, cand = j, ids[part >= theta - rest[j] * (1 + 1e-9)]
+                        break
+            for seg, _, db, tb in rows:
+                d, tf = self._live_postings(seg, db, tb)
+                acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
+                if prune:
+                    touched.append(d)
+        self.pruned_terms = len(plan) - cut  # for tests and benchmarks: terms scored for candidates only
+        if cut == len(plan):
+            return _top(acc, limit, allowed)
+        for w, rows in plan[cut:]:  # the common terms, for the candidates only
+            for seg, _, db, tb in rows:
+                d, tf = self._live_postings(seg, db, tb)
+                if not len(d):
                     continue
-                w = idf(n_g, df) * (lexical.K1 + 1)
-                for seg, _, db, tb in rows:
-                    d = np.frombuffer(db, np.int32)
-                    tf = np.frombuffer(tb, np.uint16).astype(np.float64)
-                    if self.has_dead:
-                        keep = self.seg_of[d] == seg
-                        d, tf = d[keep], tf[keep]
-                    # a term's postings hold each id once, so fancy-index += is exact
-                    acc[d] += w * tf / (tf + knorm[d])
-        return _top(acc, limit, allowed)
+                pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
+                hit = d[pos] == cand
+                c, f = cand[hit], tf[pos[hit]]
+                acc[c] += w * f / (f + knorm[c])
+        mask = np.zeros(len(acc), np.float64)
+        mask[cand] = acc[cand]
+        out = _top(mask, limit, allowed)
+        if len(out) < limit and allowed is not None:  # the filter dropped too many candidates
+            return self.search(terms, limit, stats, allowed, prune=False)
+        return out
+
+    def _live_postings(self, seg: int, db: bytes, tb: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """A segment's postings (ids ascending) without its deleted rows."""
+        d = np.frombuffer(db, np.int32)
+        tf = np.frombuffer(tb, np.uint16).astype(np.float64)
+        if self.has_dead:
+            keep = self.seg_of[d] == seg
+            d, tf = d[keep], tf[keep]
+        return d, tf
 
 
 def _top(acc: np.ndarray, limit: int, allowed: Allowed) -> list[tuple[int, float]]:
@@ -349,7 +404,12 @@ def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
 
 
 def bm25_search(
-    conn: sqlite3.Connection, terms: Sequence[str], limit: int, stats: Stats | None = None, allowed: Allowed = None
+    conn: sqlite3.Connection,
+    terms: Sequence[str],
+    limit: int,
+    stats: Stats | None = None,
+    allowed: Allowed = None,
+    prune: bool = True,
 ) -> list[tuple[int, float]]:
     """One-off search (a :class:`Searcher` kept across queries avoids reloading the id arrays)."""
-    return Searcher(conn).search(terms, limit, stats, allowed)
+    return Searcher(conn).search(terms, limit, stats, allowed, prune)
