@@ -263,6 +263,7 @@ class Searcher:
         self.conn = conn
         self._key: int | None = None
         self.pruned_terms = 0
+        self.last_essential: list[str] = []
 
     def _refresh(self) -> None:
         row = self.conn.execute("SELECT v FROM lexp_meta WHERE k = 'version'").fetchone()
@@ -328,7 +329,7 @@ class Searcher:
                     continue
                 df = self._df(tok, rows) if stats is None else stats.df.get(t, 0)
                 if df > 0:
-                    plan.append((idf(n_g, df) * (lexical.K1 + 1), rows))
+                    plan.append((idf(n_g, df) * (lexical.K1 + 1), rows, t))
         if not plan:
             return []
         plan.sort(key=lambda p: -p[0])  # rarest first
@@ -338,7 +339,7 @@ class Searcher:
         want = limit if allowed is None else 2 * limit
         touched: list[np.ndarray] = []
         cut = len(plan)
-        for j, (w, rows) in enumerate(plan):
+        for j, (w, rows, _) in enumerate(plan):
             if prune and j > 0 and rest[j] < acc.max():
                 ids = np.unique(np.concatenate(touched))
                 if len(ids) >= want:
@@ -353,10 +354,11 @@ class Searcher:
                 acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
                 if prune:
                     touched.append(d)
-        self.pruned_terms = len(plan) - cut  # for tests and benchmarks: terms scored for candidates only
+        # for tests and benchmarks: terms scored for candidates only, and the quoted terms scored fully
+        self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
         if cut == len(plan):
             return _top(acc, limit, allowed)
-        for w, rows in plan[cut:]:  # the common terms, for the candidates only
+        for w, rows, _ in plan[cut:]:  # the common terms, for the candidates only
             for seg, _, db, tb in rows:
                 d, tf = self._live_postings(seg, db, tb)
                 if not len(d):
