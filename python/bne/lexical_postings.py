@@ -37,6 +37,7 @@ from . import lexical
 from .lexical import Allowed, Stats, idf
 
 F = 8  # segments of one level merged at a time
+PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lexp_seg(seg INTEGER PRIMARY KEY, level INTEGER NOT NULL, ids BLOB NOT NULL,"
     " lens BLOB NOT NULL)",
@@ -263,6 +264,7 @@ class Searcher:
         self.conn = conn
         self._key: int | None = None
         self.pruned_terms = 0
+        self.prune_min_postings = PRUNE_MIN_POSTINGS
         self.last_essential: list[str] = []
 
     def _refresh(self) -> None:
@@ -337,11 +339,13 @@ class Searcher:
         knorm = lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg)
         acc = np.zeros(len(self.dl), np.float64)
         want = limit if allowed is None else 2 * limit
-        touched: list[np.ndarray] = []
+        sizes = [sum(r[1] for r in p[1]) for p in plan]
+        left = np.cumsum(sizes[::-1])[::-1]  # postings of terms j..end
         cut = len(plan)
         for j, (w, rows, _) in enumerate(plan):
-            if prune and j > 0 and rest[j] < acc.max():
-                ids = np.unique(np.concatenate(touched))
+            # checking costs a pass over the accumulator: only worth it before many postings
+            if prune and j > 0 and left[j] >= self.prune_min_postings and rest[j] < acc.max():
+                ids = np.flatnonzero(acc)  # every matched document so far (BM25 scores are > 0)
                 if len(ids) >= want:
                     part = acc[ids]
                     theta = np.partition(part, len(part) - want)[len(part) - want]
@@ -352,8 +356,6 @@ class Searcher:
             for seg, _, db, tb in rows:
                 d, tf = self._live_postings(seg, db, tb)
                 acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
-                if prune:
-                    touched.append(d)
         # for tests and benchmarks: terms scored for candidates only, and the quoted terms scored fully
         self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
         if cut == len(plan):
