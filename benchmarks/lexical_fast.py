@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lexical_engines as le  # noqa: E402
-
 from bne import lexical  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
 from bne.docstore import DOCS_SQL, INDEX_SQL  # noqa: E402
@@ -180,9 +179,7 @@ def queries_bench(path: str, qs: list[str], fts5_queries: int, layout: str) -> l
             # (a) FTS5 with per-term queries for the terms MaxScore must score fully (lower bound: the
             # lookups of the remaining terms for the candidates are not counted)
             sql = "SELECT rowid, -bm25(docs_fts) FROM docs_fts WHERE docs_fts MATCH ?"
-            one, tot, _ = timed(
-                lambda e: [db.execute(sql, (t,)).fetchall() for t in e], essential[:fts5_queries]
-            )
+            one, tot, _ = timed(lambda e: [db.execute(sql, (t,)).fetchall() for t in e], essential[:fts5_queries])
             out.append(summary("fts5 per-term, MaxScore essential terms only (lower bound)", one, tot))
     db.close()
     return out

@@ -10,7 +10,6 @@ import pytest
 
 from bne import lexical
 from bne import lexical_postings as lp
-
 from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
 
 

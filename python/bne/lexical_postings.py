@@ -163,9 +163,7 @@ def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -
     if any(lens.get(i, 0) != int(dl[i]) for i in ids):
         raise ValueError("lexical_postings.delete: a text is not the one its row was indexed with")
     conn.executemany("INSERT INTO lexp_dead VALUES (?, ?)", [(i, int(seg_of[i])) for i in ids])
-    conn.executemany(
-        "INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs
-    )
+    conn.executemany("INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs)
     _meta(conn, -len(ids), -sum(lens.values()))
 
 
@@ -230,7 +228,9 @@ def merge_levels(conn: sqlite3.Connection) -> None:
         ).fetchone()
         if full is None:
             return
-        segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg WHERE level = ? ORDER BY seg LIMIT ?", (full[0], F))]
+        segs = [
+            r[0] for r in conn.execute("SELECT seg FROM lexp_seg WHERE level = ? ORDER BY seg LIMIT ?", (full[0], F))
+        ]
         _merge(conn, segs, int(full[0]) + 1)
 
 
@@ -284,8 +284,11 @@ class Searcher:
         return int(m.get("n_docs", 0)), int(m.get("total_len", 0))
 
     def _postings(self, token: str) -> list[tuple[int, int, bytes, bytes]]:
-        return self.conn.execute("SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN (%s)"
-                                 % ",".join(map(str, self.segs)), (token,)).fetchall() if self.segs else []
+        if not self.segs:
+            return []
+        segs = ",".join(map(str, self.segs))  # integers read from our own table
+        sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({segs})"
+        return self.conn.execute(sql, (token,)).fetchall()
 
     def _df(self, token: str, rows: list[tuple[int, int, bytes, bytes]]) -> int:
         r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
