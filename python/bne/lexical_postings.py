@@ -365,12 +365,15 @@ class Searcher:
             return _top(acc, limit, allowed)
         for w, rows, _ in plan[cut:]:  # the common terms, for the candidates only
             for seg, _, db, tb in rows:
-                d, tf = self._live_postings(seg, db, tb)
+                d = np.frombuffer(db, np.int32)  # ids ascending within a segment, each once
                 if not len(d):
                     continue
                 pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
                 hit = d[pos] == cand
-                c, f = cand[hit], tf[pos[hit]]
+                if self.has_dead:
+                    hit &= self.seg_of[cand] == seg
+                c = cand[hit]
+                f = np.frombuffer(tb, np.uint16)[pos[hit]].astype(np.float64)
                 acc[c] += w * f / (f + knorm[c])
         mask = np.zeros(len(acc), np.float64)
         mask[cand] = acc[cand]
