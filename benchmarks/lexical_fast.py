@@ -225,6 +225,69 @@ def quality() -> dict:
     return res
 
 
+def hybrid(path: str, n: int, qs: list[str], prune: bool, limit: int = 100) -> list[dict]:
+    """End to end per query, interleaved so both see the same load: dense = query encoding (ONNX
+    Runtime, as ``bne search``) + exact Hamming top 100 over n random 1024-bit codes (its time does not
+    depend on the codes); hybrid = dense + BM25 top 100 from the postings of ``path`` + RRF (k = 60)."""
+    import numpy as np
+
+    from bne.encoder.runtime import load
+    from bne.index import Index
+
+    enc = load("default", 1024, purpose="query", threads=2, quiet=True)
+    index = Index(1024)
+    index.add(np.random.default_rng(0).integers(0, 256, (n, 128), dtype=np.uint8))
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    s = lp.Searcher(db)
+    terms = [lexical.query_terms(q) for q in qs]
+
+    def dense(q: str):
+        return enc.search(index, [q], limit)[1][0]
+
+    def both(k: int):
+        d = dense(qs[k])
+        lex = s.search(terms[k], limit, prune=prune)
+        return lexical.rrf_fuse([int(i) for i in d], [i for i, _ in lex], k=60, depth=limit)
+
+    dense(qs[0]), both(0)  # warm
+    td, th, tl = [], [], []
+    for k, q in enumerate(qs):
+        t0 = time.perf_counter()
+        dense(q)
+        t1 = time.perf_counter()
+        both(k)
+        t2 = time.perf_counter()
+        s.search(terms[k], limit, prune=prune)
+        t3 = time.perf_counter()
+        td.append(t1 - t0)
+        th.append(t2 - t1)
+        tl.append(t3 - t2)
+    t0 = time.perf_counter()
+    _, dense_all = enc.search(index, qs, limit)
+    t1 = time.perf_counter()
+    _, dense_all = enc.search(index, qs, limit)
+    for k in range(len(qs)):
+        lex = s.search(terms[k], limit, prune=prune)
+        lexical.rrf_fuse([int(i) for i in dense_all[k]], [i for i, _ in lex], k=60, depth=limit)
+    t2 = time.perf_counter()
+    ratios = [h / d for h, d in zip(th, td, strict=True)]
+    return [
+        {
+            "engine": f"hybrid end to end, postings {'MaxScore' if prune else 'exhaustive'}",
+            "n": n,
+            "dense_nq1_median_ms": round(1e3 * statistics.median(td), 2),
+            "lexical_nq1_median_ms": round(1e3 * statistics.median(tl), 2),
+            "hybrid_nq1_median_ms": round(1e3 * statistics.median(th), 2),
+            "hybrid_over_dense_nq1": round(statistics.median(th) / statistics.median(td), 3),
+            "median_per_query_ratio": round(statistics.median(ratios), 3),
+            f"dense_nq{len(qs)}_s": round(t1 - t0, 3),
+            f"hybrid_nq{len(qs)}_s": round(t2 - t1, 3),
+            f"hybrid_over_dense_nq{len(qs)}": round((t2 - t1) / (t1 - t0), 3),
+            "load_avg": round(os.getloadavg()[0], 1),
+        }
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=100_000)
@@ -235,12 +298,18 @@ def main() -> None:
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--quality", action="store_true")
     p.add_argument("--dense", action="store_true", help="also time the dense side at --n (lexical_engines)")
+    p.add_argument("--hybrid", default=None, help="time hybrid vs dense end to end on this built file")
     args = p.parse_args()
     if args.quality:
         print(json.dumps(quality()), flush=True)
         return
     os.makedirs(args.keep, exist_ok=True)
     qs = le.queries()[: args.queries]
+    if args.hybrid:
+        for prune in (False, True):
+            for r in hybrid(args.hybrid, args.n, qs, prune):
+                print(json.dumps(r), flush=True)
+        return
     for layout in args.layouts.split(","):
         path = os.path.join(args.keep, f"{layout}-{args.n}.sqlite")
         if not args.skip_build:
