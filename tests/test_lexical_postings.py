@@ -177,3 +177,19 @@ def test_file_backed_readonly_search(tmp_path) -> None:
     assert lp.bm25_search(ro, lexical.query_terms("pie"), 5)[0][0] == 0  # the tokenizer lives in temp
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         lp.insert(ro, [6], ["more"])
+
+
+def test_posting_formats_round_trip() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for d, tf in [
+        (np.array([5]), np.array([1])),  # one posting: raw
+        (np.array([0, 1, 65535, 65536 * 2]), np.array([1, 300, 2, 70000])),  # a gap over 65535, big tfs
+        (np.cumsum(rng.integers(1, 65536, 1000)), rng.integers(1, 256, 1000)),  # uint16 gaps, uint8 tfs
+    ]:
+        docs, tfs = lp._pack(d, tf)
+        got_d, got_t = lp._unpack(len(d), docs, tfs)
+        assert got_d.tolist() == d.tolist()
+        assert got_t.tolist() == np.minimum(tf, 65535).tolist()
+    assert len(lp._pack(np.arange(0, 3000, 3), np.ones(1000, np.int64))[0]) == 2 * 1000 + 2

@@ -80,6 +80,30 @@ def _meta(conn: sqlite3.Connection, dn: int, dlen: int) -> None:
     conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'total_len'", (dlen,))
 
 
+def _pack(d: np.ndarray, tf: np.ndarray) -> tuple[bytes, bytes]:
+    """A posting list's blobs (ids ascending). ids: the first as int32, then uint16 gaps when every gap
+    fits (the common terms, whose lists are long and dense), else int32; tfs: uint8 when all fit,
+    else uint16 (capped). The blob lengths against df tell the formats apart."""
+    if len(d) > 1 and int(d[-1]) - int(d[0]) < 65536 * (len(d) - 1) and (gaps := np.diff(d)).max() < 65536:
+        docs = d[:1].astype(np.int32).tobytes() + gaps.astype(np.uint16).tobytes()
+    else:
+        docs = d.astype(np.int32).tobytes()
+    tf = np.minimum(tf, 65535)
+    return docs, (tf.astype(np.uint8) if tf.max() < 256 else tf.astype(np.uint16)).tobytes()
+
+
+def _unpack(df: int, docs: bytes, tfs: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 ids, uint8 or uint16 tfs) of a posting list written by :func:`_pack`."""
+    if len(docs) == 4 * df:
+        d = np.frombuffer(docs, np.int32)
+    else:
+        d = np.empty(df, np.int32)
+        d[0] = np.frombuffer(docs, np.int32, 1)[0]
+        np.cumsum(np.frombuffer(docs, np.uint16, offset=4), dtype=np.int32, out=d[1:])
+        d[1:] += d[0]
+    return d, np.frombuffer(tfs, np.uint8 if len(tfs) == df else np.uint16)
+
+
 def _by_term(rows: list[tuple[str, int, int]]) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
     docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
     tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
@@ -104,10 +128,7 @@ def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], m
     all_docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
     all_tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
     lens = np.bincount(order[np.searchsorted(id_arr, all_docs, sorter=order)], all_tfs, len(ids)).astype(np.int64)
-    out = [
-        (seg, term, len(d), d.astype(np.int32).tobytes(), np.minimum(tf, 65535).astype(np.uint16).tobytes())
-        for term, d, tf in _by_term(rows)
-    ]
+    out = [(seg, term, len(d), *_pack(d, tf)) for term, d, tf in _by_term(rows)]
     conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
     conn.execute(
         "INSERT INTO lexp_seg VALUES (?, 0, ?, ?)",
@@ -174,18 +195,18 @@ def _merge(conn: sqlite3.Connection, segs: list[int], level: int) -> None:
     seg_of = _live(conn)[0]
     ph = ",".join("?" * len(segs))
     cursors = [
-        conn.execute("SELECT term, seg, docs, tfs FROM lexp_post WHERE seg = ? ORDER BY term", (s,)).fetchall()
+        conn.execute("SELECT term, seg, df, docs, tfs FROM lexp_post WHERE seg = ? ORDER BY term", (s,)).fetchall()
         for s in segs
     ]
     out = []
     purged: list[tuple[int, str]] = []
     cur_term = ""
-    parts: list[tuple[bytes, bytes, int]] = []
+    parts: list[tuple[np.ndarray, np.ndarray, int]] = []
 
     def flush() -> None:
-        d = np.concatenate([np.frombuffer(p[0], np.int32) for p in parts])
-        t = np.concatenate([np.frombuffer(p[1], np.uint16) for p in parts])
-        s = np.concatenate([np.full(len(p[0]) // 4, p[2], np.int64) for p in parts])
+        d = np.concatenate([p[0] for p in parts])
+        t = np.concatenate([p[1].astype(np.uint16) for p in parts])
+        s = np.concatenate([np.full(len(p[0]), p[2], np.int64) for p in parts])
         keep = seg_of[d] == s
         if not keep.all():
             purged.append((int((~keep).sum()), cur_term))
@@ -194,14 +215,14 @@ def _merge(conn: sqlite3.Connection, segs: list[int], level: int) -> None:
             o = np.argsort(d, kind="stable")
             d, t = d[o], t[o]
         if len(d):
-            out.append((new, cur_term, len(d), d.tobytes(), t.tobytes()))
+            out.append((new, cur_term, len(d), *_pack(d, t)))
 
-    for term, s, d, t in heapq.merge(*cursors, key=lambda r: r[0]):
+    for term, s, df, d, t in heapq.merge(*cursors, key=lambda r: r[0]):
         if term != cur_term or not parts:
             if parts:
                 flush()
             cur_term, parts = term, []
-        parts.append((d, t, s))
+        parts.append((*_unpack(df, d, t), s))
     if parts:
         flush()
     rows = conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg", segs).fetchall()
@@ -356,16 +377,16 @@ class Searcher:
                     if rest[j] * (1 + 1e-9) < theta:
                         cut, cand = j, ids[part >= theta - rest[j] * (1 + 1e-9)]
                         break
-            for seg, _, db, tb in rows:
-                d, tf = self._live_postings(seg, db, tb)
+            for seg, df, db, tb in rows:
+                d, tf = self._live_postings(seg, df, db, tb)
                 acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
         # for tests and benchmarks: terms scored for candidates only, and the quoted terms scored fully
         self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
         if cut == len(plan):
             return _top(acc, limit, allowed)
         for w, rows, _ in plan[cut:]:  # the common terms, for the candidates only
-            for seg, _, db, tb in rows:
-                d = np.frombuffer(db, np.int32)  # ids ascending within a segment, each once
+            for seg, df, db, tb in rows:
+                d, tfs = _unpack(df, db, tb)  # ids ascending within a segment, each once
                 if not len(d):
                     continue
                 pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
@@ -373,7 +394,7 @@ class Searcher:
                 if self.has_dead:
                     hit &= self.seg_of[cand] == seg
                 c = cand[hit]
-                f = np.frombuffer(tb, np.uint16)[pos[hit]].astype(np.float64)
+                f = tfs[pos[hit]].astype(np.float64)
                 acc[c] += w * f / (f + knorm[c])
         mask = np.zeros(len(acc), np.float64)
         mask[cand] = acc[cand]
@@ -382,10 +403,10 @@ class Searcher:
             return self.search(terms, limit, stats, allowed, prune=False)
         return out
 
-    def _live_postings(self, seg: int, db: bytes, tb: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def _live_postings(self, seg: int, df: int, db: bytes, tb: bytes) -> tuple[np.ndarray, np.ndarray]:
         """A segment's postings (ids ascending) without its deleted rows."""
-        d = np.frombuffer(db, np.int32)
-        tf = np.frombuffer(tb, np.uint16).astype(np.float64)
+        d, t = _unpack(df, db, tb)
+        tf = t.astype(np.float64)
         if self.has_dead:
             keep = self.seg_of[d] == seg
             d, tf = d[keep], tf[keep]
