@@ -74,6 +74,35 @@ def tokenize(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str])
     return rows
 
 
+def _postings_of(
+    conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], np.ndarray]:
+    """The texts' postings by term ((term, ids ascending, tfs), terms sorted) and each text's length
+    in tokens, in ``ids`` order, all from FTS5's tokenizer. One row per term comes back (its
+    token ids as text), which costs far less than a row per (term, document) grouped in SQL."""
+    _tokenizer(conn)
+    conn.executemany("INSERT INTO temp.lexp_tok(rowid, text) VALUES (?, ?)", zip(ids, texts, strict=True))
+    rows = conn.execute("SELECT term, count(*), group_concat(doc, ' ') FROM temp.lexp_tokv GROUP BY term").fetchall()
+    conn.execute("INSERT INTO temp.lexp_tok(lexp_tok) VALUES ('delete-all')")
+    id_arr = np.asarray(ids, np.int64)
+    if not rows:
+        return [], np.zeros(len(id_arr), np.int64)
+    counts = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    tok_doc = np.array(" ".join(r[2] for r in rows).split(), np.int64)  # one entry per token
+    tok_term = np.repeat(np.arange(len(rows)), counts)
+    key = tok_term << 32 | tok_doc
+    if len(key) > 1 and (np.diff(key) < 0).any():  # fts5vocab yields (term, doc) order; never rely on it
+        o = np.argsort(key, kind="stable")
+        tok_doc, tok_term, key = tok_doc[o], tok_term[o], key[o]
+    starts = np.flatnonzero(np.concatenate(([True], np.diff(key) != 0)))  # one run per (term, doc)
+    docs, tfs = tok_doc[starts], np.diff(np.append(starts, len(key)))
+    bounds = np.searchsorted(tok_term[starts], np.arange(len(rows) + 1))
+    out = [(rows[k][0], docs[bounds[k] : bounds[k + 1]], tfs[bounds[k] : bounds[k + 1]]) for k in range(len(rows))]
+    order = np.argsort(id_arr)
+    lens = np.bincount(order[np.searchsorted(id_arr, tok_doc, sorter=order)], minlength=len(id_arr))
+    return out, lens
+
+
 def _meta(conn: sqlite3.Connection, dn: int, dlen: int) -> None:
     _bump(conn)
     conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'n_docs'", (dn,))
@@ -104,16 +133,6 @@ def _unpack(df: int, docs: bytes, tfs: bytes) -> tuple[np.ndarray, np.ndarray]:
     return d, np.frombuffer(tfs, np.uint8 if len(tfs) == df else np.uint16)
 
 
-def _by_term(rows: list[tuple[str, int, int]]) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-    tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
-    start = 0
-    for k in range(1, len(rows) + 1):
-        if k == len(rows) or rows[k][0] != rows[start][0]:
-            yield rows[start][0], docs[start:k], tfs[start:k]
-            start = k
-
-
 def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], merge: bool = True) -> None:
     """Indexes ``texts`` under row ``ids`` as one new segment, then merges full levels; no commit."""
     ids = [int(i) for i in ids]
@@ -121,14 +140,10 @@ def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], m
         return
     if min(ids) < 0 or max(ids) >= 2**31 or len(set(ids)) != len(ids):
         raise ValueError("lexical_postings.insert: ids must be distinct and in [0, 2**31)")
-    rows = tokenize(conn, ids, texts)
+    terms, lens = _postings_of(conn, ids, texts)
     seg = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
     id_arr = np.asarray(ids, np.int64)
-    order = np.argsort(id_arr)
-    all_docs = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-    all_tfs = np.fromiter((r[2] for r in rows), np.int64, len(rows))
-    lens = np.bincount(order[np.searchsorted(id_arr, all_docs, sorter=order)], all_tfs, len(ids)).astype(np.int64)
-    out = [(seg, term, len(d), *_pack(d, tf)) for term, d, tf in _by_term(rows)]
+    out = [(seg, term, len(d), *_pack(d, tf)) for term, d, tf in terms]
     conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
     conn.execute(
         "INSERT INTO lexp_seg VALUES (?, 0, ?, ?)",
@@ -174,18 +189,13 @@ def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -
     arr = np.asarray(ids, np.int64)
     if arr.min() < 0 or arr.max() >= len(seg_of) or (seg_of[arr] < 0).any() or len(set(ids)) != len(ids):
         raise ValueError("lexical_postings.delete: an id is not in the index")
-    rows = tokenize(conn, ids, texts)
-    lens: dict[int, int] = {}
-    dfs: list[tuple[str, int]] = []
-    for term, d, tf in _by_term(rows):
-        dfs.append((term, len(d)))
-        for x, t in zip(d.tolist(), tf.tolist(), strict=True):
-            lens[x] = lens.get(x, 0) + t
-    if any(lens.get(i, 0) != int(dl[i]) for i in ids):
+    terms, lens = _postings_of(conn, ids, texts)
+    dfs = [(term, len(d)) for term, d, _ in terms]
+    if (lens != dl[arr]).any():
         raise ValueError("lexical_postings.delete: a text is not the one its row was indexed with")
     conn.executemany("INSERT INTO lexp_dead VALUES (?, ?)", [(i, int(seg_of[i])) for i in ids])
     conn.executemany("INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs)
-    _meta(conn, -len(ids), -sum(lens.values()))
+    _meta(conn, -len(ids), -int(lens.sum()))
 
 
 def _merge(conn: sqlite3.Connection, segs: list[int], level: int) -> None:
