@@ -294,6 +294,7 @@ class Searcher:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._key: int | None = None
+        self._knorm: tuple[float, np.ndarray] | None = None
         self.pruned_terms = 0
         self.prune_min_postings = PRUNE_MIN_POSTINGS
         self.last_essential: list[str] = []
@@ -304,6 +305,7 @@ class Searcher:
         if key == self._key:
             return
         self.seg_of, self.dl = _live(self.conn)
+        self._knorm = None
         self.has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
         n, total = self._totals()
         self.n_docs, self.total_len = n, total
@@ -370,7 +372,9 @@ class Searcher:
             return []
         plan.sort(key=lambda p: -p[0])  # rarest first
         rest = np.cumsum([p[0] for p in plan][::-1])[::-1]  # rest[j]: bound of terms j..end
-        knorm = lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg)
+        if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
+            self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg))
+        knorm: np.ndarray = self._knorm[1]
         acc = np.zeros(len(self.dl), np.float64)
         want = limit if allowed is None else 2 * limit
         sizes = [sum(r[1] for r in p[1]) for p in plan]
