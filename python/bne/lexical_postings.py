@@ -380,17 +380,14 @@ class Searcher:
         sizes = [sum(r[1] for r in p[1]) for p in plan]
         left = np.cumsum(sizes[::-1])[::-1]  # postings of terms j..end
         cut = len(plan)
+        slack = 1 + 1e-9  # rounding of sums in another order
         for j, (w, rows, _) in enumerate(plan):
             # checking costs a pass over the accumulator: only worth it before many postings
-            if prune and j > 0 and left[j] >= self.prune_min_postings and rest[j] < acc.max():
-                ids = np.flatnonzero(acc)  # every matched document so far (BM25 scores are > 0)
-                if len(ids) >= want:
-                    part = acc[ids]
-                    theta = np.partition(part, len(part) - want)[len(part) - want]
-                    # a document no earlier term matched scores at most rest[j] (slack for rounding)
-                    if rest[j] * (1 + 1e-9) < theta:
-                        cut, cand = j, ids[part >= theta - rest[j] * (1 + 1e-9)]
-                        break
+            if prune and j > 0 and left[j] >= self.prune_min_postings:
+                theta = _kth_lower_bound(acc, want)  # the want-th best partial score is at least this
+                if rest[j] * slack < theta:  # no document unmatched so far can reach the top `want`
+                    cut, cand = j, np.flatnonzero(acc >= theta - rest[j] * slack)
+                    break
             for seg, df, db, tb in rows:
                 d, tf = self._live_postings(seg, df, db, tb)
                 acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
@@ -398,21 +395,27 @@ class Searcher:
         self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
         if cut == len(plan):
             return _top(acc, limit, allowed)
+        is_cand = None
         for w, rows, _ in plan[cut:]:  # the common terms, for the candidates only
             for seg, df, db, tb in rows:
                 d, tfs = _unpack(df, db, tb)  # ids ascending within a segment, each once
                 if not len(d):
                     continue
-                pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
-                hit = d[pos] == cand
+                if 16 * len(cand) < len(d):  # few candidates: binary search them in the list
+                    pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
+                    hit = d[pos] == cand
+                    c, f = cand[hit], tfs[pos[hit]].astype(np.float64)
+                else:  # many: one pass over the list
+                    if is_cand is None:
+                        is_cand = np.zeros(len(acc), bool)
+                        is_cand[cand] = True
+                    hit = is_cand[d]
+                    c, f = d[hit], tfs[hit].astype(np.float64)
                 if self.has_dead:
-                    hit &= self.seg_of[cand] == seg
-                c = cand[hit]
-                f = tfs[pos[hit]].astype(np.float64)
+                    live = self.seg_of[c] == seg
+                    c, f = c[live], f[live]
                 acc[c] += w * f / (f + knorm[c])
-        mask = np.zeros(len(acc), np.float64)
-        mask[cand] = acc[cand]
-        out = _top(mask, limit, allowed)
+        out = _top(acc, limit, allowed, cand)
         if len(out) < limit and allowed is not None:  # the filter dropped too many candidates
             return self.search(terms, limit, stats, allowed, prune=False)
         return out
@@ -427,19 +430,34 @@ class Searcher:
         return d, tf
 
 
-def _top(acc: np.ndarray, limit: int, allowed: Allowed) -> list[tuple[int, float]]:
+def _kth_lower_bound(acc: np.ndarray, k: int) -> float:
+    """A lower bound of the k-th largest value, from block maxima (one pass): k blocks have an
+    element at least as large as their k-th largest maximum. 0 when there are fewer than k blocks."""
+    bs = max(1, len(acc) // (8 * k))
+    nb = len(acc) // bs
+    if nb < k:
+        return 0.0
+    m = acc[: nb * bs].reshape(nb, bs).max(axis=1)
+    return float(np.partition(m, nb - k)[nb - k])
+
+
+def _top(acc: np.ndarray, limit: int, allowed: Allowed, cand: np.ndarray | None = None) -> list[tuple[int, float]]:
+    """The best ``limit`` admitted (id, score) of ``acc`` (> 0), or of ``cand``'s entries only."""
     admit = lexical._admit(allowed)
     want = limit if allowed is None else 2 * limit
-    nz = int(np.count_nonzero(acc))
     while True:
-        k = min(want, nz)
-        if k == 0:
-            return []
-        theta = np.partition(acc, len(acc) - k)[len(acc) - k]
-        cand = np.flatnonzero(acc >= theta) if theta > 0 else np.flatnonzero(acc)
-        order = cand[np.lexsort((cand, -acc[cand]))]
-        out = [(int(i), float(acc[i])) for i in order if admit(int(i))]
-        if len(out) >= limit or k == nz:
+        theta = 0.0 if cand is not None else _kth_lower_bound(acc, want)
+        if cand is not None:
+            ids = cand[acc[cand] > 0]
+        else:
+            ids = np.flatnonzero(acc >= theta) if theta > 0 else np.flatnonzero(acc)
+        sc = acc[ids]
+        if len(ids) > want:  # the exact want-th score among them, ties kept
+            kth = np.partition(sc, len(sc) - want)[len(sc) - want]
+            ids, sc = ids[sc >= kth], sc[sc >= kth]
+        order = np.lexsort((ids, -sc))
+        out = [(int(ids[o]), float(sc[o])) for o in order if admit(int(ids[o]))]
+        if len(out) >= limit or theta == 0:  # enough, or every match was seen
             return out[:limit]
         want *= 4
 
