@@ -296,6 +296,7 @@ class Searcher:
         self._key: int | None = None
         self._knorm: tuple[float, np.ndarray] | None = None
         self.pruned_terms = 0
+        self.skipped_bound = 0.0
         self.prune_min_postings = PRUNE_MIN_POSTINGS
         self.last_essential: list[str] = []
 
@@ -343,9 +344,15 @@ class Searcher:
         stats: Stats | None = None,
         allowed: Allowed = None,
         prune: bool = True,
+        skip_floor: bool = False,
     ) -> list[tuple[int, float]]:
         """The best ``limit`` (id, BM25) for any of ``terms``, best first, ties by id: the ranking of
         ``bne.lexical.bm25_search`` with the same arguments.
+
+        ``skip_floor`` (near-exact): terms in half the documents or more, whose idf FTS5 floors at
+        1e-6, are not read at all. Each adds less than 1e-6 * (k1 + 1) to a score, so every returned
+        score is low by less than ``skipped_bound`` and the ranking differs from the exact one only
+        between documents whose exact scores are closer than that (or that match only such terms).
 
         ``prune`` (exact either way): MaxScore. Terms are scored fully from the highest idf down until
         the sum of the remaining terms' bounds (idf * (k1 + 1): a term's tf part is below k1 + 1) is
@@ -360,13 +367,16 @@ class Searcher:
         if n_g == 0 or avg == 0:
             return []
         plan = []  # (bound, postings rows) per query token
+        self.skipped_bound = 0.0
         for t, toks in zip(terms, query_tokens(self.conn, terms), strict=True):
             for tok in toks:
                 rows = self._postings(tok)
                 if not rows:
                     continue
                 df = self._df(tok, rows) if stats is None else stats.df.get(t, 0)
-                if df > 0:
+                if df > 0 and skip_floor and idf(n_g, df) <= 1e-6:
+                    self.skipped_bound += 1e-6 * (lexical.K1 + 1)
+                elif df > 0:
                     plan.append((idf(n_g, df) * (lexical.K1 + 1), rows, t))
         if not plan:
             return []
@@ -395,8 +405,13 @@ class Searcher:
         self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
         if cut == len(plan):
             return _top(acc, limit, allowed)
-        is_cand = None
-        for w, rows, _ in plan[cut:]:  # the common terms, for the candidates only
+        for j in range(cut, len(plan)):  # the common terms, for the candidates only, rarest first
+            if len(cand) > want:  # what the terms j..end can still add decides who stays a candidate
+                sc = acc[cand]
+                kth = np.partition(sc, len(sc) - want)[len(sc) - want]
+                cand = cand[sc >= kth - rest[j] * slack]
+            is_cand = None
+            w, rows, _ = plan[j]
             for seg, df, db, tb in rows:
                 d, tfs = _unpack(df, db, tb)  # ids ascending within a segment, each once
                 if not len(d):
@@ -417,7 +432,7 @@ class Searcher:
                 acc[c] += w * f / (f + knorm[c])
         out = _top(acc, limit, allowed, cand)
         if len(out) < limit and allowed is not None:  # the filter dropped too many candidates
-            return self.search(terms, limit, stats, allowed, prune=False)
+            return self.search(terms, limit, stats, allowed, prune=False, skip_floor=skip_floor)
         return out
 
     def _live_postings(self, seg: int, df: int, db: bytes, tb: bytes) -> tuple[np.ndarray, np.ndarray]:
