@@ -193,3 +193,24 @@ def test_posting_formats_round_trip() -> None:
         assert got_d.tolist() == d.tolist()
         assert got_t.tolist() == np.minimum(tf, 65535).tolist()
     assert len(lp._pack(np.arange(0, 3000, 3), np.ones(1000, np.int64))[0]) == 2 * 1000 + 2
+
+
+def test_skip_floor_is_near_exact_with_its_bound() -> None:
+    texts = dict(enumerate(make_corpus(300, 11)))
+    db = open_db(texts, batch=40)
+    s = lp.Searcher(db)
+    skipped = 0
+    for words in queries(12, 30):
+        terms = lexical.query_terms(" ".join(words))
+        exact = dict(brute_bm25(texts, words))
+        want = brute_bm25(texts, words)[:10]
+        got = s.search(terms, 10, skip_floor=True)
+        bound = s.skipped_bound
+        skipped += bound > 0
+        for i, sc in got:  # each score is low by less than the bound, never high
+            assert -1e-12 <= exact[i] - sc <= bound + 1e-12
+        if len(want) == 10 and len(exact) > 10:
+            kth, nxt = want[-1][1], sorted(exact.values(), reverse=True)[10]
+            if kth - nxt > bound:  # no near-tie at the cut: the same documents
+                assert {i for i, _ in got} == {i for i, _ in want}
+    assert skipped > 5  # the common words (in over half the documents) were skipped
