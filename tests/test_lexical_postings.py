@@ -214,3 +214,14 @@ def test_skip_floor_is_near_exact_with_its_bound() -> None:
             if kth - nxt > bound:  # no near-tie at the cut: the same documents
                 assert {i for i, _ in got} == {i for i, _ in want}
     assert skipped > 5  # the common words (in over half the documents) were skipped
+
+
+def test_schema_is_exactly_what_is_expected() -> None:
+    db = sqlite3.connect(":memory:")
+    lp.create(db)
+    lp.create(db)  # idempotent
+    lp.insert(db, [0, 1], ["apple pie", "banana"])
+    db.commit()
+    objects = {(t, n): s for t, n, s in db.execute("SELECT type, name, sql FROM sqlite_master")}
+    assert objects == lp.EXPECTED_SCHEMA
+    assert len(objects) == 5  # no index or shadow table beside the five

@@ -49,6 +49,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lexp_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID",
 )
 
+# what sqlite_master holds after create(), for the docstore's schema check
+EXPECTED_SCHEMA = {("table", sql.split()[5].split("(")[0]): sql.replace(" IF NOT EXISTS", "") for sql in SCHEMA}
+
 
 def create(conn: sqlite3.Connection) -> None:
     """Creates the tables when missing (in the caller's transaction)."""
