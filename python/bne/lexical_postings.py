@@ -10,14 +10,17 @@ query's terms with a few vectorised passes. What FTS5 gave is kept:
   ``bne.lexical.TOKENIZER`` and its ``fts5vocab`` instance view), so terms, stems and document
   lengths are exactly what ``bne.lexical`` indexes, and the scores are FTS5's ``bm25()`` (k1 = 1.2,
   b = 0.75, its idf).
-* **segments**: each insert call writes one segment, rows ``(seg, term) -> (df, docids int32, tfs
-  uint16)`` appended at the end of a ``(seg, term)`` b-tree, so a commit never rewrites old blobs.
-  Segments of one level are merged F at a time (tiered, as Lucene), so a 1M-document index has a few
-  dozen segments and every posting is rewritten about log_F(N / batch) times.
+* **segments**: each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended
+  at the end of a ``(seg, term)`` b-tree, so a commit never rewrites old blobs (ids: uint16 gaps
+  where they fit, else int32; tfs: uint8 where they fit, else uint16). Segments of one level are
+  merged F at a time (tiered, as Lucene): 1M documents in 2,048-document commits make 13 segments,
+  and every posting is rewritten about log_F(N / batch) times.
 * **deletes**: given the row's text (as a contentless FTS5 table needs), the row's tokens are
   subtracted from the statistics (exact df, N, total length) and the (id, seg) pair is marked dead,
   so its postings are skipped; :func:`compact` purges them. An id may be inserted again after delete.
 * **shards**: :func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=`` as in ``bne.lexical``.
+* **speed**: :meth:`Searcher.search` prunes with MaxScore (exact): the common terms, whose postings
+  are most of the work, are looked up only for documents that can still reach the top k.
 
 Quoted query terms (``bne.lexical.query_terms``) are each one FTS5 phrase; every phrase adds its
 term's score, as FTS5's OR query does (two words with one stem count twice there too). A word that
