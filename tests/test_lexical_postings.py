@@ -1,0 +1,227 @@
+"""bne.lexical_postings (prototype): exact BM25 over own postings equals brute force and FTS5's bm25(),
+across segments and merges, with deletes, re-inserts, rollbacks and 3 shards with global statistics."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+import pytest
+
+from bne import lexical
+from bne import lexical_postings as lp
+from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
+
+
+def open_db(texts: dict[int, str], batch: int = 7) -> sqlite3.Connection:
+    """Postings and FTS5 side by side, one commit per ``batch`` documents (one segment each)."""
+    db = sqlite3.connect(":memory:")
+    lp.create(db)
+    lexical.create(db)
+    items = list(texts.items())
+    for k in range(0, len(items), batch):
+        part = items[k : k + batch]
+        lp.insert(db, [i for i, _ in part], [t for _, t in part])
+        lexical.insert(db, [i for i, _ in part], [t for _, t in part])
+        db.commit()
+    return db
+
+
+def queries(seed: int, n: int = 12) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [rng.sample(VOCAB + ["absent"], rng.randint(1, 6)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_brute_force_and_fts5(seed: int) -> None:
+    texts = dict(enumerate(make_corpus(300, seed)))
+    db = open_db(texts, batch=7)  # 43 segments: merged twice at level 0 (F = 8), 3 levels in use
+    levels = dict(db.execute("SELECT level, count(*) FROM lexp_seg GROUP BY level").fetchall())
+    assert levels[1] >= 1 and all(c < lp.F for c in levels.values())
+    s = lp.Searcher(db)
+    s.prune_min_postings = 0  # check before every term: this corpus is small
+    pruned = 0
+    for words in queries(seed, 40):
+        terms = lexical.query_terms(" ".join(words))
+        want = brute_bm25(texts, words)
+        same_ranking(s.search(terms, 1000), want)
+        same_ranking(s.search(terms, 1000, prune=False), want)
+        for k in (1, 3, 10):
+            same_ranking(s.search(terms, k), want[:k])  # MaxScore: exact
+            pruned += s.pruned_terms
+            same_ranking(s.search(terms, k, prune=False), want[:k])
+        same_ranking(s.search(terms, 10), lexical.bm25_search(db, terms, 10))
+    assert pruned > 20  # the common terms were skipped in many of these queries
+
+
+def test_stems_and_repeats_count_as_fts5_does() -> None:
+    texts = {0: "running cells", 1: "the cell runs", 2: "cell cell cell", 3: "nothing here", 4: "run"}
+    db = open_db(texts, batch=2)
+    s = lp.Searcher(db)
+    for q, rep in [("cells running", False), ("cell cells run", False), ("cell cell", True), ("zzz", False)]:
+        terms = lexical.query_terms(q, repeats=rep)
+        same_ranking(s.search(terms, 10), lexical.bm25_search(db, terms, 10))
+    assert s.search([], 10) == [] and s.search(lexical.query_terms("cell"), 0) == []
+    with pytest.raises(ValueError, match="double-quoted"):
+        s.search(["cell"], 5)
+
+
+def test_deletes_are_exact_and_ids_can_come_back() -> None:
+    texts = dict(enumerate(make_corpus(120, 5)))
+    db = open_db(texts, batch=9)
+    s = lp.Searcher(db)
+    s.prune_min_postings = 0  # MaxScore's candidate lookups meet deleted postings too
+    pruned = 0
+    gone = list(range(3, 120, 4))
+    lp.delete(db, gone, [texts[i] for i in gone])
+    lexical.delete(db, gone, [texts[i] for i in gone])
+    db.commit()
+    live = {i: t for i, t in texts.items() if i not in gone}
+    for words in queries(6):
+        terms = lexical.query_terms(" ".join(words))
+        got = s.search(terms, 1000)
+        assert not {i for i, _ in got} & set(gone)
+        same_ranking(got, brute_bm25(live, words))  # N, avgdl and df without the deleted rows
+        same_ranking(s.search(terms, 20), lexical.bm25_search(db, terms, 20))
+        same_ranking(s.search(terms, 3), brute_bm25(live, words)[:3])
+        pruned += s.pruned_terms
+    assert pruned > 0
+    # an id deleted and inserted again with another text (as after DocStore.delete_above)
+    lp.insert(db, [3], ["apple apple zucchini"])
+    db.commit()
+    live[3] = "apple apple zucchini"
+    same_ranking(s.search(lexical.query_terms("apple zucchini"), 1000), brute_bm25(live, ["apple", "zucchini"]))
+    # merges drop dead postings (and their df correction) and keep the ranking, the re-inserted id included
+    more = dict(zip(range(200, 300), make_corpus(100, 8), strict=True))
+    for k in range(200, 300, 9):
+        ids = [i for i in range(k, min(k + 9, 300))]
+        lp.insert(db, ids, [more[i] for i in ids])
+        db.commit()
+    live.update(more)
+    assert db.execute("SELECT max(level) FROM lexp_seg").fetchone()[0] >= 1
+    for words in queries(9):
+        terms = lexical.query_terms(" ".join(words))
+        same_ranking(s.search(terms, 1000), brute_bm25(live, words))
+        same_ranking(s.search(terms, 5), brute_bm25(live, words)[:5])
+    # compaction purges the dead postings and keeps the ranking
+    lp.compact(db)
+    db.commit()
+    assert db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM lexp_dead").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM lexp_deldf").fetchone()[0] == 0  # no correction left over
+    same_ranking(s.search(lexical.query_terms("apple zucchini"), 1000), brute_bm25(live, ["apple", "zucchini"]))
+    for words in queries(7):
+        same_ranking(s.search(lexical.query_terms(" ".join(words)), 1000), brute_bm25(live, words))
+
+
+def test_bad_deletes_are_refused() -> None:
+    db = open_db({0: "apple pie", 1: "banana"})
+    with pytest.raises(ValueError, match="not in the index"):
+        lp.delete(db, [7], ["x"])
+    with pytest.raises(ValueError, match="not the one"):
+        lp.delete(db, [0], ["apple"])
+    with pytest.raises(ValueError, match="distinct"):
+        lp.insert(db, [5, 5], ["a", "b"])
+
+
+def test_rollback_leaves_nothing() -> None:
+    db = open_db({0: "apple pie", 1: "banana"})
+    s = lp.Searcher(db)
+    assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 1}
+    lp.insert(db, [2], ["apple apple apple"])
+    lp.delete(db, [1], ["banana"])
+    assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 2}  # own writes are seen
+    db.rollback()
+    assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 1}
+    assert s.local_stats(lexical.query_terms("apple")).n_docs == 2
+
+
+def test_allowed_filters_before_the_limit() -> None:
+    texts = dict(enumerate(make_corpus(200, 9)))
+    db = open_db(texts, batch=50)
+    terms = lexical.query_terms("apple banana")
+    full = lp.Searcher(db).search(terms, 1000)
+    odd = {i for i, _ in full if i % 2}
+    got = lp.Searcher(db).search(terms, 15, allowed=odd)
+    assert got == [r for r in full if r[0] in odd][:15]
+    assert lp.bm25_search(db, terms, 15, allowed=lambda i: i % 2 == 1) == got
+
+
+def test_three_shards_rank_as_their_union() -> None:
+    texts = dict(enumerate(make_corpus(240, 4)))
+    rng = random.Random(4)
+    cut = sorted(rng.sample(range(1, 240), 2))
+    bounds = [(0, cut[0]), (cut[0], cut[1]), (cut[1], 240)]
+    shards = [open_db({i - a: texts[i] for i in range(a, b)}, batch=11) for a, b in bounds]
+    for words in queries(8):
+        terms = lexical.query_terms(" ".join(words))
+        stats = lexical.merge_stats(lp.local_stats(db, terms) for db in shards)
+        parts = [
+            [(i + a, s) for i, s in lp.bm25_search(db, terms, 30, stats=stats)]
+            for db, (a, _) in zip(shards, bounds, strict=True)
+        ]
+        same_ranking(lexical.merge_ranked(parts, 30), brute_bm25(texts, words)[:30])
+        # and the FTS5 path with the same statistics agrees
+        fts = [lexical.local_stats(db, terms) for db in shards]
+        assert lexical.merge_stats(fts) == stats
+
+
+def test_file_backed_readonly_search(tmp_path) -> None:
+    path = tmp_path / "d.sqlite"
+    db = sqlite3.connect(path)
+    lp.create(db)
+    lp.insert(db, [0, 1], ["apple pie", "banana split"])
+    db.commit()
+    db.close()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert lp.bm25_search(ro, lexical.query_terms("pie"), 5)[0][0] == 0  # the tokenizer lives in temp
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        lp.insert(ro, [6], ["more"])
+
+
+def test_posting_formats_round_trip() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for d, tf in [
+        (np.array([5]), np.array([1])),  # one posting: raw
+        (np.array([0, 1, 65535, 65536 * 2]), np.array([1, 300, 2, 70000])),  # a gap over 65535, big tfs
+        (np.cumsum(rng.integers(1, 65536, 1000)), rng.integers(1, 256, 1000)),  # uint16 gaps, uint8 tfs
+    ]:
+        docs, tfs = lp._pack(d, tf)
+        got_d, got_t = lp._unpack(len(d), docs, tfs)
+        assert got_d.tolist() == d.tolist()
+        assert got_t.tolist() == np.minimum(tf, 65535).tolist()
+    assert len(lp._pack(np.arange(0, 3000, 3), np.ones(1000, np.int64))[0]) == 2 * 1000 + 2
+
+
+def test_skip_floor_is_near_exact_with_its_bound() -> None:
+    texts = dict(enumerate(make_corpus(300, 11)))
+    db = open_db(texts, batch=40)
+    s = lp.Searcher(db)
+    skipped = 0
+    for words in queries(12, 30):
+        terms = lexical.query_terms(" ".join(words))
+        exact = dict(brute_bm25(texts, words))
+        want = brute_bm25(texts, words)[:10]
+        got = s.search(terms, 10, skip_floor=True)
+        bound = s.skipped_bound
+        skipped += bound > 0
+        for i, sc in got:  # each score is low by less than the bound, never high
+            assert -1e-12 <= exact[i] - sc <= bound + 1e-12
+        if len(want) == 10 and len(exact) > 10:
+            kth, nxt = want[-1][1], sorted(exact.values(), reverse=True)[10]
+            if kth - nxt > bound:  # no near-tie at the cut: the same documents
+                assert {i for i, _ in got} == {i for i, _ in want}
+    assert skipped > 5  # the common words (in over half the documents) were skipped
+
+
+def test_schema_is_exactly_what_is_expected() -> None:
+    db = sqlite3.connect(":memory:")
+    lp.create(db)
+    lp.create(db)  # idempotent
+    lp.insert(db, [0, 1], ["apple pie", "banana"])
+    db.commit()
+    objects = {(t, n): s for t, n, s in db.execute("SELECT type, name, sql FROM sqlite_master")}
+    assert objects == lp.EXPECTED_SCHEMA
+    assert len(objects) == 5  # no index or shadow table beside the five
