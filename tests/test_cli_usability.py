@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from bne import cli, console
 from bne import collection as bcoll
 from bne.collection import Collection, Progress
 from bne.corpus import Doc
-from runner import run_main, run_python
+from runner import run_bne, run_main, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -335,3 +336,14 @@ def test_readme_quickstart_then_collection_block_in_one_folder(tmp_path, fake, m
     assert out[0] == f"{len(docs)} 0" and len(out) == 4
     assert {ln.split(" ", 3)[3] for ln in out[1:]} <= set(docs)
     assert len(bne.open(tmp_path / "docs.bne")) == len(docs) + 1  # the Quickstart's index, untouched
+
+
+def test_threads_is_a_whole_number_and_clamped_to_the_cpus_this_process_may_use(tmp_path):
+    code, _, err = run_main("search", str(tmp_path / "none.bne"), "q", "--threads", "many")
+    assert code == 2 and "expected a whole number, got 'many'" in err
+    # one CPU allowed (as under taskset or a cpuset): the note names 1, not the machine's count
+    out = run_bne(
+        "search", str(tmp_path / "none.bne"), "q", "--threads", "2", preexec_fn=lambda: os.sched_setaffinity(0, {0})
+    )
+    assert "bne: note: --threads 2 is more than the 1 CPUs here; using 1" in out.stderr
+    assert out.returncode == 2 and "none.bne" in out.stderr.splitlines()[-1]
