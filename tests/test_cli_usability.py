@@ -18,33 +18,10 @@ from bne import collection as bcoll
 from bne.collection import Collection, Progress
 from bne.corpus import Doc
 from runner import run_bne, run_main, run_python
+from test_collection import FakeEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-
-
-class FakeEncoder:
-    """Deterministic codes from a hash of the text: tests the command, not the model."""
-
-    bits = 1024
-    max_length = 128
-    info = {"name": "fake"}
-
-    def __init__(self) -> None:
-        self.on_call = None
-
-    def encode(self, texts, batch_size=64, show_progress=None, return_logits=False):
-        import hashlib
-
-        import numpy as np
-
-        if self.on_call is not None:
-            self.on_call()
-        bits = np.zeros((len(texts), 1024), bool)
-        for i, t in enumerate(texts):
-            bits[i] = np.unpackbits(np.frombuffer(hashlib.shake_128(t.encode()).digest(128), np.uint8)).astype(bool)
-        codes = bne.pack(bits) if len(texts) else np.zeros((0, 128), np.uint8)
-        return (codes, np.where(bits, 1.0, -1.0).astype(np.float32)) if return_logits else codes
 
 
 @pytest.fixture
@@ -223,7 +200,7 @@ def test_build_says_loading_then_encoding_before_the_first_batch(tmp_path, fake,
     slow_load(monkeypatch, fake, 0.5)
     out = io.StringIO()
     seen_at_first_batch = []
-    fake.on_call = lambda: seen_at_first_batch.append(out.getvalue()) if not seen_at_first_batch else None
+    fake.on_call = lambda n: seen_at_first_batch.append(out.getvalue()) if not seen_at_first_batch else None
     bar = console.ProgressBar(False, model="model fake", file=out, interval=0.1)
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"document {i}") for i in range(1200)], progress=bar, commit_every=500)
@@ -273,7 +250,7 @@ def test_quiet_build_prints_no_progress(tmp_path, fake, monkeypatch):
 def test_progress_reports_before_the_first_chunk(tmp_path, fake):
     seen: list[Progress] = []
     calls = []
-    fake.on_call = lambda: calls.append(len(seen))
+    fake.on_call = lambda n: calls.append(len(seen))
     with Collection.create(tmp_path / "c.bne") as c:
         c.add([Doc(f"d{i}", f"doc {i}") for i in range(10)], progress=seen.append)
     assert calls[0] == 1 and seen[0].encoded == 0  # "the model is ready" before any encoding
