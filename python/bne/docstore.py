@@ -11,6 +11,11 @@ A docstore is a file a user may have been handed, so it is opened as data, never
   and its index as bne writes them. A trigger, view or any other object (SQL stored in the
   file that an INSERT or SELECT would run) is refused with :class:`DocStoreError`.
 * SQLite errors (not a database, damaged, disk full) become :class:`DocStoreError` naming the file.
+
+The lexical (BM25) index of the same texts lives in the same file (:mod:`bne.lexical_postings`)
+and is written in the same transaction as the rows it indexes, so a commit holds both or neither.
+A docstore of an older bne has none; :meth:`DocStore.add_lexical` builds it in resumable steps, and
+until it is complete (``lexical_ready``) searches use the dense side only.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from .corpus import Doc
+from . import lexical_postings
+from .corpus import Doc, doc_text
 from .errors import DocStoreError
 
 DOCS_SQL = "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, meta TEXT)"
 INDEX_SQL = "CREATE INDEX docs_ext_id ON docs(ext_id)"
-EXPECTED_SCHEMA = {("table", "docs"): DOCS_SQL, ("index", "docs_ext_id"): INDEX_SQL}
+EXPECTED_SCHEMA = {
+    ("table", "docs"): DOCS_SQL,
+    ("index", "docs_ext_id"): INDEX_SQL,
+    **lexical_postings.EXPECTED_SCHEMA,  # present in docstores written since the lexical index (issue 17)
+}
+# lexp_meta keys of the docstore's own (the rest are lexical_postings'): 'ready' = 1 once every docs row
+# is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order)
+LEXICAL_CHUNK = 4096  # texts tokenised per lexical insert: bounds the memory of one big insert
 # user_version 1: .txt documents are keyed by content (see corpus.py); 0: by line number (bne <= 0.x)
 USER_VERSION = 1
 
@@ -50,7 +63,8 @@ def _norm(sql: str | None) -> str:
 
 class DocStore:
     """``create=False`` (the default): read-only, the file must exist. ``create=True``: read-write,
-    created when missing; ``file_mode`` gives a new file those permission bits (the index's)."""
+    created when missing; ``file_mode`` gives a new file those permission bits (the index's).
+    ``lexical=False``: a new file gets no lexical index (a folder of shards keeps one per shard)."""
 
     def __init__(
         self,
@@ -59,6 +73,7 @@ class DocStore:
         create: bool = False,
         file_mode: int | None = None,
         threaded: bool = False,
+        lexical: bool = True,
     ) -> None:
         self.path = path_for(index_path)
         self._threaded = threaded  # used from another thread than the one that opened it (one at a time)
@@ -93,6 +108,9 @@ class DocStore:
                 if not self._objects():
                     self.db.execute(DOCS_SQL)
                     self.db.execute(INDEX_SQL)
+                    if lexical:
+                        lexical_postings.create(self.db)
+                        self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 1)")
                     self.db.execute(f"PRAGMA user_version={USER_VERSION}")
                     self.db.commit()
 
@@ -174,16 +192,86 @@ class DocStore:
                 out.update(self.db.execute(q, chunk).fetchall())
         return out
 
-    def insert(self, ids: Iterable[int], docs: Sequence[Doc]) -> None:
+    # -- the lexical index ---------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> int | None:
+        if not self.has_lexical:
+            return None
+        row = self.db.execute("SELECT v FROM lexp_meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def has_lexical(self) -> bool:
+        """The lexical tables exist (complete or being built)."""
+        with self._errors("read"):
+            q = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lexp_meta'"
+            return self.db.execute(q).fetchone() is not None
+
+    @property
+    def lexical_ready(self) -> bool:
+        """Every row is in the lexical index (searches may use it)."""
+        with self._errors("read"):
+            return self._meta("ready") == 1
+
+    def _lexical_upto(self) -> int | None:
+        """Rows with ids up to this are in the lexical index (None: no row is, or there is none)."""
+        if self._meta("ready") == 1:
+            return 2**63 - 1
+        return self._meta("backfilled")
+
+    def _index_texts(self, rows: Sequence[tuple[int, str | None, str]]) -> None:
+        for start in range(0, len(rows), LEXICAL_CHUNK):
+            chunk = rows[start : start + LEXICAL_CHUNK]
+            lexical_postings.insert(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
+
+    def add_lexical(self, step: int = 65536) -> Iterator[tuple[int, int]]:
+        """Builds the lexical index of an older docstore, ``step`` rows per commit, in id order;
+        yields (rows indexed, rows in all) after each commit. Resumable: a killed run leaves the
+        committed steps, and the next run goes on after the last of them."""
         with self._errors("write"):
-            self.db.executemany(
-                "INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
-                [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs, strict=True)],
-            )
+            if not self.has_lexical:
+                lexical_postings.create(self.db)
+                self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 0), ('backfilled', -1)")
+                self.db.commit()
+            total = self.count()
+            while self._meta("ready") != 1:
+                upto = self._meta("backfilled")
+                upto = -1 if upto is None else upto
+                rows = self.db.execute(
+                    "SELECT id, title, text FROM docs WHERE id > ? ORDER BY id LIMIT ?", (upto, step)
+                ).fetchall()
+                if rows:
+                    self._index_texts(rows)
+                    self.db.execute("UPDATE lexp_meta SET v = ? WHERE k = 'backfilled'", (rows[-1][0],))
+                if len(rows) < step:
+                    self.db.execute("UPDATE lexp_meta SET v = 1 WHERE k = 'ready'")
+                self.db.commit()
+                done = self.db.execute("SELECT COUNT(*) FROM docs WHERE id <= ?", (rows[-1][0] if rows else upto,))
+                yield int(done.fetchone()[0]), total
+
+    def insert(self, ids: Iterable[int], docs: Sequence[Doc]) -> None:
+        """Adds rows (and, when the lexical index is complete, their postings) to the open
+        transaction: :meth:`commit` makes both durable at once."""
+        rows = [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs, strict=True)]
+        with self._errors("write"):
+            self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)", rows)
+            if self._meta("ready") == 1:  # while an older store is being indexed, add_lexical gets them
+                self._index_texts([(r[0], r[2], r[3]) for r in rows])
 
     def delete_above(self, max_id: int) -> int:
-        """Drops rows past the index's last committed id (left by a crash between the two commits)."""
+        """Drops rows past the index's last committed id (left by a crash between the two commits),
+        with their postings, in one transaction."""
         with self._errors("write"):
+            upto = self._lexical_upto()
+            if upto is not None and upto > max_id:  # a contentless posting is removed with its text
+                rows = self.db.execute(
+                    "SELECT id, title, text FROM docs WHERE id > ? AND id <= ? ORDER BY id", (int(max_id), upto)
+                ).fetchall()
+                for start in range(0, len(rows), LEXICAL_CHUNK):
+                    chunk = rows[start : start + LEXICAL_CHUNK]
+                    lexical_postings.delete(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
+                if self._meta("ready") != 1 and upto > max_id:
+                    self.db.execute("UPDATE lexp_meta SET v = ? WHERE k = 'backfilled'", (int(max_id),))
             cur = self.db.execute("DELETE FROM docs WHERE id > ?", (int(max_id),))
             self.db.commit()
         return cur.rowcount
