@@ -114,7 +114,10 @@ def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
 
 # -- the shards' lexical files, without Ray ---------------------------------------------------------
 
-WORDS = "cell gene protein virus cancer blood brain heart lung liver drug trial dose risk rate age".split()
+WORDS = [
+    "cell", "gene", "protein", "virus", "cancer", "blood", "brain", "heart",
+    "lung", "liver", "drug", "trial", "dose", "risk", "rate", "age",
+]  # fmt: skip
 
 
 def make_collection(path: Path, ids: np.ndarray, seed: int = 0) -> list[Doc]:

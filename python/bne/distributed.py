@@ -37,7 +37,7 @@ from .shards import (
     MANIFEST,
     docstore_key,
     lexical_done,
-    lexical_info,
+    lexical_ids,
     lexical_path,
     open_lexical,
     read_manifest,
@@ -98,8 +98,13 @@ def _server_class():
             lex = lexical_path(path)
             try:
                 conn = open_lexical(lex)
-                _, lo, hi = lexical_info(conn)
-                self.lex, self.lex_range = lexical_postings.Searcher(conn), (lo, hi)
+                held = lexical_ids(conn)
+                own = np.delete(self.index.ids(), self.index.removed_positions())
+                if not np.array_equal(held, np.sort(own)):  # e.g. left beside a shard of another split
+                    conn.close()
+                    raise DocStoreError(f"{lex} holds other documents than its shard; build the folder again")
+                self.lex = lexical_postings.Searcher(conn)
+                self.lex_range = (int(held[0]), int(held[-1])) if len(held) else (-1, -1)
             except FileNotFoundError:
                 self.lex_problem = f"{lex} is missing (built without the lexical index)"
             except (DocStoreError, OSError) as e:

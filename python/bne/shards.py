@@ -345,15 +345,17 @@ def open_lexical(path: str | os.PathLike) -> sqlite3.Connection:
     return conn
 
 
+def lexical_ids(conn: sqlite3.Connection) -> np.ndarray:
+    """Every id a lexical postings file written by :func:`write_lexical` holds, ascending."""
+    parts = [np.frombuffer(b, np.int32) for (b,) in conn.execute("SELECT ids FROM lexp_seg")]
+    return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+
+
 def lexical_info(conn: sqlite3.Connection) -> tuple[int, int, int]:
     """(documents, lowest id, highest id) of a lexical postings file; ids (-1, -1) when empty."""
     n = conn.execute("SELECT v FROM lexp_meta WHERE k = 'n_docs'").fetchone()
-    lo, hi = 2**31, -1
-    for (blob,) in conn.execute("SELECT ids FROM lexp_seg"):
-        ids = np.frombuffer(blob, np.int32)
-        if len(ids):
-            lo, hi = min(lo, int(ids.min())), max(hi, int(ids.max()))
-    return (int(n[0]) if n else 0), (lo if hi >= 0 else -1), hi
+    ids = lexical_ids(conn)
+    return (int(n[0]) if n else 0), (int(ids[0]) if len(ids) else -1), (int(ids[-1]) if len(ids) else -1)
 
 
 def lexical_done(path: str | os.PathLike, expected: int) -> bool:

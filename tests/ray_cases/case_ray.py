@@ -4,6 +4,7 @@ loopback interface, so every Ray process can bind to and talk over 127.0.0.1 and
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -156,7 +157,10 @@ def test_distributed_build_resumes(local_ray, tmp_path):
     sharded.close()
 
 
-WORDS = "cell gene protein virus cancer blood brain heart lung liver drug trial dose risk rate age".split()
+WORDS = [
+    "cell", "gene", "protein", "virus", "cancer", "blood", "brain", "heart",
+    "lung", "liver", "drug", "trial", "dose", "risk", "rate", "age",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -240,6 +244,13 @@ def test_sharded_lexical_search_equals_one_index(local_ray, texts_union, tmp_pat
     with pytest.raises(DocStoreError, match="holds a trigger 't' that bne did not write; refusing") as e:
         sharded.lexical_search(queries, 5)
     assert "\n" not in str(e.value) and "shard-00000.bne.lex.sqlite" in str(e.value)
+    sharded.close()
+
+    # another shard's lexical file (complete, but of other documents) is not used either
+    shutil.copyfile(shards.lexical_path(paths[1]), shards.lexical_path(paths[0]))
+    sharded = distributed.ShardedIndex(tmp_path / "lx")
+    assert not sharded.lexical_ready
+    assert "shard-00000.bne.lex.sqlite holds other documents than its shard" in sharded.lexical_problem
     sharded.close()
 
 
