@@ -130,10 +130,15 @@ def _server_class():
             return self._searcher().local_stats(terms)
 
         def lexical_search(
-            self, queries: list[list[str]], depth: int, stats: lexical.Stats, allowed: np.ndarray | None
+            self,
+            queries: list[list[str]],
+            depth: int,
+            stats: lexical.Stats,
+            allowed: np.ndarray | None,
+            threads: int | None,
         ) -> list[list[tuple[int, float]]]:
             searcher = self._searcher()
-            return _search_shard(searcher, queries, depth, stats, allowed, self.lex_range[0])
+            return _search_shard(searcher, queries, depth, stats, allowed, self.lex_range[0], threads)
 
         def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
             if len(self.index) == 0:
@@ -157,6 +162,7 @@ def _search_shard(
     stats: lexical.Stats,
     allowed: np.ndarray | None,
     lo: int,
+    threads: int | None = None,
 ) -> list[list[tuple[int, float]]]:
     """One shard's round 2. ``allowed`` is the mask of the shard's ids from ``lo`` on (what the
     driver sent); it becomes a mask by global id, or a predicate where the searcher takes none."""
@@ -166,7 +172,7 @@ def _search_shard(
         full[max(lo, 0) :] = allowed
     many = getattr(searcher, "search_many", None)
     if many is not None:  # a searcher that takes a bool mask by id, and many queries at once
-        return many(queries, depth, stats=stats, allowed=full)
+        return many(queries, depth, stats=stats, allowed=full, threads=threads)
     admit = None if full is None else (lambda i: i < len(full) and bool(full[i]))
     return [searcher.search(q, depth, stats=stats, allowed=admit) for q in queries]
 
@@ -311,7 +317,7 @@ class ShardedIndex:
                 part = np.zeros(max(hi - lo + 1, 0), np.bool_)
                 got = allowed[max(lo, 0) : hi + 1]
                 part[: len(got)] = got
-            futures.append(a.lexical_search.remote(queries, int(depth), stats, part))
+            futures.append(a.lexical_search.remote(queries, int(depth), stats, part, self.threads))
         ranked = self._gather(futures, "lexical search")
         return [lexical.merge_ranked([r[q] for r in ranked], int(depth)) for q in range(len(queries))]
 
