@@ -324,8 +324,12 @@ def cmd_models(args) -> int:
 def cmd_shard(args) -> int:
     from . import distributed
 
-    paths = distributed.shard_index(args.index, args.shards, args.output)
-    print(f"{safe(args.output)}: {len(paths)} shards and {distributed.MANIFEST}")
+    notes: list[str] = []
+    paths = distributed.shard_index(args.index, args.shards, args.output, notes=notes)
+    for n in notes:  # no lexical files: the folder searches dense only
+        print(f"bne: note: {safe(n)}; the shards search dense only", file=sys.stderr)
+    lex = "" if notes else ", their lexical index files"
+    print(f"{safe(args.output)}: {len(paths)} shards{lex} and {distributed.MANIFEST}")
     return 0
 
 
