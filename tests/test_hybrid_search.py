@@ -26,10 +26,11 @@ from runner import run_main
 from test_cli_errors import one_line_error
 from test_collection import FakeEncoder
 
-WORDS = (
-    "cat dog mat sun moon tree river stone bird fish apple bread cloud rain snow wind fire water "
-    "light dark green blue red house road city field music paper glass"
-).split()
+WORDS = [
+    *("cat", "dog", "mat", "sun", "moon", "tree", "river", "stone", "bird", "fish", "apple", "bread", "cloud"),
+    *("rain", "snow", "wind", "fire", "water", "light", "dark", "green", "blue", "red", "house", "road", "city"),
+    *("field", "music", "paper", "glass"),
+]
 
 
 @pytest.fixture
@@ -92,7 +93,12 @@ def ranked(res, q=0):
 
 @pytest.mark.parametrize(
     "rrf_k, depth, weights, rescore",
-    [(60.0, 100, (1.0, 1.0), None), (10.0, 15, (1.0, 0.5), None), (0.0, 12, (0.3, 2.0), 30), (60.0, 100, (1.0, 1.0), 50)],
+    [
+        (60.0, 100, (1.0, 1.0), None),
+        (10.0, 15, (1.0, 0.5), None),
+        (0.0, 12, (0.3, 2.0), 30),
+        (60.0, 100, (1.0, 1.0), 50),
+    ],
 )
 def test_hybrid_is_rrf_of_the_dense_and_the_fts5_lists(built, fake, rrf_k, depth, weights, rescore):
     oracle = fts_oracle(DOCS)
@@ -332,7 +338,8 @@ def hostile_queries() -> list[str]:
         "cat " * 2_500_000,
     ]
     r = random.Random(17)
-    pieces = ['"', "*", "(", ")", ":", "^", "-", "+", "NEAR", "AND", "OR", "NOT", "cat", "river", "{", "}", "\x00", "\x07"]
+    pieces = ['"', "*", "(", ")", ":", "^", "-", "+", "NEAR", "AND", "OR", "NOT", "cat", "river", "{", "}"]
+    pieces += ["\x00", "\x07"]
     pieces += ["item7", "MATCH", "rowid", "bm25(", "'", ";", "--", "/*", "é", "\u0301", "\ud7ff", "0", "1e9", " "]
     for _ in range(260):
         base.append("".join(r.choice(pieces) + r.choice(["", " "]) for _ in range(r.randint(1, 12))))
@@ -345,7 +352,8 @@ def test_hostile_queries_never_fail_and_an_empty_one_gets_the_dense_ranking(buil
     with bne.Collection.open(built) as c:
         for mode in ("hybrid", "dense", "lexical"):
             res = c.search(queries, 5, mode=mode)
-            assert len(res.hits) == len(queries) and res.modes and all(0 <= h.id < len(DOCS) for r in res.hits for h in r)
+            assert len(res.hits) == len(queries) and len(res.modes) == len(queries)
+            assert all(0 <= h.id < len(DOCS) for r in res.hits for h in r)
         hyb = c.search(queries, 5)
         lex = c.search(queries, 5, mode="lexical")
         for q, row, m, lrow in zip(queries, hyb.hits, hyb.modes, lex.hits, strict=True):
@@ -517,3 +525,24 @@ def test_a_folder_of_shards_fuses_its_lexical_search(fake):
         weights=(1.0, 1.0), documents=docs,
     )  # fmt: skip
     assert res.mode == "dense" and "folder has no lexical index" in (res.note or "")
+
+
+def test_huge_index_ids_allocate_no_huge_mask(tmp_path, fake):
+    """An index written through the API may hold any ids: the live-id mask stops at the docstore's last row."""
+    path = tmp_path / "api.bne"
+    texts = [doc_text(d.title, d.text) for d in DOCS[:3]]
+    with bne.open(path, mode="a", bits=1024, metadata={"model": "default", "bits": 1024}) as idx:
+        idx.add(fake.encode(texts), ids=np.array([0, 1, 10**15], np.int64))
+        idx.commit()
+    store = DocStore(path, create=True)
+    store.insert([0, 1, 2], DOCS[:3])
+    store.commit()
+    store.close()
+    with bne.Collection.open(path) as c:
+        res = c.search([texts[2], texts[1]], 3)
+        mask = c.lexical.live_mask(c.index)
+    assert res.mode == "hybrid" and mask.tolist() == [True, True]  # row 2 is no index id: never a lexical hit
+    big = next(h for h in res.hits[0] if h.id == 10**15)
+    assert (big.dense_rank, big.lexical_rank, big.distance, big.doc_id) == (1, None, 0, str(10**15))
+    assert res.hits[1][0].id == 1 and (res.hits[1][0].dense_rank, res.hits[1][0].lexical_rank) == (1, 1)
+    assert 2 not in [h.id for row in res.hits for h in row]

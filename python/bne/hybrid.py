@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import math
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -136,18 +137,19 @@ class Lexical:
             self._searcher = lexical_postings.Searcher(store.db)
         return self._store
 
-    def status(self) -> str | None:
-        """None when the lexical index is ready, else why not (one line)."""
+    def status(self) -> tuple[str | None, bool]:
+        """(None when the lexical index is ready, else why not, in one line; whether building the
+        lexical index is the fix, as opposed to a missing or unreadable docstore)."""
         with self._lock:
             try:
                 store = self._open()
                 if store.lexical_ready:
-                    return None
+                    return None, False
                 if store.has_lexical:
-                    return f"{self.path}: its lexical index is incomplete"
-                return f"{self.path} has no lexical index"
+                    return f"{self.path}: its lexical index is incomplete", True
+                return f"{self.path} has no lexical index", True
             except (FileNotFoundError, DocStoreError) as e:
-                return str(e)
+                return str(e), False
 
     def refresh(self) -> None:
         """Reopens the docstore on the next use when the file at its path was replaced."""
@@ -174,8 +176,13 @@ class Lexical:
             keep = np.ones(len(ids), bool)
             keep[removed] = False
             ids = ids[keep]
+        # the lexical side returns docstore row ids: the mask need not reach past the last row (an
+        # index written through the API may hold huge ids; the mask must not be that large)
+        with self._lock:
+            top = self._open().max_id()
+        ids = ids[(ids >= 0) & (ids <= top)]
         mask = np.zeros(int(ids.max()) + 1 if len(ids) else 0, bool)
-        mask[ids[ids >= 0]] = True
+        mask[ids] = True
         mask.flags.writeable = False
         with self._lock:
             self._mask = (weakref.ref(snap), mask)
@@ -204,9 +211,7 @@ class Lexical:
                     db.rollback()
                 db.execute("BEGIN")
                 out = [self._searcher.search(t, limit, allowed=admit) if t else [] for t in terms]
-            except DocStoreError:
-                raise
-            except Exception as e:  # sqlite3 errors of a damaged file: one line naming it
+            except sqlite3.DatabaseError as e:  # a damaged file: one line naming it
                 raise DocStoreError(f"cannot read the lexical index of {self.path}: {e}") from None
             finally:
                 with contextlib.suppress(Exception):
@@ -240,19 +245,21 @@ def _admit(mask: np.ndarray) -> Callable[[int], bool]:
 def resolve_mode(coll: Any, mode: str | None) -> tuple[str, str | None]:
     """(the mode to run, the note when the default fell back to dense). Explicit hybrid / lexical
     without a ready lexical index: CollectionError naming the fix."""
+    if mode == "dense":
+        return mode, None
     if coll.sharded:
-        why = None if getattr(coll.index, "lexical_ready", False) else f"{coll.path} has no lexical index"
-        fix = FIX_SHARDED
+        ready = getattr(coll.index, "lexical_ready", False)
+        why, fix = (None, "") if ready else (f"{coll.path} has no lexical index", "; " + FIX_SHARDED)
     else:
-        why = coll.lexical.status()
-        fix = FIX.format(path=coll.path)
+        why, fixable = coll.lexical.status()
+        fix = "; " + FIX.format(path=coll.path) if fixable else ""
     if why is None:
         return mode or "hybrid", None
-    if mode in ("hybrid", "lexical"):
-        raise CollectionError(f"--mode {mode}: {why}; {fix}")
-    if mode is None and not (coll.sharded or os.path.exists(coll.lexical.path)):
+    if mode is not None:
+        raise CollectionError(f"--mode {mode}: {why}{fix}")
+    if not (coll.sharded or os.path.exists(coll.lexical.path)):
         return "dense", None  # no docstore at all: the search's own warning says so
-    return "dense", None if mode == "dense" else f"{why}: dense ranking only; {fix}"
+    return "dense", f"{why}: dense ranking only{fix}"
 
 
 def search(
