@@ -240,7 +240,7 @@ def test_without_a_lexical_index_dense_with_one_note_and_nothing_written(built, 
             assert ranked(res) == ids
             assert c.search(QUERIES, 5, mode="dense").note is None  # asked for: nothing to say
             for mode in ("hybrid", "lexical"):
-                with pytest.raises(CollectionError, match=f"--mode {mode}: .* has no lexical index; `bne build") as e:
+                with pytest.raises(CollectionError, match=f"^{mode} search: .* has no lexical index; `bne build") as e:
                     c.search(QUERIES, 5, mode=mode)
                 assert "\n" not in str(e.value)
         code, out, err = run_main("search", built, "cat", "dog", "snow", "-k", "2")

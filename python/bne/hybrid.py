@@ -256,7 +256,7 @@ def resolve_mode(coll: Any, mode: str | None) -> tuple[str, str | None]:
     if why is None:
         return mode or "hybrid", None
     if mode is not None:
-        raise CollectionError(f"--mode {mode}: {why}{fix}")
+        raise CollectionError(f"{mode} search: {why}{fix}")
     if not (coll.sharded or os.path.exists(coll.lexical.path)):
         return "dense", None  # no docstore at all: the search's own warning says so
     return "dense", f"{why}: dense ranking only{fix}"
