@@ -262,7 +262,10 @@ def cmd_search(args) -> int:
 def _describe_mode(mode: str, args) -> str:
     if mode == "hybrid":
         w = ",".join(f"{x:g}" for x in args.weights)
-        return f"hybrid (dense + lexical, reciprocal rank fusion k={args.rrf_k:g}, depth {args.depth}, weights {w})"
+        return (
+            f"hybrid (dense + lexical, reciprocal rank fusion k={args.rrf_k:g}, depth {args.depth}, weights {w}; "
+            f"ranks=dense/lexical)"
+        )
     return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
 
 
