@@ -238,7 +238,7 @@ def cmd_search(args) -> int:
         "isa": _core.active_isa(),
     }
     if args.json:
-        print(json_text({"mode": res.mode, "results": results, "timing": timing}))
+        print(json_text({"results": results, "mode": res.mode, "timing": timing}))
     else:
         print(f"mode: {_describe_mode(res.mode, args)}")
         for r in results:
