@@ -129,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = functools.partial(sub.add_parser, allow_abbrev=False)
 
     b = cmd("build", help="encode a corpus into an index file (+ a SQLite docstore beside it)")
-    b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
+    b.add_argument(
+        "input",
+        nargs="?",
+        help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder; left out with "
+        "--append, only the lexical (BM25) index of an index built by an older bne is added",
+    )
     b.add_argument("-o", "--output", required=True, help="index file to write")
     b.add_argument(
         "--bits",
@@ -157,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)",
     )
-    b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
+    b.add_argument(
+        "--append",
+        action="store_true",
+        help="add to an existing index (skips documents already in it); an index built by an older bne first "
+        "gets its lexical index (resumable)",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
