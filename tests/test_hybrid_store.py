@@ -556,3 +556,45 @@ def test_info_of_a_partial_lexical_index(tmp_path, fake):
     code, out, err = run_main("verify", path)
     assert code == 0 and "lexical index being added: 10 of 30 documents" in out, out
     assert stat.S_ISREG(os.stat(path_for(path)).st_mode)
+
+
+def test_cli_remove_then_compact(tmp_path, fake):
+    path = tmp_path / "c.bne"
+    docs = docs_of(50)
+    with bne.Collection.create(path) as c:
+        c.add(docs, commit_every=16)
+    (tmp_path / "ids.txt").write_text("d10\n\nd11\nnot-there\n")
+    code, out, err = run_main("remove", path, "d3", "--ids", tmp_path / "ids.txt")
+    assert code == 0, err
+    assert (
+        out.strip() == f"{path}: removed 3 documents, 1 not found; 47 remain (bne remove --compact shrinks the files)"
+    )
+    kept = [d for d in docs if d.ext_id not in ("d3", "d10", "d11")]
+    assert three(path) == (47, 47, 47)
+    same_as_fresh(tmp_path, path, kept)
+    code, out, err = run_main("info", path)
+    assert "tombstones      3" in out and "lexical         ready (47 documents)" in out, out
+    code, out, err = run_main("remove", path, "--compact")
+    assert code == 0 and out.strip() == f"{path}: removed 0 documents; 47 remain; compacted", (out, err)
+    code, out, err = run_main("info", path)
+    assert "tombstones      0" in out and "codes           47" in out, out
+    assert three(path) == (47, 47, 47)
+    same_as_fresh(tmp_path, path, kept)
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        ([], "give the ids of the documents to remove (or --ids FILE), or --compact"),
+        (["--ids", "missing.txt"], "--ids missing.txt: No such file or directory"),
+        (["--ids", "bad.txt"], "--ids bad.txt: not UTF-8 text (byte 0xff at offset 2)"),
+    ],
+)
+def test_cli_remove_errors_are_one_line(tmp_path, fake, args, msg):
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(docs_of(5))
+    (tmp_path / "bad.txt").write_bytes(b"d1\xff\n")
+    code, out, err = run_main("remove", "c.bne", *args, cwd=tmp_path)
+    assert code == 2 and err.splitlines() == [f"bne: error: {msg}"], err
+    assert three(path) == (5, 5, 5)

@@ -1,4 +1,4 @@
-"""The ``bne`` command: build, search, info, verify, bench, demo, train, eval.
+"""The ``bne`` command: build, search, info, verify, remove, bench, demo, train, eval.
 
 The parser and the entry point; what each subcommand does is in :mod:`bne.commands`. User
 mistakes print one line on stderr and exit non-zero; ``--debug`` shows the traceback. Arguments
@@ -27,6 +27,7 @@ from .commands import (
     cmd_eval,
     cmd_info,
     cmd_models,
+    cmd_remove,
     cmd_search,
     cmd_shard,
     cmd_train,
@@ -226,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = cmd("verify", help="check every checksum of an index file (exit 1 on damage)")
     v.add_argument("index", help="index file")
     v.set_defaults(fn=cmd_verify)
+
+    rm = cmd("remove", help="remove documents by their ids from an index file, its docstore and lexical index")
+    rm.add_argument("index", help="index file")
+    rm.add_argument("doc_ids", nargs="*", metavar="ID", help="ids of the documents to remove (as bne search shows)")
+    rm.add_argument("--ids", metavar="FILE", help="a file of document ids to remove, one per line ('-' for stdin)")
+    rm.add_argument("--compact", action="store_true", help="then rewrite the files without the removed documents")
+    rm.set_defaults(fn=cmd_remove)
 
     be = cmd("bench", help="the 'Why binary?' speed table: float32, INT8, FAISS binary, bne")
     be.add_argument("--sizes", type=sizes_arg, default="10k,100k,1M", help="comma-separated database sizes (10k, 1M)")

@@ -380,6 +380,41 @@ def lexical_line(state: dict[str, Any], index: str) -> str:
     return f"none (an older docstore; add it with: {fix})"
 
 
+def _read_ids(path: str) -> list[str]:
+    """Document ids, one per line (blank lines skipped), from a file or '-' (stdin)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise UserError(f"--ids {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--ids {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_remove(args) -> int:
+    from .collection import Collection
+
+    index_arg(args.index)
+    ids = list(dict.fromkeys([*(args.doc_ids or []), *(_read_ids(args.ids) if args.ids else [])]))
+    if not ids and not args.compact:
+        raise UserError("give the ids of the documents to remove (or --ids FILE), or --compact")
+    with Collection.open(args.index, mode="a") as coll:
+        removed = coll.remove(ids) if ids else 0
+        if args.compact:
+            coll.compact()
+        live = len(coll)
+    missing = f", {len(ids) - removed} not found" if len(ids) > removed else ""
+    done = "; compacted" if args.compact else (" (bne remove --compact shrinks the files)" if removed else "")
+    print(f"{safe(args.index)}: removed {removed} documents{missing}; {live} remain{done}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from . import models
 
