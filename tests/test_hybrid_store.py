@@ -153,6 +153,26 @@ def test_add_lexical_resumes_after_ctrl_c_and_kill(tmp_path):
     same_as_fresh(tmp_path, path, kept)
 
 
+def test_ids_below_the_backfill_mark_used_again_are_indexed(tmp_path):
+    """Rows past the index's last commit are dropped and their ids used again (the next batch):
+    those at or below add_lexical's mark are indexed at once, the mark only moves forward."""
+    path = tmp_path / "a.bne"
+    store = DocStore(path, create=True, lexical=False)
+    docs = docs_of(40)
+    store.insert(range(30), docs[:30])
+    store.commit()
+    steps = store.add_lexical(step=10)
+    assert next(steps) == (10, 30) and next(steps) == (20, 30)
+    steps.close()
+    assert store.delete_above(14) == 15
+    store.insert(range(15, 40), docs_of(25, start=100))
+    store.commit()
+    assert store.check_lexical() is None and store.lexical_state()["indexed"] == 20
+    assert list(store.add_lexical(step=10))[-1] == (40, 40) and store.check_lexical() is None
+    store.close()
+    same_as_fresh(tmp_path, path, docs[:15] + docs_of(25, start=100))
+
+
 def test_creating_the_lexical_tables_is_one_transaction(tmp_path, monkeypatch):
     """A crash while the tables are created leaves no tables (not tables without their meta rows)."""
     path = tmp_path / "a.bne"
@@ -228,6 +248,7 @@ def test_a_failed_docstore_commit_writes_neither_rows_nor_postings(tmp_path, fak
     def failing(self):
         calls.append(1)
         if len(calls) == 3:
+            time.sleep(0.3)  # the next batch is queued meanwhile (it was once committed after the failure)
             self.db.rollback()  # what SQLite does when the commit cannot be written
             raise DocStoreError("cannot write document store: disk I/O error")
         return real(self)
@@ -235,12 +256,11 @@ def test_a_failed_docstore_commit_writes_neither_rows_nor_postings(tmp_path, fak
     monkeypatch.setattr(DocStore, "commit", failing)
     c = bne.Collection.create(path)
     with pytest.raises(DocStoreError):
-        c.add(docs_of(50), commit_every=10)
-    c.close()
-    monkeypatch.setattr(DocStore, "commit", real)
+        c.add(docs_of(50), commit_every=10)  # batches queued behind the failed one are not committed
     assert three(path) == (20, 20, 20)
-    with bne.Collection.open(path, mode="a") as c:
-        c.add(docs_of(50), commit_every=10)
+    monkeypatch.setattr(DocStore, "commit", real)
+    assert c.add(docs_of(50), commit_every=10).added == 30  # the same object: nothing of batch 3 lingers
+    c.close()
     assert three(path) == (50, 50, 50)
     same_as_fresh(tmp_path, path, docs_of(50))
 

@@ -462,7 +462,8 @@ class Collection:
         else:
             try:
                 info["documents"] = store.count()
-                info["lexical"] = upkeep.lexical_info(store)
+                if not self.sharded:  # a folder's corpus.docs.sqlite has texts only (a lexical index per shard)
+                    info["lexical"] = upkeep.lexical_info(store)
             except DocStoreError as e:
                 warning = str(e)
             finally:

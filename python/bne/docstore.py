@@ -258,13 +258,16 @@ class DocStore:
                 yield int(done.fetchone()[0]), total
 
     def insert(self, ids: Iterable[int], docs: Sequence[Doc]) -> None:
-        """Adds rows (and, when the lexical index is complete, their postings) to the open
-        transaction: :meth:`commit` makes both durable at once."""
+        """Adds rows (and their postings: all of them once the lexical index is complete) to the
+        open transaction: :meth:`commit` makes both durable at once."""
         rows = [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs, strict=True)]
         with self._errors("write"):
             self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)", rows)
-            if self._meta("ready") == 1:  # while an older store is being indexed, add_lexical gets them
-                self._index_texts([(r[0], r[2], r[3]) for r in rows])
+            # while an older store is being indexed, add_lexical gets the rows past its mark; a row at
+            # or below the mark (an id dropped by delete_above and used again) is indexed here
+            upto = self._lexical_upto()
+            if upto is not None:
+                self._index_texts([(r[0], r[2], r[3]) for r in rows if r[0] <= upto])
 
     def delete_above(self, max_id: int) -> int:
         """Drops rows past the index's last committed id (left by a crash between the two commits),
