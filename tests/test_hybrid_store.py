@@ -618,3 +618,51 @@ def test_cli_remove_errors_are_one_line(tmp_path, fake, args, msg):
     code, out, err = run_main("remove", "c.bne", *args, cwd=tmp_path)
     assert code == 2 and err.splitlines() == [f"bne: error: {msg}"], err
     assert three(path) == (5, 5, 5)
+
+
+def test_sigterm_while_the_cli_adds_the_lexical_index(tmp_path, fake):
+    """`bne build --append -o INDEX` stopped by SIGTERM between steps: one line saying how far it
+    got, exit 143, the steps so far kept; the next run finishes."""
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(docs_of(400))
+    make_older(path)
+    script = """
+        import sys, time
+        from bne import cli, collection, docstore
+        collection.Collection.add_lexical_index.__defaults__ = (None, 10)
+        real = docstore.DocStore._index_texts
+        def slow(self, rows):
+            time.sleep(0.03)
+            return real(self, rows)
+        docstore.DocStore._index_texts = slow
+        sys.exit(cli.main(sys.argv[1:]))
+    """
+    import textwrap
+
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), "build", "--append", "-o", str(path)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stderr is not None
+    lines = []
+    while not lines or not lines[-1].startswith("bne: adding the lexical index: 100 of 400"):
+        lines.append(p.stderr.readline().rstrip("\n"))
+        assert lines[-1], lines
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    last = err.splitlines()[-1]
+    store = DocStore(path)
+    n = store.lexical_state()["indexed"]
+    assert store.lexical_state()["state"] == "partial" and 100 <= n < 400 and store.check_lexical() is None
+    store.close()
+    assert last == (
+        f"bne: interrupted by SIGTERM while adding the lexical index to {path}: {n} of 400 documents "
+        f"indexed (run again to continue)"
+    ), err
+    assert all(line.startswith("bne: adding the lexical index: ") for line in err.splitlines()[:-1]), err
+    code, out, err = run_main("build", "--append", "-o", path, "-q")
+    assert code == 0 and three(path) == (400, 400, 400)

@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = cmd("remove", help="remove documents by their ids from an index file, its docstore and lexical index")
     rm.add_argument("index", help="index file")
-    rm.add_argument("doc_ids", nargs="*", metavar="ID", help="ids of the documents to remove (as bne search shows)")
+    rm.add_argument(
+        "doc_ids", nargs="*", metavar="ID", help="ids of the documents to remove (doc_id in bne search --json)"
+    )
     rm.add_argument("--ids", metavar="FILE", help="a file of document ids to remove, one per line ('-' for stdin)")
     rm.add_argument("--compact", action="store_true", help="then rewrite the files without the removed documents")
     rm.set_defaults(fn=cmd_remove)
