@@ -666,3 +666,54 @@ def test_sigterm_while_the_cli_adds_the_lexical_index(tmp_path, fake):
     assert all(line.startswith("bne: adding the lexical index: ") for line in err.splitlines()[:-1]), err
     code, out, err = run_main("build", "--append", "-o", path, "-q")
     assert code == 0 and three(path) == (400, 400, 400)
+
+
+def _cut_write(path) -> None:
+    """A process killed with SIGKILL in the middle of a big docstore transaction (postings and
+    rows, more than SQLite's page cache): its hot -journal file is left beside the docstore."""
+    code = """
+        import os, signal, sys
+        from bne.docstore import DocStore
+        from test_collection import docs_of
+        store = DocStore(sys.argv[1], create=True)
+        store.db.execute("PRAGMA cache_size=2")  # pages spill to the file: the journal is hot
+        store.insert(range(1000, 3000), docs_of(2000, start=1000))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    res = run_python(code, path, env={"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert os.path.exists(path_for(path) + "-journal")
+
+
+def test_a_write_cut_by_kill_9_is_rolled_back_by_the_next_reader(tmp_path, fake):
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(docs_of(30))
+    _cut_write(path)
+    code, out, err = run_main("info", path)  # read-only: it rolls the cut write back first
+    assert code == 0 and "documents       30" in out and "lexical         ready (30 documents)" in out, err
+    assert not os.path.exists(path_for(path) + "-journal")
+    assert three(path) == (30, 30, 30)
+    same_as_fresh(tmp_path, path, docs_of(30))
+
+
+def test_a_cut_write_that_this_user_may_not_roll_back_is_one_line(tmp_path, fake):
+    if os.geteuid() == 0 and not _unshare_ok():
+        pytest.skip("running as root without `unshare -U`")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(docs_of(10))
+    _cut_write(path)
+    os.chmod(folder, 0o555)
+    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
+    try:
+        res = run_python(
+            "import sys; from bne.cli import main; sys.exit(main(sys.argv[1:]))", "info", path, prefix=prefix
+        )
+    finally:
+        os.chmod(folder, 0o755)
+    assert os.path.exists(path_for(path) + "-journal")  # nothing was changed
+    assert "a write to it was cut short (its -journal file is left)" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr

@@ -97,11 +97,15 @@ class DocStore:
         try:
             self._connect(uri)
         except DocStoreError:
-            if create or not self._legacy_wal():
+            if not create and os.path.exists(self.path + "-journal"):
+                self._roll_back_cut_write()  # then the read-only open works
+                self._connect(uri)
+            elif create or not self._legacy_wal():
                 raise
-            # a WAL-mode store of an older bne in a folder we may not write (no -shm can be made):
-            # nothing has a -wal file to replay, so reading the main file as immutable is exact
-            self._connect(uri.replace("?mode=ro", "?immutable=1"))
+            else:
+                # a WAL-mode store of an older bne in a folder we may not write (no -shm can be made):
+                # nothing has a -wal file to replay, so reading the main file as immutable is exact
+                self._connect(uri.replace("?mode=ro", "?immutable=1"))
         if create:
             with self._errors("set up", closing=True):
                 # rollback journal, not WAL: readers in a folder they cannot write still work
@@ -134,6 +138,27 @@ class DocStore:
             self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
             self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
             self._check_schema()
+
+    def _roll_back_cut_write(self) -> None:
+        """A writer killed mid-transaction (kill -9, power loss) leaves a hot ``-journal``: the
+        pages it changed, which a read-only connection may not restore. Opening the file for
+        writing once makes SQLite restore them (the last commit, what the next writer would do
+        anyway); without the right to write it, one line says so."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not (os.access(self.path, os.W_OK) and os.access(folder, os.W_OK)):
+            raise DocStoreError(
+                f"cannot open document store {self.path}: a write to it was cut short (its -journal file is "
+                f"left) and this user may not roll that back; open it once as a user who may write it "
+                f"(e.g. bne verify)"
+            )
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+        with self._errors("recover"):
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                db.execute("PRAGMA trusted_schema=OFF")
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read rolls back
+            finally:
+                db.close()
 
     def _legacy_wal(self) -> bool:
         try:
