@@ -465,14 +465,17 @@ def test_kill_9_while_adding_the_lexical_index_keeps_its_steps(tmp_path, fake):
     same_as_fresh(tmp_path, path, docs_of(400))
 
 
-def test_sharded_folders_are_refused(tmp_path, fake):
+def test_a_collection_opened_read_only_is_not_written(tmp_path, fake):
     path = tmp_path / "c.bne"
     with bne.Collection.create(path) as c:
         c.add(docs_of(5))
-    c = bne.Collection.open(path)
-    with pytest.raises(CollectionError, match="read-only"):
-        c.add_lexical_index()
-    c.close()
+    make_older(path)
+    before = os.stat(path_for(path)).st_mtime_ns
+    with bne.Collection.open(path) as c:
+        for call in (c.add_lexical_index, lambda: c.remove(["d1"]), c.compact):
+            with pytest.raises(CollectionError, match="open read-only"):
+                call()
+    assert os.stat(path_for(path)).st_mtime_ns == before
 
 
 # -- remove and compact ------------------------------------------------------------------------
