@@ -720,3 +720,23 @@ def test_a_cut_write_that_this_user_may_not_roll_back_is_one_line(tmp_path, fake
     assert os.path.exists(path_for(path) + "-journal")  # nothing was changed
     assert "a write to it was cut short (its -journal file is left)" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+
+
+def test_cli_append_with_input_to_an_older_collection(tmp_path, fake):
+    """`bne build INPUT --append` on an older collection: the lexical index first (its progress
+    lines), then the new documents, all three stores in step."""
+    lines = [f"line {i} about {('cats', 'rates', 'bread')[i % 3]}" for i in range(30)]
+    (tmp_path / "in.txt").write_text("\n".join(lines[:20]) + "\n")
+    code, out, err = run_main("build", "in.txt", "-o", "c.bne", "-q", cwd=tmp_path)
+    assert code == 0, err
+    path = tmp_path / "c.bne"
+    make_older(path)
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    code, out, err = run_main("build", "in.txt", "-o", "c.bne", "--append", cwd=tmp_path)
+    assert code == 0 and "30 codes of 1024 bits (10 added, 20 already present)" in out, err
+    assert err.splitlines()[:2] == [
+        "bne: adding the lexical index: 0 of 20 documents",
+        "bne: adding the lexical index: 20 of 20 documents",
+    ], err
+    assert three(path) == (30, 30, 30)
+    same_as_fresh(tmp_path, path, list(bne.read_corpus(str(tmp_path / "in.txt"))))
