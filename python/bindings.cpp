@@ -195,12 +195,13 @@ std::vector<bne::bm25::Term> bm25_query(const py::handle& q) {
 py::list bm25_many(const py::sequence& queries, const py::array_t<double, py::array::c_style>& knorm,
                    const std::optional<py::array_t<int32_t, py::array::c_style>>& seg_of,
                    const std::optional<py::array>& allowed, long long limit, bool prune, long long prune_min_postings,
-                   int threads) {
+                   int threads, unsigned long long knorm_key) {
     if (limit < 1) throw py::value_error("limit must be >= 1, got " + std::to_string(limit));
     if (knorm.ndim() != 1) throw py::value_error("knorm must be 1-D");
     bne::bm25::Index ix;
     ix.knorm = knorm.data();
     ix.n = static_cast<size_t>(knorm.shape(0));
+    ix.knorm_key = knorm_key;
     if (seg_of) {
         if (seg_of->ndim() != 1 || static_cast<size_t>(seg_of->shape(0)) != ix.n)
             throw py::value_error("seg_of must be 1-D int32 with one entry per id, as knorm");
@@ -368,6 +369,8 @@ PYBIND11_MODULE(_core, m) {
     // BM25 over lexical postings (bne.lexical_postings)
     m.def("bm25_search", &bm25_many, py::arg("queries"), py::arg("knorm"), py::arg("seg_of"), py::arg("allowed"),
           py::arg("limit"), py::arg("prune") = true, py::arg("prune_min_postings") = 2048, py::arg("threads") = 1,
+          py::arg("knorm_key") = 0,
           "Exact BM25 top `limit` of each query (terms as (weight, posting lists), largest weight first) "
-          "with MaxScore, the GIL released: [(ids int64, scores float64, terms scored fully)].");
+          "with MaxScore, the GIL released: [(ids int64, scores float64, terms scored fully)]. knorm_key: a "
+          "number naming knorm's content for as long as it lives (0: none), so workers keep their copy of it.");
 }

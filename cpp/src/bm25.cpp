@@ -27,11 +27,19 @@ constexpr size_t kSkip = 32;         // gaps summed at once to skip past a list'
 
 // Per-thread scratch, reused across queries: acc is all zeros between uses (only the touched
 // entries are reset), bits likewise, so a query never clears an array of the index's size.
+struct Slot {
+    double acc;    // the document's score so far
+    double knorm;  // a copy of Index::knorm beside it: one cache miss a posting, not two
+};
+
 struct Workspace {
-    std::vector<double> acc;
-    std::vector<uint64_t> bits;
+    std::vector<Slot> slots;
+    uint64_t knorm_key = 0;  // Index::knorm_key of the knorm copied into slots
+    size_t knorm_n = 0;
+    std::vector<uint64_t> bits, in_heap;
     std::vector<int32_t> touched, cand;
     std::vector<double> tmp;
+    std::vector<std::pair<double, int32_t>> heap;  // see Query::offer
 };
 
 std::mutex pool_mutex;
@@ -39,7 +47,8 @@ std::vector<std::unique_ptr<Workspace>> pool;
 
 struct Lease {
     std::unique_ptr<Workspace> ws;
-    explicit Lease(size_t n) {
+    size_t n;
+    explicit Lease(const Index& ix) : n(ix.n) {
         {
             std::lock_guard<std::mutex> g(pool_mutex);
             if (!pool.empty()) {
@@ -48,12 +57,25 @@ struct Lease {
             }
         }
         if (!ws) ws = std::make_unique<Workspace>();
-        if (ws->acc.size() < n) ws->acc.resize(n, 0.0);
+        if (ws->slots.size() < n) ws->slots.resize(n, Slot{0.0, 0.0});
+        if (ws->knorm_key != ix.knorm_key || ws->knorm_n != n || ix.knorm_key == 0) {
+            for (size_t i = 0; i < n; ++i) ws->slots[i].knorm = ix.knorm[i];
+            ws->knorm_key = ix.knorm_key;
+            ws->knorm_n = n;
+        }
         if (ws->bits.size() < (n + 63) / 64) ws->bits.resize((n + 63) / 64, 0);
+        if (ws->in_heap.size() < (n + 63) / 64) ws->in_heap.resize((n + 63) / 64, 0);
     }
     ~Lease() {
-        for (int32_t d : ws->touched) ws->acc[static_cast<size_t>(d)] = 0.0;  // also after an exception
+        auto& sl = ws->slots;  // also after an exception
+        if (ws->touched.size() > n / 16) {
+            for (size_t i = 0; i < n; ++i) sl[i].acc = 0.0;  // sequential: cheaper than that many random lines
+        } else {
+            for (int32_t d : ws->touched) sl[static_cast<size_t>(d)].acc = 0.0;
+        }
         ws->touched.clear();
+        for (const auto& e : ws->heap) ws->in_heap[static_cast<size_t>(e.second) >> 6] = 0;
+        ws->heap.clear();
         std::fill(ws->bits.begin(), ws->bits.end(), 0);  // only non-zero if an exception cut a scan short
         std::lock_guard<std::mutex> g(pool_mutex);
         if (pool.size() < 16) pool.push_back(std::move(ws));
@@ -133,10 +155,38 @@ struct Query {
     }
     bool live(int64_t d, int32_t seg) const { return !ix.seg_of || ix.seg_of[d] == seg; }
 
+    double heap_min = 0;  // the smallest entry of a full heap (0 until it is full)
+    double max_acc = 0;
+
     void add(int64_t d, double w, double tf) {
-        double& a = ws.acc[static_cast<size_t>(d)];
-        if (a == 0.0) ws.touched.push_back(static_cast<int32_t>(d));
-        a += w * tf / (tf + ix.knorm[d]);
+        Slot& s = ws.slots[static_cast<size_t>(d)];
+        if (s.acc == 0.0) ws.touched.push_back(static_cast<int32_t>(d));
+        const double a = s.acc += w * tf / (tf + s.knorm);
+        if (a > heap_min) offer(d, a);
+    }
+
+    // A lower bound of the limit-th best partial score without a pass over the documents: a
+    // min-heap of `limit` distinct documents with a score each had once. Scores only grow, so the
+    // heap's smallest entry is at most the limit-th best score now (a document already in the heap
+    // keeps its older, smaller entry: the bound is only the looser for it).
+    void offer(int64_t d, double a) {
+        if (a > max_acc) max_acc = a;
+        uint64_t& word = ws.in_heap[static_cast<size_t>(d) >> 6];
+        const uint64_t bit = 1ULL << (d & 63);
+        if (word & bit) return;
+        auto& h = ws.heap;
+        auto cmp = [](const std::pair<double, int32_t>& x, const std::pair<double, int32_t>& y) {
+            return x.first > y.first;
+        };
+        if (h.size() == opt.limit) {
+            std::pop_heap(h.begin(), h.end(), cmp);
+            ws.in_heap[static_cast<size_t>(h.back().second) >> 6] &= ~(1ULL << (h.back().second & 63));
+            h.pop_back();
+        }
+        word |= bit;
+        h.emplace_back(a, static_cast<int32_t>(d));
+        std::push_heap(h.begin(), h.end(), cmp);
+        if (h.size() == opt.limit) heap_min = h.front().first;
     }
 
     // Every live, admitted posting of the list into the accumulator.
@@ -155,9 +205,9 @@ struct Query {
         const size_t nc = cand.size();
         auto hit = [&](int64_t d, size_t k) {
             if (live(d, v.seg)) {
-                double& a = ws.acc[static_cast<size_t>(d)];
+                Slot& s = ws.slots[static_cast<size_t>(d)];
                 const double tf = tf_at(v, k);
-                a += w * tf / (tf + ix.knorm[d]);
+                s.acc += w * tf / (tf + s.knorm);
             }
         };
         if (v.gaps) {
@@ -184,7 +234,12 @@ struct Query {
             size_t lo = 0;
             for (size_t ci = 0; ci < nc && lo < v.df; ++ci) {
                 const int64_t target = cand[ci];
-                size_t a = lo, b = v.df;
+                size_t a = lo, b = v.df, step = 1;  // gallop from the last position, then bisect
+                while (a + step < v.df && id32_at(v, a + step) < target) {
+                    a += step;
+                    step *= 2;
+                }
+                b = std::min(v.df, a + step + 1);
                 while (a < b) {
                     const size_t m = a + (b - a) / 2;
                     if (id32_at(v, m) < target)
@@ -208,16 +263,16 @@ struct Query {
     // The k-th largest accumulator value over ids (k <= ids.size()).
     double kth(const std::vector<int32_t>& ids, size_t k) {
         ws.tmp.resize(ids.size());
-        for (size_t i = 0; i < ids.size(); ++i) ws.tmp[i] = ws.acc[static_cast<size_t>(ids[i])];
+        for (size_t i = 0; i < ids.size(); ++i) ws.tmp[i] = ws.slots[static_cast<size_t>(ids[i])].acc;
         std::nth_element(ws.tmp.begin(), ws.tmp.begin() + static_cast<std::ptrdiff_t>(k - 1), ws.tmp.end(),
                          std::greater<double>());
         return ws.tmp[k - 1];
     }
 
     Result top(std::vector<int32_t> ids) {
-        const auto& acc = ws.acc;
-        auto better = [&acc](int32_t a, int32_t b) {
-            const double x = acc[static_cast<size_t>(a)], y = acc[static_cast<size_t>(b)];
+        const auto& sl = ws.slots;
+        auto better = [&sl](int32_t a, int32_t b) {
+            const double x = sl[static_cast<size_t>(a)].acc, y = sl[static_cast<size_t>(b)].acc;
             return x > y || (x == y && a < b);
         };
         const size_t k = std::min(opt.limit, ids.size());
@@ -225,7 +280,7 @@ struct Query {
         Result r;
         r.ids.assign(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k));
         r.scores.resize(k);
-        for (size_t i = 0; i < k; ++i) r.scores[i] = acc[static_cast<size_t>(ids[i])];
+        for (size_t i = 0; i < k; ++i) r.scores[i] = sl[static_cast<size_t>(ids[i])].acc;
         return r;
     }
 
@@ -247,12 +302,21 @@ struct Query {
         size_t cut = nt;
         double theta = 0;
         for (size_t j = 0; j < nt; ++j) {
-            // a check costs a pass over the documents seen so far: only before many postings
             if (opt.prune && j > 0 && left[j] >= opt.prune_min_postings && ws.touched.size() >= limit) {
-                theta = kth(ws.touched, limit);  // the limit-th best partial score
-                if (rest[j] * kSlack < theta) {  // no document unseen so far can reach the top `limit`
+                const double bound = rest[j] * kSlack;
+                if (bound < heap_min) {  // no document unseen so far can reach the top `limit`
                     cut = j;
+                    theta = heap_min;
                     break;
+                }
+                // the exact limit-th best costs a pass over the documents seen so far: only when it
+                // can pass (the best partial score is above the bound) and the term is that long
+                if (bound < max_acc && left[j] - left[j + 1] >= static_cast<int64_t>(ws.touched.size())) {
+                    theta = kth(ws.touched, limit);
+                    if (bound < theta) {
+                        cut = j;
+                        break;
+                    }
                 }
             }
             for (const auto& v : views[j]) accumulate(v, terms[j].weight);
@@ -266,7 +330,7 @@ struct Query {
         // in id order (through a bitmap: no sort)
         const double floor = theta - rest[cut] * kSlack;
         for (int32_t d : ws.touched)
-            if (ws.acc[static_cast<size_t>(d)] >= floor) ws.bits[static_cast<size_t>(d) >> 6] |= 1ULL << (d & 63);
+            if (ws.slots[static_cast<size_t>(d)].acc >= floor) ws.bits[static_cast<size_t>(d) >> 6] |= 1ULL << (d & 63);
         auto& cand = ws.cand;
         cand.clear();
         for (size_t w = 0; w < ws.bits.size(); ++w) {
@@ -282,7 +346,7 @@ struct Query {
             if (cand.size() > limit) {  // what terms j..end can still add decides who stays a candidate
                 const double t = kth(cand, limit) - rest[j] * kSlack;
                 cand.erase(std::remove_if(cand.begin(), cand.end(),
-                                          [&](int32_t d) { return ws.acc[static_cast<size_t>(d)] < t; }),
+                                          [&](int32_t d) { return ws.slots[static_cast<size_t>(d)].acc < t; }),
                            cand.end());
             }
             for (const auto& v : views[j]) complete(v, terms[j].weight, cand);
@@ -298,7 +362,7 @@ struct Query {
 Result search(const std::vector<Term>& query, const Index& index, const Options& opt) {
     if (opt.limit < 1 || query.empty() || index.n == 0) return {};
     if (index.n > static_cast<size_t>(INT32_MAX)) throw InvalidArgument("lexical postings: ids must be < 2**31");
-    Lease lease(index.n);
+    Lease lease(index);
     return Query{query, index, opt, *lease.ws}.run();
 }
 

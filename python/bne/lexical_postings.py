@@ -31,6 +31,7 @@ tokens OR-ed, not as a phrase.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import sqlite3
 import threading
@@ -307,6 +308,9 @@ Rows = list[tuple[int, int, bytes, bytes]]  # (seg, df, docs, tfs) of one token,
 Plan = list[tuple[float, Rows, str]]  # (bound = weight, rows, quoted term) per query token, largest bound first
 
 
+_KNORM_KEYS = itertools.count(1)  # names each knorm array made in this process (C++ workers keep a copy by key)
+
+
 def _cache_bytes() -> int:
     raw = os.environ.get("BNE_LEXICAL_CACHE_MB", "")
     try:
@@ -331,7 +335,7 @@ class Searcher:
         self.cache_bytes = _cache_bytes() if cache_mb is None else int(cache_mb * 2**20)
         self._lock = threading.RLock()
         self._key: int | None = None
-        self._knorm: tuple[float, np.ndarray] | None = None
+        self._knorm: tuple[float, np.ndarray, int] | None = None  # (avgdl, knorm, its key)
         self._cache: OrderedDict[str, tuple[int, Rows]] = OrderedDict()  # token -> (df, rows)
         self._cache_used = 0
         self._tokens: dict[str, list[str]] = {}  # quoted term -> tokens (the tokenizer never changes)
@@ -415,20 +419,20 @@ class Searcher:
 
     def _prepare(
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
-    ) -> tuple[list[Plan], np.ndarray, np.ndarray | None, float]:
-        """Under the lock: each query's plan, and the arrays the scoring reads (knorm, seg_of)."""
+    ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
+        """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
         with self._lock:
             self._refresh()
             n_g, avg = (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
             if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
-                return [[] for _ in queries], np.zeros(0), None, 0.0
+                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0
             if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
-                self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg))
+                self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg), next(_KNORM_KEYS))
             plans, skipped = [], 0.0
             for terms in queries:
                 p, skipped = self._plan(terms, stats, n_g, skip_floor)
                 plans.append(p)
-            return plans, self._knorm[1], self.seg_of, skipped
+            return plans, self._knorm[1:], self.seg_of, skipped
 
     def local_stats(self, terms: Sequence[str]) -> Stats:
         """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
@@ -496,7 +500,7 @@ class Searcher:
     ) -> list[list[tuple[int, float]]]:
         if limit < 1:
             return [[] for _ in queries]
-        plans, knorm, seg_of, self.skipped_bound = self._prepare(queries, stats, skip_floor)
+        plans, (knorm, key), seg_of, self.skipped_bound = self._prepare(queries, stats, skip_floor)
         mask, admit = _allowed(allowed, len(knorm))
         todo = [k for k, p in enumerate(plans) if p]
         out: list[list[tuple[int, float]]] = [[] for _ in queries]
@@ -511,6 +515,7 @@ class Searcher:
                 prune,
                 self.prune_min_postings,
                 threads,
+                key,
             )
             again = []
             for k, (ids, scores, cut) in zip(todo, res, strict=True):
@@ -561,7 +566,7 @@ def reference_search(
     no cache, no C++), in the same term order as :meth:`Searcher.search`, so its scores are the
     same to the last bit."""
     s = Searcher(conn, cache_mb=0)
-    plans, knorm, seg_of, _ = s._prepare([terms], stats, False)
+    plans, (knorm, _), seg_of, _ = s._prepare([terms], stats, False)
     if limit < 1 or not plans[0]:
         return []
     acc = np.zeros(len(knorm), np.float64)

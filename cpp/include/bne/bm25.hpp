@@ -29,6 +29,7 @@ struct Term {
 // Per-id data shared by every query of one index state (read only here).
 struct Index {
     const double* knorm = nullptr;  // k1 (1 - b + b dl / avgdl) per id
+    uint64_t knorm_key = 0;  // names this knorm's content (0: none); a worker reuses its copy of the same key
     size_t n = 0;                   // ids are < n
     const int32_t* seg_of = nullptr;  // live segment of each id; null when nothing is deleted
     const uint8_t* allowed = nullptr;  // nonzero = may be returned; null = all; ids >= allowed_n are not
