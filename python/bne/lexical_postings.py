@@ -488,6 +488,36 @@ class Searcher:
             raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
         return self._run(queries, limit, stats, allowed, True, False, threads or 0)
 
+    def reference(
+        self,
+        terms: Sequence[str],
+        limit: int,
+        stats: Stats | None = None,
+        allowed: Allowed | np.ndarray = None,
+    ) -> list[tuple[int, float]]:
+        """The oracle of the tests: every posting of every term summed into a numpy array (no pruning,
+        no C++), in the same term order as :meth:`search`, so its scores are the same to the last bit."""
+        plans, (knorm, _), seg_of, _ = self._prepare([terms], stats, False)
+        if limit < 1 or not plans[0]:
+            return []
+        acc = np.zeros(len(knorm), np.float64)
+        for w, rows, _ in plans[0]:
+            for seg, df, db, tb in rows:
+                d, t = _unpack(df, db, tb)
+                tf = t.astype(np.float64)
+                if seg_of is not None:
+                    keep = seg_of[d] == seg
+                    d, tf = d[keep], tf[keep]
+                acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each live id once: += is exact
+        ids = np.flatnonzero(acc)
+        mask, admit = _allowed(allowed, len(knorm))
+        if mask is not None:
+            ids = ids[ids < len(mask)]
+            ids = ids[mask[ids]]
+        order = np.lexsort((ids, -acc[ids]))
+        out = [(int(ids[o]), float(acc[ids[o]])) for o in order if admit is None or admit(int(ids[o]))]
+        return out[:limit]
+
     def _run(
         self,
         queries: Sequence[Sequence[str]],
@@ -562,30 +592,8 @@ def reference_search(
     stats: Stats | None = None,
     allowed: Allowed | np.ndarray = None,
 ) -> list[tuple[int, float]]:
-    """The oracle of the tests: every posting of every term summed into a numpy array (no pruning,
-    no cache, no C++), in the same term order as :meth:`Searcher.search`, so its scores are the
-    same to the last bit."""
-    s = Searcher(conn, cache_mb=0)
-    plans, (knorm, _), seg_of, _ = s._prepare([terms], stats, False)
-    if limit < 1 or not plans[0]:
-        return []
-    acc = np.zeros(len(knorm), np.float64)
-    for w, rows, _ in plans[0]:
-        for seg, df, db, tb in rows:
-            d, t = _unpack(df, db, tb)
-            tf = t.astype(np.float64)
-            if seg_of is not None:
-                keep = seg_of[d] == seg
-                d, tf = d[keep], tf[keep]
-            acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each live id once: += is exact
-    ids = np.flatnonzero(acc)
-    mask, admit = _allowed(allowed, len(knorm))
-    if mask is not None:
-        ids = ids[ids < len(mask)]
-        ids = ids[mask[ids]]
-    order = np.lexsort((ids, -acc[ids]))
-    out = [(int(ids[o]), float(acc[ids[o]])) for o in order if admit is None or admit(int(ids[o]))]
-    return out[:limit]
+    """The oracle of the tests (:meth:`Searcher.reference` of a fresh Searcher without cache)."""
+    return Searcher(conn, cache_mb=0).reference(terms, limit, stats, allowed)
 
 
 def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
