@@ -192,7 +192,9 @@ def queries_bench(path: str, qs: list[str], fts5_queries: int, layout: str) -> l
         t0 = time.perf_counter()
         s._prepare([], None, False)
         cold._prepare([], None, False)
-        out.append({"engine": "postings: load id arrays once per open", "ms": round(1e3 * (time.perf_counter() - t0) / 2)})
+        out.append(
+            {"engine": "postings: load id arrays once per open", "ms": round(1e3 * (time.perf_counter() - t0) / 2)}
+        )
         t0 = time.perf_counter()
         for t in terms:
             s.search(t, 100)

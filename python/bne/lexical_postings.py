@@ -423,7 +423,9 @@ class Searcher:
         """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
         with self._lock:
             self._refresh()
-            n_g, avg = (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
+            n_g, avg = (
+                (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
+            )
             if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
                 return [[] for _ in queries], (np.zeros(0), 0), None, 0.0
             if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
