@@ -396,6 +396,19 @@ def test_cache_follows_writes_and_its_bound(monkeypatch) -> None:
     for words in queries(7, 20):
         tiny.search(lexical.query_terms(" ".join(words)), 5)
         assert tiny._cache_used <= 0.001 * 2**20
+    # queries cycling through more terms than fit (least recently used out would evict each list
+    # before its next use): a term that was hit stays (second chances)
+    sized = lp.Searcher(db, cache_mb=3 * 1200 / 2**20)  # about three of this corpus' lists
+    reads: list[str] = []
+    read = sized._postings
+    sized._postings = lambda tok: reads.append(tok) or read(tok)  # type: ignore[method-assign]
+    sized.search(lexical.query_terms("apple"), 5)
+    sized.search(lexical.query_terms("apple"), 5)
+    for _ in range(3):
+        for k, w in enumerate(VOCAB[1:]):
+            sized.search(lexical.query_terms(f"apple {w}" if k % 3 == 0 else w), 5)
+            assert sized._cache_used <= sized.cache_bytes
+    assert reads.count("appl") == 1 and reads.count("banana") == 3
     monkeypatch.setenv("BNE_LEXICAL_CACHE_MB", "3")
     assert lp.Searcher(db).cache_bytes == 3 * 2**20
     monkeypatch.setenv("BNE_LEXICAL_CACHE_MB", "lots")

@@ -45,7 +45,7 @@ from .lexical import Allowed, Stats, idf
 
 F = 8  # segments of one level merged at a time
 PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
-CACHE_MB = 128  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides
+CACHE_MB = 256  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lexp_seg(seg INTEGER PRIMARY KEY, level INTEGER NOT NULL, ids BLOB NOT NULL,"
     " lens BLOB NOT NULL)",
@@ -338,6 +338,7 @@ class Searcher:
         self._knorm: tuple[float, np.ndarray, int] | None = None  # (avgdl, knorm, its key)
         self._cache: OrderedDict[str, tuple[int, Rows]] = OrderedDict()  # token -> (df, rows)
         self._cache_used = 0
+        self._hits: dict[str, int] = {}  # cache hits of a cached token (0-3): its second chances
         self._tokens: dict[str, list[str]] = {}  # quoted term -> tokens (the tokenizer never changes)
         self.pruned_terms = 0
         self.skipped_bound = 0.0
@@ -354,6 +355,7 @@ class Searcher:
         seg_of, self.dl = _live(self.conn)
         self._knorm = None
         self._cache.clear()
+        self._hits.clear()
         self._cache_used = 0
         has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
         self.seg_of: np.ndarray | None = seg_of.astype(np.int32) if has_dead else None  # None: all postings live
@@ -374,6 +376,7 @@ class Searcher:
         hit = self._cache.get(token)
         if hit is not None:
             self._cache.move_to_end(token)
+            self._hits[token] = min(3, self._hits.get(token, 0) + 1)
             return hit
         rows = self._postings(token)
         df = 0
@@ -385,8 +388,16 @@ class Searcher:
             self._cache[token] = (df, rows)
             self._cache_used += size
             while self._cache_used > self.cache_bytes:
-                _, (_, old) = self._cache.popitem(last=False)
-                self._cache_used -= 200 + sum(len(x[2]) + len(x[3]) + 150 for x in old)
+                # least recently used out, but one that was hit gets a second chance (CLOCK): a stream
+                # of queries cycling through more terms than fit would otherwise evict every entry
+                # before its next use, the common terms included
+                old_tok, old = self._cache.popitem(last=False)
+                chances = self._hits.pop(old_tok, 0)
+                if chances and old_tok != token:
+                    self._cache[old_tok] = old
+                    self._hits[old_tok] = chances - 1
+                    continue
+                self._cache_used -= 200 + sum(len(x[2]) + len(x[3]) + 150 for x in old[1])
         return df, rows
 
     def _query_tokens(self, terms: Sequence[str]) -> list[list[str]]:
@@ -516,9 +527,17 @@ class Searcher:
         if mask is not None:
             ids = ids[ids < len(mask)]
             ids = ids[mask[ids]]
-        order = np.lexsort((ids, -acc[ids]))
-        out = [(int(ids[o]), float(acc[ids[o]])) for o in order if admit is None or admit(int(ids[o]))]
-        return out[:limit]
+        sc = acc[ids]
+        if admit is None and len(ids) > limit:  # the limit-th best score, ties kept
+            kth = np.partition(sc, len(sc) - limit)[len(sc) - limit]
+            ids, sc = ids[sc >= kth], sc[sc >= kth]
+        out: list[tuple[int, float]] = []
+        for o in np.lexsort((ids, -sc)):
+            if len(out) == limit:
+                break
+            if admit is None or admit(int(ids[o])):
+                out.append((int(ids[o]), float(sc[o])))
+        return out
 
     def _run(
         self,
