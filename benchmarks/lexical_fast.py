@@ -158,13 +158,19 @@ def interleaved(fns: dict, items: list) -> dict[str, tuple[list[float], list]]:
     for fn in fns.values():
         fn(items[0])  # warm the page cache (and the postings cache)
     out: dict[str, tuple[list[float], list]] = {name: ([], []) for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for x in items:
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             r = fn(x)
             out[name][0].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
             out[name][1].append(r)
+    CPU_MS.update({name: round(1e3 * statistics.median(v), 2) for name, v in cpu.items()})
     return out
+
+
+CPU_MS: dict[str, float] = {}  # the calling thread's CPU time per query, median (less load-dependent than wall)
 
 
 def total(fn, repeats: int = 3) -> float:
@@ -216,6 +222,7 @@ def queries_bench(path: str, qs: list[str], fts5_queries: int, layout: str) -> l
         for name, (one, got) in res.items():
             extra = compare(got[:fts5_queries], ref) if ref else {}
             extra["same_as_reference"] = sum(g == w for g, w in zip(got, want, strict=True))
+            extra["nq1_cpu_median_ms"] = CPU_MS[name]
             tot = total(batch[name]) if name in batch else sum(one)
             if name == "C++ MaxScore":
                 extra["search_many_threads1_s"] = round(total(lambda: s.search_many(terms, 100, threads=1)), 3)
