@@ -68,7 +68,7 @@ struct Lease {
     }
     ~Lease() {
         auto& sl = ws->slots;  // also after an exception
-        if (ws->touched.size() > n / 16) {
+        if (ws->touched.size() > n / 4) {  // a random line each vs every 16-byte slot
             for (size_t i = 0; i < n; ++i) sl[i].acc = 0.0;  // sequential: cheaper than that many random lines
         } else {
             for (int32_t d : ws->touched) sl[static_cast<size_t>(d)].acc = 0.0;
