@@ -178,6 +178,14 @@ def test_file_backed_readonly_search(tmp_path) -> None:
     db.close()
     ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     assert lp.bm25_search(ro, lexical.query_terms("pie"), 5)[0][0] == 0  # the tokenizer lives in temp
+    # a search leaves no transaction open: another connection's commit is seen by the same Searcher
+    r = sqlite3.connect(path)
+    s = lp.Searcher(r)
+    assert s.search(lexical.query_terms("split"), 5)[0][0] == 1 and not r.in_transaction
+    w = sqlite3.connect(path, timeout=1)
+    lp.insert(w, [2], ["split split split"])
+    w.commit()  # "database is locked" if the reader held its shared lock
+    assert s.search(lexical.query_terms("split"), 5)[0][0] == 2
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         lp.insert(ro, [6], ["more"])
 

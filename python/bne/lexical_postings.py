@@ -294,8 +294,14 @@ def query_tokens(conn: sqlite3.Connection, terms: Sequence[str]) -> list[list[st
     _check_terms(terms)
     out: list[list[str]] = [[] for _ in terms]
     if terms:
+        was = conn.in_transaction
         for term, i, _ in tokenize(conn, range(len(terms)), [t[1:-1].replace('""', '"') for t in terms]):
             out[i].append(term)
+        if not was and conn.in_transaction:
+            # the temporary table's writes opened a transaction (sqlite3's implicit BEGIN): left open,
+            # it would pin this connection's snapshot (no other connection's commits seen) and, with a
+            # rollback journal, hold a lock that keeps writers from committing
+            conn.commit()
     return out
 
 
@@ -327,8 +333,9 @@ class Searcher:
     Thread safe: every SQLite read and cache update holds a lock; the scoring itself runs in C++
     (``bne._core.bm25_search``) without the GIL and without the lock, on arrays that a reload
     replaces rather than changes. ``cache_mb`` (default ``CACHE_MB``, or ``BNE_LEXICAL_CACHE_MB``)
-    bounds the raw posting blobs kept between queries, least recently used first out: the common
-    terms, whose blobs are most of a query's SQLite reads, stay in memory."""
+    bounds the raw posting blobs kept between queries (least recently used out first, a second
+    chance for those that were hit): the common terms, whose blobs are most of a query's SQLite
+    reads, stay in memory."""
 
     def __init__(self, conn: sqlite3.Connection, cache_mb: float | None = None) -> None:
         self.conn = conn
