@@ -30,13 +30,14 @@ tokens OR-ed, not as a phrase.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -354,6 +355,19 @@ class Searcher:
 
     # -- state read from SQLite (callers hold the lock) --
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """The version, the id arrays and the postings read in one read transaction (unless the
+        caller has one open), so a commit of another connection between them cannot mix two states."""
+        own = not self.conn.in_transaction
+        if own:
+            self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if own and self.conn.in_transaction:
+                self.conn.commit()
+
     def _refresh(self) -> None:
         row = self.conn.execute("SELECT v FROM lexp_meta WHERE k = 'version'").fetchone()
         key = int(row[0]) if row else 0
@@ -439,7 +453,7 @@ class Searcher:
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
     ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
         """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
-        with self._lock:
+        with self._lock, self._snapshot():
             self._refresh()
             n_g, avg = (
                 (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
@@ -456,7 +470,7 @@ class Searcher:
 
     def local_stats(self, terms: Sequence[str]) -> Stats:
         """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
-        with self._lock:
+        with self._lock, self._snapshot():
             self._refresh()
             df = {}
             for t, ts in zip(terms, self._query_tokens(terms), strict=True):
