@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -81,6 +80,19 @@ struct Lease {
         if (pool.size() < 16) pool.push_back(std::move(ws));
     }
 };
+
+inline int ctz64(uint64_t b) {  // b != 0; plain C++17 (no <bit>)
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(b);
+#else
+    int n = 0;
+    while (!(b & 1)) {
+        b >>= 1;
+        ++n;
+    }
+    return n;
+#endif
+}
 
 struct View {
     int32_t seg;
@@ -338,7 +350,7 @@ struct Query {
             if (!b) continue;
             ws.bits[w] = 0;
             while (b) {
-                cand.push_back(static_cast<int32_t>(w * 64 + static_cast<size_t>(std::countr_zero(b))));
+                cand.push_back(static_cast<int32_t>(w * 64 + static_cast<size_t>(ctz64(b))));
                 b &= b - 1;
             }
         }
