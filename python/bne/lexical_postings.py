@@ -1,31 +1,19 @@
-"""Prototype (issue 17): exact BM25 top-k over our own postings in SQLite, scored with numpy.
+"""Exact BM25 top-k over our own postings in SQLite (issue 17; docs/HYBRID_RESEARCH.md sections 7-8).
 
-FTS5 ranks an OR query by calling ``bm25()`` on every matching row (seconds at 1M documents,
-docs/HYBRID_RESEARCH.md section 7); this keeps the postings as numpy-ready blobs instead and scores a
-query's terms with a few vectorised passes. What FTS5 gave is kept:
+FTS5 calls ``bm25()`` on every matching row of an OR query (seconds at 1M documents); this keeps the
+postings as compact blobs and scores them in C++ (``bne._core.bm25_search``, MaxScore, exact). Kept
+from FTS5: **one transaction** (:func:`insert` / :func:`delete` only execute on the caller's
+connection); **its tokens** (texts are tokenised by a temporary in-memory FTS5 table with
+``bne.lexical.TOKENIZER``, so terms, stems, lengths and the scores are ``bne.lexical``'s: k1 = 1.2,
+b = 0.75, FTS5's idf); **deletes** (given the row's text, its tokens leave df, N and the total length
+exactly; the (id, seg) pair is marked dead and :func:`compact` purges it; an id may come back);
+**shards** (:func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=``).
 
-* **same transaction**: :func:`insert` / :func:`delete` only execute statements on the caller's
-  connection; the caller commits them with the docstore rows.
-* **same tokens**: texts are tokenised by FTS5 itself (a temporary in-memory ``fts5`` table with
-  ``bne.lexical.TOKENIZER`` and its ``fts5vocab`` instance view), so terms, stems and document
-  lengths are exactly what ``bne.lexical`` indexes, and the scores are FTS5's ``bm25()`` (k1 = 1.2,
-  b = 0.75, its idf).
-* **segments**: each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended
-  at the end of a ``(seg, term)`` b-tree, so a commit never rewrites old blobs (ids: uint16 gaps
-  where they fit, else int32; tfs: uint8 where they fit, else uint16). Segments of one level are
-  merged F at a time (tiered, as Lucene): 1M documents in 2,048-document commits make 13 segments,
-  and every posting is rewritten about log_F(N / batch) times.
-* **deletes**: given the row's text (as a contentless FTS5 table needs), the row's tokens are
-  subtracted from the statistics (exact df, N, total length) and the (id, seg) pair is marked dead,
-  so its postings are skipped; :func:`compact` purges them. An id may be inserted again after delete.
-* **shards**: :func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=`` as in ``bne.lexical``.
-* **speed**: :meth:`Searcher.search` prunes with MaxScore (exact): the common terms, whose postings
-  are most of the work, are looked up only for documents that can still reach the top k.
-
-Quoted query terms (``bne.lexical.query_terms``) are each one FTS5 phrase; every phrase adds its
-term's score, as FTS5's OR query does (two words with one stem count twice there too). A word that
-FTS5 would split into several tokens (none from ``query_terms`` in practice) is scored as its
-tokens OR-ed, not as a phrase.
+Each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended at the end of
+the b-tree (ids: uint16 gaps where they fit, else int32; tfs: uint8 where they fit, else uint16);
+segments of one level are merged F at a time (tiered, as Lucene). Each quoted query term
+(``bne.lexical.query_terms``) adds its score, as FTS5's OR query does; a word FTS5 would split into
+several tokens is scored as those tokens OR-ed.
 """
 
 from __future__ import annotations
@@ -298,11 +286,8 @@ def query_tokens(conn: sqlite3.Connection, terms: Sequence[str]) -> list[list[st
         was = conn.in_transaction
         for term, i, _ in tokenize(conn, range(len(terms)), [t[1:-1].replace('""', '"') for t in terms]):
             out[i].append(term)
-        if not was and conn.in_transaction:
-            # the temporary table's writes opened a transaction (sqlite3's implicit BEGIN): left open,
-            # it would pin this connection's snapshot (no other connection's commits seen) and, with a
-            # rollback journal, hold a lock that keeps writers from committing
-            conn.commit()
+        if not was and conn.in_transaction:  # the temp table's implicit BEGIN: left open, it would pin
+            conn.commit()  # the snapshot and (rollback journal) hold a lock that blocks writers
     return out
 
 
@@ -409,9 +394,8 @@ class Searcher:
             self._cache[token] = (df, rows)
             self._cache_used += size
             while self._cache_used > self.cache_bytes:
-                # least recently used out, but one that was hit gets a second chance (CLOCK): a stream
-                # of queries cycling through more terms than fit would otherwise evict every entry
-                # before its next use, the common terms included
+                # least recently used out, but a second chance for one that was hit (CLOCK): queries
+                # cycling through more terms than fit would evict every entry before its next use
                 old_tok, old = self._cache.popitem(last=False)
                 chances = self._hits.pop(old_tok, 0)
                 if chances and old_tok != token:
@@ -491,21 +475,12 @@ class Searcher:
         """The best ``limit`` (id, BM25) for any of ``terms``, best first, ties by id: the ranking of
         ``bne.lexical.bm25_search`` with the same arguments.
 
-        ``allowed``: a numpy bool array indexed by id (True: may be returned; ids past its end may
-        not), a set of ids, or any container / predicate. A mask or a set is applied while scoring
-        (disallowed documents never score, so MaxScore's thresholds are those of the allowed ones:
-        exact and as fast however few are allowed); any other container or predicate filters the
-        unfiltered ranking, read 4x deeper until ``limit`` are kept.
-
-        ``prune`` (exact either way): MaxScore. Terms are scored fully from the highest idf down until
-        the sum of the remaining terms' bounds (idf * (k1 + 1): a term's tf part is below k1 + 1) is
-        below the ``limit``-th best partial score; the remaining (common) terms are then looked up
-        only for the documents that can still reach the top (cut again before each such term).
-
-        ``skip_floor`` (near-exact): terms in half the documents or more, whose idf FTS5 floors at
-        1e-6, are not read at all. Each adds less than 1e-6 * (k1 + 1) to a score, so every returned
-        score is low by less than ``skipped_bound`` and the ranking differs from the exact one only
-        between documents whose exact scores are closer than that (or that match only such terms)."""
+        ``allowed``: a numpy bool mask by id (ids past its end not allowed) or a set, applied while
+        scoring (MaxScore's thresholds are the allowed documents': exact and fast however few), or
+        any container / predicate, which filters the ranking read 4x deeper until ``limit`` are kept.
+        ``prune`` (exact either way): MaxScore; the common terms are looked up only for the documents
+        that can still reach the top. ``skip_floor`` (near-exact): terms whose idf FTS5 floors at
+        1e-6 are not read; every score is then low by less than ``skipped_bound``."""
         return self._run([terms], limit, stats, allowed, prune, skip_floor, 1)[0]
 
     def search_many(
@@ -521,44 +496,6 @@ class Searcher:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
         return self._run(queries, limit, stats, allowed, True, False, threads or 0)
-
-    def reference(
-        self,
-        terms: Sequence[str],
-        limit: int,
-        stats: Stats | None = None,
-        allowed: Allowed | np.ndarray = None,
-    ) -> list[tuple[int, float]]:
-        """The oracle of the tests: every posting of every term summed into a numpy array (no pruning,
-        no C++), in the same term order as :meth:`search`, so its scores are the same to the last bit."""
-        plans, (knorm, _), seg_of, _ = self._prepare([terms], stats, False)
-        if limit < 1 or not plans[0]:
-            return []
-        acc = np.zeros(len(knorm), np.float64)
-        for w, rows, _ in plans[0]:
-            for seg, df, db, tb in rows:
-                d, t = _unpack(df, db, tb)
-                tf = t.astype(np.float64)
-                if seg_of is not None:
-                    keep = seg_of[d] == seg
-                    d, tf = d[keep], tf[keep]
-                acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each live id once: += is exact
-        ids = np.flatnonzero(acc)
-        mask, admit = _allowed(allowed, len(knorm))
-        if mask is not None:
-            ids = ids[ids < len(mask)]
-            ids = ids[mask[ids]]
-        sc = acc[ids]
-        if admit is None and len(ids) > limit:  # the limit-th best score, ties kept
-            kth = np.partition(sc, len(sc) - limit)[len(sc) - limit]
-            ids, sc = ids[sc >= kth], sc[sc >= kth]
-        out: list[tuple[int, float]] = []
-        for o in np.lexsort((ids, -sc)):
-            if len(out) == limit:
-                break
-            if admit is None or admit(int(ids[o])):
-                out.append((int(ids[o]), float(sc[o])))
-        return out
 
     def _run(
         self,
@@ -625,17 +562,6 @@ def _allowed(allowed: Allowed | np.ndarray, n: int) -> tuple[np.ndarray | None, 
         mask[ids[(ids >= 0) & (ids < n)]] = True
         return mask, None
     return None, lexical._admit(allowed)
-
-
-def reference_search(
-    conn: sqlite3.Connection,
-    terms: Sequence[str],
-    limit: int,
-    stats: Stats | None = None,
-    allowed: Allowed | np.ndarray = None,
-) -> list[tuple[int, float]]:
-    """The oracle of the tests (:meth:`Searcher.reference` of a fresh Searcher without cache)."""
-    return Searcher(conn, cache_mb=0).reference(terms, limit, stats, allowed)
 
 
 def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
