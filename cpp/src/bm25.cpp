@@ -77,7 +77,7 @@ struct Lease {
         ws->heap.clear();
         std::fill(ws->bits.begin(), ws->bits.end(), 0);  // only non-zero if an exception cut a scan short
         std::lock_guard<std::mutex> g(pool_mutex);
-        if (pool.size() < 16) pool.push_back(std::move(ws));
+        if (pool.size() < 4) pool.push_back(std::move(ws));  // more are freed: 16 bytes an id each
     }
 };
 
