@@ -186,8 +186,9 @@ def test_reader_error_keeps_what_was_committed(tmp_path, fake):
     assert consistent(path) == (read // 1000 * 1000,) * 2
 
 
-def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake, monkeypatch):
-    path = tmp_path / "c.bne"
+def fail_second_index_commit(monkeypatch):
+    """MappedIndex.commit raises ENOSPC at its second call (the first batch commits); returns the
+    real commit, to put back."""
     real = bne.MappedIndex.commit
     calls = []
 
@@ -198,6 +199,12 @@ def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake,
         return real(self)
 
     monkeypatch.setattr(bne.MappedIndex, "commit", failing)
+    return real
+
+
+def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake, monkeypatch):
+    path = tmp_path / "c.bne"
+    real = fail_second_index_commit(monkeypatch)
     c = bne.Collection.create(path)
     with pytest.raises(OSError, match="No space"):
         c.add(docs_of(30), commit_every=10)

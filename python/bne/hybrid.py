@@ -34,7 +34,7 @@ import numpy as np
 
 from . import lexical, lexical_postings
 from .docstore import DocStore, StoredDoc, path_for
-from .encoder.base import search_codes
+from .encoder.base import CodeEncoder, search_codes
 from .errors import CollectionError, DocStoreError
 
 MODES = ("hybrid", "dense", "lexical")
@@ -273,12 +273,7 @@ def search(
     """:meth:`bne.Collection.search` (which documents the arguments); ``documents`` fetches the
     hits' stored documents."""
     w = check_options(mode, rrf_k, depth, weights)
-    if isinstance(texts, str):
-        raise TypeError("search takes a list of query texts; wrap a single text as [text]")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    texts = CodeEncoder._check_texts(texts)  # the encoder's own check: a list of str
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number >= 1, got {k!r}")
     index = coll.index
