@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--float", action="store_true", help="run bne eval --baselines float for the float row")
     p.add_argument("--float-json", default=None, help="a bne eval --json file with the float baseline")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--build-only", action="store_true", help="only build (and cache) the collections")
     args = p.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     wanted = {tuple(s.split(":")) for s in args.sets.split(",")}
@@ -179,6 +180,8 @@ def main() -> None:
     results: dict[str, dict] = {"load_start": {"load": load_avg()}}
     for name, split, role in sets:
         index, built = build(name, args.data, args.cache, args.threads)
+        if args.build_only:
+            continue
         qfile, qrels = queries_file(name, split, args.data, args.cache)
         row: dict[str, object] = {"role": role, "queries": len(qrels), "documents": built["documents"]}
         for label, extra in RUNS:
@@ -187,6 +190,8 @@ def main() -> None:
             row[label] = {"nDCG@10": nd, "R@10": rc, "wall_s": round(wall, 1), "load": load_avg()}
             print(f"{name}-{split} {label:22s} nDCG@10 {nd:.3f}  R@10 {rc:.3f}  ({wall:.1f} s, load {load_avg()})")
         results[f"{name}-{split}"] = row
+    if args.build_only:
+        return
     fl = float_rows(args)
     results["float"] = {k: {"nDCG@10": v[0], "R@10": v[1]} for k, v in fl.items()}
     results["load_end"] = {"load": load_avg()}
