@@ -221,6 +221,7 @@ def interleaved(coll, qs: list[str], nq: int, rounds: int) -> dict[str, list[flo
     """Seconds per call for each mode; every query (nq = 1) or every round (nq = 100) runs all
     modes back to back, starting from a different mode each time."""
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    parts: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     calls = [[q] for q in qs] if nq == 1 else [qs[:nq]] * rounds
     for i, texts in enumerate(calls):
         order = MODES[i % len(MODES) :] + MODES[: i % len(MODES)]
@@ -228,8 +229,18 @@ def interleaved(coll, qs: list[str], nq: int, rounds: int) -> dict[str, list[flo
             t = time.perf_counter()
             r = coll.search(texts, K, mode=m)
             times[m].append(time.perf_counter() - t)
+            parts[m].append((r.encode_ms, r.search_ms))
             assert len(r.hits) == len(texts)
+    PARTS.update(
+        {
+            m: {"encode_ms": statistics.median(e for e, _ in v), "search_ms": statistics.median(s for _, s in v)}
+            for m, v in parts.items()
+        }
+    )
     return times
+
+
+PARTS: dict[str, dict[str, float]] = {}  # the latest interleaved run's medians of SearchResult's own timings
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -273,6 +284,7 @@ def test_search_modes(benchmark, n, nq):
         "median_s": med,
         "p90_s": {m: sorted(v)[int(0.9 * len(v))] for m, v in times.items()},
         "calls": {m: len(v) for m, v in times.items()},
+        "result_timings_median": dict(PARTS),
         "load_before": load0,
         "load_after": load1,
     }
