@@ -45,6 +45,9 @@ K = 10
 
 
 def bne_cmd() -> list[str]:
+    """The ``bne`` command: $BNE_CLI (split on spaces) when set, else the one beside this Python."""
+    if os.environ.get("BNE_CLI"):
+        return os.environ["BNE_CLI"].split()
     exe = os.path.join(os.path.dirname(sys.executable), "bne")
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "bne"]
 
