@@ -80,14 +80,6 @@ def base_texts() -> list[str]:
     return list(seen)
 
 
-def schema_key() -> str:
-    """Changes when the docstore's or the postings' format does: a cached collection of another
-    format is rebuilt, not measured."""
-    from bne import docstore
-
-    return hashlib.sha256(json.dumps(sorted(map(str, docstore.EXPECTED_SCHEMA.items()))).encode()).hexdigest()[:10]
-
-
 def cached_codes() -> dict[str, np.ndarray]:
     """text -> code, encoded once by the collection's bulk encoder (as for a large build)."""
     import bne
@@ -181,15 +173,33 @@ def build(path: str, n: int, table: dict[str, np.ndarray], *, lexical: bool = Tr
 
 def collection_path(n: int) -> str:
     """The cached collection of ``n`` documents, built on first use (once: keep it)."""
-    path = os.path.join(CACHE, f"hybrid-{n}-{schema_key()}.bne")
+    path = os.path.join(CACHE, f"hybrid-{n}.bne")
     done = path + ".build.json"
-    if not os.path.exists(done):
+    if not (os.path.exists(done) and usable(path)):
         os.makedirs(CACHE, exist_ok=True)
         info = build(path, n, cached_codes())
         with open(done, "w", encoding="utf-8") as f:
             json.dump(info, f)
         print(f"# built {json.dumps(info)}", file=sys.stderr, flush=True)
     return path
+
+
+def usable(path: str) -> bool:
+    """The cached collection opens with this bne, its lexical index complete: else it is rebuilt
+    (a changed format), never measured."""
+    import bne
+    from bne.docstore import DocStore
+
+    try:
+        bne.Collection.open(path).close()
+        store = DocStore(path)
+    except Exception as e:  # noqa: BLE001  (any failure: rebuild)
+        print(f"# {path}: {e}; rebuilding", file=sys.stderr)
+        return False
+    try:
+        return bool(store.lexical_ready)
+    finally:
+        store.close()
 
 
 # -- searching ----------------------------------------------------------------------------------
