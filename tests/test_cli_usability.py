@@ -47,10 +47,13 @@ def all_parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def test_mode_is_not_read_as_model():
-    """`--mode dense` was taken as `--model dense`: now it is an unknown option, named."""
-    code, _, err = run_main("search", "idx.bne", "--mode", "dense", "q")
+    """`--mode dense` was taken as `--model dense`: now it is its own option (issue 17), and a
+    prefix of either is an unknown option, named."""
+    args = cli.build_parser().parse_args(["search", "idx.bne", "q", "--mode", "dense"])
+    assert (args.mode, args.model) == ("dense", None)
+    code, _, err = run_main("search", "idx.bne", "--mod", "dense", "q")
     assert code == 2
-    assert "unrecognized arguments: --mode" in err
+    assert "unrecognized arguments: --mod" in err
     assert "idx.bne" not in err  # refused while parsing: no search was attempted with model 'dense'
 
 

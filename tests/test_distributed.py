@@ -1,18 +1,29 @@
 """Runs the Ray cases (tests/ray_cases) inside a fresh network namespace whose only interface is
 loopback: the local ray.init() and the two-node `ray start` cluster then bind to 127.0.0.1 and
 cannot reach anything else. (Ray 2.60 ignores --node-ip-address=127.0.0.1 on a machine with an
-external interface and listens there too, which these tests must not do.)"""
+external interface and listens there too, which these tests must not do.)
+
+Also, without Ray: the shards' lexical postings files (bne.shards)."""
 
 import os
+import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytest.importorskip("ray")
+import bne
+from bne import lexical, shards
+from bne import lexical_postings as lp
+from bne.cli import main as cli_main
+from bne.corpus import Doc, doc_text
+from bne.docstore import DocStore
+from bne.errors import DocStoreError
 
 CASES = Path(__file__).parent / "ray_cases"
 
@@ -56,6 +67,7 @@ def loopback_namespace():
 
 
 def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
+    pytest.importorskip("ray")
     # A private Ray temp dir: `ray start` records "the latest cluster on this machine" there, and
     # ray.init() without an address would otherwise try a stale one left by another run.
     ray_tmp = tempfile.mkdtemp(prefix="bray", dir="/tmp")  # short: Ray's socket paths are length-limited
@@ -98,3 +110,144 @@ def test_ray_cases_on_loopback(loopback_namespace, tmp_path):
     assert " passed" in summary
     if "BNE_TEST_HEAD" in env:
         assert "skipped" not in summary, summary  # the distributed build ran too
+
+
+# -- the shards' lexical files, without Ray ---------------------------------------------------------
+
+WORDS = [
+    "cell", "gene", "protein", "virus", "cancer", "blood", "brain", "heart",
+    "lung", "liver", "drug", "trial", "dose", "risk", "rate", "age",
+]  # fmt: skip
+
+
+def make_collection(path: Path, ids: np.ndarray, seed: int = 0) -> list[Doc]:
+    """An index at ``path`` with ``ids`` and its docstore (titles and texts of Zipf-weighted words)."""
+    rng = random.Random(seed)
+    weights = [1 / (r + 1) for r in range(len(WORDS))]
+    docs = [
+        Doc(f"d{i}", " ".join(rng.choices(WORDS, weights, k=rng.randint(1, 30))), rng.choice(["", "Gene dose"]))
+        for i in ids
+    ]
+    index = bne.Index(64)
+    index.add(np.random.default_rng(seed).integers(0, 256, (len(ids), 8), dtype=np.uint8), ids=ids)
+    index.save(path)
+    store = DocStore(path, create=True)
+    store.insert(ids.tolist(), docs)
+    store.commit()
+    store.close()
+    return docs
+
+
+def sharded_lexical(paths: list[str], terms: list[str], depth: int, allowed=None) -> list[tuple[int, float]]:
+    """What ShardedIndex.lexical_search does across actors, in one process: round 1 statistics,
+    merged; round 2 each shard's top depth with them, merged."""
+    conns = [shards.open_lexical(shards.lexical_path(p)) for p in paths]
+    try:
+        stats = lexical.merge_stats(lp.Searcher(c).local_stats(terms) for c in conns)
+        parts = [lp.Searcher(c).search(terms, depth, stats=stats, allowed=allowed) for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+    return lexical.merge_ranked(parts, depth)
+
+
+def test_shard_index_writes_lexical_files_that_rank_as_the_union(tmp_path, capsys):
+    ids = np.random.default_rng(1).permutation(400).astype(np.int64) + 3  # shards' id ranges overlap
+    docs = make_collection(tmp_path / "u.bne", ids)
+    assert cli_main(["shard", str(tmp_path / "u.bne"), "-o", str(tmp_path / "s"), "--shards", "3"]) == 0
+    assert "3 shards, their lexical index files and manifest.json" in capsys.readouterr().out
+    paths, _ = shards.read_manifest(tmp_path / "s")
+    # each lexical file holds exactly its shard's documents, under their ids
+    for p in paths:
+        conn = shards.open_lexical(shards.lexical_path(p))
+        held = np.concatenate([np.frombuffer(b, np.int32) for (b,) in conn.execute("SELECT ids FROM lexp_seg")])
+        assert sorted(held.tolist()) == sorted(bne.open(p).ids().tolist())
+        conn.close()
+    assert [shards.lexical_done(shards.lexical_path(p), len(bne.open(p))) for p in paths] == [True] * 3
+    assert not shards.lexical_done(shards.lexical_path(paths[0]), len(bne.open(paths[0])) + 1)
+    one = DocStore(tmp_path / "u.bne")  # the source's own lexical index: all 400 documents
+    fts = sqlite3.connect(":memory:")
+    lexical.create(fts)
+    lexical.insert(fts, ids.tolist(), [doc_text(d.title, d.text) for d in docs])
+    rng = random.Random(2)
+    for _ in range(25):
+        terms = lexical.query_terms(" ".join(rng.choices(WORDS + ["absent"], k=rng.randint(1, 5))), repeats=True)
+        got = sharded_lexical(paths, terms, 50)
+        assert len(got) > 0
+        for want in (lp.bm25_search(one.db, terms, 50), lexical.bm25_search(fts, terms, 50)):
+            assert [i for i, _ in got] == [i for i, _ in want]
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-9)
+        odd = sharded_lexical(paths, terms, 20, allowed=lambda i: i % 2 == 1)
+        assert odd == [r for r in lp.bm25_search(one.db, terms, 400) if r[0] % 2 == 1][:20]
+    one.close()
+
+
+def test_shard_index_without_texts_writes_no_lexical_files(tmp_path):
+    index = bne.Index(64)
+    index.add(np.zeros((10, 8), np.uint8))
+    index.save(tmp_path / "bare.bne")
+    (tmp_path / "s").mkdir()
+    stale = tmp_path / "s" / "shard-00001.bne.lex.sqlite"
+    shards.write_lexical(stale, [([0], ["left from an earlier split"])])
+    notes: list[str] = []
+    paths = shards.shard_index(tmp_path / "bare.bne", 2, tmp_path / "s", notes=notes)
+    assert len(notes) == 1 and "no lexical index files" in notes[0] and "bare.bne" in notes[0]
+    assert not any(os.path.exists(shards.lexical_path(p)) for p in paths)  # the stale one is gone too
+
+
+def test_lexical_file_is_written_atomically(tmp_path):
+    path = tmp_path / "x.bne.lex.sqlite"
+
+    def chunks():
+        yield [0, 1], ["alpha beta", "beta gamma"]
+        raise KeyboardInterrupt  # a build stopped half way
+
+    with pytest.raises(KeyboardInterrupt):
+        shards.write_lexical(path, chunks())
+    assert os.listdir(tmp_path) == []  # no file that could look complete, no temporary left
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".x.bne.lex.sqlite.{dead.stdout.strip()}.tmp"  # as a killed writer leaves it
+    leftover.write_bytes(b"half")
+    assert shards.write_lexical(path, [([0, 1], ["alpha beta", "beta gamma"]), ([5], ["gamma"])], mode=0o640) == 3
+    assert sorted(os.listdir(tmp_path)) == ["x.bne.lex.sqlite"]
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    conn = shards.open_lexical(path)
+    assert shards.lexical_info(conn) == (3, 0, 5)
+    assert lp.Searcher(conn).search(lexical.query_terms("gamma"), 5)[0][0] == 5
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("CREATE TRIGGER t AFTER INSERT ON lexp_meta BEGIN DELETE FROM lexp_seg; END", "trigger 't' that bne"),
+        ("CREATE VIEW v AS SELECT * FROM lexp_seg", "view 'v' that bne did not write"),
+        ("DROP TABLE lexp_dead", "tables missing"),
+        ("DELETE FROM lexp_meta WHERE k = 'ready'", "is incomplete"),
+    ],
+)
+def test_hostile_or_incomplete_lexical_file_is_refused_in_one_line(tmp_path, damage, message):
+    path = tmp_path / "x.lex.sqlite"
+    shards.write_lexical(path, [([0], ["alpha"])])
+    conn = sqlite3.connect(path)
+    conn.execute(damage)
+    conn.commit()
+    conn.close()
+    with pytest.raises(DocStoreError, match=message) as e:
+        shards.open_lexical(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert not shards.lexical_done(path, 1)
+
+
+def test_lexical_file_that_is_not_a_database_is_refused(tmp_path):
+    path = tmp_path / "x.lex.sqlite"
+    path.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(DocStoreError, match="cannot open lexical index .*x.lex.sqlite") as e:
+        shards.open_lexical(path)
+    assert "\n" not in str(e.value)
+    os.unlink(path)
+    os.mkfifo(path)
+    with pytest.raises(DocStoreError, match="not a regular file"):
+        shards.open_lexical(path)
+    with pytest.raises(FileNotFoundError):
+        shards.open_lexical(tmp_path / "none.lex.sqlite")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import re
 import sqlite3
 import sys
@@ -56,6 +57,33 @@ def int_in(lo: int, hi: int | None = None):
         return v
 
     return parse
+
+
+def float_at_least(lo: float):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {lo:g}, got {text!r}")
+        return v
+
+    return parse
+
+
+def weights_arg(text: str) -> tuple[float, float]:
+    """--weights DENSE,LEXICAL: two numbers >= 0, not both 0."""
+    parts = text.split(",")
+    try:
+        w = tuple(float(p) for p in parts)
+    except ValueError:
+        w = ()
+    if len(w) != 2 or not all(math.isfinite(x) and x >= 0 for x in w) or w == (0.0, 0.0):
+        raise argparse.ArgumentTypeError(
+            f"expected two numbers >= 0 (not both 0) as DENSE,LEXICAL, e.g. 1,0.5; got {text!r}"
+        )
+    return w[0], w[1]
 
 
 def bits_arg(text: str) -> int:
@@ -181,6 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help=f"re-rank the top M (default {RESCORE_DEFAULT}) Hamming candidates with float query logits; "
         "a word after --rescore is the query, not M",
+    )
+    s.add_argument(
+        "--mode",
+        choices=("hybrid", "dense", "lexical"),
+        default=None,
+        help="hybrid: words (BM25) and bits (Hamming) fused by reciprocal rank; dense: bits only; lexical: "
+        "words only (default: hybrid where the docstore has its lexical index, else dense)",
+    )
+    s.add_argument(
+        "--rrf-k", type=float_at_least(0), default=60.0, metavar="K", help="hybrid: the RRF constant (default 60)"
+    )
+    s.add_argument(
+        "--depth",
+        type=int_in(1, MAX_K),
+        default=100,
+        help="hybrid: how many of each side's best are fused (default 100; at least -k)",
+    )
+    s.add_argument(
+        "--weights",
+        type=weights_arg,
+        default=(1.0, 1.0),
+        metavar="DENSE,LEXICAL",
+        help="hybrid: each side's weight in the fusion (default 1,1)",
     )
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true", help="print the hits and timings as JSON on stdout")

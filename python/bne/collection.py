@@ -24,19 +24,18 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _core, distributed, mapped, storage
+from . import _core, distributed, hybrid, mapped, storage
 from .codes import check_bits
 from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
 from .docstore import DocStore, StoredDoc, path_for
 from .encoder.backend import INT8_MIN_DOCS
-from .encoder.base import search_codes
 from .errors import CollectionError, DocStoreError, IndexLockedError
+from .hybrid import Hit, SearchResult  # noqa: F401  (bne.collection.Hit, .SearchResult)
 from .ingest import (
     AddResult,
     Committer,
@@ -49,30 +48,6 @@ from .ingest import (
 )
 from .models import ModelRef, identify, load, same_model
 from .shards import MANIFEST, docstore_key, is_sharded
-
-
-@dataclass
-class Hit:
-    """One search result: the index's id, the stored document (empty fields when the docstore is
-    missing), and the Hamming distance (or the rescored similarity with ``rescore``)."""
-
-    rank: int
-    id: int
-    doc_id: str
-    title: str
-    text: str
-    meta: str
-    distance: int | None = None
-    score: float | None = None
-
-
-@dataclass
-class SearchResult:
-    hits: list[list[Hit]]
-    encode_ms: float
-    search_ms: float
-    codes: int  # codes searched
-    warning: str | None = None  # the docstore could not be read: ids only
 
 
 class Collection:
@@ -99,6 +74,7 @@ class Collection:
         # (st_dev, st_ino) of each file this object created: a failed new build removes these
         # and nothing else (another process may have created the same path meanwhile)
         self._created: dict[str, tuple[int, int]] = {}
+        self.lexical = hybrid.Lexical(docstore_key(self.path))  # opened at the first search that needs it
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -164,6 +140,7 @@ class Collection:
         self.close()
 
     def close(self) -> None:
+        self.lexical.close()
         if self.index is not None:
             self.index.close()
 
@@ -174,7 +151,9 @@ class Collection:
         """Follows a writer: maps the commits made since this read-only collection opened (or
         last refreshed) and returns True; False, quickly, when there is none. The documents are
         read from the docstore at each search, so they follow by themselves. A writer's own view
-        and a folder of shards need no refresh (False). See :meth:`bne.MappedIndex.refresh`."""
+        and a folder of shards need no refresh (False). See :meth:`bne.MappedIndex.refresh`. The
+        lexical side follows the index: it returns the ids the refreshed index holds."""
+        self.lexical.refresh()  # a docstore replaced at its path is reopened
         if self.writable or not isinstance(self.index, mapped.MappedIndex):
             return False
         return self.index.refresh()
@@ -353,48 +332,44 @@ class Collection:
     # -- searching ---------------------------------------------------------------------------------
 
     def search(
-        self, texts: Sequence[str], k: int = 10, *, rescore: int | None = None, threads: int | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        rescore: int | None = None,
+        threads: int | None = None,
+        allow: Iterable[int] | np.ndarray | None = None,
+        rrf_k: float = 60.0,
+        depth: int = 100,
+        weights: tuple[float, float] = (1.0, 1.0),
     ) -> SearchResult:
-        """Top-``k`` documents per query text. ``rescore=M`` re-ranks the top ``M`` Hamming
-        candidates by the float query logits (single-file collections)."""
+        """Top-``k`` documents per query text.
+
+        ``mode``: 'dense' (the query's code, Hamming distance), 'lexical' (BM25 over the
+        docstore's lexical index) or 'hybrid' (reciprocal rank fusion of the two:
+        ``sum(weight / (rrf_k + rank))`` over each side's top ``depth``, at least ``k``). None:
+        hybrid where the docstore's lexical index is ready, else dense with ``SearchResult.note``
+        saying why; an explicit hybrid or lexical mode there raises CollectionError.
+        ``rescore=M`` re-ranks the top ``M`` Hamming candidates by the float query logits
+        (single-file collections); in hybrid mode the dense list is the rescored one. ``allow``
+        (ids) restricts both sides; removed documents never come back from either.
+        See :class:`bne.hybrid.Hit` for what each hit holds."""
         if self.index is None:
             raise CollectionError(f"{self.path} has no documents yet")
-        texts = list(texts)
-        threads = threads or self.threads
-        encoder = self.encoder("query")
-        n = max(len(self.index), 1)  # more hits than codes would only be padding
-        k = min(int(k), n)
-        rescore = rescore if rescore and not self.sharded else None  # shards answer in Hamming distance
-        t0 = time.perf_counter()
-        codes, logits = encoder.encode(texts, return_logits=True, show_progress=False)
-        t1 = time.perf_counter()
-        D, ids = search_codes(
-            self.index, codes, logits, k, rescore=rescore, **({} if self.sharded else {"threads": threads})
+        return hybrid.search(
+            self,
+            texts,
+            k,
+            mode=mode,
+            rescore=rescore,
+            threads=threads or self.threads,
+            allow=allow,
+            rrf_k=rrf_k,
+            depth=depth,
+            weights=weights,
+            documents=self._documents,
         )
-        dist, scores = (None, D) if rescore else (D, None)
-        t2 = time.perf_counter()
-        docs, warning = self._documents(ids)
-        hits = []
-        for qi in range(len(texts)):
-            row = []
-            for rank, i in enumerate(ids[qi]):
-                if i < 0:
-                    continue
-                d = docs.get(int(i)) or StoredDoc(str(i), "", "", "")
-                row.append(
-                    Hit(
-                        rank + 1,
-                        int(i),
-                        d.ext_id,
-                        d.title,
-                        d.text,
-                        d.meta,
-                        distance=None if dist is None else int(dist[qi, rank]),
-                        score=None if scores is None else float(scores[qi, rank]),
-                    )
-                )
-            hits.append(row)
-        return SearchResult(hits, (t1 - t0) * 1e3, (t2 - t1) * 1e3, len(self.index), warning)
 
     def _documents(self, ids: np.ndarray) -> tuple[dict[int, StoredDoc], str | None]:
         try:

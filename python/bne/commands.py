@@ -197,11 +197,21 @@ def cmd_search(args) -> int:
     with Collection.open(
         args.index, model=args.model, device=args.device, threads=args.threads, ray_address=args.ray_address
     ) as coll:
-        res = coll.search(queries, args.k, rescore=args.rescore)
+        res = coll.search(
+            queries,
+            args.k,
+            mode=args.mode,
+            rescore=args.rescore,
+            rrf_k=args.rrf_k,
+            depth=args.depth,
+            weights=args.weights,
+        )
     if res.warning:
         print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
+    if res.note:
+        print(f"bne: note: {safe(res.note)}", file=sys.stderr)
     results: list[dict[str, Any]] = []
-    for (q, qid), row in zip(asked, res.hits, strict=True):
+    for (q, qid), row, mode in zip(asked, res.hits, res.modes, strict=True):
         hits = []
         for h in row:
             hit: dict[str, Any] = {
@@ -214,12 +224,12 @@ def cmd_search(args) -> int:
             src = source_of(h.meta)
             if src:
                 hit["source"] = src
-            if h.distance is not None:
-                hit["distance"] = h.distance
-            else:
-                hit["score"] = h.score
+            hit.update(
+                distance=h.distance, bm25=h.bm25, dense_rank=h.dense_rank, lexical_rank=h.lexical_rank, score=h.score
+            )
             hits.append(hit)
-        results.append({"query": q, "hits": hits} if qid is None else {"query": q, "query_id": qid, "hits": hits})
+        head: dict[str, Any] = {"query": q} if qid is None else {"query": q, "query_id": qid}
+        results.append({**head, "mode": mode, "hits": hits})
     timing = {
         "encode_ms": res.encode_ms,
         "search_ms": res.search_ms,
@@ -228,15 +238,18 @@ def cmd_search(args) -> int:
         "isa": _core.active_isa(),
     }
     if args.json:
-        print(json_text({"results": results, "timing": timing}))
+        print(json_text({"results": results, "mode": res.mode, "timing": timing}))
     else:
+        print(f"mode: {_describe_mode(res.mode, args)}")
         for r in results:
             print(f"query: {safe(r['query'])}" + (f"  [{safe(r['query_id'])}]" if "query_id" in r else ""))
+            if r["mode"] != res.mode:
+                print(f"  (no word to search for: {r['mode']} ranking)")
             for h in r["hits"]:
-                score = f"d={h['distance']:4d}" if "distance" in h else f"s={h['score']:8.2f}"
                 title = f"[{safe(h['title'])}] " if h["title"] else ""
                 print(
-                    f"  {h['rank']:3d}. {score}  {safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
+                    f"  {h['rank']:3d}. {_hit_numbers(h, r['mode'], args.rescore)}  "
+                    f"{safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
                 )
         print(
             f"encode {timing['encode_ms']:.1f} ms, search {timing['search_ms']:.1f} ms "
@@ -244,6 +257,28 @@ def cmd_search(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _describe_mode(mode: str, args) -> str:
+    if mode == "hybrid":
+        w = ",".join(f"{x:g}" for x in args.weights)
+        return (
+            f"hybrid (dense + lexical, reciprocal rank fusion k={args.rrf_k:g}, depth {args.depth}, weights {w}; "
+            f"ranks=dense/lexical)"
+        )
+    return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
+
+
+def _hit_numbers(h: dict[str, Any], mode: str, rescore: int | None) -> str:
+    """The numbers a reader needs to see why a hit ranks where it does, in fixed-width columns."""
+    d = "   -" if h["distance"] is None else f"{h['distance']:4d}"
+    bm25 = "      -" if h["bm25"] is None else f"{h['bm25']:7.2f}"
+    if mode == "lexical":
+        return f"bm25={bm25}"
+    if mode == "dense":
+        return f"s={h['score']:8.2f}" if rescore and h["score"] is not None else f"d={d}"
+    ranks = "/".join("-" if r is None else str(r) for r in (h["dense_rank"], h["lexical_rank"]))
+    return f"rrf={h['score']:.4f} d={d} bm25={bm25} ranks={ranks:>7}"
 
 
 # -- info / verify ------------------------------------------------------------------------------
@@ -324,8 +359,12 @@ def cmd_models(args) -> int:
 def cmd_shard(args) -> int:
     from . import distributed
 
-    paths = distributed.shard_index(args.index, args.shards, args.output)
-    print(f"{safe(args.output)}: {len(paths)} shards and {distributed.MANIFEST}")
+    notes: list[str] = []
+    paths = distributed.shard_index(args.index, args.shards, args.output, notes=notes)
+    for n in notes:  # no lexical files: the folder searches dense only
+        print(f"bne: note: {safe(n)}; the shards search dense only", file=sys.stderr)
+    lex = "" if notes else ", their lexical index files"
+    print(f"{safe(args.output)}: {len(paths)} shards{lex} and {distributed.MANIFEST}")
     return 0
 
 

@@ -6,9 +6,13 @@ without Ray are :mod:`bne.shards` (their names are re-exported here).
   rule (distance, then global position), so results equal a search over the union of the shards.
   Dead actors are restarted and the call retried; a shard that stays down raises
   :class:`ShardUnavailableError` naming it, unless the caller asks for partial results.
+  ``lexical_search`` ranks by BM25 over each shard's lexical postings file with collection-wide
+  statistics (round 1: each shard's document frequencies, merged; round 2: each shard's top
+  ``depth`` scored with them, merged), so it equals one lexical index over the union.
 * :func:`build_sharded` (``bne build --ray``) writes a folder's docstore and encodes the corpus
   with Ray Data ``map_batches``, one shard per task, skipping shards already written, so a failed
-  build resumes where it stopped.
+  build resumes where it stopped. The task that encodes a shard also writes its lexical postings
+  file (:func:`bne.shards.write_lexical`); the folder's docstore keeps the texts only.
 
 Needs ``pip install 'bne[ray]'`` and a running Ray (``ray.init()`` or ``ray.init(address=...)``).
 """
@@ -23,13 +27,26 @@ from typing import Any
 import numpy as np
 
 from . import index as bindex
-from . import mapped, storage
+from . import lexical, lexical_postings, mapped, storage
 from .codes import check_codes, check_k
 from .corpus import Doc, doc_text
-from .docstore import DocStore
-from .errors import CollectionError, ShardUnavailableError
+from .docstore import LEXICAL_CHUNK, DocStore
+from .errors import CollectionError, DocStoreError, ShardUnavailableError
 from .models import ModelRef, identify, same_model
-from .shards import MANIFEST, docstore_key, read_manifest, shard_done, shard_index, shard_path, write_manifest
+from .shards import (
+    MANIFEST,
+    docstore_key,
+    lexical_done,
+    lexical_ids,
+    lexical_path,
+    open_lexical,
+    read_manifest,
+    shard_done,
+    shard_index,
+    shard_path,
+    write_lexical,
+    write_manifest,
+)
 
 __all__ = [
     "MANIFEST",
@@ -74,6 +91,24 @@ def _server_class():
             self.path = path
             self.index = mapped.open(path)
             self.node = ray.get_runtime_context().get_node_id()
+            # the shard's lexical file: without it (or with one refused) dense search still works
+            self.lex: lexical_postings.Searcher | None = None
+            self.lex_problem: str | None = None
+            self.lex_range = (-1, -1)
+            lex = lexical_path(path)
+            try:
+                conn = open_lexical(lex)
+                held = lexical_ids(conn)
+                own = np.delete(self.index.ids(), self.index.removed_positions())
+                if not np.array_equal(held, np.sort(own)):  # e.g. left beside a shard of another split
+                    conn.close()
+                    raise DocStoreError(f"{lex} holds other documents than its shard; build the folder again")
+                self.lex = lexical_postings.Searcher(conn)
+                self.lex_range = (int(held[0]), int(held[-1])) if len(held) else (-1, -1)
+            except FileNotFoundError:
+                self.lex_problem = f"{lex} is missing (built without the lexical index)"
+            except (DocStoreError, OSError) as e:
+                self.lex_problem = " ".join(str(e).split())
 
         def info(self) -> dict[str, Any]:
             return {
@@ -82,7 +117,28 @@ def _server_class():
                 "node": self.node,
                 "pid": os.getpid(),
                 "base": self.index.metadata.get("base"),
+                "lexical": self.lex_problem,
+                "lex_range": self.lex_range,
             }
+
+        def _searcher(self) -> lexical_postings.Searcher:
+            if self.lex is None:
+                raise DocStoreError(self.lex_problem or "no lexical index")
+            return self.lex
+
+        def lexical_stats(self, terms: list[str]) -> lexical.Stats:
+            return self._searcher().local_stats(terms)
+
+        def lexical_search(
+            self,
+            queries: list[list[str]],
+            depth: int,
+            stats: lexical.Stats,
+            allowed: np.ndarray | None,
+            threads: int | None,
+        ) -> list[list[tuple[int, float]]]:
+            searcher = self._searcher()
+            return _search_shard(searcher, queries, depth, stats, allowed, self.lex_range[0], threads)
 
         def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
             if len(self.index) == 0:
@@ -97,6 +153,28 @@ def _server_class():
             return D, np.where(P >= 0, P + base, -1), ids
 
     return ShardServer
+
+
+def _search_shard(
+    searcher: lexical_postings.Searcher,
+    queries: list[list[str]],
+    depth: int,
+    stats: lexical.Stats,
+    allowed: np.ndarray | None,
+    lo: int,
+    threads: int | None = None,
+) -> list[list[tuple[int, float]]]:
+    """One shard's round 2. ``allowed`` is the mask of the shard's ids from ``lo`` on (what the
+    driver sent); it becomes a mask by global id, or a predicate where the searcher takes none."""
+    full = None
+    if allowed is not None:
+        full = np.zeros(max(lo, 0) + len(allowed), np.bool_)
+        full[max(lo, 0) :] = allowed
+    many = getattr(searcher, "search_many", None)
+    if many is not None:  # a searcher that takes a bool mask by id, and many queries at once
+        return many(queries, depth, stats=stats, allowed=full, threads=threads)
+    admit = None if full is None else (lambda i: i < len(full) and bool(full[i]))
+    return [searcher.search(q, depth, stats=stats, allowed=admit) for q in queries]
 
 
 class ShardedIndex:
@@ -141,6 +219,8 @@ class ShardedIndex:
         self.counts = [i["count"] for i in infos]
         self.bases = list(np.cumsum([0] + self.counts[:-1]).tolist())
         self.nodes = [i["node"] for i in infos]
+        self._lex_problems: list[str | None] = [i["lexical"] for i in infos]
+        self._lex_ranges: list[tuple[int, int]] = [tuple(i["lex_range"]) for i in infos]
 
     def _start(self, i: int):
         opts: dict[str, Any] = {"max_restarts": self.max_retries, "max_task_retries": self.max_retries}
@@ -194,6 +274,53 @@ class ShardedIndex:
         D, _, ids = bindex.merge_topk([p for p in parts if p is not None], k, len(q))
         return (D, ids, missing) if allow_partial else (D, ids)
 
+    @property
+    def lexical_ready(self) -> bool:
+        """Every shard has a complete lexical postings file (:meth:`lexical_search` may be used)."""
+        return not any(self._lex_problems)
+
+    @property
+    def lexical_problem(self) -> str | None:
+        """Why the lexical index is not ready (the first shard's problem, one line), or None."""
+        return next((p for p in self._lex_problems if p), None)
+
+    def lexical_search(
+        self, terms_per_query: Sequence[Sequence[str]], depth: int, allowed: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """The best ``depth`` (global id, BM25) per query (terms from ``bne.lexical.query_terms``),
+        best first, ties by id, scored with the statistics of all the shards together: the ranking
+        of one lexical index over the union. ``allowed``: None, or a 1-D numpy bool mask by global
+        id (True: may be returned; ids past its end may not)."""
+        import ray
+
+        if self.lexical_problem:
+            raise DocStoreError(f"no lexical index for this folder of shards: {self.lexical_problem}")
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+            raise ValueError(f"depth must be a whole number >= 1, got {depth!r}")
+        if allowed is not None and (
+            not isinstance(allowed, np.ndarray) or allowed.dtype != np.bool_ or allowed.ndim != 1
+        ):
+            raise ValueError("allowed must be None or a 1-D numpy bool mask indexed by id")
+        queries = [[str(t) for t in terms] for terms in terms_per_query]
+        if not queries:
+            return []
+        # round 1: every shard's statistics for all the queries' terms (a term's df is the same in
+        # every query), merged into collection-wide ones
+        terms = sorted({t for q in queries for t in q})
+        parts = self._gather([a.lexical_stats.remote(terms) for a in self.actors], "lexical search")
+        stats = ray.put(lexical.merge_stats(parts))
+        # round 2: each shard's top depth with those statistics; a shard gets its ids' part of the mask
+        futures = []
+        for a, (lo, hi) in zip(self.actors, self._lex_ranges, strict=True):
+            part = None
+            if allowed is not None:
+                part = np.zeros(max(hi - lo + 1, 0), np.bool_)
+                got = allowed[max(lo, 0) : hi + 1]
+                part[: len(got)] = got
+            futures.append(a.lexical_search.remote(queries, int(depth), stats, part, self.threads))
+        ranked = self._gather(futures, "lexical search")
+        return [lexical.merge_ranked([r[q] for r in ranked], int(depth)) for q in range(len(queries))]
+
     def close(self) -> None:
         import ray
 
@@ -206,10 +333,18 @@ class ShardedIndex:
 
 
 class _EncodeShard:
-    """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it."""
+    """Ray Data UDF: each batch row is one shard (start, stop); encodes and writes it, and its
+    lexical postings file (``lexical``), each unless a complete one is there already."""
 
     def __init__(
-        self, texts_ref, out_dir: str, model: ModelRef, batch_size: int, n_shards: int, threads: int | None
+        self,
+        texts_ref,
+        out_dir: str,
+        model: ModelRef,
+        batch_size: int,
+        n_shards: int,
+        threads: int | None,
+        lexical: bool = True,
     ) -> None:
         import ray
 
@@ -217,34 +352,37 @@ class _EncodeShard:
 
         self.texts = ray.get(texts_ref) if isinstance(texts_ref, ray.ObjectRef) else texts_ref
         self.out_dir, self.bits, self.model = out_dir, model.bits, model
-        self.batch_size, self.n_shards = batch_size, n_shards
+        self.batch_size, self.n_shards, self.lexical = batch_size, n_shards, lexical
         # each worker encodes about one shard: a small shard does not wait for an int8 quantisation
         per_shard = -(-len(self.texts) // max(n_shards, 1))
         self.encoder = load(model, threads=threads, purpose="bulk", quiet=True, docs=per_shard)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done = []
+        done, lexed = [], []
         for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
+            start, stop = int(start), int(stop)
             path = shard_path(self.out_dir, int(shard))
-            if shard_done(path, int(stop - start), self.model):
-                done.append(0)
-                continue
-            codes = self.encoder.encode(
-                self.texts[int(start) : int(stop)], batch_size=self.batch_size, show_progress=False
-            )
-            ids = np.arange(int(start), int(stop), dtype=np.int64)
-            header = storage.new_header(
-                self.bits,
-                metadata={
-                    **self.model.to_metadata(),
-                    "shard": int(shard),
-                    "shards": self.n_shards,
-                    "base": int(start),
-                },
-            )
-            storage.save_atomic(path, header, [(codes, ids)], int(stop) - 1)
-            done.append(int(stop - start))
-        return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done)}
+            done.append(0 if shard_done(path, stop - start, self.model) else self._encode(int(shard), start, stop))
+            lex = lexical_path(path)
+            if self.lexical and not lexical_done(lex, stop - start):
+                chunks = (
+                    (range(a, min(a + LEXICAL_CHUNK, stop)), self.texts[a : min(a + LEXICAL_CHUNK, stop)])
+                    for a in range(start, stop, LEXICAL_CHUNK)
+                )
+                lexed.append(write_lexical(lex, chunks, mode=stat.S_IMODE(os.stat(path).st_mode)))
+            else:
+                lexed.append(0)
+        return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done), "lexical": np.asarray(lexed)}
+
+    def _encode(self, shard: int, start: int, stop: int) -> int:
+        codes = self.encoder.encode(self.texts[start:stop], batch_size=self.batch_size, show_progress=False)
+        ids = np.arange(start, stop, dtype=np.int64)
+        header = storage.new_header(
+            self.bits,
+            metadata={**self.model.to_metadata(), "shard": shard, "shards": self.n_shards, "base": start},
+        )
+        storage.save_atomic(shard_path(self.out_dir, shard), header, [(codes, ids)], stop - 1)
+        return stop - start
 
 
 def encode_shards(
@@ -257,10 +395,13 @@ def encode_shards(
     batch_size: int = 64,
     concurrency: int | None = None,
     threads: int | None = 1,
+    lexical: bool = True,
 ) -> dict[str, Any]:
     """Encodes ``texts`` on the Ray cluster (Ray Data ``map_batches``, one shard per task) into
     ``n_shards`` shard files plus a manifest in ``out_dir``; ids are the texts' positions.
-    Shards already written by an earlier (interrupted) run are kept, not re-encoded."""
+    ``lexical``: each shard also gets its lexical postings file of the texts (as
+    :func:`bne.corpus.doc_text` makes them). Shards and lexical files already written by an
+    earlier (interrupted) run are kept, not written again."""
     import ray
 
     if not ray.is_initialized():
@@ -289,16 +430,19 @@ def encode_shards(
             batch_size=batch_size,
             n_shards=n_shards,
             threads=threads,
+            lexical=lexical,
         ),
     )
     result = ds.take_all()
     encoded = {int(r["shard"]): int(r["encoded"]) for r in result}
+    lexed = {int(r["shard"]): int(r["lexical"]) for r in result}
     paths = [shard_path(out_dir, i) for i in range(n_shards)]
     write_manifest(out_dir, paths, model.bits, model.to_metadata())
     return {
         "shards": paths,
         "encoded": encoded,
         "skipped": [i for i, c in encoded.items() if c == 0 and bounds[i + 1] > bounds[i]],
+        "lexical": lexed,  # documents written to each shard's lexical file by this run
     }
 
 
@@ -330,7 +474,7 @@ def build_sharded(
         raise CollectionError(f"empty corpus: no documents in {source}")
     start_ray(ray_address)
     os.makedirs(folder, exist_ok=True)
-    store = DocStore(docstore_key(folder), create=True)
+    store = DocStore(docstore_key(folder), create=True, lexical=False)  # the shards hold the lexical index
     try:
         if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
             store.delete_above(-1)

@@ -45,6 +45,12 @@ EXPECTED_SCHEMA = {("table", TABLE): CREATE_SQL, **SHADOW_SQL}
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 MAX_QUERY_CHARS = 4096  # a query is a question, not a document: the rest of a 10 MB query is not read
 MAX_TERM_CHARS = 64  # longer "words" are ids or garbage, and FTS5 would index them as one token anyway
+# hybrid search's fusion defaults (docs/HYBRID_RESEARCH.md section 4): the standard RRF constant,
+# equal weights, each side's top 100; tuning on SciFact train (the only tuning set) was confounded
+RRF_K = 60.0
+DEPTH = 100
+WEIGHTS = (1.0, 1.0)
+QUERY_REPEATS = True  # a word the query says twice counts twice (Lucene, and the issue's BM25 baseline)
 MAX_TERMS = 256  # bounds the FTS5 expression; a long query (a CISI paragraph) keeps all its words
 _WORD = re.compile(r"[^\W_]+")  # unicode letters and digits, like unicode61's token characters
 _LAST_WORD = re.compile(r"[^\W_]+\Z")
@@ -326,8 +332,8 @@ class Fused:
 def rrf_fuse(
     dense: Sequence[int],
     lexical: Sequence[int],
-    k: float = 60.0,
-    weights: tuple[float, float] = (1.0, 1.0),
+    k: float = RRF_K,
+    weights: tuple[float, float] = WEIGHTS,
     depth: int | None = None,
     limit: int | None = None,
 ) -> list[Fused]:

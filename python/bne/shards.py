@@ -4,20 +4,31 @@
   contiguous positions, so shard i covers global positions ``[base_i, base_i + n_i)``.
 * :func:`read_manifest` / :func:`write_manifest`: the folder's ``manifest.json``.
 * :func:`is_sharded`, :func:`docstore_key`: a folder of shards and where its docstore lives.
+* :func:`write_lexical` / :func:`open_lexical` / :func:`lexical_done`: each shard's lexical (BM25)
+  postings file, ``<shard file>.lex.sqlite`` (:func:`lexical_path`), holding the shard's documents
+  under their global ids. The folder's docstore keeps the texts only; a search scores every shard
+  with collection-wide statistics (:meth:`bne.distributed.ShardedIndex.lexical_search`).
 
 Serving and building shards on Ray is :mod:`bne.distributed`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
-from collections.abc import Sequence
+import sqlite3
+import stat
+import urllib.parse
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from . import mapped, storage
-from .fileio import write_atomic
+from . import docstore, lexical_postings, mapped, storage
+from .corpus import doc_text
+from .errors import DocStoreError
+from .fileio import replacing, write_atomic
 from .models import ModelRef
 
 MANIFEST = "manifest.json"
@@ -44,8 +55,8 @@ def docstore_key(path: str | os.PathLike) -> str:
 
 
 def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
-    """(codes, ids) of every live code of the source files, in position order, in chunks."""
-    for path in paths:
+    """(source number, codes, ids) of every live code of the source files, in position order, in chunks."""
+    for n, path in enumerate(paths):
         src = mapped.open(path)
         tomb = src.removed_positions()
         base = 0
@@ -55,17 +66,54 @@ def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
             keep[tomb[lo:hi] - base] = False
             for s in range(0, len(codes), chunk):
                 k = keep[s : s + chunk]
-                yield np.asarray(codes[s : s + chunk])[k], np.asarray(ids[s : s + chunk])[k]
+                yield n, np.asarray(codes[s : s + chunk])[k], np.asarray(ids[s : s + chunk])[k]
             base += len(codes)
         src.close()
 
 
+def _source_stores(paths: Sequence[str], notes: list[str]) -> list[docstore.DocStore] | None:
+    """The docstores beside ``paths`` (read-only), or None (with a note) when one is missing or
+    unreadable: the shards then get no lexical files."""
+    stores: list[docstore.DocStore] = []
+    for p in paths:
+        try:
+            stores.append(docstore.DocStore(p))
+        except (FileNotFoundError, DocStoreError) as e:
+            for st in stores:
+                st.close()
+            notes.append(f"no lexical index files: cannot read the texts beside {p} ({e})")
+            return None
+    return stores
+
+
+def _stored_texts(store: docstore.DocStore, ids: np.ndarray, chunk: int):
+    """(ids, doc_text of each) in chunks, read from ``store``; a missing row raises DocStoreError."""
+    for s in range(0, len(ids), chunk):
+        part = [int(i) for i in ids[s : s + chunk]]
+        rows = store.get(part)
+        if len(rows) != len(part):
+            missing = next(i for i in part if i not in rows)
+            raise DocStoreError(f"{store.path} has no text for id {missing}")
+        yield part, [doc_text(rows[i].title, rows[i].text) for i in part]
+
+
 def shard_index(
-    sources: str | Sequence[str], n_shards: int, out_dir: str | os.PathLike, *, prefix: str = "shard"
+    sources: str | Sequence[str],
+    n_shards: int,
+    out_dir: str | os.PathLike,
+    *,
+    prefix: str = "shard",
+    lexical: bool = True,
+    notes: list[str] | None = None,
 ) -> list[str]:
     """Splits the live codes of ``sources`` (in order) into ``n_shards`` files of near-equal
-    size in ``out_dir`` and writes a manifest; returns the shard paths."""
+    size in ``out_dir`` and writes a manifest; returns the shard paths.
+
+    ``lexical``: each shard also gets its lexical postings file (:func:`write_lexical`), from the
+    texts of the docstore beside its source, when every source has one and every id fits (below
+    2**31); otherwise none does, and why is appended to ``notes``."""
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
+    notes = [] if notes is None else notes
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     heads = [mapped.open(p) for p in paths]
@@ -74,38 +122,63 @@ def shard_index(
         raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
     total = sum(len(h) for h in heads)
     meta = dict(heads[0].metadata)
+    top_id = max((int(np.max(h.ids())) for h in heads if h.npositions), default=-1)
     for h in heads:
         h.close()
+    stores = _source_stores(paths, notes) if lexical else None
+    if stores is not None and top_id >= 2**31:
+        notes.append(f"no lexical index files: ids up to {top_id} do not fit the lexical index (below 2**31)")
+        for st in stores:
+            st.close()
+        stores = None
     bits_v = bits.pop()
     os.makedirs(out_dir, exist_ok=True)
     bounds = [total * i // n_shards for i in range(n_shards + 1)]
     out: list[str] = []
     buf_c: list[np.ndarray] = []
     buf_i: list[np.ndarray] = []
+    buf_s: list[np.ndarray] = []
     filled = 0
 
     def flush(i: int) -> None:
         codes = np.concatenate(buf_c) if buf_c else np.zeros((0, bits_v // 8), np.uint8)
         ids = np.concatenate(buf_i) if buf_i else np.zeros(0, np.int64)
+        src = np.concatenate(buf_s) if buf_s else np.zeros(0, np.int64)
         path = shard_path(out_dir, i, prefix)
+        with contextlib.suppress(FileNotFoundError):  # never leave one of an earlier split beside new codes
+            os.unlink(lexical_path(path))
         header = storage.new_header(bits_v, metadata={**meta, "shard": i, "shards": n_shards, "base": bounds[i]})
         storage.save_atomic(path, header, [(codes, ids)], int(ids.max()) if len(ids) else -1)
+        if stores is not None:
+            # a shard's ids come from one source or a few (in order): read each run from its docstore
+            runs = np.flatnonzero(np.diff(src, prepend=-1, append=-1) != 0)
+            chunks = (
+                part
+                for a, b in zip(runs[:-1], runs[1:], strict=True)
+                for part in _stored_texts(stores[int(src[a])], ids[a:b], docstore.LEXICAL_CHUNK)
+            )
+            write_lexical(lexical_path(path), chunks, mode=stat.S_IMODE(os.stat(path).st_mode))
         out.append(path)
 
     shard = 0
-    for codes, ids in _live_chunks(paths):
-        while len(codes):
-            room = bounds[shard + 1] - filled
-            take = min(room, len(codes))
-            buf_c.append(codes[:take])
-            buf_i.append(ids[:take])
-            codes, ids, filled = codes[take:], ids[take:], filled + take
-            if filled == bounds[shard + 1]:
-                flush(shard)
-                buf_c, buf_i, shard = [], [], shard + 1
-    while shard < n_shards:  # empty trailing shards when total < n_shards
-        flush(shard)
-        buf_c, buf_i, shard = [], [], shard + 1
+    try:
+        for n, codes, ids in _live_chunks(paths):
+            while len(codes):
+                room = bounds[shard + 1] - filled
+                take = min(room, len(codes))
+                buf_c.append(codes[:take])
+                buf_i.append(ids[:take])
+                buf_s.append(np.full(take, n, np.int64))
+                codes, ids, filled = codes[take:], ids[take:], filled + take
+                if filled == bounds[shard + 1]:
+                    flush(shard)
+                    buf_c, buf_i, buf_s, shard = [], [], [], shard + 1
+        while shard < n_shards:  # empty trailing shards when total < n_shards
+            flush(shard)
+            buf_c, buf_i, buf_s, shard = [], [], [], shard + 1
+    finally:
+        for st in stores or []:
+            st.close()
     write_manifest(out_dir, out, bits_v, meta)
     return out
 
@@ -170,3 +243,130 @@ def shard_done(path: str, expected: int, model: ModelRef) -> bool:
     )
     idx.close()
     return ok
+
+
+# -- lexical postings files ---------------------------------------------------------------------
+
+LEXICAL_SUFFIX = ".lex.sqlite"
+
+
+def lexical_path(shard: str | os.PathLike) -> str:
+    """The lexical postings file of a shard file: ``<shard file>.lex.sqlite``."""
+    return os.fspath(shard) + LEXICAL_SUFFIX
+
+
+def _clean_lexical_temps(path: str) -> None:
+    """Removes what a killed :func:`write_lexical` left (its temporary file and journal), unless
+    the process that wrote them is still running."""
+    folder, name = os.path.split(path)
+    for tmp in glob.glob(os.path.join(glob.escape(folder or "."), "." + glob.escape(name) + ".*.tmp*")):
+        pid = os.path.basename(tmp)[len(name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or not tmp.endswith((".tmp", ".tmp-journal")):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive: another writer's file
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_lexical(
+    path: str | os.PathLike, chunks: Iterable[tuple[Sequence[int], Sequence[str]]], *, mode: int | None = None
+) -> int:
+    """Writes a complete lexical postings file at ``path`` from (ids, texts) chunks (ids distinct, in
+    [0, 2**31); texts as :func:`bne.corpus.doc_text` makes them); returns the documents written.
+
+    As durable as a docstore (rollback journal, ``synchronous=FULL``) and atomic: it is written under
+    a temporary name, marked complete (``lexp_meta.ready = 1``) in its only commit, then renamed
+    over ``path``; a killed writer leaves no file that looks complete. ``mode``: permission bits."""
+    path = os.fspath(path)
+    _clean_lexical_temps(path)
+    n = 0
+    with replacing(path) as tmp:
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+            conn.execute("PRAGMA synchronous=FULL")
+            lexical_postings.create(conn)
+            for ids, texts in chunks:
+                lexical_postings.insert(conn, ids, texts)
+                n += len(ids)
+            conn.execute("INSERT INTO lexp_meta VALUES ('ready', 1)")
+            conn.commit()
+        finally:
+            conn.close()
+        if mode is not None:
+            os.chmod(tmp, mode)
+    return n
+
+
+def open_lexical(path: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection to a complete lexical postings file, opened as data: ``mode=ro``,
+    ``trusted_schema=OFF``, and exactly the tables of :data:`lexical_postings.EXPECTED_SCHEMA`
+    (a trigger, view or any other object is refused). A missing file raises FileNotFoundError;
+    any other problem DocStoreError, in one line naming the file."""
+    path = os.fspath(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block sqlite's open forever
+        raise DocStoreError(f"lexical index {path}: not a regular file")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")
+        conn.execute("PRAGMA trusted_schema=OFF")
+        conn.execute("PRAGMA cell_size_check=ON")
+        found = {}
+        for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"):
+            if str(name).startswith(("sqlite_autoindex_", "sqlite_stat")):
+                continue
+            expected = lexical_postings.EXPECTED_SCHEMA.get((kind, name))
+            if expected is None or " ".join((sql or "").split()) != " ".join(expected.split()):
+                raise DocStoreError(
+                    f"lexical index {path} holds a {kind} {name!r} that bne did not write; refusing to use it"
+                )
+            found[kind, name] = True
+        if len(found) != len(lexical_postings.EXPECTED_SCHEMA):
+            raise DocStoreError(f"lexical index {path} is not a bne lexical index (tables missing)")
+        row = conn.execute("SELECT v FROM lexp_meta WHERE k = 'ready'").fetchone()
+        if row is None or row[0] != 1:
+            raise DocStoreError(f"lexical index {path} is incomplete; build the folder again")
+    except (sqlite3.DatabaseError, DocStoreError, UnicodeDecodeError) as e:
+        if conn is not None:
+            conn.close()
+        if isinstance(e, DocStoreError):
+            raise
+        msg = "damaged" if isinstance(e, UnicodeDecodeError) else " ".join(str(e).split())
+        raise DocStoreError(f"cannot open lexical index {path}: {msg}") from None
+    return conn
+
+
+def lexical_ids(conn: sqlite3.Connection) -> np.ndarray:
+    """Every id a lexical postings file written by :func:`write_lexical` holds, ascending."""
+    parts = [np.frombuffer(b, np.int32) for (b,) in conn.execute("SELECT ids FROM lexp_seg")]
+    return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+
+
+def lexical_info(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(documents, lowest id, highest id) of a lexical postings file; ids (-1, -1) when empty."""
+    n = conn.execute("SELECT v FROM lexp_meta WHERE k = 'n_docs'").fetchone()
+    ids = lexical_ids(conn)
+    return (int(n[0]) if n else 0), (int(ids[0]) if len(ids) else -1), (int(ids[-1]) if len(ids) else -1)
+
+
+def lexical_done(path: str | os.PathLike, expected: int) -> bool:
+    """A complete lexical file of ``expected`` documents is at ``path`` (a resumed build keeps it)."""
+    try:
+        conn = open_lexical(path)
+    except (OSError, DocStoreError):
+        return False
+    try:
+        return lexical_info(conn)[0] == expected
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()

@@ -3,6 +3,9 @@ loopback interface, so every Ray process can bind to and talk over 127.0.0.1 and
 
 import json
 import os
+import random
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,9 +16,16 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import bne  # noqa: E402
-from bne import distributed  # noqa: E402
+from bne import distributed, lexical, shards  # noqa: E402
+from bne import lexical_postings as lp  # noqa: E402
+from bne.corpus import Doc, doc_text  # noqa: E402
+from bne.docstore import DocStore  # noqa: E402
+from bne.errors import DocStoreError  # noqa: E402
 
 PORT = 6391
+# `ray start` with this interpreter, whose workers then import this checkout's bne (a `ray` command
+# found on PATH may belong to another environment, with another bne)
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -114,23 +124,133 @@ def test_unavailable_shard_raises_or_is_marked_partial(local_ray, union, tmp_pat
     sharded.close()
 
 
+def same_ranking(got, want):
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-9)
+
+
 def test_distributed_build_resumes(local_ray, tmp_path):
     head = os.environ.get("BNE_TEST_HEAD")
     if not head:
         pytest.skip("BNE_TEST_HEAD (a head file) not given")
     texts = [f"document number {i} about {'cats' if i % 2 else 'finance'}" for i in range(60)]
     out = distributed.encode_shards(texts, tmp_path / "b", n_shards=3, model=head)
-    assert sorted(out["encoded"].values()) == [20, 20, 20]
+    assert sorted(out["encoded"].values()) == [20, 20, 20] and out["lexical"] == {0: 20, 1: 20, 2: 20}
     os.remove(out["shards"][1])  # as if the task writing shard 1 had failed
+    os.remove(shards.lexical_path(out["shards"][2]))  # ... and the one writing shard 2's lexical file
     again = distributed.encode_shards(texts, tmp_path / "b", n_shards=3, model=head)
     assert again["encoded"] == {0: 0, 1: 20, 2: 0} and again["skipped"] == [0, 2]
+    assert again["lexical"] == {0: 0, 1: 0, 2: 20}
     sharded = distributed.ShardedIndex(tmp_path / "b")
-    assert len(sharded) == 60
+    assert len(sharded) == 60 and sharded.lexical_ready
     from bne import models
 
     codes = models.load(models.identify(head, 1024), threads=1, purpose="bulk").encode(texts)
     D, I = sharded.search(codes[:5], 1)
     np.testing.assert_array_equal(I[:, 0], np.arange(5))
+    one = sqlite3.connect(":memory:")  # one lexical index over all 60 texts, ids = positions
+    lp.create(one)
+    lp.insert(one, range(60), texts)
+    queries = [lexical.query_terms(q, repeats=True) for q in ("cats", "finance number 7", "document 41 41")]
+    for got, terms in zip(sharded.lexical_search(queries, 25), queries, strict=True):
+        same_ranking(got, lp.bm25_search(one, terms, 25))
+    sharded.close()
+
+
+WORDS = [
+    "cell", "gene", "protein", "virus", "cancer", "blood", "brain", "heart",
+    "lung", "liver", "drug", "trial", "dose", "risk", "rate", "age",
+]  # fmt: skip
+
+
+@pytest.fixture
+def texts_union(tmp_path):
+    """An index of 300 documents with shuffled ids and its docstore (with the lexical index of all)."""
+    rng = random.Random(11)
+    weights = [1 / (r + 1) for r in range(len(WORDS))]
+    ids = np.random.default_rng(11).permutation(300).astype(np.int64) + 2
+    docs = [
+        Doc(f"d{i}", " ".join(rng.choices(WORDS, weights, k=rng.randint(1, 30))), rng.choice(["", "Risk rate"]))
+        for i in ids
+    ]
+    index = bne.Index(64)
+    index.add(random_codes(np.random.default_rng(12), 300, 64), ids=ids)
+    path = tmp_path / "t.bne"
+    index.save(path)
+    store = DocStore(path, create=True)
+    store.insert(ids.tolist(), docs)
+    store.commit()
+    fts = sqlite3.connect(":memory:")  # the FTS5 oracle over the same texts
+    lexical.create(fts)
+    lexical.insert(fts, ids.tolist(), [doc_text(d.title, d.text) for d in docs])
+    yield path, store, fts, ids
+    store.close()
+
+
+def test_sharded_lexical_search_equals_one_index(local_ray, texts_union, tmp_path):
+    path, store, fts, ids = texts_union
+    paths = distributed.shard_index(path, 3, tmp_path / "lx")
+    sharded = distributed.ShardedIndex(tmp_path / "lx", max_retries=2)
+    assert sharded.lexical_ready and sharded.lexical_problem is None
+    rng = random.Random(13)
+    queries = [
+        lexical.query_terms(" ".join(rng.choices(WORDS + ["absent"], k=rng.randint(1, 6))), repeats=True)
+        for _ in range(36)
+    ] + [[], lexical.query_terms("absent")]
+    for depth in (1, 10, 400):
+        got = sharded.lexical_search(queries, depth)
+        assert len(got) == len(queries) and got[-2:] == [[], []]
+        for g, terms in zip(got, queries, strict=True):
+            same_ranking(g, lp.bm25_search(store.db, terms, depth))
+            same_ranking(g, lexical.bm25_search(fts, terms, depth))
+    assert sum(len(g) for g in got) > 36 * 50  # most documents match most queries
+    # a mask by id, shorter than the largest id: ids past its end are not allowed
+    mask = np.zeros(250, bool)
+    mask[1::3] = True
+    got = sharded.lexical_search(queries[:12], 15, allowed=mask)
+    for g, terms in zip(got, queries[:12], strict=True):
+        same_ranking(g, lp.bm25_search(store.db, terms, 15, allowed=lambda i: i < 250 and bool(mask[i])))
+        assert all(i % 3 == 1 and i < 250 for i, _ in g)
+    assert sum(len(g) for g in got) > 12 * 10
+    # a dead actor is restarted (reopening its lexical file) and the call retried
+    want = sharded.lexical_search(queries[:5], 20)
+    ray.kill(sharded.actors[1], no_restart=False)
+    assert sharded.lexical_search(queries[:5], 20) == want
+    with pytest.raises(ValueError, match="depth"):
+        sharded.lexical_search(queries, 0)
+    with pytest.raises(ValueError, match="bool mask"):
+        sharded.lexical_search(queries, 5, allowed=np.ones(5, np.int64))
+    with pytest.raises(ValueError, match="query_terms"):
+        sharded.lexical_search([["cell"]], 5)  # not quoted: query text is never FTS5 syntax
+    sharded.close()
+
+    # a shard without its lexical file: not ready, dense search still answers
+    os.rename(shards.lexical_path(paths[2]), tmp_path / "kept.lex")
+    sharded = distributed.ShardedIndex(tmp_path / "lx")
+    assert not sharded.lexical_ready and "shard-00002.bne.lex.sqlite is missing" in sharded.lexical_problem
+    with pytest.raises(DocStoreError, match="no lexical index for this folder of shards: .* is missing"):
+        sharded.lexical_search(queries, 5)
+    assert sharded.search(random_codes(np.random.default_rng(1), 2, 64), 3)[1].shape == (2, 3)
+    sharded.close()
+
+    # a hostile lexical file (SQL that would run on a write) is refused in one line
+    os.rename(tmp_path / "kept.lex", shards.lexical_path(paths[2]))
+    conn = sqlite3.connect(shards.lexical_path(paths[0]))
+    conn.execute("CREATE TRIGGER t AFTER INSERT ON lexp_meta BEGIN DELETE FROM lexp_seg; END")
+    conn.commit()
+    conn.close()
+    sharded = distributed.ShardedIndex(tmp_path / "lx")
+    assert not sharded.lexical_ready
+    with pytest.raises(DocStoreError, match="holds a trigger 't' that bne did not write; refusing") as e:
+        sharded.lexical_search(queries, 5)
+    assert "\n" not in str(e.value) and "shard-00000.bne.lex.sqlite" in str(e.value)
+    sharded.close()
+
+    # another shard's lexical file (complete, but of other documents) is not used either
+    shutil.copyfile(shards.lexical_path(paths[1]), shards.lexical_path(paths[0]))
+    sharded = distributed.ShardedIndex(tmp_path / "lx")
+    assert not sharded.lexical_ready
+    assert "shard-00000.bne.lex.sqlite holds other documents than its shard" in sharded.lexical_problem
     sharded.close()
 
 
@@ -140,7 +260,7 @@ def two_node_cluster():
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     subprocess.run(
         [
-            "ray",
+            *RAY,
             "start",
             "--head",
             "--node-ip-address",
@@ -159,7 +279,7 @@ def two_node_cluster():
     )
     subprocess.run(
         [
-            "ray",
+            *RAY,
             "start",
             "--address",
             f"127.0.0.1:{PORT}",
@@ -176,7 +296,7 @@ def two_node_cluster():
     try:
         yield f"127.0.0.1:{PORT}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+        subprocess.run([*RAY, "stop", "--force"], env=env, capture_output=True)
 
 
 def test_two_node_cluster(two_node_cluster, union, tmp_path):
@@ -222,6 +342,11 @@ def test_cli_build_and_search_on_ray(tmp_path):
     out = run("build", "docs.txt", "-o", "shards", "--ray", "--shards", "2", "--model", head)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3 documents in 2 shards" in out.stdout
+    lex = sorted(p.name for p in (tmp_path / "shards").glob("*.lex.sqlite"))
+    assert lex == ["shard-00000.bne.lex.sqlite", "shard-00001.bne.lex.sqlite"]
+    folder_store = DocStore(tmp_path / "shards" / "corpus")
+    assert not folder_store.has_lexical and folder_store.count() == 3  # the folder's docstore: texts only
+    folder_store.close()
     out = run("search", "shards", "Stock markets fell sharply.", "-k", "1", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     hit = json.loads(out.stdout)["results"][0]["hits"][0]

@@ -8,6 +8,10 @@ For every text the backbone runs once; the methods compared on the same features
 * ``binary``  - the trained head, Hamming (``1 - 2 * hamming / bits`` for STS);
 * ``binary+rescore`` - retrieval only: top ``--rescore`` Hamming candidates re-ranked by the float
   query logits against the candidates' {-1,+1} bits.
+* ``bm25`` - retrieval only: BM25 over the document texts (:mod:`bne.lexical_postings`, the index
+  ``bne build`` writes into the docstore), query words as ``bne search`` reads them;
+* ``<method>+hybrid`` - reciprocal rank fusion of that method's list and BM25's, with the defaults of
+  ``bne search --mode hybrid`` (``bne.lexical.RRF_K``, ``DEPTH``, ``WEIGHTS``).
 
 Retrieval searches go through :class:`bne.Index` (exact Hamming top-k). Metrics: STS numbers are
 Spearman correlations (not x100); retrieval Recall@10 / nDCG@10 (graded gains, BEIR style).
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import lexical
 from ..encoder.base import threads_option
 from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
 
@@ -141,6 +146,41 @@ def eval_sts(
     return out
 
 
+def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int) -> np.ndarray:
+    """(nq, depth) document rows ranked by BM25 (-1 = no more matches): the docs are indexed in an
+    in-memory SQLite file exactly as ``bne build`` indexes a docstore, the queries read as
+    ``bne search`` reads them."""
+    import sqlite3
+
+    from .. import lexical, lexical_postings
+
+    db = sqlite3.connect(":memory:")
+    lexical_postings.create(db)
+    for start in range(0, len(doc_texts), 4096):
+        chunk = range(start, min(start + 4096, len(doc_texts)))
+        lexical_postings.insert(db, list(chunk), [doc_texts[i] for i in chunk])
+    searcher = lexical_postings.Searcher(db)
+    out = np.full((len(query_texts), depth), -1, np.int64)
+    for qi, q in enumerate(query_texts):
+        hits = searcher.search(lexical.query_terms(q, repeats=lexical.QUERY_REPEATS), depth)
+        out[qi, : len(hits)] = [i for i, _ in hits]
+    db.close()
+    return out
+
+
+def fuse_lists(dense: np.ndarray, lexical_rows: np.ndarray, k: int) -> np.ndarray:
+    """(nq, k) rows of the RRF fusion of two ranked row lists (-1 = none), with the search defaults."""
+    from .. import lexical
+
+    out = np.full((len(dense), k), -1, np.int64)
+    for qi, (d, lx) in enumerate(zip(dense, lexical_rows, strict=True)):
+        fused = lexical.rrf_fuse(
+            [int(i) for i in d if i >= 0], [int(i) for i in lx if i >= 0], depth=lexical.DEPTH, limit=k
+        )
+        out[qi, : len(fused)] = [f.id for f in fused]
+    return out
+
+
 def eval_retrieval(
     methods: Methods,
     qf: np.ndarray,
@@ -150,31 +190,47 @@ def eval_retrieval(
     k: int = 10,
     rescore: int = 0,
     threads: int | None = None,
+    bm25: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Recall@k / nDCG@k of every method; with ``bm25`` (the BM25 lists of :func:`bm25_lists`), also
+    a ``bm25`` row and each method fused with it (``+hybrid``)."""
+    from .. import lexical
     from ..index import Index
 
     out: dict[str, dict[str, float]] = {}
+
+    def score(key: str, ranked: np.ndarray) -> None:
+        r, n = retrieval_metrics(ranked, qrels, k)
+        out[key] = {"recall@10": r, "ndcg@10": n}
+
+    depth = max(k, lexical.DEPTH) if bm25 is not None else k
+    if bm25 is not None:
+        score("bm25", bm25)
     for name in methods.names():
         rq, lq = methods.represent(name, qf)
         rd, _ = methods.represent(name, df)
         if name == "float":
             s = rq @ rd.T
-            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            r, n = retrieval_metrics(top, qrels, k)
-            out[name] = {"recall@10": r, "ndcg@10": n}
+            top = np.argsort(-s, axis=1, kind="stable")[:, :depth]
+            score(name, top)
+            if bm25 is not None:
+                score(name + "+hybrid", fuse_lists(top, bm25, k))
             continue
         index = Index(rd.shape[1] * 8)
         index.add(rd)
-        m = max(k, rescore or 0)
+        m = max(depth, rescore or 0)
         _, ids = index.search(rq, m, threads=threads)
-        r, n = retrieval_metrics(ids, qrels, k)
-        out[name] = {"recall@10": r, "ndcg@10": n}
+        score(name, ids)
+        hybrid = bm25 is not None and name.startswith("binary")
+        if hybrid:
+            score(name + "+hybrid", fuse_lists(ids, bm25, k))
         if rescore and name.startswith("binary"):
             from ..encoder.base import rescore_candidates
 
-            _, rids = rescore_candidates(lq, rd, ids, k)
-            r, n = retrieval_metrics(rids, qrels, k)
-            out[name + "+rescore"] = {"recall@10": r, "ndcg@10": n}
+            _, rids = rescore_candidates(lq, rd, ids[:, : max(k, rescore)], max(k, min(rescore, depth)))
+            score(name + "+rescore", rids)
+            if hybrid:
+                score(name + "+rescore+hybrid", fuse_lists(rids, bm25, k))
     return out
 
 
@@ -231,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)"
+    )
+    p.add_argument(
+        "--no-lexical",
+        dest="lexical",
+        action="store_false",
+        help="do not add the bm25 and +hybrid retrieval rows (BM25 over the document texts, fused by RRF)",
     )
     p.add_argument("--lsh-seed", type=int, default=0, help="seed of the LSH baseline's hyperplanes (default 0)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
@@ -347,7 +409,10 @@ def run(args) -> dict[str, Any]:
         qrel_rows = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
         df = _embed(enc0, [corpus[d] for d in dids], args, show)
         qf = _embed(enc0, [queries[q] for q in qids], args, show)
-        beir_data.append((f"{name}-{split}", qf, df, qrel_rows))
+        lex = None
+        if getattr(args, "lexical", True):
+            lex = bm25_lists([corpus[d] for d in dids], [queries[q] for q in qids], lexical.DEPTH)
+        beir_data.append((f"{name}-{split}", qf, df, qrel_rows, lex))
     runs = []
     for i, enc in enumerate(encs):
         methods = Methods(
@@ -364,9 +429,9 @@ def run(args) -> dict[str, Any]:
         }
         for name, (s1, s2, gold) in sts_data.items():
             res["sts"][name] = eval_sts(methods, feats, s1, s2, gold)
-        for key, qf, df, qrel_rows in beir_data:
+        for key, qf, df, qrel_rows, lex in beir_data:
             res["retrieval"][key] = eval_retrieval(
-                methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads
+                methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads, bm25=lex
             )
         runs.append(res)
     return {"runs": runs, "seconds": round(time.time() - t0, 1)}

@@ -1,0 +1,548 @@
+"""Collection.search's three modes (issue 17): each ranking against an oracle computed apart from
+bne.hybrid (dense: the index's own search of the fake encoder's codes; lexical: FTS5's bm25() over
+the same texts, bne.lexical; hybrid: rrf_fuse of those two lists), removed documents and allow-lists
+on both sides, collections without a lexical index, hostile query text, the CLI's options and
+--json, and a reader following a writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+import bne
+from bne import collection as bcoll
+from bne import hybrid, lexical
+from bne.corpus import Doc, doc_text
+from bne.docstore import DocStore, path_for
+from bne.encoder.base import search_codes
+from bne.errors import CollectionError
+from runner import run_main
+from test_cli_errors import one_line_error
+from test_collection import FakeEncoder
+
+WORDS = [
+    *("cat", "dog", "mat", "sun", "moon", "tree", "river", "stone", "bird", "fish", "apple", "bread", "cloud"),
+    *("rain", "snow", "wind", "fire", "water", "light", "dark", "green", "blue", "red", "house", "road", "city"),
+    *("field", "music", "paper", "glass"),
+]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    enc = FakeEncoder()
+    monkeypatch.setattr(bcoll, "load", lambda *a, **k: enc)
+    return enc
+
+
+def corpus(n: int, start: int = 0) -> list[Doc]:
+    """Texts with a real spread of term frequencies and lengths, and one unique word each."""
+    out = []
+    for i in range(start, start + n):
+        r = random.Random(i)
+        words = [r.choice(WORDS[: 8 + i % 23]) for _ in range(3 + i % 11)]
+        out.append(Doc(f"d{i}", " ".join(words) + f" item{i}", title=f"title {WORDS[i % len(WORDS)]}" if i % 3 else ""))
+    return out
+
+
+DOCS = corpus(120)
+QUERIES = ["cat on the mat", "river stone river", "green glass music", "item7 bird", "snow", "apple bread city"]
+
+
+@pytest.fixture
+def built(tmp_path, fake):
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(DOCS, commit_every=50)
+    return path
+
+
+def fts_oracle(docs: list[Doc], ids=None) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    lexical.create(conn)
+    lexical.insert(conn, range(len(docs)) if ids is None else ids, [doc_text(d.title, d.text) for d in docs])
+    return conn
+
+
+def dense_oracle(fake, path, q: str, k: int, rescore=None, allow=None):
+    codes, logits = fake.encode([q], return_logits=True)
+    with bne.open(path) as idx:
+        kw = {} if allow is None else {"allow": np.asarray(allow, np.int64)}
+        D, ids = search_codes(idx, codes, logits, min(k, len(idx)), rescore=rescore, **kw)
+    keep = ids[0] >= 0
+    return ids[0][keep].tolist(), D[0][keep].tolist()
+
+
+def hamming_of(fake, path, q: str, ids) -> list[int]:
+    codes = fake.encode([q])
+    with bne.open(path) as idx:
+        return bne.hamming(codes, idx.reconstruct(np.asarray(ids, np.int64)))[0].tolist()
+
+
+def ranked(res, q=0):
+    return [h.id for h in res.hits[q]]
+
+
+# -- the three rankings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rrf_k, depth, weights, rescore",
+    [
+        (60.0, 100, (1.0, 1.0), None),
+        (10.0, 15, (1.0, 0.5), None),
+        (0.0, 12, (0.3, 2.0), 30),
+        (60.0, 100, (1.0, 1.0), 50),
+    ],
+)
+def test_hybrid_is_rrf_of_the_dense_and_the_fts5_lists(built, fake, rrf_k, depth, weights, rescore):
+    oracle = fts_oracle(DOCS)
+    k = 10
+    with bne.Collection.open(built) as c:
+        res = c.search(QUERIES, k, rescore=rescore, rrf_k=rrf_k, depth=depth, weights=weights)
+    assert res.mode == "hybrid" and res.note is None and res.modes == ["hybrid"] * len(QUERIES)
+    for qi, q in enumerate(QUERIES):
+        side = max(depth, k)
+        dense, _ = dense_oracle(fake, built, q, side, rescore=rescore)
+        lex = lexical.bm25_search(oracle, lexical.query_terms(q, repeats=True), side)
+        want = lexical.rrf_fuse(dense, [i for i, _ in lex], k=rrf_k, weights=weights, limit=k)
+        hits = res.hits[qi]
+        assert [h.id for h in hits] == [f.id for f in want], q
+        assert [h.score for h in hits] == pytest.approx([f.score for f in want])
+        assert [(h.dense_rank, h.lexical_rank) for h in hits] == [(f.dense_rank, f.lexical_rank) for f in want]
+        scores = dict(lex)
+        for h in hits:
+            assert h.bm25 == (None if h.id not in scores else pytest.approx(scores[h.id], rel=1e-9))
+            assert (h.bm25 is None) == (h.lexical_rank is None)
+            assert (h.doc_id, h.text) == (DOCS[h.id].ext_id, DOCS[h.id].text)
+        assert [h.distance for h in hits] == hamming_of(fake, built, q, [h.id for h in hits])
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    # words and bits both count: some hits come from one side only (else the test proves little)
+    every = [h for row in res.hits for h in row]
+    assert any(h.lexical_rank for h in every) and any(h.dense_rank for h in every)
+    assert depth >= 50 or weights[1] < weights[0] or any(h.dense_rank is None for h in every)
+
+
+def test_lexical_mode_is_fts5_bm25_and_dense_mode_is_hamming(built, fake):
+    oracle = fts_oracle(DOCS)
+    with bne.Collection.open(built) as c:
+        lex = c.search(QUERIES, 7, mode="lexical")
+        dense = c.search(QUERIES, 7, mode="dense")
+        rescored = c.search(QUERIES, 7, mode="dense", rescore=40)
+    assert (lex.mode, dense.mode) == ("lexical", "dense") and lex.note is None and dense.note is None
+    for qi, q in enumerate(QUERIES):
+        want = lexical.bm25_search(oracle, lexical.query_terms(q, repeats=True), 7)
+        assert [(h.id, h.score) for h in lex.hits[qi]] == [(i, pytest.approx(s, rel=1e-9)) for i, s in want]
+        assert all(h.bm25 == h.score and h.dense_rank is None for h in lex.hits[qi])
+        assert [h.lexical_rank for h in lex.hits[qi]] == list(range(1, len(want) + 1))
+        ids, dist = dense_oracle(fake, built, q, 7)
+        assert [(h.id, h.distance) for h in dense.hits[qi]] == list(zip(ids, dist, strict=True))
+        assert all(h.bm25 is None and h.lexical_rank is None and h.score is None for h in dense.hits[qi])
+        assert [h.dense_rank for h in dense.hits[qi]] == list(range(1, 8))
+        ids, scores = dense_oracle(fake, built, q, 7, rescore=40)
+        assert ranked(rescored, qi) == ids and [h.score for h in rescored.hits[qi]] == pytest.approx(scores)
+        # rescored hits still show their Hamming distance
+        assert [h.distance for h in rescored.hits[qi]] == hamming_of(fake, built, q, ids)
+
+
+def test_the_lexical_side_runs_beside_the_dense_side(built, fake, monkeypatch):
+    seen = []
+    real = hybrid.lexical_postings.Searcher.search
+
+    def spy(self, *a, **k):
+        seen.append(threading.current_thread().name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(hybrid.lexical_postings.Searcher, "search", spy)
+    with bne.Collection.open(built) as c:
+        c.search(QUERIES[:2], 3)
+        c.search(QUERIES[:1], 3)
+    assert len(seen) == 3 and all(name.startswith("bne-lexical") for name in seen)
+
+
+# -- removed documents and allow-lists ------------------------------------------------------------
+
+
+def test_removed_documents_never_come_back_from_either_side(built, fake):
+    gone = [7, 8, 30, 31, 55]
+    queries = [doc_text(DOCS[i].title, DOCS[i].text) for i in gone] + [f"item{i}" for i in gone]
+    reader = bne.Collection.open(built)
+    before = reader.search(queries, 5, mode="lexical")
+    assert {h.id for row in before.hits for h in row} >= set(gone)  # found while present
+    with bne.open(built, mode="a") as idx:
+        idx.remove(gone)
+        idx.commit()
+    assert reader.refresh()  # the lexical mask follows the refreshed index
+    live = set(range(len(DOCS))) - set(gone)
+    oracle = fts_oracle(DOCS)
+    for c in (reader, bne.Collection.open(built)):
+        for mode in ("hybrid", "dense", "lexical"):
+            res = c.search(queries, 20, mode=mode)
+            assert not {h.id for row in res.hits for h in row} & set(gone), mode
+            assert all(len(row) > 0 for row in res.hits[: len(gone)]) or mode == "lexical"
+        lex = c.search(queries, 6, mode="lexical")
+        for qi, q in enumerate(queries):
+            want = lexical.bm25_search(oracle, lexical.query_terms(q, repeats=True), 6, allowed=live)
+            assert ranked(lex, qi) == [i for i, _ in want]
+        c.close()
+
+
+def test_allow_restricts_both_sides(built, fake):
+    allow = [3, 5, 11, 12, 40, 41, 42, 99, 100]
+    oracle = fts_oracle(DOCS)
+    with bne.Collection.open(built) as c:
+        for mode in ("hybrid", "dense", "lexical"):
+            res = c.search(QUERIES, 6, mode=mode, allow=allow)
+            assert {h.id for row in res.hits for h in row} <= set(allow), mode
+        res = c.search(QUERIES, 6, allow=np.array(allow), depth=8)
+        assert c.search(QUERIES, 6, allow=[]).hits == [[] for _ in QUERIES]
+        with pytest.raises(TypeError, match="integer ids"):
+            c.search(QUERIES, 6, allow=np.ones(len(DOCS), bool))
+    for qi, q in enumerate(QUERIES):
+        dense, _ = dense_oracle(fake, built, q, 8, allow=allow)
+        lex = lexical.bm25_search(oracle, lexical.query_terms(q, repeats=True), 8, allowed=set(allow))
+        want = lexical.rrf_fuse(dense, [i for i, _ in lex], limit=6)
+        assert ranked(res, qi) == [f.id for f in want]
+
+
+# -- collections without a lexical index ----------------------------------------------------------
+
+
+def drop_lexical(path) -> None:
+    conn = sqlite3.connect(path_for(path))
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'lexp_%'").fetchall():
+        conn.execute(f"DROP TABLE {name}")
+    conn.commit()
+    conn.close()
+
+
+def snapshot_of(folder) -> dict[str, tuple[bytes, int]]:
+    return {n: ((folder / n).read_bytes(), os.stat(folder / n).st_mtime_ns) for n in sorted(os.listdir(folder))}
+
+
+def test_without_a_lexical_index_dense_with_one_note_and_nothing_written(built, fake, tmp_path):
+    drop_lexical(built)
+    before = snapshot_of(tmp_path)
+    os.chmod(tmp_path, 0o555)
+    try:
+        with bne.Collection.open(built) as c:
+            res = c.search(QUERIES, 5)
+            assert res.mode == "dense" and res.modes == ["dense"] * len(QUERIES)
+            assert res.note is not None and "\n" not in res.note
+            assert f"{path_for(built)} has no lexical index: dense ranking only" in res.note
+            assert "bne build" in res.note and "--append" in res.note
+            ids, _ = dense_oracle(fake, built, QUERIES[0], 5)
+            assert ranked(res) == ids
+            assert c.search(QUERIES, 5, mode="dense").note is None  # asked for: nothing to say
+            for mode in ("hybrid", "lexical"):
+                with pytest.raises(CollectionError, match=f"^{mode} search: .* has no lexical index; `bne build") as e:
+                    c.search(QUERIES, 5, mode=mode)
+                assert "\n" not in str(e.value)
+        code, out, err = run_main("search", built, "cat", "dog", "snow", "-k", "2")
+        assert code == 0 and err.count("has no lexical index") == 1 and err.count("bne: note:") == 1, err
+        assert out.startswith("mode: dense") and out.count("query: ") == 3
+        one_line_error(*run_main("search", built, "cat", "--mode", "hybrid")[::2], "has no lexical index", "--append")
+        one_line_error(*run_main("search", built, "cat", "--mode", "lexical")[::2], "has no lexical index")
+        code, out, err = run_main("search", built, "cat", "--mode", "dense", "--json")
+        assert code == 0 and "note" not in err and json.loads(out)["results"][0]["mode"] == "dense"
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert snapshot_of(tmp_path) == before  # read-only: not a byte or an mtime changed
+
+
+def test_a_docstore_made_without_the_lexical_index_and_an_incomplete_one(tmp_path, fake):
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(DOCS[:40])
+    os.remove(path_for(path))
+    store = DocStore(path, create=True, lexical=False)
+    store.insert(range(40), DOCS[:40])
+    store.commit()
+    with bne.Collection.open(path) as c:
+        assert c.search(["cat"], 3).mode == "dense"
+        steps = store.add_lexical(step=16)
+        next(steps)  # one step of the backfill committed: incomplete
+        res = c.search(["cat"], 3)
+        assert res.mode == "dense" and "incomplete" in (res.note or "")
+        with pytest.raises(CollectionError, match="incomplete"):
+            c.search(["cat"], 3, mode="lexical")
+        list(steps)
+        res = c.search([doc_text(DOCS[3].title, DOCS[3].text)], 3)  # backfill done: hybrid from the next search
+        top = res.hits[0][0]
+        assert res.mode == "hybrid" and (top.id, top.dense_rank, top.lexical_rank) == (3, 1, 1)
+    store.close()
+
+
+def test_a_missing_docstore_gives_the_dense_ranking_and_the_warning(built, fake):
+    os.remove(path_for(built))
+    with bne.Collection.open(built) as c:
+        res = c.search(QUERIES, 3)
+        assert res.mode == "dense" and res.note is None and "not found" in (res.warning or "")
+        with pytest.raises(CollectionError, match="document store not found"):
+            c.search(QUERIES, 3, mode="hybrid")
+
+
+# -- hostile query text -----------------------------------------------------------------------------
+
+
+def hostile_queries() -> list[str]:
+    base = [
+        "",
+        " ",
+        "!!!",
+        "?.,;:-_()[]{}<>",
+        '"',
+        '""',
+        '"unbalanced',
+        "cat*",
+        "*",
+        "^cat",
+        "cat NEAR dog",
+        "NEAR(cat dog, 2)",
+        "NEAR(",
+        "text: cat",
+        "title:cat",
+        "docs_fts:cat",
+        "cat AND dog",
+        "cat OR",
+        "NOT cat",
+        "AND",
+        "OR OR OR",
+        "(cat",
+        "cat)",
+        "((((",
+        "))))",
+        "cat\x00dog",
+        "\x00",
+        "\x1b[31mred\x1b[0m",
+        "\t\n\r",
+        "'; DROP TABLE docs; --",
+        "1' OR '1'='1",
+        "cat' --",
+        "%",
+        "_",
+        "\\",
+        "é",
+        "café naïve",
+        "🐈 cat 🐕",
+        "\u202eevil",
+        "\ufeffcat",
+        "a" * 5000,
+        "cat " * 2000,
+        "x" * 10_000_000,
+        "cat " * 2_500_000,
+    ]
+    r = random.Random(17)
+    pieces = ['"', "*", "(", ")", ":", "^", "-", "+", "NEAR", "AND", "OR", "NOT", "cat", "river", "{", "}"]
+    pieces += ["\x00", "\x07"]
+    pieces += ["item7", "MATCH", "rowid", "bm25(", "'", ";", "--", "/*", "é", "\u0301", "\ud7ff", "0", "1e9", " "]
+    for _ in range(260):
+        base.append("".join(r.choice(pieces) + r.choice(["", " "]) for _ in range(r.randint(1, 12))))
+    return base
+
+
+def test_hostile_queries_never_fail_and_an_empty_one_gets_the_dense_ranking(built, fake):
+    queries = hostile_queries()
+    assert len(queries) > 300
+    with bne.Collection.open(built) as c:
+        for mode in ("hybrid", "dense", "lexical"):
+            res = c.search(queries, 5, mode=mode)
+            assert len(res.hits) == len(queries) and len(res.modes) == len(queries)
+            assert all(0 <= h.id < len(DOCS) for r in res.hits for h in r)
+        hyb = c.search(queries, 5)
+        lex = c.search(queries, 5, mode="lexical")
+        for q, row, m, lrow in zip(queries, hyb.hits, hyb.modes, lex.hits, strict=True):
+            if not lexical.query_terms(q, repeats=True):  # no word: the dense ranking, no lexical hit
+                assert m == "dense" and [h.lexical_rank for h in row] == [None] * len(row)
+                assert [h.id for h in row] == dense_oracle(fake, built, q, 5)[0] and lrow == []
+            else:
+                assert m == "hybrid"
+        empty = c.search(["", "!!!"], 5, mode="lexical")
+        assert empty.hits == [[], []] and "no hits" in (empty.note or "")
+
+
+def test_hostile_queries_through_the_cli(built, fake, tmp_path):
+    queries = hostile_queries()[:80] + ["x" * 10_000_000]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"_id": str(i), "text": q}) + "\n" for i, q in enumerate(queries)))
+    for mode in ("hybrid", "lexical", "dense"):
+        code, out, err = run_main("search", built, "--queries", qfile, "--mode", mode, "--json", "-k", "3")
+        assert code == 0 and "Traceback" not in err and "rror" not in err, err
+        res = json.loads(out)
+        assert len(res["results"]) == len(queries) and res["mode"] == mode
+    args = ["cat AND dog", "NEAR(cat", '"', "title:x*", ")", "\x1b[2J"]
+    code, out, err = run_main("search", built, *args, "-k", "2")
+    assert code == 0 and "\x1b" not in out and out.count("query: ") == len(args), err
+    assert "(no word to search for: dense ranking)" in out  # the query '"'
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def test_json_fields_match_the_api(built, fake):
+    with bne.Collection.open(built) as c:
+        api = c.search(QUERIES[:3], 4, rrf_k=20, depth=30, weights=(1.0, 2.0))
+    code, out, err = run_main(
+        "search", built, *QUERIES[:3], "-k", "4", "--rrf-k", "20", "--depth", "30", "--weights", "1,2", "--json"
+    )
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["mode"] == "hybrid"
+    for r, row in zip(res["results"], api.hits, strict=True):
+        assert r["mode"] == "hybrid"
+        assert [
+            (h["id"], h["distance"], h["bm25"], h["dense_rank"], h["lexical_rank"], h["score"]) for h in r["hits"]
+        ] == [(h.id, h.distance, h.bm25, h.dense_rank, h.lexical_rank, h.score) for h in row]
+    code, out, _ = run_main("search", built, "snow", "--mode", "lexical", "--json", "-k", "2")
+    h = json.loads(out)["results"][0]["hits"][0]
+    assert h["score"] == h["bm25"] > 0 and h["lexical_rank"] == 1 and h["dense_rank"] is None
+    code, out, err = run_main("search", built, "item7 bird", "-k", "3")
+    assert code == 0 and out.startswith("mode: hybrid (dense + lexical, reciprocal rank fusion k=60"), out
+    assert "rrf=" in out and "bm25=" in out and "ranks=" in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--mode", "bits"], "invalid choice"),
+        (["--rrf-k", "-1"], ">= 0"),
+        (["--rrf-k", "nan"], ">= 0"),
+        (["--rrf-k", "x"], "expected a number"),
+        (["--depth", "0"], "--depth"),
+        (["--weights", "1"], "DENSE,LEXICAL"),
+        (["--weights", "0,0"], "not both 0"),
+        (["--weights", "1,-2"], "DENSE,LEXICAL"),
+        (["--weights", "inf,1"], "DENSE,LEXICAL"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(built, fake, args, needle):
+    code, out, err = run_main("search", built, "cat", *args)
+    assert code == 2 and out == ""
+    one_line_error(code, err, needle)
+
+
+def test_bad_api_arguments(built, fake):
+    with bne.Collection.open(built) as c:
+        for kw in ({"mode": "bits"}, {"rrf_k": -1}, {"depth": 0}, {"weights": (1, 2, 3)}, {"weights": (0, 0)}):
+            with pytest.raises(ValueError):
+                c.search(["cat"], 3, **kw)
+        with pytest.raises(TypeError, match="list of query texts"):
+            c.search("cat", 3)
+
+
+# -- a reader following a writer --------------------------------------------------------------------
+
+
+def test_a_reader_sees_a_writers_new_documents_on_both_sides_after_refresh(built, fake):
+    new = corpus(30, start=len(DOCS))
+    q = [doc_text(new[5].title, new[5].text)]
+    reader = bne.Collection.open(built)
+    assert len(reader.search(q, 3).hits[0]) == 3  # the reader's docstore connection is open from here on
+    with bne.Collection.open(built, mode="a") as w:  # the reader's connection does not block this writer
+        w.add(new[:20], commit_every=7)
+        # the docstore holds the texts of a batch before the index holds its codes: the index decides
+        assert 125 not in [h.id for h in reader.search(q, 10, mode="lexical").hits[0]]
+        assert reader.refresh()
+        top = reader.search(q, 3).hits[0][0]
+        assert (top.id, top.doc_id, top.dense_rank, top.lexical_rank, top.distance) == (125, "d125", 1, 1, 0)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def follow():
+            try:
+                while not stop.is_set():
+                    reader.refresh()
+                    reader.search(q, 5)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=follow)
+        t.start()
+        try:
+            w.add(new[20:], commit_every=2)  # commits while the reader searches
+        finally:
+            stop.set()
+            t.join()
+        assert not errors
+    reader.refresh()
+    res = reader.search([f"item{len(DOCS) + 29}"], 2, mode="lexical")
+    assert res.hits[0][0].id == len(DOCS) + 29
+    reader.close()
+
+
+# -- a folder of shards: the call to the sharded index's lexical side ------------------------------
+
+
+class _Shards:
+    lexical_ready = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __len__(self) -> int:
+        return 50
+
+    def search(self, codes, k):
+        D = np.tile(np.arange(k, dtype=np.int32), (len(codes), 1))
+        return D, np.tile(np.arange(k, dtype=np.int64), (len(codes), 1))
+
+    def lexical_search(self, terms, depth, allowed=None):
+        self.calls.append((terms, depth, allowed))
+        return [[(40 - j, 10.0 - j) for j in range(min(depth, 5))] for _ in terms]
+
+
+class _ShardedColl:
+    sharded = True
+    path = "folder"
+
+    def __init__(self, fake) -> None:
+        self.index = _Shards()
+        self._fake = fake
+
+    def encoder(self, purpose):
+        return self._fake
+
+
+def test_a_folder_of_shards_fuses_its_lexical_search(fake):
+    coll = _ShardedColl(fake)
+    docs = lambda ids: ({}, None)  # noqa: E731
+    res = hybrid.search(
+        coll, ["cat dog", "!!"], 4, mode=None, rescore=None, threads=None, allow=None, rrf_k=60.0, depth=20,
+        weights=(1.0, 1.0), documents=docs,
+    )  # fmt: skip
+    assert coll.index.calls == [([['"cat"', '"dog"'], []], 20, None)]
+    assert res.mode == "hybrid" and res.modes == ["hybrid", "dense"]
+    want = lexical.rrf_fuse(list(range(20)), [40 - j for j in range(5)], limit=4)
+    assert ranked(res) == [f.id for f in want] and ranked(res, 1) == [0, 1, 2, 3]
+    coll.index.lexical_ready = False
+    res = hybrid.search(
+        coll, ["cat"], 4, mode=None, rescore=None, threads=None, allow=None, rrf_k=60.0, depth=20,
+        weights=(1.0, 1.0), documents=docs,
+    )  # fmt: skip
+    assert res.mode == "dense" and "folder has no lexical index" in (res.note or "")
+
+
+def test_huge_index_ids_allocate_no_huge_mask(tmp_path, fake):
+    """An index written through the API may hold any ids: the live-id mask stops at the docstore's last row."""
+    path = tmp_path / "api.bne"
+    texts = [doc_text(d.title, d.text) for d in DOCS[:3]]
+    with bne.open(path, mode="a", bits=1024, metadata={"model": "default", "bits": 1024}) as idx:
+        idx.add(fake.encode(texts), ids=np.array([0, 1, 10**15], np.int64))
+        idx.commit()
+    store = DocStore(path, create=True)
+    store.insert([0, 1, 2], DOCS[:3])
+    store.commit()
+    store.close()
+    with bne.Collection.open(path) as c:
+        res = c.search([texts[2], texts[1]], 3)
+        mask = c.lexical.live_mask(c.index)
+    assert res.mode == "hybrid" and mask.tolist() == [True, True]  # row 2 is no index id: never a lexical hit
+    big = next(h for h in res.hits[0] if h.id == 10**15)
+    assert (big.dense_rank, big.lexical_rank, big.distance, big.doc_id) == (1, None, 0, str(10**15))
+    assert res.hits[1][0].id == 1 and (res.hits[1][0].dense_rank, res.hits[1][0].lexical_rank) == (1, 1)
+    assert 2 not in [h.id for row in res.hits for h in row]
