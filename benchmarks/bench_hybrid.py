@@ -345,6 +345,55 @@ def test_build_rate(benchmark):
     assert size[True] > size[False]
 
 
+REAL_N = int(os.environ.get("BNE_BENCH_BUILD_REAL_N", 0))
+
+
+@pytest.mark.skipif(not REAL_N, reason="set BNE_BENCH_BUILD_REAL_N (e.g. 2048): minutes of real encoding")
+def test_build_rate_real_encoder(benchmark):
+    """As ``bne build`` runs: the collection's own bulk encoder, REAL_N documents (the first of the
+    corpus), with and without the lexical index, alternately."""
+    import bne
+
+    folder = os.path.join(CACHE, "build-real")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    rows = []
+    try:
+        for lex in (True, False, False, True):
+            path = os.path.join(folder, f"r{len(rows)}.bne")
+            coll = bne.Collection.create(path)
+            coll.encoder("bulk", docs=REAL_N)  # loaded before the clock, as the build's model load is not the add
+            if not lex:
+                lexical_off(coll)
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                res = coll.add(docs(REAL_N))
+            finally:
+                coll.close()
+            seconds, cpu = time.perf_counter() - t, time.process_time() - c
+            assert res.added == REAL_N
+            rows.append(
+                {
+                    "lexical": lex,
+                    "docs_per_s": round(REAL_N / seconds, 1),
+                    "docs_per_cpu_s": round(REAL_N / cpu, 1),
+                    "load": load_text(),
+                }
+            )
+        benchmark.pedantic(lambda: None, rounds=1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    RESULTS["build_real_encoder"] = rows
+    for key in ("docs_per_s", "docs_per_cpu_s"):
+        w = statistics.mean(r[key] for r in rows if r["lexical"])
+        wo = statistics.mean(r[key] for r in rows if not r["lexical"])
+        SUMMARY.append(
+            f"build {REAL_N:,d} docs, real encoder, {key}: with lexical {w:.1f}, without {wo:.1f}, ratio {w / wo:.3f}"
+        )
+    for r in rows:
+        SUMMARY.append(f"  real build {json.dumps(r)}")
+
+
 def main() -> None:
     import argparse
 
