@@ -1,4 +1,4 @@
-"""The ``bne`` command: build, search, info, verify, bench, demo, train, eval.
+"""The ``bne`` command: build, search, info, verify, remove, bench, demo, train, eval.
 
 The parser and the entry point; what each subcommand does is in :mod:`bne.commands`. User
 mistakes print one line on stderr and exit non-zero; ``--debug`` shows the traceback. Arguments
@@ -28,6 +28,7 @@ from .commands import (
     cmd_eval,
     cmd_info,
     cmd_models,
+    cmd_remove,
     cmd_search,
     cmd_shard,
     cmd_train,
@@ -157,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = functools.partial(sub.add_parser, allow_abbrev=False)
 
     b = cmd("build", help="encode a corpus into an index file (+ a SQLite docstore beside it)")
-    b.add_argument("input", help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder")
+    b.add_argument(
+        "input",
+        nargs="?",
+        help=".txt (a document per line), .jsonl (id, text, title), .tsv/.csv, or a BEIR folder; left out with "
+        "--append, only the lexical (BM25) index of an index built by an older bne is added",
+    )
     b.add_argument("-o", "--output", required=True, help="index file to write")
     b.add_argument(
         "--bits",
@@ -185,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to encode: cuda (torch fp16), cpu, or auto (cuda when a GPU is visible)",
     )
-    b.add_argument("--append", action="store_true", help="add to an existing index (skips documents already in it)")
+    b.add_argument(
+        "--append",
+        action="store_true",
+        help="add to an existing index (skips documents already in it); an index built by an older bne first "
+        "gets its lexical index (resumable)",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
@@ -267,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = cmd("verify", help="check every checksum of an index file (exit 1 on damage)")
     v.add_argument("index", help="index file")
     v.set_defaults(fn=cmd_verify)
+
+    rm = cmd("remove", help="remove documents by their ids from an index file, its docstore and lexical index")
+    rm.add_argument("index", help="index file")
+    rm.add_argument(
+        "doc_ids", nargs="*", metavar="ID", help="ids of the documents to remove (doc_id in bne search --json)"
+    )
+    rm.add_argument("--ids", metavar="FILE", help="a file of document ids to remove, one per line ('-' for stdin)")
+    rm.add_argument("--compact", action="store_true", help="then rewrite the files without the removed documents")
+    rm.set_defaults(fn=cmd_remove)
 
     be = cmd("bench", help="the 'Why binary?' speed table: float32, INT8, FAISS binary, bne")
     be.add_argument("--sizes", type=sizes_arg, default="10k,100k,1M", help="comma-separated database sizes (10k, 1M)")

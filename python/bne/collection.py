@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, distributed, hybrid, mapped, storage
+from . import _core, distributed, hybrid, mapped, storage, upkeep
 from .codes import check_bits
 from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
@@ -205,11 +205,13 @@ class Collection:
         commit_every: int = 2048,
         progress: Callable[[Progress], None] | None = None,
         source: str = "the input",
+        lexical_progress: upkeep.LexicalProgress | None = None,
     ) -> AddResult:
         """Encodes and commits the documents not already present (by ``Doc.ext_id``), in durable
         batches of ``commit_every``. A new collection given no documents raises, naming
         ``source``. Ctrl-C (KeyboardInterrupt) finishes the commit in flight and returns with
-        ``interrupted=True``; every batch committed before stays."""
+        ``interrupted=True``; every batch committed before stays. An older collection gets its
+        lexical index first (:meth:`add_lexical_index`, reporting to ``lexical_progress``)."""
         if not self.writable:
             raise CollectionError(f"{self.path} is open read-only")
         if self.sharded:
@@ -222,12 +224,18 @@ class Collection:
         store: DocStore | None = None
         fresh = self.index is None
         try:
+            if not fresh:
+                store = self._writer_store()
+                result.dropped = upkeep.drop_stale(store, self.index)
+                if not upkeep.add_lexical(store, lexical_progress):  # Ctrl-C: its committed steps stay
+                    result.interrupted = True
+                    self._close_store(store)
+                    return result
             encoder = self.encoder("bulk", docs=reader.count_up_to(INT8_MIN_DOCS))
             seen: set[str] = set()
             legacy: Callable[[list[Doc]], set[str]] = lambda todo: set()  # noqa: E731
-            if not fresh:
-                old = store = self._writer_store()
-                result.dropped = old.delete_above(self.index.info()["max_id"])
+            if store is not None:
+                old = store
                 seen = old.ext_ids()
                 legacy = lambda todo: legacy_present(old, todo)  # noqa: E731
             committer = Committer(self, store)
@@ -255,6 +263,25 @@ class Collection:
                 raise CollectionError(f"empty corpus: no documents in {source}")
         result.seconds = time.perf_counter() - t0
         return result
+
+    def add_lexical_index(
+        self, progress: upkeep.LexicalProgress | None = None, step: int = upkeep.LEXICAL_STEP
+    ) -> bool:
+        """Adds the lexical (BM25) index to a collection built by an older bne, ``step`` documents
+        per commit, reporting (done, total) after each; True once complete. Resumable: Ctrl-C
+        returns False and keeps the committed steps. A read-only docstore is refused, unwritten."""
+        return upkeep.add_lexical_index(self, progress, step)
+
+    def remove(self, ext_ids: Iterable[str]) -> int:
+        """Removes the documents with these ids (``Doc.ext_id``) from the index, then from the
+        docstore and its lexical index (see :mod:`bne.upkeep`); returns how many were removed."""
+        with upkeep.writer(self, "remove documents from") as store:
+            return upkeep.remove(store, self.index, ext_ids)[0]
+
+    def compact(self) -> None:
+        """Rewrites the index without its removed codes and the lexical index as one segment."""
+        with upkeep.writer(self, "compact") as store:
+            upkeep.compact(store, self.index)
 
     def _writer_store(self) -> DocStore:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)  # the docstore holds the same corpus: same bits
@@ -410,6 +437,8 @@ class Collection:
         else:
             try:
                 info["documents"] = store.count()
+                if not self.sharded:  # a folder's corpus.docs.sqlite has texts only (a lexical index per shard)
+                    info["lexical"] = upkeep.lexical_info(store)
             except DocStoreError as e:
                 warning = str(e)
             finally:
@@ -419,8 +448,8 @@ class Collection:
         return info
 
     def verify(self) -> dict[str, Any]:
-        """Checks every checksum of the index and the docstore's integrity; raises on damage.
-        Returns what was checked."""
+        """Checks every checksum of the index, the docstore's integrity and its lexical index
+        against its rows; raises on damage. Returns what was checked."""
         if self.index is None or self.sharded:
             raise CollectionError(f"{self.path}: verify takes an index file")
         self.index.verify()
@@ -439,6 +468,7 @@ class Collection:
             store.check_integrity()
             out["documents"] = store.count()
             out["past_commit"] = store.count_above(info["max_id"])
+            out["lexical"] = upkeep.verify_lexical(store, self.index)  # raises on a mismatch
         finally:
             store.close()
         return out

@@ -50,6 +50,8 @@ def cmd_build(args) -> int:
     from .corpus import read_corpus
 
     out = args.output
+    if args.input is None and (args.ray or not args.append):
+        raise UserError("give the input to encode (only --append may leave it out: then the lexical index is added)")
     if args.ray:
         result = build_sharded(
             out,
@@ -69,18 +71,32 @@ def cmd_build(args) -> int:
         return 0
     if not out:
         raise UserError("-o is empty: give the index file to write")
-    if args.append and os.path.lexists(out) and not os.path.isdir(out):
+    if args.input is None:
+        return _lexical_only(out, args.quiet)
+    appending = args.append and os.path.lexists(out) and not os.path.isdir(out)
+    if appending:
         coll = open_to_append(out, args.model, args.bits, device=args.device, threads=args.threads)
     else:
         check_new_path(out)
         coll = Collection.create(out, model=args.model, bits=args.bits, device=args.device, threads=args.threads)
     if args.threads:
         _core.set_num_threads(args.threads)
+    got: list[int] = []
+    handlers = _stop_on_signals(got)
+    if appending:  # an older collection gets its lexical index first (resumable), then the new documents
+        try:
+            stopped = _add_lexical(coll, out, args.quiet, got)
+        except BaseException:
+            coll.close()
+            _restore(handlers)
+            raise
+        if stopped is not None:
+            coll.close()
+            _restore(handlers)
+            return stopped
     bar = ProgressBar(
         args.quiet, model=f"model {safe(coll.model.name)} ({coll.bits} bits)" if coll.model else "the model"
     )
-    got: list[int] = []
-    handlers = _stop_on_signals(got)
     try:
         with coll:
             r = coll.add(
@@ -125,6 +141,67 @@ def cmd_build(args) -> int:
         return 128 + got[0] if got else EXIT_INTERRUPTED
     assert info is not None
     print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({r.added} added, {r.present} already present)")
+    return 0
+
+
+def _add_lexical(coll, out: str, quiet: bool, got: list[int]) -> int | None:
+    """Adds the lexical index to an older collection's docstore (nothing when it has one or has no
+    docstore), with a progress line per committed step. None when it is complete; the exit code
+    when Ctrl-C / SIGTERM / SIGHUP stopped it (its committed steps stay)."""
+    state = coll.info().get("lexical")
+    if state is None or state["state"] == "ready":
+        return None
+    seen = [state["indexed"], state["rows"]]
+
+    def report(done: int, total: int) -> None:
+        seen[:] = [done, total]
+        if not quiet:
+            print(f"bne: adding the lexical index: {done} of {total} documents", file=sys.stderr, flush=True)
+
+    from .upkeep import writable_or_say
+
+    writable_or_say(coll.docstore_path)  # before any progress line: the error is the one line
+    if not quiet:
+        report(*seen)
+    try:
+        complete = coll.add_lexical_index(report)
+    except KeyboardInterrupt:  # a signal before add_lexical_index could take it
+        if not got:
+            raise
+        complete = False
+    if complete:
+        return None
+    by = f" by {signal.Signals(got[0]).name}" if got else ""
+    print(
+        f"bne: interrupted{by} while adding the lexical index to {safe(out)}: {seen[0]} of {seen[1]} documents "
+        f"indexed (run again to continue)",
+        file=sys.stderr,
+    )
+    return 128 + got[0] if got else EXIT_INTERRUPTED
+
+
+def _lexical_only(out: str, quiet: bool) -> int:
+    """``bne build --append -o INDEX`` without input: adds the lexical index of an older index."""
+    from .collection import Collection
+    from .shards import is_sharded
+
+    if is_sharded(out) or os.path.isdir(out):
+        raise UserError(f"{out} is a folder: a folder of shards gets its lexical indexes from bne build --ray")
+    if not os.path.lexists(out):
+        raise UserError(f"{out} not found: --append without input adds the lexical index of an existing index")
+    got: list[int] = []
+    handlers = _stop_on_signals(got)
+    try:
+        with Collection.open(out, mode="a") as coll:
+            if coll.info().get("documents") is None:
+                raise UserError(f"{out} has no docstore ({coll.docstore_path}): no documents to index")
+            stopped = _add_lexical(coll, out, quiet, got)
+            state = coll.info()["lexical"]
+    finally:
+        _restore(handlers)
+    if stopped is not None:
+        return stopped
+    print(f"{safe(out)}: the lexical index is ready ({state['documents']} documents)")
     return 0
 
 
@@ -312,6 +389,8 @@ def cmd_info(args) -> int:
         "isa",
     ):
         print(f"{key:15s} {safe(info.get(key))}")
+    if "lexical" in info:
+        print(f"{'lexical':15s} {lexical_line(info.pop('lexical'), args.index)}")
     for key in ("model", "model_sha256", "model_kind"):
         meta.pop(key, None)
     desc = (
@@ -323,6 +402,51 @@ def cmd_info(args) -> int:
     print(f"{'model':15s} {safe(desc)}" + (f" [{safe(name)}]" if name else ""))
     if meta:  # anything else save(metadata=...) stored, on one line
         print(f"{'metadata':15s} {safe(json.dumps(meta, ensure_ascii=False))}")
+    return 0
+
+
+def lexical_line(state: dict[str, Any], index: str) -> str:
+    """The lexical index's state in words, for info and verify."""
+    if state["state"] == "ready":
+        return f"ready ({state['documents']} documents)"
+    fix = f"bne build --append -o {safe(index)}"
+    if state["state"] == "partial":
+        return f"being added: {state['indexed']} of {state['rows']} documents (continue with: {fix})"
+    return f"none (an older docstore; add it with: {fix})"
+
+
+def _read_ids(path: str) -> list[str]:
+    """Document ids, one per line (blank lines skipped), from a file or '-' (stdin)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise UserError(f"--ids {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--ids {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_remove(args) -> int:
+    from .collection import Collection
+
+    index_arg(args.index)
+    ids = list(dict.fromkeys([*(args.doc_ids or []), *(_read_ids(args.ids) if args.ids else [])]))
+    if not ids and not args.compact:
+        raise UserError("give the ids of the documents to remove (or --ids FILE), or --compact")
+    with Collection.open(args.index, mode="a") as coll:
+        removed = coll.remove(ids) if ids else 0
+        if args.compact:
+            coll.compact()
+        live = len(coll)
+    missing = f", {len(ids) - removed} not found" if len(ids) > removed else ""
+    done = "; compacted" if args.compact else (" (bne remove --compact shrinks the files)" if removed else "")
+    print(f"{safe(args.index)}: removed {removed} documents{missing}; {live} remain{done}")
     return 0
 
 
@@ -380,6 +504,15 @@ def cmd_verify(args) -> int:
             f"; docstore intact: {n} documents, {extra} past the last commit of the index "
             f"(dropped by the next --append)"
         )
+    lex = checked.get("lexical")
+    if lex is not None:
+        docs += "; lexical index " + (
+            f"matches the docstore ({lex['documents']} documents)"
+            if lex["state"] == "ready"
+            else lexical_line(lex, args.index)
+        )
+        if lex["stale"]:  # rows of removed documents: a remove or compact stopped between its commits
+            docs += f"; {lex['stale']} rows of removed documents (dropped by the next --append, remove or compact)"
     print(
         f"OK: {safe(args.index)}: {checked['codes']} codes in {checked['segments']} segment(s), "
         f"every checksum matches{docs}"

@@ -28,6 +28,8 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+import numpy as np
+
 from . import lexical_postings
 from .corpus import Doc, doc_text
 from .errors import DocStoreError
@@ -95,17 +97,25 @@ class DocStore:
         try:
             self._connect(uri)
         except DocStoreError:
-            if create or not self._legacy_wal():
+            if not create and os.path.exists(self.path + "-journal"):
+                self._roll_back_cut_write()  # then the read-only open works
+                self._connect(uri)
+            elif create or not self._legacy_wal():
                 raise
-            # a WAL-mode store of an older bne in a folder we may not write (no -shm can be made):
-            # nothing has a -wal file to replay, so reading the main file as immutable is exact
-            self._connect(uri.replace("?mode=ro", "?immutable=1"))
+            else:
+                # a WAL-mode store of an older bne in a folder we may not write (no -shm can be made):
+                # nothing has a -wal file to replay, so reading the main file as immutable is exact
+                self._connect(uri.replace("?mode=ro", "?immutable=1"))
         if create:
             with self._errors("set up", closing=True):
                 # rollback journal, not WAL: readers in a folder they cannot write still work
                 self.db.execute("PRAGMA journal_mode=DELETE")
                 self.db.execute("PRAGMA synchronous=FULL")  # a commit here is durable, like the index's
                 if not self._objects():
+                    # one transaction: Python's sqlite3 runs CREATE outside one, and a crash between the
+                    # tables and the lexp_meta rows would leave a lexical index that is neither absent
+                    # nor readable
+                    self.db.execute("BEGIN IMMEDIATE")
                     self.db.execute(DOCS_SQL)
                     self.db.execute(INDEX_SQL)
                     if lexical:
@@ -128,6 +138,27 @@ class DocStore:
             self.db.execute("PRAGMA trusted_schema=OFF")  # schema SQL may not call unsafe functions
             self.db.execute("PRAGMA cell_size_check=ON")  # stricter page checks for a damaged file
             self._check_schema()
+
+    def _roll_back_cut_write(self) -> None:
+        """A writer killed mid-transaction (kill -9, power loss) leaves a hot ``-journal``: the
+        pages it changed, which a read-only connection may not restore. Opening the file for
+        writing once makes SQLite restore them (the last commit, what the next writer would do
+        anyway); without the right to write it, one line says so."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not (os.access(self.path, os.W_OK) and os.access(folder, os.W_OK)):
+            raise DocStoreError(
+                f"cannot open document store {self.path}: a write to it was cut short (its -journal file is "
+                f"left) and this user may not roll that back; open it once as a user who may write it "
+                f"(e.g. bne verify)"
+            )
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+        with self._errors("recover"):
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                db.execute("PRAGMA trusted_schema=OFF")
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read rolls back
+            finally:
+                db.close()
 
     def _legacy_wal(self) -> bool:
         try:
@@ -230,13 +261,15 @@ class DocStore:
         committed steps, and the next run goes on after the last of them."""
         with self._errors("write"):
             if not self.has_lexical:
+                self.db.execute("BEGIN IMMEDIATE")  # the tables and their meta rows, or nothing (see __init__)
                 lexical_postings.create(self.db)
                 self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 0), ('backfilled', -1)")
                 self.db.commit()
             total = self.count()
             while self._meta("ready") != 1:
                 upto = self._meta("backfilled")
-                upto = -1 if upto is None else upto
+                if upto is None:  # not a state bne leaves: refuse rather than index rows twice
+                    raise DocStoreError(f"document store {self.path}: its lexical index has no progress mark")
                 rows = self.db.execute(
                     "SELECT id, title, text FROM docs WHERE id > ? ORDER BY id LIMIT ?", (upto, step)
                 ).fetchall()
@@ -250,31 +283,119 @@ class DocStore:
                 yield int(done.fetchone()[0]), total
 
     def insert(self, ids: Iterable[int], docs: Sequence[Doc]) -> None:
-        """Adds rows (and, when the lexical index is complete, their postings) to the open
-        transaction: :meth:`commit` makes both durable at once."""
+        """Adds rows (and their postings: all of them once the lexical index is complete) to the
+        open transaction: :meth:`commit` makes both durable at once."""
         rows = [(int(i), d.ext_id, d.title, d.text, d.meta) for i, d in zip(ids, docs, strict=True)]
         with self._errors("write"):
             self.db.executemany("INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)", rows)
-            if self._meta("ready") == 1:  # while an older store is being indexed, add_lexical gets them
-                self._index_texts([(r[0], r[2], r[3]) for r in rows])
+            # while an older store is being indexed, add_lexical gets the rows past its mark; a row at
+            # or below the mark (an id dropped by delete_above and used again) is indexed here
+            upto = self._lexical_upto()
+            if upto is not None:
+                self._index_texts([(r[0], r[2], r[3]) for r in rows if r[0] <= upto])
 
     def delete_above(self, max_id: int) -> int:
         """Drops rows past the index's last committed id (left by a crash between the two commits),
         with their postings, in one transaction."""
         with self._errors("write"):
+            ids = [r[0] for r in self.db.execute("SELECT id FROM docs WHERE id > ? ORDER BY id", (int(max_id),))]
+        return self.delete_ids(ids)
+
+    def delete_ids(self, ids: Iterable[int]) -> int:
+        """Drops these rows (ids not stored are ignored) and their postings, in one transaction;
+        returns the rows dropped."""
+        want = sorted({int(i) for i in ids})
+        if not want:
+            return 0
+        dropped = 0
+        with self._errors("write"):
             upto = self._lexical_upto()
-            if upto is not None and upto > max_id:  # a contentless posting is removed with its text
-                rows = self.db.execute(
-                    "SELECT id, title, text FROM docs WHERE id > ? AND id <= ? ORDER BY id", (int(max_id), upto)
-                ).fetchall()
-                for start in range(0, len(rows), LEXICAL_CHUNK):
-                    chunk = rows[start : start + LEXICAL_CHUNK]
-                    lexical_postings.delete(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
-                if self._meta("ready") != 1 and upto > max_id:
-                    self.db.execute("UPDATE lexp_meta SET v = ? WHERE k = 'backfilled'", (int(max_id),))
-            cur = self.db.execute("DELETE FROM docs WHERE id > ?", (int(max_id),))
+            for start in range(0, len(want), LEXICAL_CHUNK):
+                chunk = want[start : start + LEXICAL_CHUNK]
+                rows = []
+                for at in range(0, len(chunk), 500):
+                    part = chunk[at : at + 500]
+                    q = f"SELECT id, title, text FROM docs WHERE id IN ({','.join('?' * len(part))})"
+                    rows += self.db.execute(q, part).fetchall()
+                # a row the lexical index holds leaves it with its text (the postings store no text)
+                indexed = [r for r in rows if upto is not None and r[0] <= upto]
+                lexical_postings.delete(self.db, [r[0] for r in indexed], [doc_text(r[1] or "", r[2]) for r in indexed])
+                for at in range(0, len(chunk), 500):
+                    part = chunk[at : at + 500]
+                    cur = self.db.execute(f"DELETE FROM docs WHERE id IN ({','.join('?' * len(part))})", part)
+                    dropped += cur.rowcount
             self.db.commit()
-        return cur.rowcount
+        return dropped
+
+    def ids(self) -> np.ndarray:
+        """Every row id, ascending."""
+        with self._errors("read"):
+            return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM docs ORDER BY id")), np.int64)
+
+    def ids_of(self, ext_ids: Iterable[str]) -> list[int]:
+        """Row ids of the rows with these document ids (ext_id)."""
+        want = list(dict.fromkeys(str(e) for e in ext_ids))
+        out: list[int] = []
+        with self._errors("read"):
+            for start in range(0, len(want), 500):
+                chunk = want[start : start + 500]
+                q = f"SELECT id FROM docs WHERE ext_id IN ({','.join('?' * len(chunk))})"
+                out += [int(r[0]) for r in self.db.execute(q, chunk)]
+        return sorted(out)
+
+    def lexical_state(self) -> dict[str, int | str]:
+        """``state``: 'none' (an older docstore), 'partial' (being added: ``indexed`` of ``rows``)
+        or 'ready'; ``documents``: what the lexical index holds (its N)."""
+        with self._errors("read"):
+            if not self.has_lexical:
+                return {"state": "none", "documents": 0, "indexed": 0, "rows": self.count()}
+            n = self._meta("n_docs") or 0
+            if self._meta("ready") == 1:
+                return {"state": "ready", "documents": n, "indexed": self.count(), "rows": self.count()}
+            upto = self._meta("backfilled")
+            done = self.db.execute("SELECT COUNT(*) FROM docs WHERE id <= ?", (-1 if upto is None else upto,))
+            return {"state": "partial", "documents": n, "indexed": int(done.fetchone()[0]), "rows": self.count()}
+
+    def lexical_ids(self) -> np.ndarray:
+        """The ids the lexical index holds (its segments' ids less the deleted ones), ascending."""
+        with self._errors("read"):
+            if not self.has_lexical:
+                return np.zeros(0, np.int64)
+            seg_of = lexical_postings._live(self.db)[0]
+        return np.flatnonzero(seg_of >= 0).astype(np.int64)
+
+    def check_lexical(self) -> str | None:
+        """None when the lexical index holds exactly the rows it should (every row when ready, the
+        rows up to the backfill mark while being added), with N equal to their count; else what
+        differs, in one line."""
+        if not self.has_lexical:
+            return None
+        with self._errors("check"):
+            upto = self._lexical_upto()
+            if upto is None:
+                return "lexical index without its 'ready' mark"
+            rows = self.ids()
+            rows = rows[rows <= upto]
+            lex = self.lexical_ids()
+            n = self._meta("n_docs")
+        if n != len(rows):
+            return f"the lexical index counts {n} documents, the docstore has {len(rows)} to index"
+        if len(lex) != len(rows) or not np.array_equal(lex, rows):
+            extra, missing = np.setdiff1d(lex, rows), np.setdiff1d(rows, lex)
+            return (
+                f"the lexical index holds {len(extra)} ids the docstore lacks and lacks {len(missing)} of its rows"
+                + (f" (e.g. id {int((extra if len(extra) else missing)[0])})" if len(extra) or len(missing) else "")
+            )
+        return None
+
+    def compact_lexical(self) -> None:
+        """Rewrites the lexical index as one segment without its deleted rows; then VACUUM gives the
+        freed pages back to the file system. Each step is one transaction."""
+        with self._errors("write"):
+            if self.has_lexical:
+                lexical_postings.compact(self.db)
+                self.db.commit()
+            self.db.execute("VACUUM")
 
     def commit(self) -> None:
         with self._errors("write"):

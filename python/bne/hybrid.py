@@ -41,7 +41,7 @@ MODES = ("hybrid", "dense", "lexical")
 Ranked = list[list[tuple[int, float]]]  # per query: (id, BM25 score), best first
 MAX_DEPTH = 100_000
 # how to add the lexical index to a collection that has none (lexstore's `bne build --append` backfills it)
-FIX = "`bne build <input> -o {path} --append` adds it"
+FIX = "`bne build --append -o {path}` adds it"
 FIX_SHARDED = "rebuild it with `bne build --ray` to add it"
 
 

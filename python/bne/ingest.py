@@ -199,6 +199,7 @@ class Committer:
         self.committed = 0
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
+        self._failed = False  # stays set once raised: a batch queued behind a failed one is never committed
         self._thread = threading.Thread(target=self._run, name="bne-commit", daemon=True)
         self._thread.start()
 
@@ -207,7 +208,7 @@ class Committer:
             item = self._q.get()
             if item is None:
                 return
-            if self._error is not None:
+            if self._failed:
                 continue  # drain: nothing more is committed after a failure
             docs, codes = item
             try:
@@ -224,7 +225,18 @@ class Committer:
                     index.commit()
                 self.committed += len(docs)
             except BaseException as e:
-                self._error = e
+                self._error, self._failed = e, True
+                self._discard()
+
+    def _discard(self) -> None:
+        """Forgets the failed batch's uncommitted rows, postings and codes: a later commit through
+        the same objects must not carry them (codes whose texts were never committed)."""
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.db.rollback()
+        if self.coll.index is not None:
+            with contextlib.suppress(Exception):
+                self.coll.index._load(warn=False)  # back to the file's last commit
 
     def put(self, docs: list[Doc], codes: np.ndarray) -> None:
         self._raise()

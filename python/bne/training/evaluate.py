@@ -221,16 +221,16 @@ def eval_retrieval(
         m = max(depth, rescore or 0)
         _, ids = index.search(rq, m, threads=threads)
         score(name, ids)
-        hybrid = bm25 is not None and name.startswith("binary")
-        if hybrid:
-            score(name + "+hybrid", fuse_lists(ids, bm25, k))
+        lex = bm25 if name.startswith("binary") else None  # fused: the model's own rows, not the baselines
+        if lex is not None:
+            score(name + "+hybrid", fuse_lists(ids, lex, k))
         if rescore and name.startswith("binary"):
             from ..encoder.base import rescore_candidates
 
             _, rids = rescore_candidates(lq, rd, ids[:, : max(k, rescore)], max(k, min(rescore, depth)))
             score(name + "+rescore", rids)
-            if hybrid:
-                score(name + "+rescore+hybrid", fuse_lists(rids, bm25, k))
+            if lex is not None:
+                score(name + "+rescore+hybrid", fuse_lists(rids, lex, k))
     return out
 
 

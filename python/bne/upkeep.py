@@ -1,0 +1,149 @@
+"""Keeping a collection's three stores in step: the index's codes, the docstore's rows and the
+lexical (BM25) postings beside those rows (issue 17). What :class:`bne.Collection`'s ``add``,
+``add_lexical_index``, ``remove``, ``compact``, ``info`` and ``verify`` do beyond the index.
+
+The order of the commits is what keeps them consistent after a crash at any point:
+
+* **add**: rows and their postings in one docstore transaction, then the codes (:mod:`bne.ingest`).
+  A crash between leaves rows past the index's last id: the next add drops them.
+* **remove**: the codes' tombstones first, then the rows and their postings in one docstore
+  transaction. A crash between leaves rows whose ids are not live: searches filter by the live
+  ids already, and the next add / remove / compact drops them (:func:`drop_stale`).
+* **compact**: the stale rows, then the index file, then the stale rows again (none, unless a
+  crash came between), then the postings as one segment and a VACUUM of the docstore.
+* **adding the lexical index to an older docstore**: resumable steps in id order
+  (:meth:`bne.docstore.DocStore.add_lexical`); rows added meanwhile are indexed by the steps too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .docstore import DocStore
+from .errors import CollectionError
+
+LEXICAL_STEP = 65536  # rows per committed step of adding the lexical index (resumes from the last)
+
+LexicalProgress = Callable[[int, int], None]  # (rows indexed, rows in all), after each committed step
+
+
+def live_ids(index: Any) -> np.ndarray:
+    """The index's live ids, ascending."""
+    ids = np.delete(index.ids(), index.removed_positions())
+    return np.sort(ids)
+
+
+def drop_stale(store: DocStore, index: Any) -> int:
+    """Drops the rows (and postings) whose ids are not live in the index: past its last commit (a
+    crash between the two commits of an add) or removed from it (a crash between the two commits
+    of a remove). Returns how many. Cheap when there are none: every live id has its row, so equal
+    counts mean equal sets."""
+    dropped = store.delete_above(index.info()["max_id"])
+    if store.count() == len(index):
+        return dropped
+    rows = store.ids()
+    return dropped + store.delete_ids(rows[~np.isin(rows, live_ids(index))])
+
+
+def writable_or_say(store_path: str) -> None:
+    """Raises CollectionError, in one line, when the docstore file or its folder is not writable
+    (SQLite's rollback journal is created beside the file): nothing is written then."""
+    folder = os.path.dirname(os.path.abspath(store_path))
+    if not os.access(store_path, os.W_OK):
+        why = "the file is read-only"
+    elif not os.access(folder, os.W_OK):
+        why = "its folder is not writable"
+    else:
+        return
+    raise CollectionError(f"cannot add the lexical index to {store_path}: {why} (nothing was changed)")
+
+
+@contextlib.contextmanager
+def writer(coll: Any, what: str) -> Iterator[DocStore]:
+    """The docstore of a writable collection with one, opened for writing, closed after."""
+    if not coll.writable:
+        raise CollectionError(f"{coll.path} is open read-only")
+    if coll.sharded or coll.index is None:
+        raise CollectionError(f"{coll.path}: cannot {what} a folder of shards or an empty collection")
+    if not os.path.exists(coll.docstore_path):
+        raise CollectionError(f"cannot {what} {coll.path}: its docstore {coll.docstore_path} is missing")
+    store = coll._writer_store()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def add_lexical_index(coll: Any, progress: LexicalProgress | None, step: int) -> bool:
+    """:meth:`bne.Collection.add_lexical_index`."""
+    if coll.writable and not coll.sharded and os.path.exists(coll.docstore_path):
+        ro = DocStore(coll.path)  # read-only: a ready docstore is never opened for writing
+        try:
+            if ro.lexical_ready:
+                return True
+        finally:
+            ro.close()
+        writable_or_say(coll.docstore_path)
+    with writer(coll, "add the lexical index to") as store:
+        drop_stale(store, coll.index)
+        return add_lexical(store, progress, step)
+
+
+def add_lexical(store: DocStore, progress: LexicalProgress | None = None, step: int = LEXICAL_STEP) -> bool:
+    """Adds the missing part of the lexical index, ``step`` rows per commit. False when Ctrl-C
+    (KeyboardInterrupt) stopped it: the committed steps stay, and the next call goes on after them."""
+    if store.lexical_ready:
+        return True
+    writable_or_say(store.path)
+    try:
+        for done, total in store.add_lexical(step):
+            if progress is not None:
+                progress(done, total)
+    except KeyboardInterrupt:
+        store.db.rollback()  # the step in flight is dropped; the ones before it are committed
+        return False
+    return True
+
+
+def remove(store: DocStore, index: Any, ext_ids: Iterable[str]) -> tuple[int, int]:
+    """Removes the documents with these ids: (codes removed, ids not found)."""
+    drop_stale(store, index)  # an earlier crash's rows first: their ext_ids are not in the collection
+    wanted = list(dict.fromkeys(str(e) for e in ext_ids))
+    ids = store.ids_of(wanted)
+    found = len({d.ext_id for d in store.get(ids).values()})
+    removed = index.remove(np.asarray(ids, np.int64)) if ids else 0
+    index.commit()  # the tombstones first: a crash before the rows go leaves rows no search returns
+    store.delete_ids(ids)
+    return removed, len(wanted) - found
+
+
+def compact(store: DocStore, index: Any) -> None:
+    drop_stale(store, index)
+    index.compact()
+    drop_stale(store, index)  # none, unless a crash came between the index's compaction and here
+    store.compact_lexical()
+
+
+def lexical_info(store: DocStore) -> dict[str, Any]:
+    """The lexical index's state for ``info``: 'none', 'partial' (being added) or 'ready'."""
+    return store.lexical_state()
+
+
+def verify_lexical(store: DocStore, index: Any) -> dict[str, Any]:
+    """The lexical index against the docstore (ids and N); raises DocStoreError in one line on a
+    mismatch. Also counts the rows whose ids are not live in the index ('stale')."""
+    from .errors import DocStoreError
+
+    problem = store.check_lexical()
+    if problem is not None:
+        raise DocStoreError(f"document store {store.path}: {problem} (rebuild the index to repair it)")
+    rows = store.ids()
+    stale = rows[rows <= index.info()["max_id"]]
+    out = store.lexical_state()
+    out["stale"] = int((~np.isin(stale, live_ids(index))).sum())
+    return out
