@@ -35,6 +35,7 @@ SETS = [  # (name, split, role)
     ("cranfield", "test", "held out"),
 ]
 RUNS = [  # (label, extra CLI arguments)
+    ("(default mode)", []),
     ("dense", ["--mode", "dense"]),
     ("dense --rescore 100", ["--mode", "dense", "--rescore", "100"]),
     ("lexical", ["--mode", "lexical"]),
@@ -208,7 +209,7 @@ def main() -> None:
         print(f"| float all-MiniLM-L6-v2, cosine (bne eval) | {cells} |")
     for label, _ in RUNS:
         cells = " | ".join(f"{results[c][label]['nDCG@10']:.3f} / {results[c][label]['R@10']:.3f}" for c in cols)
-        print(f"| bne search --mode {label} | {cells} |")
+        print(f"| bne search {'' if label.startswith('(') else '--mode '}{label} | {cells} |")
     print(f"\nload average {results['load_start']['load']} -> {results['load_end']['load']}")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
