@@ -51,7 +51,7 @@ NQ = 100  # real SciFact test claims
 K = 10
 
 SUMMARY: list[str] = []  # printed at the end of the run by the plugin below
-RESULTS: dict[str, object] = {}  # also written as JSON to $BNE_BENCH_JSON when set
+RESULTS: dict[str, object] = {}  # also written as JSON to $BNE_BENCH_HYBRID_JSON when set (conftest owns $BNE_BENCH_JSON)
 
 
 def load_text() -> str:
@@ -263,7 +263,7 @@ def summary_plugin(request):
                 terminalreporter.write_sep("=", "hybrid search through a collection (medians, modes interleaved)")
                 for line in SUMMARY:
                     terminalreporter.write_line(line)
-            path = os.environ.get("BNE_BENCH_JSON")
+            path = os.environ.get("BNE_BENCH_HYBRID_JSON")
             if path and RESULTS:
                 with open(path, "w", encoding="utf-8") as f:
                     json.dump(RESULTS, f, indent=1)
