@@ -51,7 +51,7 @@ NQ = 100  # real SciFact test claims
 K = 10
 
 SUMMARY: list[str] = []  # printed at the end of the run by the plugin below
-RESULTS: dict[str, object] = {}  # also written as JSON to $BNE_BENCH_HYBRID_JSON when set (conftest owns $BNE_BENCH_JSON)
+RESULTS: dict[str, object] = {}  # written to $BNE_BENCH_HYBRID_JSON when set ($BNE_BENCH_JSON is conftest's)
 
 
 def load_text() -> str:
