@@ -4,11 +4,15 @@ Same documents and queries as ``lexical_engines.py`` (SciFact + stdlib docstring
 first 100 SciFact test claims). One docstore-like file is built with bne's commit size and
 durability, holding per layout: the ``docs`` table, the FTS5 table (``bne.lexical``) and/or the
 postings (``bne.lexical_postings``), all written in the same transaction per commit; each part is
-timed separately. Then, per query engine: nq = 1 median / p90 and nq = 100 total, and exactness
-against FTS5's ``bm25()`` ranking (top-100 overlap, same order). Results are JSON lines on stdout.
+timed separately. Then, per query engine (the postings engines interleaved query by query, so all
+see the same load): nq = 1 median / p90 and nq = 100 total (``Searcher.search_many`` on 2 threads
+for the C++ engines), exactness against FTS5's ``bm25()`` ranking (top-100 overlap, same order) and
+against the numpy reference (identical lists, scores to the last bit). Results are JSON lines.
 
     python benchmarks/lexical_fast.py --n 100000 --layouts docs,fts5,postings   # one file each
     python benchmarks/lexical_fast.py --n 1000000 --layouts both --fts5-queries 10
+    python benchmarks/lexical_fast.py --n 1000000 --layouts both --skip-build   # query an existing file
+    python benchmarks/lexical_fast.py --n 1000000 --hybrid /tmp/bne-lexfast/both-1000000.sqlite
     python benchmarks/lexical_fast.py --quality   # SciFact test nDCG@10 / R@10, FTS5 vs postings
 """
 
@@ -28,6 +32,10 @@ import lexical_engines as le  # noqa: E402
 from bne import lexical  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
 from bne.docstore import DOCS_SQL, INDEX_SQL  # noqa: E402
+
+# the numpy oracle of the tests (exhaustive, bit-identical to the C++ scorer) is the baseline here
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from test_lexical_postings import reference  # noqa: E402
 
 
 def build(path: str, layout: str, n: int) -> dict:
@@ -149,8 +157,38 @@ def compare(got: list[list[tuple[int, float]]], want: list[list[tuple[int, float
     }
 
 
+def interleaved(fns: dict, items: list) -> dict[str, tuple[list[float], list]]:
+    """Each engine once per item, in turn, so all see the same load: {name: (seconds per item, results)}."""
+    for fn in fns.values():
+        fn(items[0])  # warm the page cache (and the postings cache)
+    out: dict[str, tuple[list[float], list]] = {name: ([], []) for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for x in items:
+        for name, fn in fns.items():
+            c0, t0 = time.thread_time(), time.perf_counter()
+            r = fn(x)
+            out[name][0].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+            out[name][1].append(r)
+    CPU_MS.update({name: round(1e3 * statistics.median(v), 2) for name, v in cpu.items()})
+    return out
+
+
+CPU_MS: dict[str, float] = {}  # the calling thread's CPU time per query, median (less load-dependent than wall)
+
+
+def total(fn, repeats: int = 3) -> float:
+    """Median wall time of ``fn()`` (a whole batch) over ``repeats`` runs."""
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 def queries_bench(path: str, qs: list[str], fts5_queries: int, layout: str) -> list[dict]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     db.execute("PRAGMA trusted_schema=OFF")
     terms = [lexical.query_terms(q) for q in qs]
     out = []
@@ -159,31 +197,55 @@ def queries_bench(path: str, qs: list[str], fts5_queries: int, layout: str) -> l
         one, tot, ref = timed(lambda t: lexical.bm25_search(db, t, 100), terms[:fts5_queries])
         out.append(summary("fts5 bm25() OR query", one, tot))
     if layout in ("postings", "both"):
-        s = lp.Searcher(db)
+        s = lp.Searcher(db)  # the cache of the common terms' postings: default size
+        cold = lp.Searcher(db, cache_mb=0)  # every query reads its postings from SQLite
         t0 = time.perf_counter()
-        s._refresh()
-        out.append({"engine": "postings: load id arrays once per open", "ms": round(1e3 * (time.perf_counter() - t0))})
-        for prune in (False, True):
-            one, tot, got = timed(lambda t, p=prune: s.search(t, 100, prune=p), terms)
-            extra = compare(got, ref) if ref else {}
-            if prune:
-                cuts, essential = [], []
+        s._prepare([], None, False)
+        cold._prepare([], None, False)
+        out.append(
+            {"engine": "postings: load id arrays once per open", "ms": round(1e3 * (time.perf_counter() - t0) / 2)}
+        )
+        t0 = time.perf_counter()
+        for t in terms:
+            s.search(t, 100)
+        out.append({"engine": "postings: first pass, cache filling", "s": round(time.perf_counter() - t0, 3)})
+        engines = {
+            "numpy reference (exhaustive, no cache)": lambda t: reference(cold, t, 100),
+            "C++ exhaustive": lambda t: s.search(t, 100, prune=False),
+            "C++ MaxScore, no cache": lambda t: cold.search(t, 100),
+            "C++ MaxScore": lambda t: s.search(t, 100),
+            "C++ MaxScore, floored-idf terms skipped (near-exact)": lambda t: s.search(t, 100, skip_floor=True),
+        }
+        res = interleaved(engines, terms)
+        want = res["numpy reference (exhaustive, no cache)"][1]
+        batch = {
+            "C++ exhaustive": lambda: [s.search(t, 100, prune=False) for t in terms],
+            "C++ MaxScore, no cache": lambda: cold.search_many(terms, 100, threads=2),
+            "C++ MaxScore": lambda: s.search_many(terms, 100, threads=2),
+        }
+        for name, (one, got) in res.items():
+            extra = compare(got[:fts5_queries], ref) if ref else {}
+            extra["same_as_reference"] = sum(g == w for g, w in zip(got, want, strict=True))
+            extra["nq1_cpu_median_ms"] = CPU_MS[name]
+            tot = total(batch[name]) if name in batch else sum(one)
+            if name == "C++ MaxScore":
+                alone = []  # query after query, as a service runs them (no other engine between)
+                for t in terms:
+                    t0 = time.perf_counter()
+                    s.search(t, 100)
+                    alone.append(time.perf_counter() - t0)
+                extra["alone_nq1_median_ms"] = round(1e3 * statistics.median(alone), 2)
+                extra["alone_nq1_p90_ms"] = round(1e3 * sorted(alone)[int(0.9 * len(alone))], 2)
+                extra["search_many_threads1_s"] = round(total(lambda: s.search_many(terms, 100, threads=1)), 3)
+                extra["search_many_equals_search"] = s.search_many(terms, 100) == got
+                extra["cache_mb"] = round(s._cache_used / 2**20, 1)
+                cuts = []
                 for t in terms:
                     s.search(t, 100)
                     cuts.append(s.pruned_terms)
-                    essential.append(s.last_essential)
                 extra["pruned_terms_median"] = statistics.median(cuts)
                 extra["terms_median"] = statistics.median(len(t) for t in terms)
-            out.append(summary("postings " + ("MaxScore" if prune else "exhaustive"), one, tot, extra))
-        one, tot, got = timed(lambda t: s.search(t, 100, skip_floor=True), terms)
-        extra = compare(got, ref) if ref else {}
-        out.append(summary("postings MaxScore, floored-idf terms skipped (near-exact)", one, tot, extra))
-        if layout == "both":
-            # (a) FTS5 with per-term queries for the terms MaxScore must score fully (lower bound: the
-            # lookups of the remaining terms for the candidates are not counted)
-            sql = "SELECT rowid, -bm25(docs_fts) FROM docs_fts WHERE docs_fts MATCH ?"
-            one, tot, _ = timed(lambda e: [db.execute(sql, (t,)).fetchall() for t in e], essential[:fts5_queries])
-            out.append(summary("fts5 per-term, MaxScore essential terms only (lower bound)", one, tot))
+            out.append(summary("postings " + name, one, tot, extra))
     db.close()
     return out
 
@@ -228,10 +290,11 @@ def quality() -> dict:
     return res
 
 
-def hybrid(path: str, n: int, qs: list[str], prune: bool, limit: int = 100) -> list[dict]:
+def hybrid(path: str, n: int, qs: list[str], cache_mb: float | None, limit: int = 100) -> list[dict]:
     """End to end per query, interleaved so both see the same load: dense = query encoding (ONNX
     Runtime, as ``bne search``) + exact Hamming top 100 over n random 1024-bit codes (its time does not
-    depend on the codes); hybrid = dense + BM25 top 100 from the postings of ``path`` + RRF (k = 60)."""
+    depend on the codes); hybrid = dense + BM25 top 100 from the postings of ``path`` + RRF (k = 60).
+    nq = 100: the encoder batches the queries, the lexical side is ``Searcher.search_many`` (2 threads)."""
     import numpy as np
 
     from bne.encoder.runtime import load
@@ -240,8 +303,8 @@ def hybrid(path: str, n: int, qs: list[str], prune: bool, limit: int = 100) -> l
     enc = load("default", 1024, purpose="query", threads=2, quiet=True)
     index = Index(1024)
     index.add(np.random.default_rng(0).integers(0, 256, (n, 128), dtype=np.uint8))
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    s = lp.Searcher(db)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    s = lp.Searcher(db, cache_mb=cache_mb)
     terms = [lexical.query_terms(q) for q in qs]
 
     def dense(q: str):
@@ -249,10 +312,12 @@ def hybrid(path: str, n: int, qs: list[str], prune: bool, limit: int = 100) -> l
 
     def both(k: int):
         d = dense(qs[k])
-        lex = s.search(terms[k], limit, prune=prune)
+        lex = s.search(terms[k], limit)
         return lexical.rrf_fuse([int(i) for i in d], [i for i, _ in lex], k=60, depth=limit)
 
     dense(qs[0]), both(0)  # warm
+    for t in terms:  # the postings cache as a running collection has it (no effect with cache_mb=0)
+        s.search(t, limit)
     td, th, tl = [], [], []
     for k, q in enumerate(qs):
         t0 = time.perf_counter()
@@ -260,32 +325,43 @@ def hybrid(path: str, n: int, qs: list[str], prune: bool, limit: int = 100) -> l
         t1 = time.perf_counter()
         both(k)
         t2 = time.perf_counter()
-        s.search(terms[k], limit, prune=prune)
+        s.search(terms[k], limit)
         t3 = time.perf_counter()
         td.append(t1 - t0)
         th.append(t2 - t1)
         tl.append(t3 - t2)
-    t0 = time.perf_counter()
-    _, dense_all = enc.search(index, qs, limit)
-    t1 = time.perf_counter()
-    _, dense_all = enc.search(index, qs, limit)
-    for k in range(len(qs)):
-        lex = s.search(terms[k], limit, prune=prune)
-        lexical.rrf_fuse([int(i) for i in dense_all[k]], [i for i, _ in lex], k=60, depth=limit)
-    t2 = time.perf_counter()
+
+    def dense_batch():
+        return enc.search(index, qs, limit)[1]
+
+    def hybrid_batch():
+        dense_all = dense_batch()
+        lex = s.search_many(terms, limit, threads=2)
+        return [
+            lexical.rrf_fuse([int(i) for i in dense_all[k]], [i for i, _ in lex[k]], k=60, depth=limit)
+            for k in range(len(qs))
+        ]
+
+    dense_batch()
+    bd, bh = [], []
+    for _ in range(3):  # interleaved
+        bd.append(total(dense_batch, 1))
+        bh.append(total(hybrid_batch, 1))
     ratios = [h / d for h, d in zip(th, td, strict=True)]
+    nd, nh = statistics.median(bd), statistics.median(bh)
     return [
         {
-            "engine": f"hybrid end to end, postings {'MaxScore' if prune else 'exhaustive'}",
+            "engine": "hybrid end to end, postings C++ MaxScore"
+            + (", no cache" if cache_mb == 0 else ", postings cache"),
             "n": n,
             "dense_nq1_median_ms": round(1e3 * statistics.median(td), 2),
             "lexical_nq1_median_ms": round(1e3 * statistics.median(tl), 2),
             "hybrid_nq1_median_ms": round(1e3 * statistics.median(th), 2),
             "hybrid_over_dense_nq1": round(statistics.median(th) / statistics.median(td), 3),
             "median_per_query_ratio": round(statistics.median(ratios), 3),
-            f"dense_nq{len(qs)}_s": round(t1 - t0, 3),
-            f"hybrid_nq{len(qs)}_s": round(t2 - t1, 3),
-            f"hybrid_over_dense_nq{len(qs)}": round((t2 - t1) / (t1 - t0), 3),
+            f"dense_nq{len(qs)}_s": round(nd, 3),
+            f"hybrid_nq{len(qs)}_s": round(nh, 3),
+            f"hybrid_over_dense_nq{len(qs)}": round(nh / nd, 3),
             "load_avg": round(os.getloadavg()[0], 1),
         }
     ]
@@ -309,8 +385,8 @@ def main() -> None:
     os.makedirs(args.keep, exist_ok=True)
     qs = le.queries()[: args.queries]
     if args.hybrid:
-        for prune in (False, True):
-            for r in hybrid(args.hybrid, args.n, qs, prune):
+        for cache_mb in (None, 0):
+            for r in hybrid(args.hybrid, args.n, qs, cache_mb):
                 print(json.dumps(r), flush=True)
         return
     for layout in args.layouts.split(","):

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "bne/bm25.hpp"
 #include "bne/dispatch.hpp"
 #include "bne/errors.hpp"
 #include "bne/search.hpp"
@@ -161,6 +162,74 @@ py::tuple range(const bne::Segments& db, const py::array& queries, long long rad
     return py::make_tuple(L, D, I);
 }
 
+
+// --- BM25 over lexical postings (bne.lexical_postings) ---------------------------------------------
+
+// A query: a list of (weight, [(seg, df, docs bytes, tfs bytes), ...]) terms, largest weight first.
+// The bytes stay owned by the caller's list, which outlives the call.
+std::vector<bne::bm25::Term> bm25_query(const py::handle& q) {
+    std::vector<bne::bm25::Term> terms;
+    for (py::handle t : py::reinterpret_borrow<py::sequence>(q)) {
+        auto tt = py::reinterpret_borrow<py::tuple>(t);
+        if (tt.size() != 2) throw py::value_error("bm25: a term is (weight, lists)");
+        bne::bm25::Term term;
+        term.weight = tt[0].cast<double>();
+        for (py::handle l : py::reinterpret_borrow<py::sequence>(tt[1])) {
+            auto lt = py::reinterpret_borrow<py::tuple>(l);
+            if (lt.size() != 4 || !PyBytes_Check(lt[2].ptr()) || !PyBytes_Check(lt[3].ptr()))
+                throw py::value_error("bm25: a posting list is (seg, df, docs bytes, tfs bytes)");
+            bne::bm25::PostingList pl;
+            pl.seg = lt[0].cast<int32_t>();
+            pl.df = lt[1].cast<int64_t>();
+            pl.docs = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(lt[2].ptr()));
+            pl.docs_len = static_cast<size_t>(PyBytes_GET_SIZE(lt[2].ptr()));
+            pl.tfs = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(lt[3].ptr()));
+            pl.tfs_len = static_cast<size_t>(PyBytes_GET_SIZE(lt[3].ptr()));
+            term.lists.push_back(pl);
+        }
+        terms.push_back(std::move(term));
+    }
+    return terms;
+}
+
+py::list bm25_many(const py::sequence& queries, const py::array_t<double, py::array::c_style>& knorm,
+                   const std::optional<py::array_t<int32_t, py::array::c_style>>& seg_of,
+                   const std::optional<py::array>& allowed, long long limit, bool prune, long long prune_min_postings,
+                   int threads, unsigned long long knorm_key) {
+    if (limit < 1) throw py::value_error("limit must be >= 1, got " + std::to_string(limit));
+    if (knorm.ndim() != 1) throw py::value_error("knorm must be 1-D");
+    bne::bm25::Index ix;
+    ix.knorm = knorm.data();
+    ix.n = static_cast<size_t>(knorm.shape(0));
+    ix.knorm_key = knorm_key;
+    if (seg_of) {
+        if (seg_of->ndim() != 1 || static_cast<size_t>(seg_of->shape(0)) != ix.n)
+            throw py::value_error("seg_of must be 1-D int32 with one entry per id, as knorm");
+        ix.seg_of = seg_of->data();
+    }
+    if (allowed) {
+        const py::array& a = *allowed;
+        if (a.dtype().kind() != 'b' || a.ndim() != 1 || !(a.flags() & py::array::c_style))
+            throw py::value_error("allowed must be a 1-D contiguous numpy bool array indexed by id");
+        ix.allowed = static_cast<const uint8_t*>(a.data());
+        ix.allowed_n = static_cast<size_t>(a.shape(0));
+    }
+    std::vector<std::vector<bne::bm25::Term>> qs;
+    for (py::handle q : queries) qs.push_back(bm25_query(q));
+    bne::bm25::Options opt;
+    opt.limit = static_cast<size_t>(limit);
+    opt.prune = prune;
+    opt.prune_min_postings = prune_min_postings;
+    std::vector<bne::bm25::Result> res;
+    {
+        py::gil_scoped_release release;
+        res = bne::bm25::search_many(qs, ix, opt, threads);
+    }
+    py::list out;
+    for (auto& r : res) out.append(py::make_tuple(to_numpy(r.ids), to_numpy(r.scores), r.cut));
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -296,4 +365,12 @@ PYBIND11_MODULE(_core, m) {
             return bne::stream_xor(v);
         },
         py::arg("codes"), "XOR of every word: reads the codes once (a memory-bandwidth yardstick for benchmarks).");
+
+    // BM25 over lexical postings (bne.lexical_postings)
+    m.def("bm25_search", &bm25_many, py::arg("queries"), py::arg("knorm"), py::arg("seg_of"), py::arg("allowed"),
+          py::arg("limit"), py::arg("prune") = true, py::arg("prune_min_postings") = 2048, py::arg("threads") = 1,
+          py::arg("knorm_key") = 0,
+          "Exact BM25 top `limit` of each query (terms as (weight, posting lists), largest weight first) "
+          "with MaxScore, the GIL released: [(ids int64, scores float64, terms scored fully)]. knorm_key: a "
+          "number naming knorm's content for as long as it lives (0: none), so workers keep their copy of it.");
 }

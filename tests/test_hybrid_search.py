@@ -152,13 +152,13 @@ def test_lexical_mode_is_fts5_bm25_and_dense_mode_is_hamming(built, fake):
 
 def test_the_lexical_side_runs_beside_the_dense_side(built, fake, monkeypatch):
     seen = []
-    real = hybrid.lexical_postings.Searcher.search
+    real = hybrid.lexical_postings.Searcher.search_many
 
-    def spy(self, *a, **k):
-        seen.append(threading.current_thread().name)
-        return real(self, *a, **k)
+    def spy(self, queries, *a, **k):
+        seen.extend([threading.current_thread().name] * len(queries))
+        return real(self, queries, *a, **k)
 
-    monkeypatch.setattr(hybrid.lexical_postings.Searcher, "search", spy)
+    monkeypatch.setattr(hybrid.lexical_postings.Searcher, "search_many", spy)
     with bne.Collection.open(built) as c:
         c.search(QUERIES[:2], 3)
         c.search(QUERIES[:1], 3)

@@ -1,16 +1,62 @@
-"""bne.lexical_postings (prototype): exact BM25 over own postings equals brute force and FTS5's bm25(),
-across segments and merges, with deletes, re-inserts, rollbacks and 3 shards with global statistics."""
+"""bne.lexical_postings: exact BM25 over own postings equals brute force and FTS5's bm25(), across
+segments and merges, with deletes, re-inserts, rollbacks and 3 shards with global statistics; the C++
+scorer (MaxScore, masks, search_many, threads) equals the numpy reference to the last bit."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 
+import numpy as np
 import pytest
 
 from bne import lexical
 from bne import lexical_postings as lp
 from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
+
+
+def reference(
+    s: lp.Searcher,
+    terms: list[str],
+    limit: int,
+    stats: lexical.Stats | None = None,
+    allowed: object = None,
+) -> list[tuple[int, float]]:
+    """The oracle: every posting of every term summed into a numpy array (no pruning, no cache, no
+    C++), in the same term order as ``Searcher.search``, so its scores are the same to the last bit."""
+    plans, (knorm, _), seg_of, _ = s._prepare([terms], stats, False)
+    if limit < 1 or not plans[0]:
+        return []
+    acc = np.zeros(len(knorm), np.float64)
+    for w, rows, _ in plans[0]:
+        for seg, df, db, tb in rows:
+            d, t = lp._unpack(df, db, tb)
+            tf = t.astype(np.float64)
+            if seg_of is not None:
+                keep = seg_of[d] == seg
+                d, tf = d[keep], tf[keep]
+            acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each live id once: += is exact
+    ids = np.flatnonzero(acc)
+    mask, admit = lp._allowed(allowed, len(knorm))  # type: ignore[arg-type]
+    if mask is not None:
+        ids = ids[ids < len(mask)]
+        ids = ids[mask[ids]]
+    sc = acc[ids]
+    if admit is None and len(ids) > limit:  # the limit-th best score, ties kept
+        kth = np.partition(sc, len(sc) - limit)[len(sc) - limit]
+        ids, sc = ids[sc >= kth], sc[sc >= kth]
+    out: list[tuple[int, float]] = []
+    for o in np.lexsort((ids, -sc)):
+        if len(out) == limit:
+            break
+        if admit is None or admit(int(ids[o])):
+            out.append((int(ids[o]), float(sc[o])))
+    return out
+
+
+def reference_search(db: sqlite3.Connection, terms: list[str], limit: int, **kw) -> list[tuple[int, float]]:
+    return reference(lp.Searcher(db, cache_mb=0), terms, limit, **kw)
 
 
 def open_db(texts: dict[int, str], batch: int = 7) -> sqlite3.Connection:
@@ -175,6 +221,14 @@ def test_file_backed_readonly_search(tmp_path) -> None:
     db.close()
     ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     assert lp.bm25_search(ro, lexical.query_terms("pie"), 5)[0][0] == 0  # the tokenizer lives in temp
+    # a search leaves no transaction open: another connection's commit is seen by the same Searcher
+    r = sqlite3.connect(path)
+    s = lp.Searcher(r)
+    assert s.search(lexical.query_terms("split"), 5)[0][0] == 1 and not r.in_transaction
+    w = sqlite3.connect(path, timeout=1)
+    lp.insert(w, [2], ["split split split"])
+    w.commit()  # "database is locked" if the reader held its shared lock
+    assert s.search(lexical.query_terms("split"), 5)[0][0] == 2
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         lp.insert(ro, [6], ["more"])
 
@@ -225,3 +279,203 @@ def test_schema_is_exactly_what_is_expected() -> None:
     objects = {(t, n): s for t, n, s in db.execute("SELECT type, name, sql FROM sqlite_master")}
     assert objects == lp.EXPECTED_SCHEMA
     assert len(objects) == 5  # no index or shadow table beside the five
+
+
+# --- the C++ scorer against the numpy reference (the oracle) and FTS5 ------------------------------
+
+
+def corpus_with_ties(n: int, seed: int) -> list[str]:
+    """make_corpus with every 5th text a copy of an earlier one: equal scores, ranked by id."""
+    texts = make_corpus(n, seed)
+    rng = random.Random(seed)
+    for i in range(5, n, 5):
+        texts[i] = texts[rng.randrange(i)]
+    return texts
+
+
+def same_up_to_near_ties(got: list[tuple[int, float]], brute: list[tuple[int, float]], k: int) -> None:
+    """``got`` is a top ``k`` of ``brute`` (the full ranking), where two documents whose exact scores
+    are equal may come in either order (a sum in another order differs in its last bit)."""
+    exact = dict(brute)
+    assert len(got) == min(k, len(brute)) and len({i for i, _ in got}) == len(got)
+    for (i, sc), (_, want) in zip(got, brute, strict=False):
+        assert sc == pytest.approx(exact[i], rel=1e-12) and sc == pytest.approx(want, rel=1e-9)
+
+
+def gapped_ids(n: int) -> list[int]:
+    """Ids with a hole of 100,000 in the middle: the lists spanning it keep int32 ids (a gap > 65535),
+    the others uint16 gaps, so both formats (and both lookups of each) are scored."""
+    return [i if i < n // 2 else i + 100_000 for i in range(n)]
+
+
+def formats(db: sqlite3.Connection) -> set[str]:
+    out = set()
+    for df, docs in db.execute("SELECT df, docs FROM lexp_post WHERE df > 40"):
+        out.add("int32" if len(docs) == 4 * df else "gaps")
+    return out
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fast_path_is_the_reference_to_the_last_bit(seed: int) -> None:
+    ids = gapped_ids(400)
+    texts = dict(zip(ids, corpus_with_ties(400, seed), strict=True))
+    db = open_db(texts, batch=70)  # 6 segments, the 3rd across the hole; 7 with the re-inserts: no merge
+    gone = ids[3::7]
+    lp.delete(db, gone, [texts[i] for i in gone])
+    lexical.delete(db, gone, [texts[i] for i in gone])
+    db.commit()
+    back = gone[::2]  # deleted and inserted again with other texts: their old postings are dead
+    for i, t in zip(back, corpus_with_ties(len(back), seed + 50), strict=True):
+        texts[i] = t
+    lp.insert(db, back, [texts[i] for i in back])
+    lexical.insert(db, back, [texts[i] for i in back])
+    db.commit()
+    live = {i: t for i, t in texts.items() if i not in set(gone) - set(back)}
+    assert formats(db) == {"int32", "gaps"}
+    s = lp.Searcher(db)
+    s.prune_min_postings = 0  # MaxScore checks before every term: this corpus is small
+    rng = np.random.default_rng(seed)
+    n = max(ids) + 1
+    masks = {
+        "none": None,
+        "tombstones": rng.random(n) > 0.4,
+        "few": np.isin(np.arange(n), rng.choice(ids, 6, replace=False)),
+        "short": np.ones(n // 3, bool),  # ids past its end are not allowed
+    }
+    pruned = 0
+    for words in queries(seed, 25):
+        terms = lexical.query_terms(" ".join(words))
+        brute = brute_bm25(live, words)
+        for name, mask in masks.items():
+            for k in (1, 5, 40, 1000):  # 1000: more than the matches
+                want = reference_search(db, terms, k, allowed=mask)
+                got = s.search(terms, k, allowed=mask)
+                assert got == want, (name, k)  # same ids, same order, same float bits
+                pruned += s.pruned_terms
+                assert s.search(terms, k, allowed=mask, prune=False) == want
+                keep = [r for r in brute if mask is None or (r[0] < len(mask) and mask[r[0]])]
+                same_up_to_near_ties(got, keep, k)  # a small allow-list still gets every hit it has
+        same_up_to_near_ties(s.search(terms, 30), lexical.bm25_search(db, terms, 1000), 30)
+    assert pruned > 50  # MaxScore cut the common terms in many of these searches
+
+
+def test_allowed_forms_agree() -> None:
+    texts = dict(enumerate(corpus_with_ties(300, 3)))
+    db = open_db(texts, batch=50)
+    s = lp.Searcher(db)
+    s.prune_min_postings = 0
+    terms = lexical.query_terms("apple banana cherry quince")
+    full = s.search(terms, 1000)
+    odd = {i for i, _ in full if i % 3 == 1}
+    mask = np.zeros(300, bool)
+    mask[list(odd)] = True
+    want = [r for r in full if r[0] in odd]
+    for allowed in (odd, frozenset(odd), mask, lambda i: i in odd, list(odd)):
+        for k in (1, 7, 500):
+            assert s.search(terms, k, allowed=allowed) == want[:k]
+    assert s.search(terms, 10, allowed=set()) == [] and s.search(terms, 10, allowed=np.zeros(0, bool)) == []
+    assert s.search(terms, 10, allowed={-5, 10**12, "x"}) == []  # odd members are no error, and match nothing
+    with pytest.raises(ValueError, match="bool mask"):
+        s.search(terms, 10, allowed=np.arange(5))
+
+
+def test_search_many_equals_search_one_by_one() -> None:
+    texts = dict(zip(gapped_ids(300), corpus_with_ties(300, 4), strict=True))
+    db = open_db(texts, batch=40)
+    s = lp.Searcher(db)
+    s.prune_min_postings = 0
+    qs = [lexical.query_terms(" ".join(w)) for w in queries(4, 30)] + [[], lexical.query_terms("absent")]
+    mask = np.arange(max(texts) + 1) % 2 == 0
+    stats = lp.local_stats(db, sorted({t for q in qs for t in q}))
+    for kw in ({}, {"allowed": mask}, {"allowed": lambda i: i % 2 == 0}, {"stats": stats}):
+        want = [s.search(q, 8, **kw) for q in qs]
+        assert sum(map(len, want)) > 100
+        for threads in (None, 1, 2, 5):
+            assert s.search_many(qs, 8, threads=threads, **kw) == want
+    assert s.search_many([], 5) == [] and s.search_many(qs, 0) == [[] for _ in qs]
+    with pytest.raises(ValueError, match="threads"):
+        s.search_many(qs, 5, threads=0)
+
+
+def test_one_searcher_many_python_threads(tmp_path) -> None:
+    path = tmp_path / "d.sqlite"
+    w = sqlite3.connect(path)
+    texts = dict(enumerate(corpus_with_ties(300, 6)))
+    lp.create(w)
+    lp.insert(w, list(texts), list(texts.values()))
+    w.commit()
+    db = sqlite3.connect(path, check_same_thread=False)  # as a collection shares its connection
+    s = lp.Searcher(db, cache_mb=0.05)  # a tiny cache: entries come and go while threads read
+    qs = [lexical.query_terms(" ".join(x)) for x in queries(6, 40)]
+    want = [reference_search(db, q, 10) for q in qs]
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            order = list(range(len(qs)))
+            random.Random(seed).shuffle(order)
+            for _ in range(3):
+                for k in order:
+                    assert s.search(qs[k], 10) == want[k]
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert s._cache_used <= 0.05 * 2**20
+
+
+def test_cache_follows_writes_and_its_bound(monkeypatch) -> None:
+    texts = dict(enumerate(make_corpus(200, 7)))
+    db = open_db(texts, batch=50)
+    s = lp.Searcher(db)
+    terms = lexical.query_terms("apple zucchini")
+    assert [i for i, _ in s.search(terms, 3)] != [500]
+    assert s._cache  # the postings were kept
+    lp.insert(db, [500], ["zucchini zucchini apple"])  # a write, not yet committed: seen (own connection)
+    assert s.search(terms, 1)[0][0] == 500
+    db.rollback()
+    lp.insert(db, [501], ["zucchini apple apple"])  # another write after the rollback: a new version
+    db.commit()
+    texts[501] = "zucchini apple apple"
+    same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "zucchini"]))
+    tiny = lp.Searcher(db, cache_mb=0.001)
+    for words in queries(7, 20):
+        tiny.search(lexical.query_terms(" ".join(words)), 5)
+        assert tiny._cache_used <= 0.001 * 2**20
+    # queries cycling through more terms than fit (least recently used out would evict each list
+    # before its next use): a term that was hit stays (second chances)
+    sized = lp.Searcher(db, cache_mb=3 * 1200 / 2**20)  # about three of this corpus' lists
+    reads: list[str] = []
+    read = sized._postings
+    sized._postings = lambda tok: reads.append(tok) or read(tok)  # type: ignore[method-assign]
+    sized.search(lexical.query_terms("apple"), 5)
+    sized.search(lexical.query_terms("apple"), 5)
+    for _ in range(3):
+        for k, w in enumerate(VOCAB[1:]):
+            sized.search(lexical.query_terms(f"apple {w}" if k % 3 == 0 else w), 5)
+            assert sized._cache_used <= sized.cache_bytes
+    assert reads.count("appl") == 1 and reads.count("banana") == 3
+    monkeypatch.setenv("BNE_LEXICAL_CACHE_MB", "3")
+    assert lp.Searcher(db).cache_bytes == 3 * 2**20
+    monkeypatch.setenv("BNE_LEXICAL_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="BNE_LEXICAL_CACHE_MB"):
+        lp.Searcher(db)
+
+
+def test_damaged_postings_are_a_clear_error() -> None:
+    db = open_db(dict(enumerate(make_corpus(50, 8))), batch=50)
+    terms = lexical.query_terms("apple")
+    assert lp.bm25_search(db, terms, 5)
+    db.execute("UPDATE lexp_post SET docs = x'01020304aa' WHERE term = 'appl'")  # 5 bytes: no format
+    with pytest.raises(ValueError, match="damaged posting list"):
+        lp.bm25_search(db, terms, 5)
+    db.rollback()
+    big = np.array([10**6, 10**6 + 1], np.int32).tobytes()  # ids past every row
+    db.execute("UPDATE lexp_post SET df = 2, docs = ?, tfs = x'0101' WHERE term = 'appl'", (big,))
+    with pytest.raises(ValueError, match="id out of range"):
+        lp.bm25_search(db, terms, 5)

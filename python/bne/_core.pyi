@@ -54,3 +54,14 @@ def hamming(
     a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], threads: int = 0, isa: str | None = None
 ) -> npt.NDArray[np.int32]: ...
 def stream_xor(codes: npt.NDArray[np.uint8]) -> int: ...
+def bm25_search(
+    queries: Sequence[Sequence[tuple[float, Sequence[tuple[int, int, bytes, bytes]]]]],
+    knorm: npt.NDArray[np.float64],
+    seg_of: npt.NDArray[np.int32] | None,
+    allowed: npt.NDArray[np.bool_] | None,
+    limit: int,
+    prune: bool = True,
+    prune_min_postings: int = 2048,
+    threads: int = 1,
+    knorm_key: int = 0,
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int]]: ...

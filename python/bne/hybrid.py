@@ -198,7 +198,6 @@ class Lexical:
             return self._pool.submit(self.search, terms, limit, allowed)
 
     def search(self, terms: list[list[str]], limit: int, allowed: np.ndarray | None) -> Ranked:
-        admit = None if allowed is None else _admit(allowed)
         with self._lock:
             self._open()
             assert self._store is not None and self._searcher is not None
@@ -210,7 +209,7 @@ class Lexical:
                 if db.in_transaction:
                     db.rollback()
                 db.execute("BEGIN")
-                out = [self._searcher.search(t, limit, allowed=admit) if t else [] for t in terms]
+                out = self._searcher.search_many(terms, limit, allowed=allowed)  # the mask applies while scoring
             except sqlite3.DatabaseError as e:  # a damaged file: one line naming it
                 raise DocStoreError(f"cannot read the lexical index of {self.path}: {e}") from None
             finally:
@@ -232,11 +231,6 @@ class Lexical:
         with self._lock:
             self._close_store()
             self._mask = None
-
-
-def _admit(mask: np.ndarray) -> Callable[[int], bool]:
-    n = len(mask)
-    return lambda i: 0 <= i < n and bool(mask[i])
 
 
 # -- one search call ------------------------------------------------------------------------------

@@ -1,46 +1,40 @@
-"""Prototype (issue 17): exact BM25 top-k over our own postings in SQLite, scored with numpy.
+"""Exact BM25 top-k over our own postings in SQLite (issue 17; docs/HYBRID_RESEARCH.md sections 7-8).
 
-FTS5 ranks an OR query by calling ``bm25()`` on every matching row (seconds at 1M documents,
-docs/HYBRID_RESEARCH.md section 7); this keeps the postings as numpy-ready blobs instead and scores a
-query's terms with a few vectorised passes. What FTS5 gave is kept:
+FTS5 calls ``bm25()`` on every matching row of an OR query (seconds at 1M documents); this keeps the
+postings as compact blobs and scores them in C++ (``bne._core.bm25_search``, MaxScore, exact). Kept
+from FTS5: **one transaction** (:func:`insert` / :func:`delete` only execute on the caller's
+connection); **its tokens** (texts are tokenised by a temporary in-memory FTS5 table with
+``bne.lexical.TOKENIZER``, so terms, stems, lengths and the scores are ``bne.lexical``'s: k1 = 1.2,
+b = 0.75, FTS5's idf); **deletes** (given the row's text, its tokens leave df, N and the total length
+exactly; the (id, seg) pair is marked dead and :func:`compact` purges it; an id may come back);
+**shards** (:func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=``).
 
-* **same transaction**: :func:`insert` / :func:`delete` only execute statements on the caller's
-  connection; the caller commits them with the docstore rows.
-* **same tokens**: texts are tokenised by FTS5 itself (a temporary in-memory ``fts5`` table with
-  ``bne.lexical.TOKENIZER`` and its ``fts5vocab`` instance view), so terms, stems and document
-  lengths are exactly what ``bne.lexical`` indexes, and the scores are FTS5's ``bm25()`` (k1 = 1.2,
-  b = 0.75, its idf).
-* **segments**: each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended
-  at the end of a ``(seg, term)`` b-tree, so a commit never rewrites old blobs (ids: uint16 gaps
-  where they fit, else int32; tfs: uint8 where they fit, else uint16). Segments of one level are
-  merged F at a time (tiered, as Lucene): 1M documents in 2,048-document commits make 13 segments,
-  and every posting is rewritten about log_F(N / batch) times.
-* **deletes**: given the row's text (as a contentless FTS5 table needs), the row's tokens are
-  subtracted from the statistics (exact df, N, total length) and the (id, seg) pair is marked dead,
-  so its postings are skipped; :func:`compact` purges them. An id may be inserted again after delete.
-* **shards**: :func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=`` as in ``bne.lexical``.
-* **speed**: :meth:`Searcher.search` prunes with MaxScore (exact): the common terms, whose postings
-  are most of the work, are looked up only for documents that can still reach the top k.
-
-Quoted query terms (``bne.lexical.query_terms``) are each one FTS5 phrase; every phrase adds its
-term's score, as FTS5's OR query does (two words with one stem count twice there too). A word that
-FTS5 would split into several tokens (none from ``query_terms`` in practice) is scored as its
-tokens OR-ed, not as a phrase.
+Each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended at the end of
+the b-tree (ids: uint16 gaps where they fit, else int32; tfs: uint8 where they fit, else uint16);
+segments of one level are merged F at a time (tiered, as Lucene). Each quoted query term
+(``bne.lexical.query_terms``) adds its score, as FTS5's OR query does; a word FTS5 would split into
+several tokens is scored as those tokens OR-ed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import itertools
+import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import lexical
+from . import _core, lexical
 from .lexical import Allowed, Stats, idf
 
 F = 8  # segments of one level merged at a time
 PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
+CACHE_MB = 256  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lexp_seg(seg INTEGER PRIMARY KEY, level INTEGER NOT NULL, ids BLOB NOT NULL,"
     " lens BLOB NOT NULL)",
@@ -161,8 +155,10 @@ def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], m
 
 
 def _bump(conn: sqlite3.Connection) -> None:
-    """Every write bumps a version, so a Searcher (of any connection) reloads its arrays."""
-    conn.execute("INSERT INTO lexp_meta VALUES ('version', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1")
+    """Every write sets a new version, so a Searcher (of any connection) reloads its arrays and cache.
+    Random rather than + 1: a write rolled back and another one committed must not meet the
+    version the Searcher cached for the first."""
+    conn.execute("INSERT INTO lexp_meta VALUES ('version', random()) ON CONFLICT(k) DO UPDATE SET v = random()")
 
 
 def _live(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
@@ -284,207 +280,292 @@ def compact(conn: sqlite3.Connection) -> None:
 
 def query_tokens(conn: sqlite3.Connection, terms: Sequence[str]) -> list[list[str]]:
     """Each quoted query term's index tokens (stemmed by FTS5's tokenizer)."""
-    if any(not (len(t) >= 2 and t[0] == t[-1] == '"') for t in terms):
-        raise ValueError("lexical_postings: terms come from bne.lexical.query_terms (each double-quoted)")
+    _check_terms(terms)
     out: list[list[str]] = [[] for _ in terms]
     if terms:
+        was = conn.in_transaction
         for term, i, _ in tokenize(conn, range(len(terms)), [t[1:-1].replace('""', '"') for t in terms]):
             out[i].append(term)
+        if not was and conn.in_transaction:  # the temp table's implicit BEGIN: left open, it would pin
+            conn.commit()  # the snapshot and (rollback journal) hold a lock that blocks writers
     return out
 
 
-class Searcher:
-    """BM25 over one connection's postings; the per-id arrays are reloaded when the database changed
-    (another connection's commit or this connection's own writes)."""
+def _check_terms(terms: Sequence[str]) -> None:
+    if any(not (isinstance(t, str) and len(t) >= 2 and t[0] == t[-1] == '"') for t in terms):
+        raise ValueError("lexical_postings: terms come from bne.lexical.query_terms (each double-quoted)")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+
+Rows = list[tuple[int, int, bytes, bytes]]  # (seg, df, docs, tfs) of one token, one row per segment
+Plan = list[tuple[float, Rows, str]]  # (bound = weight, rows, quoted term) per query token, largest bound first
+
+
+_KNORM_KEYS = itertools.count(1)  # names each knorm array made in this process (C++ workers keep a copy by key)
+
+
+def _cache_bytes() -> int:
+    raw = os.environ.get("BNE_LEXICAL_CACHE_MB", "")
+    try:
+        return int(float(raw) * 2**20) if raw.strip() else CACHE_MB * 2**20
+    except ValueError:
+        raise ValueError(f"BNE_LEXICAL_CACHE_MB must be a number of megabytes, got {raw[:40]!r}") from None
+
+
+class Searcher:
+    """BM25 over one connection's postings. The per-id arrays and the postings cache are reloaded
+    when the database changed (another connection's commit or this connection's own writes: every
+    write sets ``lexp_meta.version`` anew).
+
+    Thread safe: every SQLite read and cache update holds a lock; the scoring itself runs in C++
+    (``bne._core.bm25_search``) without the GIL and without the lock, on arrays that a reload
+    replaces rather than changes. ``cache_mb`` (default ``CACHE_MB``, or ``BNE_LEXICAL_CACHE_MB``)
+    bounds the raw posting blobs kept between queries (least recently used out first, a second
+    chance for those that were hit): the common terms, whose blobs are most of a query's SQLite
+    reads, stay in memory."""
+
+    def __init__(self, conn: sqlite3.Connection, cache_mb: float | None = None) -> None:
         self.conn = conn
+        self.cache_bytes = _cache_bytes() if cache_mb is None else int(cache_mb * 2**20)
+        self._lock = threading.RLock()
         self._key: int | None = None
-        self._knorm: tuple[float, np.ndarray] | None = None
+        self._knorm: tuple[float, np.ndarray, int] | None = None  # (avgdl, knorm, its key)
+        self._cache: OrderedDict[str, tuple[int, Rows]] = OrderedDict()  # token -> (df, rows)
+        self._cache_used = 0
+        self._hits: dict[str, int] = {}  # cache hits of a cached token (0-3): its second chances
+        self._tokens: dict[str, list[str]] = {}  # quoted term -> tokens (the tokenizer never changes)
         self.pruned_terms = 0
         self.skipped_bound = 0.0
         self.prune_min_postings = PRUNE_MIN_POSTINGS
         self.last_essential: list[str] = []
+
+    # -- state read from SQLite (callers hold the lock) --
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """The version, the id arrays and the postings read in one read transaction (unless the
+        caller has one open), so a commit of another connection between them cannot mix two states."""
+        own = not self.conn.in_transaction
+        if own:
+            self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if own and self.conn.in_transaction:
+                self.conn.commit()
 
     def _refresh(self) -> None:
         row = self.conn.execute("SELECT v FROM lexp_meta WHERE k = 'version'").fetchone()
         key = int(row[0]) if row else 0
         if key == self._key:
             return
-        self.seg_of, self.dl = _live(self.conn)
+        seg_of, self.dl = _live(self.conn)
         self._knorm = None
-        self.has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
-        n, total = self._totals()
-        self.n_docs, self.total_len = n, total
+        self._cache.clear()
+        self._hits.clear()
+        self._cache_used = 0
+        has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
+        self.seg_of: np.ndarray | None = seg_of.astype(np.int32) if has_dead else None  # None: all postings live
+        m = dict(self.conn.execute("SELECT k, v FROM lexp_meta").fetchall())
+        self.n_docs, self.total_len = int(m.get("n_docs", 0)), int(m.get("total_len", 0))
         self.segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
         self._key = key
 
-    def _totals(self) -> tuple[int, int]:
-        m = dict(self.conn.execute("SELECT k, v FROM lexp_meta").fetchall())
-        return int(m.get("n_docs", 0)), int(m.get("total_len", 0))
-
-    def _postings(self, token: str) -> list[tuple[int, int, bytes, bytes]]:
+    def _postings(self, token: str) -> Rows:
         if not self.segs:
             return []
         segs = ",".join(map(str, self.segs))  # integers read from our own table
         sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({segs})"
         return self.conn.execute(sql, (token,)).fetchall()
 
-    def _df(self, token: str, rows: list[tuple[int, int, bytes, bytes]]) -> int:
-        r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
-        return sum(x[1] for x in rows) - (int(r[0]) if r else 0)
+    def _lists(self, token: str) -> tuple[int, Rows]:
+        """(live df, rows) of a token, from the cache or SQLite."""
+        hit = self._cache.get(token)
+        if hit is not None:
+            self._cache.move_to_end(token)
+            self._hits[token] = min(3, self._hits.get(token, 0) + 1)
+            return hit
+        rows = self._postings(token)
+        df = 0
+        if rows:
+            r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
+            df = sum(x[1] for x in rows) - (int(r[0]) if r else 0)
+        size = 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
+        if size <= self.cache_bytes:
+            self._cache[token] = (df, rows)
+            self._cache_used += size
+            while self._cache_used > self.cache_bytes:
+                # least recently used out, but a second chance for one that was hit (CLOCK): queries
+                # cycling through more terms than fit would evict every entry before its next use
+                old_tok, old = self._cache.popitem(last=False)
+                chances = self._hits.pop(old_tok, 0)
+                if chances and old_tok != token:
+                    self._cache[old_tok] = old
+                    self._hits[old_tok] = chances - 1
+                    continue
+                self._cache_used -= 200 + sum(len(x[2]) + len(x[3]) + 150 for x in old[1])
+        return df, rows
+
+    def _query_tokens(self, terms: Sequence[str]) -> list[list[str]]:
+        _check_terms(terms)
+        missing = list(dict.fromkeys(t for t in terms if t not in self._tokens))
+        if missing:
+            if len(self._tokens) > 100_000:  # bounded: a long-running server sees many words
+                self._tokens.clear()
+            self._tokens.update(zip(missing, query_tokens(self.conn, missing), strict=True))
+        return [self._tokens[t] for t in terms]
+
+    def _plan(self, terms: Sequence[str], stats: Stats | None, n_g: int, skip_floor: bool) -> tuple[Plan, float]:
+        """The query's tokens with postings, by bound (largest first, stable), and the bound of the
+        skipped floored-idf terms."""
+        plan: Plan = []
+        skipped = 0.0
+        for t, toks in zip(terms, self._query_tokens(terms), strict=True):
+            for tok in toks:
+                df, rows = self._lists(tok)
+                if not rows:
+                    continue
+                if stats is not None:
+                    df = stats.df.get(t, 0)
+                if df > 0 and skip_floor and idf(n_g, df) <= 1e-6:
+                    skipped += 1e-6 * (lexical.K1 + 1)
+                elif df > 0:
+                    plan.append((idf(n_g, df) * (lexical.K1 + 1), rows, t))
+        plan.sort(key=lambda p: -p[0])  # rarest first
+        return plan, skipped
+
+    def _prepare(
+        self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
+    ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
+        """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
+        with self._lock, self._snapshot():
+            self._refresh()
+            n_g, avg = (
+                (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
+            )
+            if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
+                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0
+            if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
+                self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg), next(_KNORM_KEYS))
+            plans, skipped = [], 0.0
+            for terms in queries:
+                p, skipped = self._plan(terms, stats, n_g, skip_floor)
+                plans.append(p)
+            return plans, self._knorm[1:], self.seg_of, skipped
 
     def local_stats(self, terms: Sequence[str]) -> Stats:
         """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
-        self._refresh()
-        toks = query_tokens(self.conn, terms)
-        df = {}
-        for t, ts in zip(terms, toks, strict=True):
-            df[t] = self._df(ts[0], self._postings(ts[0])) if len(ts) == 1 else 0
-        return Stats(self.n_docs, self.total_len, df)
+        with self._lock, self._snapshot():
+            self._refresh()
+            df = {}
+            for t, ts in zip(terms, self._query_tokens(terms), strict=True):
+                df[t] = self._lists(ts[0])[0] if len(ts) == 1 else 0
+            return Stats(self.n_docs, self.total_len, df)
+
+    # -- search --
 
     def search(
         self,
         terms: Sequence[str],
         limit: int,
         stats: Stats | None = None,
-        allowed: Allowed = None,
+        allowed: Allowed | np.ndarray = None,
         prune: bool = True,
         skip_floor: bool = False,
     ) -> list[tuple[int, float]]:
         """The best ``limit`` (id, BM25) for any of ``terms``, best first, ties by id: the ranking of
         ``bne.lexical.bm25_search`` with the same arguments.
 
-        ``skip_floor`` (near-exact): terms in half the documents or more, whose idf FTS5 floors at
-        1e-6, are not read at all. Each adds less than 1e-6 * (k1 + 1) to a score, so every returned
-        score is low by less than ``skipped_bound`` and the ranking differs from the exact one only
-        between documents whose exact scores are closer than that (or that match only such terms).
+        ``allowed``: a numpy bool mask by id (ids past its end not allowed) or a set, applied while
+        scoring (MaxScore's thresholds are the allowed documents': exact and fast however few), or
+        any container / predicate, which filters the ranking read 4x deeper until ``limit`` are kept.
+        ``prune`` (exact either way): MaxScore; the common terms are looked up only for the documents
+        that can still reach the top. ``skip_floor`` (near-exact): terms whose idf FTS5 floors at
+        1e-6 are not read; every score is then low by less than ``skipped_bound``."""
+        return self._run([terms], limit, stats, allowed, prune, skip_floor, 1)[0]
 
-        ``prune`` (exact either way): MaxScore. Terms are scored fully from the highest idf down until
-        the sum of the remaining terms' bounds (idf * (k1 + 1): a term's tf part is below k1 + 1) is
-        below the k-th best partial score; the remaining (common) terms are then looked up only
-        for the documents that can still reach the top k."""
-        if limit < 1 or not terms:
-            return []
-        self._refresh()
-        if self.n_docs == 0 or len(self.dl) == 0:
-            return []
-        n_g, avg = (self.n_docs, self.total_len / self.n_docs) if stats is None else (stats.n_docs, stats.avgdl)
-        if n_g == 0 or avg == 0:
-            return []
-        plan = []  # (bound, postings rows) per query token
-        self.skipped_bound = 0.0
-        for t, toks in zip(terms, query_tokens(self.conn, terms), strict=True):
-            for tok in toks:
-                rows = self._postings(tok)
-                if not rows:
-                    continue
-                df = self._df(tok, rows) if stats is None else stats.df.get(t, 0)
-                if df > 0 and skip_floor and idf(n_g, df) <= 1e-6:
-                    self.skipped_bound += 1e-6 * (lexical.K1 + 1)
-                elif df > 0:
-                    plan.append((idf(n_g, df) * (lexical.K1 + 1), rows, t))
-        if not plan:
-            return []
-        plan.sort(key=lambda p: -p[0])  # rarest first
-        rest = np.cumsum([p[0] for p in plan][::-1])[::-1]  # rest[j]: bound of terms j..end
-        if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
-            self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg))
-        knorm: np.ndarray = self._knorm[1]
-        acc = np.zeros(len(self.dl), np.float64)
-        want = limit if allowed is None else 2 * limit
-        sizes = [sum(r[1] for r in p[1]) for p in plan]
-        left = np.cumsum(sizes[::-1])[::-1]  # postings of terms j..end
-        cut = len(plan)
-        slack = 1 + 1e-9  # rounding of sums in another order
-        for j, (w, rows, _) in enumerate(plan):
-            # checking costs a pass over the accumulator: only worth it before many postings
-            if prune and j > 0 and left[j] >= self.prune_min_postings:
-                theta = _kth_lower_bound(acc, want)  # the want-th best partial score is at least this
-                if rest[j] * slack < theta:  # no document unmatched so far can reach the top `want`
-                    cut, cand = j, np.flatnonzero(acc >= theta - rest[j] * slack)
-                    break
-            for seg, df, db, tb in rows:
-                d, tf = self._live_postings(seg, df, db, tb)
-                acc[d] += w * tf / (tf + knorm[d])  # a term's postings hold each id once: += is exact
-        # for tests and benchmarks: terms scored for candidates only, and the quoted terms scored fully
-        self.pruned_terms, self.last_essential = len(plan) - cut, [p[2] for p in plan[:cut]]
-        if cut == len(plan):
-            return _top(acc, limit, allowed)
-        for j in range(cut, len(plan)):  # the common terms, for the candidates only, rarest first
-            if len(cand) > want:  # what the terms j..end can still add decides who stays a candidate
-                sc = acc[cand]
-                kth = np.partition(sc, len(sc) - want)[len(sc) - want]
-                cand = cand[sc >= kth - rest[j] * slack]
-            is_cand = None
-            w, rows, _ = plan[j]
-            for seg, df, db, tb in rows:
-                d, tfs = _unpack(df, db, tb)  # ids ascending within a segment, each once
-                if not len(d):
-                    continue
-                if 16 * len(cand) < len(d):  # few candidates: binary search them in the list
-                    pos = np.minimum(np.searchsorted(d, cand), len(d) - 1)
-                    hit = d[pos] == cand
-                    c, f = cand[hit], tfs[pos[hit]].astype(np.float64)
-                else:  # many: one pass over the list
-                    if is_cand is None:
-                        is_cand = np.zeros(len(acc), bool)
-                        is_cand[cand] = True
-                    hit = is_cand[d]
-                    c, f = d[hit], tfs[hit].astype(np.float64)
-                if self.has_dead:
-                    live = self.seg_of[c] == seg
-                    c, f = c[live], f[live]
-                acc[c] += w * f / (f + knorm[c])
-        out = _top(acc, limit, allowed, cand)
-        if len(out) < limit and allowed is not None:  # the filter dropped too many candidates
-            return self.search(terms, limit, stats, allowed, prune=False, skip_floor=skip_floor)
+    def search_many(
+        self,
+        queries: Sequence[Sequence[str]],
+        limit: int,
+        stats: Stats | None = None,
+        allowed: Allowed | np.ndarray = None,
+        threads: int | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """:meth:`search` of each query (same results), the postings read once up front and the
+        scoring spread over ``threads`` threads (None: bne's default thread count)."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+        return self._run(queries, limit, stats, allowed, True, False, threads or 0)
+
+    def _run(
+        self,
+        queries: Sequence[Sequence[str]],
+        limit: int,
+        stats: Stats | None,
+        allowed: Allowed | np.ndarray,
+        prune: bool,
+        skip_floor: bool,
+        threads: int,
+    ) -> list[list[tuple[int, float]]]:
+        if limit < 1:
+            return [[] for _ in queries]
+        plans, (knorm, key), seg_of, self.skipped_bound = self._prepare(queries, stats, skip_floor)
+        mask, admit = _allowed(allowed, len(knorm))
+        todo = [k for k, p in enumerate(plans) if p]
+        out: list[list[tuple[int, float]]] = [[] for _ in queries]
+        want = limit
+        while todo:
+            res = _core.bm25_search(
+                [[(w, rows) for w, rows, _ in plans[k]] for k in todo],
+                knorm,
+                seg_of,
+                mask,
+                want,
+                prune,
+                self.prune_min_postings,
+                threads,
+                key,
+            )
+            again = []
+            for k, (ids, scores, cut) in zip(todo, res, strict=True):
+                got = list(zip(ids.tolist(), scores.tolist(), strict=True))
+                if admit is not None:
+                    kept = [r for r in got if admit(r[0])]
+                    if len(kept) < limit and len(got) == want:  # the filter dropped too many: read deeper
+                        again.append(k)
+                        continue
+                    got = kept
+                out[k] = got[:limit]
+                # for tests and benchmarks: terms scored for candidates only, and the terms scored fully
+                self.pruned_terms, self.last_essential = len(plans[k]) - cut, [p[2] for p in plans[k][:cut]]
+            todo, want = again, want * 4
         return out
 
-    def _live_postings(self, seg: int, df: int, db: bytes, tb: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """A segment's postings (ids ascending) without its deleted rows."""
-        d, t = _unpack(df, db, tb)
-        tf = t.astype(np.float64)
-        if self.has_dead:
-            keep = self.seg_of[d] == seg
-            d, tf = d[keep], tf[keep]
-        return d, tf
 
-
-def _kth_lower_bound(acc: np.ndarray, k: int) -> float:
-    """A lower bound of the k-th largest value, from block maxima (one pass): k blocks have an
-    element at least as large as their k-th largest maximum. 0 when there are fewer than k blocks."""
-    bs = max(1, len(acc) // (8 * k))
-    nb = len(acc) // bs
-    if nb < k:
-        return 0.0
-    m = acc[: nb * bs].reshape(nb, bs).max(axis=1)
-    return float(np.partition(m, nb - k)[nb - k])
-
-
-def _top(acc: np.ndarray, limit: int, allowed: Allowed, cand: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """The best ``limit`` admitted (id, score) of ``acc`` (> 0), or of ``cand``'s entries only."""
-    admit = lexical._admit(allowed)
-    want = limit if allowed is None else 2 * limit
-    while True:
-        theta = 0.0 if cand is not None else _kth_lower_bound(acc, want)
-        if cand is not None:
-            ids = cand[acc[cand] > 0]
-        else:
-            ids = np.flatnonzero(acc >= theta) if theta > 0 else np.flatnonzero(acc)
-        sc = acc[ids]
-        if len(ids) > want:  # the exact want-th score among them, ties kept
-            kth = np.partition(sc, len(sc) - want)[len(sc) - want]
-            ids, sc = ids[sc >= kth], sc[sc >= kth]
-        order = np.lexsort((ids, -sc))
-        out = [(int(ids[o]), float(sc[o])) for o in order if admit(int(ids[o]))]
-        if len(out) >= limit or theta == 0:  # enough, or every match was seen
-            return out[:limit]
-        want *= 4
+def _allowed(allowed: Allowed | np.ndarray, n: int) -> tuple[np.ndarray | None, Callable[[int], bool] | None]:
+    """(bool mask by id for the C++ scorer, or None; predicate to filter its results with, or None)."""
+    if allowed is None:
+        return None, None
+    if isinstance(allowed, np.ndarray):
+        if allowed.dtype != np.bool_ or allowed.ndim != 1:
+            raise ValueError(
+                f"allowed: a numpy array must be a 1-D bool mask indexed by id, got dtype {allowed.dtype} "
+                f"and shape {allowed.shape}"
+            )
+        return np.ascontiguousarray(allowed), None
+    if isinstance(allowed, (set, frozenset)):
+        try:
+            ids = np.fromiter(allowed, np.int64, len(allowed))
+        except (TypeError, ValueError, OverflowError):  # not all integers: filter with the set itself
+            return None, allowed.__contains__
+        mask = np.zeros(n, np.bool_)
+        mask[ids[(ids >= 0) & (ids < n)]] = True
+        return mask, None
+    return None, lexical._admit(allowed)
 
 
 def local_stats(conn: sqlite3.Connection, terms: Sequence[str]) -> Stats:
-    return Searcher(conn).local_stats(terms)
+    return Searcher(conn, cache_mb=0).local_stats(terms)
 
 
 def bm25_search(
@@ -492,8 +573,9 @@ def bm25_search(
     terms: Sequence[str],
     limit: int,
     stats: Stats | None = None,
-    allowed: Allowed = None,
+    allowed: Allowed | np.ndarray = None,
     prune: bool = True,
 ) -> list[tuple[int, float]]:
-    """One-off search (a :class:`Searcher` kept across queries avoids reloading the id arrays)."""
-    return Searcher(conn).search(terms, limit, stats, allowed, prune)
+    """One-off search (a :class:`Searcher` kept across queries avoids reloading the id arrays and
+    keeps the common terms' postings in memory)."""
+    return Searcher(conn, cache_mb=0).search(terms, limit, stats, allowed, prune)
