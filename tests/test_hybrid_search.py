@@ -150,19 +150,27 @@ def test_lexical_mode_is_fts5_bm25_and_dense_mode_is_hamming(built, fake):
         assert [h.distance for h in rescored.hits[qi]] == hamming_of(fake, built, q, ids)
 
 
-def test_the_lexical_side_runs_beside_the_dense_side(built, fake, monkeypatch):
-    seen = []
+def test_the_lexical_side_runs_after_the_query_is_encoded(built, fake, monkeypatch):
+    """One collection's BM25 runs once the query encoder is done (on a few cores the two slowed
+    each other), in the caller's thread, one batch for all the queries."""
+    events = []
     real = hybrid.lexical_postings.Searcher.search_many
+    encode = fake.encode
 
     def spy(self, queries, *a, **k):
-        seen.extend([threading.current_thread().name] * len(queries))
+        events.append(("lexical", len(queries), threading.current_thread() is threading.main_thread()))
         return real(self, queries, *a, **k)
 
+    def spy_encode(*a, **k):
+        events.append(("encode", None, None))
+        return encode(*a, **k)
+
     monkeypatch.setattr(hybrid.lexical_postings.Searcher, "search_many", spy)
+    monkeypatch.setattr(fake, "encode", spy_encode)
     with bne.Collection.open(built) as c:
         c.search(QUERIES[:2], 3)
         c.search(QUERIES[:1], 3)
-    assert len(seen) == 3 and all(name.startswith("bne-lexical") for name in seen)
+    assert events == [("encode", None, None), ("lexical", 2, True), ("encode", None, None), ("lexical", 1, True)]
 
 
 # -- removed documents and allow-lists ------------------------------------------------------------
