@@ -254,6 +254,40 @@ def test_sharded_lexical_search_equals_one_index(local_ray, texts_union, tmp_pat
     sharded.close()
 
 
+def test_sharded_hybrid_search_equals_one_collection(local_ray, tmp_path, monkeypatch):
+    """`Collection.search` on a folder of 3 shards ranks like the one collection they were split
+    from, in every mode: the same ids, ranks on each side, BM25 and fused scores (the dense side
+    through the actors, the lexical side with collection-wide statistics, then the same fusion)."""
+    import bne.collection as bcoll
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_collection import FakeEncoder
+
+    enc = FakeEncoder()
+    monkeypatch.setattr(bcoll, "load", lambda *a, **k: enc)
+    rng = random.Random(21)
+    docs = [Doc(f"d{i}", " ".join(rng.choices(WORDS, k=rng.randint(1, 20)))) for i in range(240)]
+    one = tmp_path / "one.bne"
+    with bne.Collection.create(one) as c:
+        c.add(docs, commit_every=50)
+    distributed.shard_index(one, 3, tmp_path / "three")
+    queries = [" ".join(rng.choices(WORDS + ["absent"], k=rng.randint(1, 5))) for _ in range(24)] + ["", "?!"]
+    with bne.Collection.open(one) as a, bne.Collection.open(tmp_path / "three") as b:
+        assert b.sharded
+        for mode in ("hybrid", "lexical", "dense"):
+            ra, rb = a.search(queries, 10, mode=mode), b.search(queries, 10, mode=mode)
+            assert ra.modes == rb.modes and len(rb.hits) == len(queries)
+            for ha, hb in zip(ra.hits, rb.hits, strict=True):
+                key = [(h.id, h.dense_rank, h.lexical_rank, h.distance) for h in ha]
+                assert key == [(h.id, h.dense_rank, h.lexical_rank, h.distance) for h in hb], mode
+                for x, y in zip(ha, hb, strict=True):
+                    for u, v in ((x.score, y.score), (x.bm25, y.bm25)):
+                        assert (u is None) == (v is None) and (u is None or abs(u - v) <= 1e-9 * abs(u)), mode
+        fused = a.search(queries, 10)  # the default: hybrid, with hits from both sides
+        assert fused.mode == "hybrid"
+        assert any(h.dense_rank and h.lexical_rank for row in fused.hits for h in row)
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster():
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
