@@ -144,7 +144,11 @@ def sharded_lexical(paths: list[str], terms: list[str], depth: int, allowed=None
     conns = [shards.open_lexical(shards.lexical_path(p)) for p in paths]
     try:
         stats = lexical.merge_stats(lp.Searcher(c).local_stats(terms) for c in conns)
-        parts = [lp.Searcher(c).search(terms, depth, stats=stats, allowed=allowed) for c in conns]
+        parts = []
+        for c in conns:  # a file holds id - base (shards.write_lexical): results are shifted back
+            b = shards.lexical_base(c)
+            adm = None if allowed is None else (lambda i, b=b: allowed(i + b))
+            parts.append([(i + b, sc) for i, sc in lp.Searcher(c).search(terms, depth, stats=stats, allowed=adm)])
     finally:
         for c in conns:
             c.close()
@@ -160,8 +164,8 @@ def test_shard_index_writes_lexical_files_that_rank_as_the_union(tmp_path, capsy
     # each lexical file holds exactly its shard's documents, under their ids
     for p in paths:
         conn = shards.open_lexical(shards.lexical_path(p))
-        held = np.concatenate([np.frombuffer(b, np.int32) for (b,) in conn.execute("SELECT ids FROM lexp_seg")])
-        assert sorted(held.tolist()) == sorted(bne.open(p).ids().tolist())
+        held = shards.lexical_ids(conn)
+        assert held.tolist() == sorted(bne.open(p).ids().tolist())
         conn.close()
     assert [shards.lexical_done(shards.lexical_path(p), len(bne.open(p))) for p in paths] == [True] * 3
     assert not shards.lexical_done(shards.lexical_path(paths[0]), len(bne.open(paths[0])) + 1)
@@ -214,6 +218,42 @@ def test_lexical_file_is_written_atomically(tmp_path):
     conn = shards.open_lexical(path)
     assert shards.lexical_info(conn) == (3, 0, 5)
     assert lp.Searcher(conn).search(lexical.query_terms("gamma"), 5)[0][0] == 5
+    conn.close()
+
+
+def test_a_shard_far_into_the_ids_pays_for_its_own_ids_only(tmp_path):
+    """A shard's file holds id - base: its scorer's per-id arrays cover the shard's ids, not every id
+    before them (20M ids before this shard cost ~500 MB before), and results are global ids."""
+    import tracemalloc
+
+    from bne import distributed
+
+    base = 20_000_000
+    texts = [f"alpha {'beta ' * (i % 3)}gamma{i % 4}" for i in range(50)]
+    path = tmp_path / "far.lex.sqlite"
+    assert shards.write_lexical(path, [(range(base, base + 50), texts)], base=base) == 50
+    conn = shards.open_lexical(path)
+    assert shards.lexical_base(conn) == base and list(shards.lexical_ids(conn)) == list(range(base, base + 50))
+    tracemalloc.start()
+    searcher = lp.Searcher(conn)
+    terms = lexical.query_terms("beta gamma2", repeats=True)
+    stats = searcher.local_stats(terms)
+    got = distributed._search_shard(searcher, [terms], 10, stats, None, base, None, base)[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+    fts = sqlite3.connect(":memory:")  # the oracle, over the global ids
+    lexical.create(fts)
+    lexical.insert(fts, range(base, base + 50), texts)
+    want = lexical.bm25_search(fts, terms, 10)
+    assert [i for i, _ in got] == [i for i, _ in want] and all(i >= base for i, _ in got)
+    assert all(abs(a - b) <= 1e-9 * abs(b) for (_, a), (_, b) in zip(got, want, strict=True))
+    mask = np.zeros(30, bool)  # the driver's part of a mask, from the shard's first id: only id base + 7
+    mask[7] = True
+    assert "beta" in texts[7]  # so it matches, and it is the only document allowed
+    assert [i for i, _ in distributed._search_shard(searcher, [terms], 10, stats, mask, base, None, base)[0]] == [
+        base + 7
+    ]
     conn.close()
 
 

@@ -36,6 +36,7 @@ from .models import ModelRef, identify, same_model
 from .shards import (
     MANIFEST,
     docstore_key,
+    lexical_base,
     lexical_done,
     lexical_ids,
     lexical_path,
@@ -95,6 +96,7 @@ def _server_class():
             self.lex: lexical_postings.Searcher | None = None
             self.lex_problem: str | None = None
             self.lex_range = (-1, -1)
+            self.lex_base = 0  # the file holds id - lex_base
             lex = lexical_path(path)
             try:
                 conn = open_lexical(lex)
@@ -104,6 +106,7 @@ def _server_class():
                     conn.close()
                     raise DocStoreError(f"{lex} holds other documents than its shard; build the folder again")
                 self.lex = lexical_postings.Searcher(conn)
+                self.lex_base = lexical_base(conn)
                 self.lex_range = (int(held[0]), int(held[-1])) if len(held) else (-1, -1)
             except FileNotFoundError:
                 self.lex_problem = f"{lex} is missing (built without the lexical index)"
@@ -138,7 +141,8 @@ def _server_class():
             threads: int | None,
         ) -> list[list[tuple[int, float]]]:
             searcher = self._searcher()
-            return _search_shard(searcher, queries, depth, stats, allowed, self.lex_range[0], threads)
+            lo, base = self.lex_range[0], self.lex_base
+            return _search_shard(searcher, queries, depth, stats, allowed, lo, threads, base)
 
         def search(self, queries: np.ndarray, k: int, base: int, threads: int | None):
             if len(self.index) == 0:
@@ -163,9 +167,26 @@ def _search_shard(
     allowed: np.ndarray | None,
     lo: int,
     threads: int | None = None,
+    base: int = 0,
 ) -> list[list[tuple[int, float]]]:
     """One shard's round 2. ``allowed`` is the mask of the shard's ids from ``lo`` on (what the
-    driver sent); it becomes a mask by global id, or a predicate where the searcher takes none."""
+    driver sent); it becomes a mask by the file's ids (global id - ``base``), or a predicate where
+    the searcher takes none. The results are global ids."""
+    return [
+        [(i + base, sc) for i, sc in r]
+        for r in _search_local(searcher, queries, depth, stats, allowed, lo - base, threads)
+    ]
+
+
+def _search_local(
+    searcher: lexical_postings.Searcher,
+    queries: list[list[str]],
+    depth: int,
+    stats: lexical.Stats,
+    allowed: np.ndarray | None,
+    lo: int,
+    threads: int | None,
+) -> list[list[tuple[int, float]]]:
     full = None
     if allowed is not None:
         full = np.zeros(max(lo, 0) + len(allowed), np.bool_)
@@ -369,7 +390,7 @@ class _EncodeShard:
                     (range(a, min(a + LEXICAL_CHUNK, stop)), self.texts[a : min(a + LEXICAL_CHUNK, stop)])
                     for a in range(start, stop, LEXICAL_CHUNK)
                 )
-                lexed.append(write_lexical(lex, chunks, mode=stat.S_IMODE(os.stat(path).st_mode)))
+                lexed.append(write_lexical(lex, chunks, mode=stat.S_IMODE(os.stat(path).st_mode), base=start))
             else:
                 lexed.append(0)
         return {"shard": np.asarray(batch["shard"]), "encoded": np.asarray(done), "lexical": np.asarray(lexed)}

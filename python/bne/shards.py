@@ -126,7 +126,7 @@ def shard_index(
     for h in heads:
         h.close()
     stores = _source_stores(paths, notes) if lexical else None
-    if stores is not None and top_id >= 2**31:
+    if stores is not None and top_id >= 2**31:  # (the ids of one shard then do not fit either)
         notes.append(f"no lexical index files: ids up to {top_id} do not fit the lexical index (below 2**31)")
         for st in stores:
             st.close()
@@ -157,7 +157,8 @@ def shard_index(
                 for a, b in zip(runs[:-1], runs[1:], strict=True)
                 for part in _stored_texts(stores[int(src[a])], ids[a:b], docstore.LEXICAL_CHUNK)
             )
-            write_lexical(lexical_path(path), chunks, mode=stat.S_IMODE(os.stat(path).st_mode))
+            base = int(ids.min()) if len(ids) else 0
+            write_lexical(lexical_path(path), chunks, mode=stat.S_IMODE(os.stat(path).st_mode), base=base)
         out.append(path)
 
     shard = 0
@@ -275,10 +276,17 @@ def _clean_lexical_temps(path: str) -> None:
 
 
 def write_lexical(
-    path: str | os.PathLike, chunks: Iterable[tuple[Sequence[int], Sequence[str]]], *, mode: int | None = None
+    path: str | os.PathLike,
+    chunks: Iterable[tuple[Sequence[int], Sequence[str]]],
+    *,
+    mode: int | None = None,
+    base: int = 0,
 ) -> int:
     """Writes a complete lexical postings file at ``path`` from (ids, texts) chunks (ids distinct, in
-    [0, 2**31); texts as :func:`bne.corpus.doc_text` makes them); returns the documents written.
+    [base, base + 2**31); texts as :func:`bne.corpus.doc_text` makes them); returns the documents
+    written. The file holds ``id - base`` and records ``base`` (``lexp_meta.id_base``): its scorer
+    keeps arrays over the ids it holds, so a shard far into a big collection pays for its own ids
+    only, not for every id before it.
 
     As durable as a docstore (rollback journal, ``synchronous=FULL``) and atomic: it is written under
     a temporary name, marked complete (``lexp_meta.ready = 1``) in its only commit, then renamed
@@ -293,9 +301,9 @@ def write_lexical(
             conn.execute("PRAGMA synchronous=FULL")
             lexical_postings.create(conn)
             for ids, texts in chunks:
-                lexical_postings.insert(conn, ids, texts)
+                lexical_postings.insert(conn, [int(i) - base for i in ids], texts)
                 n += len(ids)
-            conn.execute("INSERT INTO lexp_meta VALUES ('ready', 1)")
+            conn.execute("INSERT INTO lexp_meta VALUES ('ready', 1), ('id_base', ?)", (int(base),))
             conn.commit()
         finally:
             conn.close()
@@ -345,10 +353,17 @@ def open_lexical(path: str | os.PathLike) -> sqlite3.Connection:
     return conn
 
 
+def lexical_base(conn: sqlite3.Connection) -> int:
+    """What :func:`write_lexical` subtracted from every id of the file (add it to its results)."""
+    row = conn.execute("SELECT v FROM lexp_meta WHERE k = 'id_base'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def lexical_ids(conn: sqlite3.Connection) -> np.ndarray:
-    """Every id a lexical postings file written by :func:`write_lexical` holds, ascending."""
+    """Every (global) id a lexical postings file written by :func:`write_lexical` holds, ascending."""
     parts = [np.frombuffer(b, np.int32) for (b,) in conn.execute("SELECT ids FROM lexp_seg")]
-    return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+    ids = np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+    return ids + lexical_base(conn)
 
 
 def lexical_info(conn: sqlite3.Connection) -> tuple[int, int, int]:
