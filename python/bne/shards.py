@@ -7,7 +7,8 @@
 * :func:`write_lexical` / :func:`open_lexical` / :func:`lexical_done`: each shard's lexical (BM25)
   postings file, ``<shard file>.lex.sqlite`` (:func:`lexical_path`), holding the shard's documents
   (as id - base, ``lexp_meta.id_base``; read back as global ids). The folder's docstore keeps
-  the texts only; a search scores every shard with collection-wide statistics (:meth:`bne.distributed.ShardedIndex.lexical_search`).
+  the texts only; a search scores every shard with collection-wide statistics
+  (:meth:`bne.distributed.ShardedIndex.lexical_search`).
 
 Serving and building shards on Ray is :mod:`bne.distributed`.
 """
