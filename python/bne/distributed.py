@@ -172,30 +172,17 @@ def _search_shard(
     """One shard's round 2. ``allowed`` is the mask of the shard's ids from ``lo`` on (what the
     driver sent); it becomes a mask by the file's ids (global id - ``base``), or a predicate where
     the searcher takes none. The results are global ids."""
-    return [
-        [(i + base, sc) for i, sc in r]
-        for r in _search_local(searcher, queries, depth, stats, allowed, lo - base, threads)
-    ]
-
-
-def _search_local(
-    searcher: lexical_postings.Searcher,
-    queries: list[list[str]],
-    depth: int,
-    stats: lexical.Stats,
-    allowed: np.ndarray | None,
-    lo: int,
-    threads: int | None,
-) -> list[list[tuple[int, float]]]:
-    full = None
+    full, at = None, max(lo - base, 0)
     if allowed is not None:
-        full = np.zeros(max(lo, 0) + len(allowed), np.bool_)
-        full[max(lo, 0) :] = allowed
+        full = np.zeros(at + len(allowed), np.bool_)
+        full[at:] = allowed
     many = getattr(searcher, "search_many", None)
     if many is not None:  # a searcher that takes a bool mask by id, and many queries at once
-        return many(queries, depth, stats=stats, allowed=full, threads=threads)
-    admit = None if full is None else (lambda i: i < len(full) and bool(full[i]))
-    return [searcher.search(q, depth, stats=stats, allowed=admit) for q in queries]
+        got = many(queries, depth, stats=stats, allowed=full, threads=threads)
+    else:
+        admit = None if full is None else (lambda i: i < len(full) and bool(full[i]))
+        got = [searcher.search(q, depth, stats=stats, allowed=admit) for q in queries]
+    return [[(i + base, sc) for i, sc in r] for r in got]
 
 
 class ShardedIndex:
