@@ -1,20 +1,16 @@
-"""The lexical side of hybrid search: an SQLite FTS5 index of the text the encoder sees, BM25 over it,
-and reciprocal rank fusion with the dense (Hamming) ranking.
+"""The lexical side of hybrid search, shared by every engine: query words (:func:`query_terms`),
+collection statistics (:class:`Stats`, :func:`merge_stats`, :func:`idf`), merging ranked lists of
+shards (:func:`merge_ranked`) and reciprocal rank fusion (:func:`rrf_fuse`, with the search defaults
+``RRF_K``, ``DEPTH``, ``WEIGHTS``).
 
-Layout (docs/HYBRID_RESEARCH.md has the measurements behind each choice):
+The index a docstore holds is :mod:`bne.lexical_postings` (FTS5's OR query scores every posting:
+seconds at 1M documents, docs/HYBRID_RESEARCH.md). The FTS5 table here (:func:`create`,
+:func:`insert`, :func:`bm25_search`: contentless, ``porter unicode61 remove_diacritics 2``, FTS5's
+own ``bm25()``, k1 = 1.2, b = 0.75) is never written into a docstore: it is the reference that
+lexical_postings is tested against, in the tests and the benchmarks.
 
-* one contentless FTS5 table ``docs_fts(text)`` in the docstore, ``content=''`` (the text is already
-  in ``docs``: no second copy), ``detail=full`` (a contentless table needs the positions for BM25's
-  term frequencies), tokenizer ``porter unicode61 remove_diacritics 2``. Its rowid is the docstore
-  row id, which is the index id.
-* rows are written by the caller, inside the caller's transaction, with the docstore's rows, so a
-  commit either has both or neither. A contentless row is deleted by giving FTS5 its original text
-  (``doc_text`` of the stored title and text), so a delete must run before the ``docs`` row goes.
-* query text is data: :func:`query_terms` tokenises it here and double-quotes every term, so no
-  FTS5 operator, column filter, prefix or NEAR can ever be parsed from it.
-* :func:`bm25_search` ranks by FTS5's own ``bm25()`` (k1 = 1.2, b = 0.75) when the table's own
-  statistics are wanted, and by the same formula with statistics given from outside (:class:`Stats`,
-  summed over shards with :func:`merge_stats`) when several shards must rank as one collection.
+Query text is data: :func:`query_terms` tokenises it here and double-quotes every term, so no FTS5
+operator, column filter, prefix or NEAR can ever be parsed from it.
 """
 
 from __future__ import annotations
