@@ -384,15 +384,20 @@ def test_cli_input_may_be_left_out_only_to_add_the_lexical_index(tmp_path, args,
     assert code == 2 and len(lines) == 1 and msg in lines[0] and lines[0].startswith("bne: error:"), err
 
 
-def _unshare_ok() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-U", "true"]).returncode == 0
+def _as_a_user() -> list[str]:
+    """The command prefix that makes permission bits apply: root ignores them, so as root bne runs in
+    a new user namespace (`unshare -U`); skips where that cannot be made."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-U", "true"]).returncode != 0:
+        pytest.skip("running as root without `unshare -U`")
+    return ["unshare", "-U"]
 
 
 @pytest.mark.parametrize("what", ["file", "folder"])
 def test_a_read_only_docstore_is_never_written(tmp_path, fake, what):
     """Root ignores permission bits: as root, bne runs in a new user namespace (`unshare -U`)."""
-    if os.geteuid() == 0 and not _unshare_ok():
-        pytest.skip("running as root without `unshare -U`")
+    prefix = _as_a_user()
     folder = tmp_path / "ro"
     folder.mkdir()
     path = folder / "c.bne"
@@ -405,7 +410,6 @@ def test_a_read_only_docstore_is_never_written(tmp_path, fake, what):
     if what == "folder":
         os.chmod(folder, 0o555)
     before = {n: (os.stat(folder / n).st_mtime_ns, (folder / n).read_bytes()) for n in os.listdir(folder)}
-    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
     try:
         res = run_python(
             "import sys; from bne.cli import main; sys.exit(main(sys.argv[1:]))",
@@ -692,8 +696,7 @@ def test_a_write_cut_by_kill_9_is_rolled_back_by_the_next_reader(tmp_path, fake)
 
 
 def test_a_cut_write_that_this_user_may_not_roll_back_is_one_line(tmp_path, fake):
-    if os.geteuid() == 0 and not _unshare_ok():
-        pytest.skip("running as root without `unshare -U`")
+    prefix = _as_a_user()
     folder = tmp_path / "ro"
     folder.mkdir()
     path = folder / "c.bne"
@@ -701,7 +704,6 @@ def test_a_cut_write_that_this_user_may_not_roll_back_is_one_line(tmp_path, fake
         c.add(docs_of(10))
     _cut_write(path)
     os.chmod(folder, 0o555)
-    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
     try:
         res = run_python(
             "import sys; from bne.cli import main; sys.exit(main(sys.argv[1:]))", "info", path, prefix=prefix

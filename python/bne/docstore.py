@@ -44,6 +44,7 @@ EXPECTED_SCHEMA = {
 # lexp_meta keys of the docstore's own (the rest are lexical_postings'): 'ready' = 1 once every docs row
 # is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order)
 LEXICAL_CHUNK = 4096  # texts tokenised per lexical insert: bounds the memory of one big insert
+LEXICAL_STEP = 65536  # rows per committed step of adding the lexical index (resumes from the last)
 # user_version 1: .txt documents are keyed by content (see corpus.py); 0: by line number (bne <= 0.x)
 USER_VERSION = 1
 
@@ -255,7 +256,7 @@ class DocStore:
             chunk = rows[start : start + LEXICAL_CHUNK]
             lexical_postings.insert(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
 
-    def add_lexical(self, step: int = 65536) -> Iterator[tuple[int, int]]:
+    def add_lexical(self, step: int = LEXICAL_STEP) -> Iterator[tuple[int, int]]:
         """Builds the lexical index of an older docstore, ``step`` rows per commit, in id order;
         yields (rows indexed, rows in all) after each commit. Resumable: a killed run leaves the
         committed steps, and the next run goes on after the last of them."""

@@ -24,10 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .docstore import DocStore
+from .docstore import LEXICAL_STEP, DocStore
 from .errors import CollectionError
-
-LEXICAL_STEP = 65536  # rows per committed step of adding the lexical index (resumes from the last)
 
 LexicalProgress = Callable[[int, int], None]  # (rows indexed, rows in all), after each committed step
 
