@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -23,6 +24,16 @@ namespace {
 
 constexpr double kSlack = 1 + 1e-9;  // sums rounded in another order: bounds are compared with this margin
 constexpr size_t kSkip = 32;         // gaps summed at once to skip past a list's ids below the next candidate
+// An allow-list of at most this many ids is scored by looking each id up in every list (skipping
+// the rest of the list) rather than by scanning every posting: with fewer allowed documents than
+// the limit MaxScore never prunes, and even with more, looking a few hundred ids up costs less
+// than a pass over the common terms' lists (docs/HYBRID_RESEARCH.md section 10; the Python side's
+// lexical_postings.FEW_ALLOWED, which also reads only the allowed ids' segments, is the same).
+size_t few_allowed_max() {  // TEMPORARY: measuring the switch-over
+    const char* e = std::getenv("BNE_BM25_FEW_ALLOWED");
+    return e ? static_cast<size_t>(std::atoll(e)) : 2048;
+}
+const size_t kFewAllowed = few_allowed_max();
 
 // Per-thread scratch, reused across queries: acc is all zeros between uses (only the touched
 // entries are reset), bits likewise, so a query never clears an array of the index's size.
@@ -296,6 +307,20 @@ struct Query {
         return r;
     }
 
+    // The allowed ids (ascending, < n) looked up in every list, term by term in the query's order
+    // (so each sum is the one run() makes, to the last bit), then the best `limit` with a score.
+    Result run_few(const std::vector<int32_t>& ids) {
+        for (int32_t d : ids) ws.touched.push_back(d);  // reset after the query (Lease)
+        for (const auto& t : terms)
+            for (const auto& l : t.lists) complete(view_of(l), t.weight, ids);
+        std::vector<int32_t> hits;
+        for (int32_t d : ids)
+            if (ws.slots[static_cast<size_t>(d)].acc > 0.0) hits.push_back(d);
+        Result r = top(std::move(hits));
+        r.cut = 0;  // no term scored fully: each was looked up for the allowed ids only
+        return r;
+    }
+
     Result run() {
         const size_t nt = terms.size();
         std::vector<std::vector<View>> views(nt);
@@ -369,18 +394,47 @@ struct Query {
     }
 };
 
-}  // namespace
+// The allowed ids below n when there are at most kFewAllowed of them (false: more, or no mask).
+// A pass over the mask's bytes, 8 at a time: tens of microseconds at 1M ids.
+bool few_allowed(const Index& ix, std::vector<int32_t>& ids) {
+    ids.clear();
+    if (!ix.allowed) return false;
+    const size_t m = std::min(ix.allowed_n, ix.n);
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, ix.allowed + i, 8);
+        if (!w) continue;
+        for (size_t j = 0; j < 8; ++j)
+            if (ix.allowed[i + j]) ids.push_back(static_cast<int32_t>(i + j));
+        if (ids.size() > kFewAllowed) return false;
+    }
+    for (; i < m; ++i)
+        if (ix.allowed[i]) ids.push_back(static_cast<int32_t>(i));
+    return ids.size() <= kFewAllowed;
+}
 
-Result search(const std::vector<Term>& query, const Index& index, const Options& opt) {
+Result search_in(const std::vector<Term>& query, const Index& index, const Options& opt, const std::vector<int32_t>* few) {
     if (opt.limit < 1 || query.empty() || index.n == 0) return {};
     if (index.n > static_cast<size_t>(INT32_MAX)) throw InvalidArgument("lexical postings: ids must be < 2**31");
     Lease lease(index);
-    return Query{query, index, opt, *lease.ws}.run();
+    Query q{query, index, opt, *lease.ws};
+    return few ? q.run_few(*few) : q.run();
+}
+
+}  // namespace
+
+Result search(const std::vector<Term>& query, const Index& index, const Options& opt) {
+    std::vector<int32_t> ids;
+    const bool few = index.n <= static_cast<size_t>(INT32_MAX) && few_allowed(index, ids);
+    return search_in(query, index, opt, few ? &ids : nullptr);
 }
 
 std::vector<Result> search_many(const std::vector<std::vector<Term>>& queries, const Index& index, const Options& opt,
                                 int threads) {
     std::vector<Result> out(queries.size());
+    std::vector<int32_t> ids;  // one pass over the mask for all the queries
+    const bool few = index.n <= static_cast<size_t>(INT32_MAX) && few_allowed(index, ids);
     if (threads <= 0) threads = default_threads();
     const size_t nt = std::min(queries.size(), static_cast<size_t>(std::max(1, threads)));
     std::atomic<size_t> next{0};
@@ -389,7 +443,7 @@ std::vector<Result> search_many(const std::vector<std::vector<Term>>& queries, c
     auto work = [&] {
         for (size_t q; (q = next.fetch_add(1)) < queries.size();) {
             try {
-                out[q] = search(queries[q], index, opt);
+                out[q] = search_in(queries[q], index, opt, few ? &ids : nullptr);
             } catch (...) {
                 std::lock_guard<std::mutex> g(error_mutex);
                 if (!error) error = std::current_exception();

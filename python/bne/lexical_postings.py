@@ -298,7 +298,10 @@ def _check_terms(terms: Sequence[str]) -> None:
 
 Rows = list[tuple[int, int, bytes, bytes]]  # (seg, df, docs, tfs) of one token, one row per segment
 Plan = list[tuple[float, Rows, str]]  # (bound = weight, rows, quoted term) per query token, largest bound first
+# a cached token: (live df, rows, the (segment, nonce) pairs its rows were read for, bytes counted)
+Entry = tuple[int, Rows, frozenset[tuple[int, int]], int]
 
+FEW_ALLOWED = 2048  # an allow-list of at most this many ids reads only its segments (bm25.cpp's kFewAllowed)
 
 _KNORM_KEYS = itertools.count(1)  # names each knorm array made in this process (C++ workers keep a copy by key)
 
@@ -311,28 +314,53 @@ def _cache_bytes() -> int:
         raise ValueError(f"BNE_LEXICAL_CACHE_MB must be a number of megabytes, got {raw[:40]!r}") from None
 
 
+def _size(rows: Rows) -> int:
+    return 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
+
+
 class Searcher:
-    """BM25 over one connection's postings. The per-id arrays and the postings cache are reloaded
-    when the database changed (another connection's commit or this connection's own writes: every
-    write sets ``lexp_meta.version`` anew).
+    """BM25 over one connection's postings. The per-id arrays and the postings cache follow the
+    database (another connection's commit or this connection's own writes: every write sets
+    ``lexp_meta.version`` anew) without starting over: a segment never changes once written, so a
+    cached token keeps its rows of the segments that still exist and reads only those of the new
+    ones (and its deleted-df) when next used; appends extend the id arrays (a delete or a merge
+    reloads them). Segments read while this connection may hold uncommitted writes (a
+    transaction with changes since it was last seen idle) are not trusted past that state: a
+    rolled-back segment's number is used again by the next write.
 
     Thread safe: every SQLite read and cache update holds a lock; the scoring itself runs in C++
     (``bne._core.bm25_search``) without the GIL and without the lock, on arrays that a reload
     replaces rather than changes. ``cache_mb`` (default ``CACHE_MB``, or ``BNE_LEXICAL_CACHE_MB``)
     bounds the raw posting blobs kept between queries (least recently used out first, a second
     chance for those that were hit): the common terms, whose blobs are most of a query's SQLite
-    reads, stay in memory."""
+    reads, stay in memory. Query words are tokenised on a private in-memory connection, so a
+    search never writes to ``conn`` (not even its temp schema)."""
 
     def __init__(self, conn: sqlite3.Connection, cache_mb: float | None = None) -> None:
         self.conn = conn
         self.cache_bytes = _cache_bytes() if cache_mb is None else int(cache_mb * 2**20)
         self._lock = threading.RLock()
+        self._tok = sqlite3.connect(":memory:", check_same_thread=False)  # used under the lock
         self._key: int | None = None
         self._knorm: tuple[float, np.ndarray, int] | None = None  # (avgdl, knorm, its key)
-        self._cache: OrderedDict[str, tuple[int, Rows]] = OrderedDict()  # token -> (df, rows)
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
         self._cache_used = 0
         self._hits: dict[str, int] = {}  # cache hits of a cached token (0-3): its second chances
         self._tokens: dict[str, list[str]] = {}  # quoted term -> tokens (the tokenizer never changes)
+        self._nonces = itertools.count(1)
+        self._segmap: dict[int, int] = {}  # segment -> the nonce it was first read under
+        self._state: frozenset[tuple[int, int]] = frozenset()
+        self._tentative: set[int] = set()  # nonces of segments read in a state that may be rolled back
+        # conn.total_changes when conn was last seen with no transaction open (None: not yet)
+        self._quiet: int | None = None if conn.in_transaction else conn.total_changes
+        self._sure = False  # the state being read is committed (set by _snapshot)
+        self._dead_n = -1  # lexp_dead rows when the id arrays were built
+        self._arrays_sure = False
+        self._seg_live = np.zeros(0, np.int64)  # live segment of each id, -1: none
+        self.dl = np.zeros(0, np.float64)
+        self.seg_of: np.ndarray | None = None  # int32 seg_of for the scorer; None: all postings live
+        self.n_docs = self.total_len = 0
+        self.segs: list[int] = []
         self.pruned_terms = 0
         self.skipped_bound = 0.0
         self.prune_min_postings = PRUNE_MIN_POSTINGS
@@ -346,7 +374,10 @@ class Searcher:
         caller has one open), so a commit of another connection between them cannot mix two states."""
         own = not self.conn.in_transaction
         if own:
+            self._quiet = self.conn.total_changes  # nothing uncommitted: what conn wrote is durable
             self.conn.execute("BEGIN")
+        # in the caller's transaction the state is committed unless conn changed rows since it was idle
+        self._sure = own or self._quiet == self.conn.total_changes
         try:
             yield
         finally:
@@ -358,52 +389,126 @@ class Searcher:
         key = int(row[0]) if row else 0
         if key == self._key:
             return
-        seg_of, self.dl = _live(self.conn)
+        segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+        old = self._segmap
+        new = {}
+        for sg in segs:
+            u = old.get(sg)
+            new[sg] = next(self._nonces) if u is None or u in self._tentative else u
+        added = [sg for sg in segs if new[sg] != old.get(sg)]
+        removed = any(new.get(sg) != u for sg, u in old.items())
+        self._tentative = set() if self._sure else {new[sg] for sg in added}
+        dead_n = int(self.conn.execute("SELECT count(*) FROM lexp_dead").fetchone()[0])
+        # appends only (no segment gone, no new delete mark, both states committed): the new segments'
+        # ids are added to copies of the arrays; anything else reads them all again
+        if self._arrays_sure and self._sure and not removed and dead_n == self._dead_n:
+            seg_live, self.dl = self._grow(self._seg_live, self.dl, added)
+        else:
+            seg_live, self.dl = _live(self.conn)
+        self._seg_live, self._dead_n, self._arrays_sure = seg_live, dead_n, self._sure
         self._knorm = None
-        self._cache.clear()
-        self._hits.clear()
-        self._cache_used = 0
-        has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
-        self.seg_of: np.ndarray | None = seg_of.astype(np.int32) if has_dead else None  # None: all postings live
+        self.seg_of = seg_live.astype(np.int32) if dead_n else None
         m = dict(self.conn.execute("SELECT k, v FROM lexp_meta").fetchall())
         self.n_docs, self.total_len = int(m.get("n_docs", 0)), int(m.get("total_len", 0))
-        self.segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+        self.segs = segs
+        self._segmap, self._state = new, frozenset(new.items())
         self._key = key
 
-    def _postings(self, token: str) -> Rows:
-        if not self.segs:
+    def _grow(self, seg_of: np.ndarray, dl: np.ndarray, added: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_live`'s arrays after the segments ``added`` (no delete marks among them)."""
+        if not added:
+            return seg_of, dl
+        ph = ",".join(map(str, added))  # integers read from our own table
+        rows = self.conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg").fetchall()
+        top = max((int(np.frombuffer(b, np.int32).max()) for _, b, _ in rows if b), default=-1)
+        size = max(len(seg_of), top + 1)
+        seg_of2 = np.full(size, -1, np.int64)
+        dl2 = np.zeros(size, np.float64)
+        seg_of2[: len(seg_of)] = seg_of
+        dl2[: len(dl)] = dl
+        for sg, b, lb in rows:
+            ids = np.frombuffer(b, np.int32)
+            up = seg_of2[ids] < sg  # the newest live segment of an id wins, as in _live
+            seg_of2[ids[up]] = sg
+            dl2[ids[up]] = np.frombuffer(lb, np.int32)[up]
+        return seg_of2, dl2
+
+    def _postings(self, token: str, segs: Iterable[int] | None = None) -> Rows:
+        segs = self.segs if segs is None else segs
+        ph = ",".join(map(str, segs))  # integers read from our own table
+        if not ph:
             return []
-        segs = ",".join(map(str, self.segs))  # integers read from our own table
-        sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({segs})"
+        sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({ph})"
         return self.conn.execute(sql, (token,)).fetchall()
 
+    def _df(self, token: str, rows: Rows) -> int:
+        if not rows:
+            return 0
+        r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
+        return sum(x[1] for x in rows) - (int(r[0]) if r else 0)
+
     def _lists(self, token: str) -> tuple[int, Rows]:
-        """(live df, rows) of a token, from the cache or SQLite."""
+        """(live df, rows) of a token, from the cache (brought up to date) or SQLite."""
         hit = self._cache.get(token)
         if hit is not None:
             self._cache.move_to_end(token)
             self._hits[token] = min(3, self._hits.get(token, 0) + 1)
-            return hit
+            if hit[2] is self._state:
+                return hit[0], hit[1]
+            # the rows of the segments still there, those of the new ones read; df read again
+            have = hit[2] & self._state
+            keep = {sg for sg, _ in have}
+            rows = [r for r in hit[1] if r[0] in keep]
+            new = sorted(sg for sg, _ in self._state - have)
+            if new:
+                rows = sorted(rows + self._postings(token, new), key=lambda r: r[0])
+            df = self._df(token, rows)
+            self._keep(token, df, rows, hit[3])
+            return df, rows
         rows = self._postings(token)
-        df = 0
-        if rows:
-            r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
-            df = sum(x[1] for x in rows) - (int(r[0]) if r else 0)
-        size = 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
-        if size <= self.cache_bytes:
-            self._cache[token] = (df, rows)
-            self._cache_used += size
-            while self._cache_used > self.cache_bytes:
-                # least recently used out, but a second chance for one that was hit (CLOCK): queries
-                # cycling through more terms than fit would evict every entry before its next use
-                old_tok, old = self._cache.popitem(last=False)
-                chances = self._hits.pop(old_tok, 0)
-                if chances and old_tok != token:
-                    self._cache[old_tok] = old
-                    self._hits[old_tok] = chances - 1
-                    continue
-                self._cache_used -= 200 + sum(len(x[2]) + len(x[3]) + 150 for x in old[1])
+        df = self._df(token, rows)
+        self._keep(token, df, rows, 0)
         return df, rows
+
+    def _keep(self, token: str, df: int, rows: Rows, old_size: int) -> None:
+        """Caches (or re-caches, replacing an entry of ``old_size`` bytes) a token's rows."""
+        size = _size(rows)
+        self._cache_used -= old_size
+        if size > self.cache_bytes:
+            if old_size:
+                del self._cache[token]
+                self._hits.pop(token, None)
+            return
+        self._cache[token] = (df, rows, self._state, size)
+        self._cache_used += size
+        while self._cache_used > self.cache_bytes:
+            # least recently used out, but a second chance for one that was hit (CLOCK): queries
+            # cycling through more terms than fit would evict every entry before its next use
+            old_tok, old = self._cache.popitem(last=False)
+            chances = self._hits.pop(old_tok, 0)
+            if chances and old_tok != token:
+                self._cache[old_tok] = old
+                self._hits[old_tok] = chances - 1
+                continue
+            self._cache_used -= old[3]
+
+    def _lists_in(self, token: str, need: set[int]) -> tuple[int, Rows, bool]:
+        """(live df over all segments, rows of the segments ``need`` only, whether any segment has
+        the token). A cached token's rows are filtered; otherwise only ``need``'s blobs are read
+        (every segment's df still is: the statistics stay the collection's)."""
+        if token in self._cache:
+            df, rows = self._lists(token)
+            return df, [r for r in rows if r[0] in need], bool(rows)
+        ph = ",".join(map(str, self.segs))  # integers read from our own table
+        if not ph:
+            return 0, [], False
+        inn = ",".join(map(str, sorted(need))) or "NULL"
+        sql = (
+            f"SELECT seg, df, CASE WHEN seg IN ({inn}) THEN docs END, CASE WHEN seg IN ({inn}) THEN tfs END"
+            f" FROM lexp_post WHERE term = ? AND seg IN ({ph})"
+        )
+        got = self.conn.execute(sql, (token,)).fetchall()
+        return self._df(token, got), [r for r in got if r[0] in need], bool(got)
 
     def _query_tokens(self, terms: Sequence[str]) -> list[list[str]]:
         _check_terms(terms)
@@ -411,18 +516,24 @@ class Searcher:
         if missing:
             if len(self._tokens) > 100_000:  # bounded: a long-running server sees many words
                 self._tokens.clear()
-            self._tokens.update(zip(missing, query_tokens(self.conn, missing), strict=True))
+            self._tokens.update(zip(missing, query_tokens(self._tok, missing), strict=True))
         return [self._tokens[t] for t in terms]
 
-    def _plan(self, terms: Sequence[str], stats: Stats | None, n_g: int, skip_floor: bool) -> tuple[Plan, float]:
+    def _plan(
+        self, terms: Sequence[str], stats: Stats | None, n_g: int, skip_floor: bool, need: set[int] | None = None
+    ) -> tuple[Plan, float]:
         """The query's tokens with postings, by bound (largest first, stable), and the bound of the
-        skipped floored-idf terms."""
+        skipped floored-idf terms. ``need``: only these segments' rows (df stays the collection's)."""
         plan: Plan = []
         skipped = 0.0
         for t, toks in zip(terms, self._query_tokens(terms), strict=True):
             for tok in toks:
-                df, rows = self._lists(tok)
-                if not rows:
+                if need is None:
+                    df, rows = self._lists(tok)
+                    anywhere = bool(rows)
+                else:
+                    df, rows, anywhere = self._lists_in(tok, need)
+                if not anywhere:
                     continue
                 if stats is not None:
                     df = stats.df.get(t, 0)
@@ -437,20 +548,34 @@ class Searcher:
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
     ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
         """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
+        return self._prepare_allowed(queries, stats, skip_floor, None)[:4]  # type: ignore[return-value]
+
+    def _prepare_allowed(
+        self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool, allowed: Allowed | np.ndarray
+    ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float, np.ndarray | None, Callable | None]:
+        """:meth:`_prepare`, and ``allowed`` as (mask, predicate) (:func:`_allowed`). A mask of at most
+        ``FEW_ALLOWED`` ids reads only the rows of the segments that hold them."""
         with self._lock, self._snapshot():
             self._refresh()
+            mask, admit = _allowed(allowed, len(self.dl))
             n_g, avg = (
                 (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
             )
             if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
-                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0
+                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0, mask, admit
             if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
                 self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg), next(_KNORM_KEYS))
+            need = None
+            if mask is not None:
+                m = mask[: len(self.dl)]
+                if np.count_nonzero(m) <= FEW_ALLOWED:
+                    segs = self._seg_live[np.flatnonzero(m)]
+                    need = set(segs[segs >= 0].tolist())
             plans, skipped = [], 0.0
             for terms in queries:
-                p, skipped = self._plan(terms, stats, n_g, skip_floor)
+                p, skipped = self._plan(terms, stats, n_g, skip_floor, need)
                 plans.append(p)
-            return plans, self._knorm[1:], self.seg_of, skipped
+            return plans, self._knorm[1:], self.seg_of, skipped, mask, admit
 
     def local_stats(self, terms: Sequence[str]) -> Stats:
         """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
@@ -509,8 +634,9 @@ class Searcher:
     ) -> list[list[tuple[int, float]]]:
         if limit < 1:
             return [[] for _ in queries]
-        plans, (knorm, key), seg_of, self.skipped_bound = self._prepare(queries, stats, skip_floor)
-        mask, admit = _allowed(allowed, len(knorm))
+        plans, (knorm, key), seg_of, self.skipped_bound, mask, admit = self._prepare_allowed(
+            queries, stats, skip_floor, allowed
+        )
         todo = [k for k, p in enumerate(plans) if p]
         out: list[list[tuple[int, float]]] = [[] for _ in queries]
         want = limit
