@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -26,14 +25,10 @@ constexpr double kSlack = 1 + 1e-9;  // sums rounded in another order: bounds ar
 constexpr size_t kSkip = 32;         // gaps summed at once to skip past a list's ids below the next candidate
 // An allow-list of at most this many ids is scored by looking each id up in every list (skipping
 // the rest of the list) rather than by scanning every posting: with fewer allowed documents than
-// the limit MaxScore never prunes, and even with more, looking a few hundred ids up costs less
-// than a pass over the common terms' lists (docs/HYBRID_RESEARCH.md section 10; the Python side's
-// lexical_postings.FEW_ALLOWED, which also reads only the allowed ids' segments, is the same).
-size_t few_allowed_max() {  // TEMPORARY: measuring the switch-over
-    const char* e = std::getenv("BNE_BM25_FEW_ALLOWED");
-    return e ? static_cast<size_t>(std::atoll(e)) : 2048;
-}
-const size_t kFewAllowed = few_allowed_max();
+// the limit MaxScore never prunes. Measured (docs/HYBRID_RESEARCH.md section 10): never slower up
+// to 256 ids at 100k and 1M documents, 2-8x faster below 50 at 1M; slower past ~300 (100k) and
+// ~800 (1M). Keep equal to lexical_postings.FEW_ALLOWED (which reads only those ids' segments).
+constexpr size_t kFewAllowed = 256;
 
 // Per-thread scratch, reused across queries: acc is all zeros between uses (only the touched
 // entries are reset), bits likewise, so a query never clears an array of the index's size.

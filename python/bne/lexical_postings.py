@@ -301,7 +301,7 @@ Plan = list[tuple[float, Rows, str]]  # (bound = weight, rows, quoted term) per 
 # a cached token: (live df, rows, the (segment, nonce) pairs its rows were read for, bytes counted)
 Entry = tuple[int, Rows, frozenset[tuple[int, int]], int]
 
-FEW_ALLOWED = 2048  # an allow-list of at most this many ids reads only its segments (bm25.cpp's kFewAllowed)
+FEW_ALLOWED = 256  # an allow-list of at most this many ids reads only its segments (= bm25.cpp's kFewAllowed)
 
 _KNORM_KEYS = itertools.count(1)  # names each knorm array made in this process (C++ workers keep a copy by key)
 
@@ -494,9 +494,10 @@ class Searcher:
 
     def _lists_in(self, token: str, need: set[int]) -> tuple[int, Rows, bool]:
         """(live df over all segments, rows of the segments ``need`` only, whether any segment has
-        the token). A cached token's rows are filtered; otherwise only ``need``'s blobs are read
-        (every segment's df still is: the statistics stay the collection's)."""
-        if token in self._cache:
+        the token). With a cache, a token's rows are read whole once and kept (later queries,
+        allow-list or not, find them); without, only ``need``'s blobs are read (every segment's
+        df still is: the statistics stay the collection's)."""
+        if self.cache_bytes > 0 or token in self._cache:
             df, rows = self._lists(token)
             return df, [r for r in rows if r[0] in need], bool(rows)
         ph = ",".join(map(str, self.segs))  # integers read from our own table
