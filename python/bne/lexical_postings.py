@@ -549,11 +549,14 @@ class Searcher:
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
     ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
         """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
-        return self._prepare_allowed(queries, stats, skip_floor, None)[:4]  # type: ignore[return-value]
+        plans, knorm, seg_of, skipped, _, _ = self._prepare_allowed(queries, stats, skip_floor, None)
+        return plans, knorm, seg_of, skipped
 
     def _prepare_allowed(
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool, allowed: Allowed | np.ndarray
-    ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float, np.ndarray | None, Callable | None]:
+    ) -> tuple[
+        list[Plan], tuple[np.ndarray, int], np.ndarray | None, float, np.ndarray | None, Callable[[int], bool] | None
+    ]:
         """:meth:`_prepare`, and ``allowed`` as (mask, predicate) (:func:`_allowed`). A mask of at most
         ``FEW_ALLOWED`` ids reads only the rows of the segments that hold them."""
         with self._lock, self._snapshot():
