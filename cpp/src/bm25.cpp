@@ -62,6 +62,9 @@ struct Lease {
             }
         }
         if (!ws) ws = std::make_unique<Workspace>();
+        // room to grow: a collection being appended to adds ids with every commit, and moving 16
+        // bytes an id to a new block each time costs more than the query
+        if (ws->slots.capacity() < n) ws->slots.reserve(n + n / 8);
         if (ws->slots.size() < n) ws->slots.resize(n, Slot{0.0, 0.0});
         if (ws->knorm_key != ix.knorm_key || ws->knorm_n != n || ix.knorm_key == 0) {
             for (size_t i = 0; i < n; ++i) ws->slots[i].knorm = ix.knorm[i];

@@ -314,6 +314,16 @@ def _cache_bytes() -> int:
         raise ValueError(f"BNE_LEXICAL_CACHE_MB must be a number of megabytes, got {raw[:40]!r}") from None
 
 
+def _knorm(dl: np.ndarray, avg: float) -> np.ndarray:
+    """k1 (1 - b + b dl / avg) per id, in place in one new array (no temporaries: it is redone after
+    every write); the same operations in the same order as the formula, so the same bits."""
+    k = np.multiply(dl, lexical.B)
+    k /= avg
+    k += 1 - lexical.B
+    k *= lexical.K1
+    return k
+
+
 def _size(rows: Rows) -> int:
     return 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
 
@@ -356,8 +366,9 @@ class Searcher:
         self._sure = False  # the state being read is committed (set by _snapshot)
         self._dead_n = -1  # lexp_dead rows when the id arrays were built
         self._arrays_sure = False
-        self._seg_live = np.zeros(0, np.int64)  # live segment of each id, -1: none
-        self.dl = np.zeros(0, np.float64)
+        # live segment and length of each id (-1 / 0: none); views of buffers with room to grow
+        self._seg_live = self._seg_buf = np.zeros(0, np.int64)
+        self.dl = self._dl_buf = np.zeros(0, np.float64)
         self.seg_of: np.ndarray | None = None  # int32 seg_of for the scorer; None: all postings live
         self.n_docs = self.total_len = 0
         self.segs: list[int] = []
@@ -402,9 +413,9 @@ class Searcher:
         # appends only (no segment gone, no new delete mark, both states committed): the new segments'
         # ids are added to copies of the arrays; anything else reads them all again
         if self._arrays_sure and self._sure and not removed and dead_n == self._dead_n:
-            seg_live, self.dl = self._grow(self._seg_live, self.dl, added)
+            seg_live, self.dl = self._grow(added)
         else:
-            seg_live, self.dl = _live(self.conn)
+            seg_live, self.dl = self._seg_buf, self._dl_buf = _live(self.conn)
         self._seg_live, self._dead_n, self._arrays_sure = seg_live, dead_n, self._sure
         self._knorm = None
         self.seg_of = seg_live.astype(np.int32) if dead_n else None
@@ -414,24 +425,30 @@ class Searcher:
         self._segmap, self._state = new, frozenset(new.items())
         self._key = key
 
-    def _grow(self, seg_of: np.ndarray, dl: np.ndarray, added: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`_live`'s arrays after the segments ``added`` (no delete marks among them)."""
+    def _grow(self, added: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_live`'s arrays after the segments ``added`` (no delete marks among them). They grow
+        in place, in buffers with room: only ids past the old end change (appends), and these two
+        arrays are read under the lock only (the scorer gets knorm and seg_of, new arrays)."""
         if not added:
-            return seg_of, dl
+            return self._seg_live, self.dl
         ph = ",".join(map(str, added))  # integers read from our own table
         rows = self.conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg").fetchall()
         top = max((int(np.frombuffer(b, np.int32).max()) for _, b, _ in rows if b), default=-1)
-        size = max(len(seg_of), top + 1)
-        seg_of2 = np.full(size, -1, np.int64)
-        dl2 = np.zeros(size, np.float64)
-        seg_of2[: len(seg_of)] = seg_of
-        dl2[: len(dl)] = dl
+        n0 = len(self.dl)
+        size = max(n0, top + 1)
+        if size > len(self._dl_buf):
+            cap = size + size // 8
+            sb, db = np.empty(cap, np.int64), np.empty(cap, np.float64)
+            sb[:n0], db[:n0] = self._seg_live, self.dl
+            self._seg_buf, self._dl_buf = sb, db
+        seg_of, dl = self._seg_buf[:size], self._dl_buf[:size]
+        seg_of[n0:], dl[n0:] = -1, 0
         for sg, b, lb in rows:
             ids = np.frombuffer(b, np.int32)
-            up = seg_of2[ids] < sg  # the newest live segment of an id wins, as in _live
-            seg_of2[ids[up]] = sg
-            dl2[ids[up]] = np.frombuffer(lb, np.int32)[up]
-        return seg_of2, dl2
+            up = seg_of[ids] < sg  # the newest live segment of an id wins, as in _live
+            seg_of[ids[up]] = sg
+            dl[ids[up]] = np.frombuffer(lb, np.int32)[up]
+        return seg_of, dl
 
     def _postings(self, token: str, segs: Iterable[int] | None = None) -> Rows:
         segs = self.segs if segs is None else segs
@@ -568,7 +585,7 @@ class Searcher:
             if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
                 return [[] for _ in queries], (np.zeros(0), 0), None, 0.0, mask, admit
             if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
-                self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg), next(_KNORM_KEYS))
+                self._knorm = (avg, _knorm(self.dl, avg), next(_KNORM_KEYS))
             need = None
             if mask is not None:
                 m = mask[: len(self.dl)]
