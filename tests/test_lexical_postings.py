@@ -611,9 +611,10 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     s = lp.Searcher(db)
     terms = lexical.query_terms("apple banana cherry")
     s.search(terms, 5)
-    reads: list[tuple[str, list[int] | None]] = []
-    post = s._postings
-    monkeypatch.setattr(s, "_postings", lambda tok, segs=None: reads.append((tok, segs)) or post(tok, segs))
+    reads: list[tuple[list[str], list[int] | None]] = []
+    post, many = s._postings, s._postings_many
+    monkeypatch.setattr(s, "_postings", lambda tok, segs=None: reads.append(([tok], segs)) or post(tok, segs))
+    monkeypatch.setattr(s, "_postings_many", lambda toks, segs: reads.append((toks, segs)) or many(toks, segs))
     loads = []
     live = lp._live
     monkeypatch.setattr(lp, "_live", lambda conn: loads.append(1) or live(conn))
@@ -623,14 +624,14 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     new = max(segs) + 1
     texts.update({100: "apple cherry", 101: "banana banana"})
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
-    assert reads and all(segs == [new] for _, segs in reads), reads
+    assert reads == [(["appl", "banana", "cherri"], [new])]  # one read, the new segment only
     assert not loads  # grown, not reloaded
     reads.clear()
     lp.delete(db, [3], [texts.pop(3)])
     db.commit()
     loads.clear()  # delete's own
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
-    assert loads == [1] and not reads  # no segment changed: the rows stay, the arrays reload
+    assert loads == [1] and not reads  # no segment changed: the rows stay (df read again), the arrays reload
     for k in range(2):  # 8 segments: merged into one
         lp.insert(db, [200 + k], ["cherry"])
         texts[200 + k] = "cherry"
@@ -639,7 +640,7 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     reads.clear()
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
     merged = db.execute("SELECT seg FROM lexp_seg").fetchone()[0]
-    assert reads and all(segs == [merged] for _, segs in reads), reads
+    assert reads == [(["appl", "banana", "cherri"], [merged])]
     assert all(r[0] == merged for e in s._cache.values() for r in e[1])  # the merged-away rows are gone
 
 

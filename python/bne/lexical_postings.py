@@ -467,25 +467,62 @@ class Searcher:
     def _lists(self, token: str) -> tuple[int, Rows]:
         """(live df, rows) of a token, from the cache (brought up to date) or SQLite."""
         hit = self._cache.get(token)
+        if hit is not None and hit[2] is not self._state:
+            self._update([token])
+            hit = self._cache.get(token)  # None if it no longer fits
         if hit is not None:
             self._cache.move_to_end(token)
             self._hits[token] = min(3, self._hits.get(token, 0) + 1)
-            if hit[2] is self._state:
-                return hit[0], hit[1]
-            # the rows of the segments still there, those of the new ones read; df read again
-            have = hit[2] & self._state
-            keep = {sg for sg, _ in have}
-            rows = [r for r in hit[1] if r[0] in keep]
-            new = sorted(sg for sg, _ in self._state - have)
-            if new:
-                rows = sorted(rows + self._postings(token, new), key=lambda r: r[0])
-            df = self._df(token, rows)
-            self._keep(token, df, rows, hit[3])
-            return df, rows
+            return hit[0], hit[1]
         rows = self._postings(token)
         df = self._df(token, rows)
         self._keep(token, df, rows, 0)
         return df, rows
+
+    def _update(self, tokens: Iterable[str]) -> None:
+        """Brings the cached entries of ``tokens`` to the current segments: the rows of the segments
+        still there stay, those of the new ones are read, df is read again (a delete changes it);
+        two SQL queries for all of them."""
+        cur = self._state
+        stale = {t: e for t in tokens if (e := self._cache.get(t)) is not None and e[2] is not cur}
+        if not stale:
+            return
+        new: dict[str, set[int]] = {t: {sg for sg, _ in cur - e[2]} for t, e in stale.items()}
+        got: dict[str, Rows] = {t: [] for t in stale}
+        segs = sorted(set().union(*new.values()))
+        for term, sg, df, d, tf in self._postings_many(list(stale), segs) if segs else []:
+            if sg in new[term]:  # not a segment the entry already holds
+                got[term].append((sg, df, d, tf))
+        deleted = self._deleted(list(stale))
+        for t, (_, rows, have, size) in stale.items():
+            if self._cache.get(t) is not stale[t]:  # evicted meanwhile to make room for another
+                continue
+            keep = {sg for sg, _ in have & cur}
+            rows = sorted([r for r in rows if r[0] in keep] + got[t], key=lambda r: r[0])
+            df = sum(x[1] for x in rows) - deleted.get(t, 0) if rows else 0
+            self._keep(t, df, rows, size)
+
+    def _postings_many(self, tokens: list[str], segs: list[int]) -> list[tuple[str, int, int, bytes, bytes]]:
+        """(term, seg, df, docs, tfs) of ``tokens`` in ``segs``."""
+        out: list[tuple[str, int, int, bytes, bytes]] = []
+        ph = ",".join(map(str, segs))  # integers read from our own table
+        for k in range(0, len(tokens), 500):
+            part = tokens[k : k + 500]
+            sql = (
+                f"SELECT term, seg, df, docs, tfs FROM lexp_post WHERE seg IN ({ph})"
+                f" AND term IN ({','.join('?' * len(part))})"
+            )
+            out += self.conn.execute(sql, part).fetchall()
+        return out
+
+    def _deleted(self, tokens: list[str]) -> dict[str, int]:
+        """Each token's postings in deleted rows still in the lists (``lexp_deldf``)."""
+        out: dict[str, int] = {}
+        for k in range(0, len(tokens), 500):
+            part = tokens[k : k + 500]
+            q = f"SELECT term, n FROM lexp_deldf WHERE term IN ({','.join('?' * len(part))})"
+            out.update(self.conn.execute(q, part).fetchall())
+        return out
 
     def _keep(self, token: str, df: int, rows: Rows, old_size: int) -> None:
         """Caches (or re-caches, replacing an entry of ``old_size`` bytes) a token's rows."""
@@ -592,6 +629,7 @@ class Searcher:
                 if np.count_nonzero(m) <= FEW_ALLOWED:
                     segs = self._seg_live[np.flatnonzero(m)]
                     need = set(segs[segs >= 0].tolist())
+            self._update(tok for toks in self._query_tokens([t for q in queries for t in q]) for tok in toks)
             plans, skipped = [], 0.0
             for terms in queries:
                 p, skipped = self._plan(terms, stats, n_g, skip_floor, need)
