@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from bne import lexical
+from bne import lexical, lexical_segments
 from bne import lexical_postings as lp
 from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
 
@@ -508,7 +508,7 @@ def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: in
     delete, compaction and rolled-back writes on one connection; after each step, searchers on a
     second connection that lived through all of it (caches large, small and tiny: eviction while
     updating) agree with a new searcher to the last bit, and with brute force."""
-    monkeypatch.setattr(lp, "F", 3)
+    monkeypatch.setattr(lexical_segments, "F", 3)
     rng = random.Random(seed)
     path = tmp_path / "d.sqlite"
     w = sqlite3.connect(path)
@@ -568,7 +568,7 @@ def test_own_uncommitted_writes_and_rollbacks(monkeypatch) -> None:
     not take the next write's segment (same number, other postings) for the one it read, merges
     included; a read transaction the caller holds (as the collection's lexical side does) is no
     write: the segments read in it stay trusted."""
-    monkeypatch.setattr(lp, "F", 3)
+    monkeypatch.setattr(lexical_segments, "F", 3)
     texts = dict(enumerate(make_corpus(60, 13)))
     db = open_db(texts, batch=10)
     s = lp.Searcher(db)
@@ -629,7 +629,6 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     reads.clear()
     lp.delete(db, [3], [texts.pop(3)])
     db.commit()
-    loads.clear()  # delete's own
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
     assert loads == [1] and not reads  # no segment changed: the rows stay (df read again), the arrays reload
     for k in range(2):  # 8 segments: merged into one
