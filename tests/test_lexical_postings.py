@@ -502,7 +502,7 @@ def agree_with_fresh(readers: list[lp.Searcher], qs: list[list[str]], rng: rando
                 assert s.search(terms, **kw) == want, kw  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 6))])
 def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: int) -> None:
     """Inserts (level merges up to level 3 with F = 3), deletes, delete_above, ids back after their
     delete, compaction and rolled-back writes on one connection; after each step, searchers on a
@@ -643,7 +643,7 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     assert all(r[0] == merged for e in s._cache.values() for r in e[1])  # the merged-away rows are gone
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 6))])
 def test_small_allow_lists_equal_the_oracle(seed: int) -> None:
     """Allow-lists of 1..50 ids (live, deleted, indexed again, never used) over segments of both id
     formats: each search reads only the allowed ids' segments, and ranks as the numpy oracle to the
