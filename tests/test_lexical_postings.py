@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from bne import lexical
+from bne import lexical, lexical_segments
 from bne import lexical_postings as lp
 from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
 
@@ -479,3 +479,214 @@ def test_damaged_postings_are_a_clear_error() -> None:
     db.execute("UPDATE lexp_post SET df = 2, docs = ?, tfs = x'0101' WHERE term = 'appl'", (big,))
     with pytest.raises(ValueError, match="id out of range"):
         lp.bm25_search(db, terms, 5)
+
+
+# --- a searcher that lives across writes (incremental refresh) and small allow-lists ----------------
+
+
+def live_texts_delete(db: sqlite3.Connection, live: dict[int, str], ids: list[int]) -> None:
+    lp.delete(db, ids, [live.pop(i) for i in ids])
+
+
+def agree_with_fresh(readers: list[lp.Searcher], qs: list[list[str]], rng: random.Random) -> None:
+    """Each long-lived searcher answers as a new one on the same connection: same ids, same float bits,
+    with and without a small allow-list (ids of any kind: live, deleted, never used)."""
+    fresh = lp.Searcher(readers[0].conn, cache_mb=0)
+    top = max(1, len(fresh._prepare([], None, False)[1][0]))
+    few = np.zeros(top + 5, bool)
+    few[rng.sample(range(top + 5), min(top + 5, rng.randint(1, 8)))] = True
+    for terms in qs:
+        for kw in ({"limit": 4}, {"limit": 1000}, {"limit": 6, "allowed": few}):
+            want = fresh.search(terms, **kw)  # type: ignore[arg-type]
+            for s in readers:
+                assert s.search(terms, **kw) == want, kw  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in range(1, 6))])
+def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: int) -> None:
+    """Inserts (level merges up to level 3 with F = 3), deletes, delete_above, ids back after their
+    delete, compaction and rolled-back writes on one connection; after each step, searchers on a
+    second connection that lived through all of it (caches large, small and tiny: eviction while
+    updating) agree with a new searcher to the last bit, and with brute force."""
+    monkeypatch.setattr(lexical_segments, "F", 3)
+    rng = random.Random(seed)
+    path = tmp_path / "d.sqlite"
+    w = sqlite3.connect(path)
+    lp.create(w)
+    w.commit()
+    r = sqlite3.connect(path)
+    readers = [lp.Searcher(r), lp.Searcher(r, cache_mb=0.01), lp.Searcher(r, cache_mb=0.0005)]
+    qs = [lexical.query_terms(" ".join(x)) for x in queries(seed, 6)]
+    corpus = make_corpus(2000, seed + 20)
+    live: dict[int, str] = {}
+    gone: list[int] = []
+    nxt = 0
+    ops = ["insert"] * 6 + ["delete", "delete_above", "again", "rollback", "compact"]
+    kinds = ["insert"] * 4 + [rng.choice(ops) for _ in range(70)]
+    for step, kind in enumerate(kinds):
+        if (kind in ("delete", "delete_above") and len(live) < 10) or (kind == "again" and not gone):
+            kind = "insert"
+        if kind == "insert":
+            n = rng.randint(1, 12)
+            ids = list(range(nxt, nxt + n))
+            nxt += n + (70_000 if rng.random() < 0.1 else 0)  # now and then a gap: int32 ids in the merged lists
+            for i in ids:
+                live[i] = corpus[(i * 7 + step) % len(corpus)]
+            lp.insert(w, ids, [live[i] for i in ids])
+        elif kind == "delete":
+            ids = rng.sample(sorted(live), rng.randint(1, 4))
+            live_texts_delete(w, live, ids)
+            gone += ids
+        elif kind == "delete_above":  # as DocStore.delete_above after a cut write: the newest rows go
+            ids = sorted(live)[-rng.randint(1, 6) :]
+            live_texts_delete(w, live, ids)
+            gone += ids
+        elif kind == "again":  # ids deleted earlier, indexed again with other texts
+            ids = sorted(set(rng.sample(gone, min(len(gone), rng.randint(1, 3)))))
+            gone = [i for i in gone if i not in ids]
+            for i in ids:
+                live[i] = corpus[rng.randrange(len(corpus))]
+            lp.insert(w, ids, [live[i] for i in ids])
+        elif kind == "rollback":  # a write that never commits: its segment number is used again next
+            lp.insert(w, [nxt], ["apple apple zucchini"])
+            lp.delete(w, [min(live)], [live[min(live)]])
+            w.rollback()
+            continue
+        else:
+            lp.compact(w)
+        w.commit()
+        agree_with_fresh(readers, qs, rng)
+        words = ["apple", "zucchini", VOCAB[step % len(VOCAB)]]
+        same_ranking(readers[0].search(lexical.query_terms(" ".join(words)), 10_000), brute_bm25(live, words))
+    levels = {lvl for (lvl,) in w.execute("SELECT level FROM lexp_seg")}
+    assert max(levels) >= 2, levels  # merges of merges happened
+    assert readers[2]._cache_used <= readers[2].cache_bytes
+
+
+def test_own_uncommitted_writes_and_rollbacks(monkeypatch) -> None:
+    """A searcher on the writing connection sees its uncommitted segments, and after a rollback does
+    not take the next write's segment (same number, other postings) for the one it read, merges
+    included; a read transaction the caller holds (as the collection's lexical side does) is no
+    write: the segments read in it stay trusted."""
+    monkeypatch.setattr(lexical_segments, "F", 3)
+    texts = dict(enumerate(make_corpus(60, 13)))
+    db = open_db(texts, batch=10)
+    s = lp.Searcher(db)
+    qs = [lexical.query_terms(" ".join(x)) for x in queries(13, 5)] + [lexical.query_terms("apple zucchini")]
+    rng = random.Random(13)
+    agree_with_fresh([s], qs, rng)
+    for k, extra in enumerate(["apple apple apple", "zucchini zucchini", "apple zucchini apple"]):
+        ids = list(range(100 + 10 * k, 103 + 10 * k))
+        lp.insert(db, ids, [extra] * 3)  # uncommitted; with F = 3 some of these merge
+        agree_with_fresh([s], qs, rng)
+        db.rollback()
+        agree_with_fresh([s], qs, rng)
+        lp.insert(db, ids[:1], ["zucchini banana"])  # the rolled-back segment's number, other postings
+        agree_with_fresh([s], qs, rng)
+        lp.insert(db, ids[1:2], ["banana"])
+        db.commit()
+        agree_with_fresh([s], qs, rng)
+    # a caller's read transaction with no writes of its own: segments read in it are trusted
+    db.execute("BEGIN")
+    s.search(qs[-1], 5)
+    db.rollback()
+    assert not s._tentative
+    lp.insert(db, [500], ["apple"])
+    s.search(qs[-1], 5)  # read in the writer's open transaction: not trusted past it
+    assert s._tentative
+    db.commit()  # the same version: nothing is read again until the next write
+    agree_with_fresh([s], qs, rng)
+    lp.insert(db, [501], ["banana"])
+    db.commit()
+    agree_with_fresh([s], qs, rng)
+    assert not s._tentative
+
+
+def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
+    """The effect of the incremental refresh: after a commit that only appends, a cached token reads
+    the new segment's row (and nothing else), the id arrays grow without a reload; a delete or a
+    merge reloads the arrays, and a merge reads the merged segment only."""
+    texts = dict(enumerate(make_corpus(100, 14)))
+    db = open_db(texts, batch=20)  # 5 segments
+    s = lp.Searcher(db)
+    terms = lexical.query_terms("apple banana cherry")
+    s.search(terms, 5)
+    reads: list[tuple[list[str], list[int] | None]] = []
+    post, many = s._postings, s._postings_many
+    monkeypatch.setattr(s, "_postings", lambda tok, segs=None: reads.append(([tok], segs)) or post(tok, segs))
+    monkeypatch.setattr(s, "_postings_many", lambda toks, segs: reads.append((toks, segs)) or many(toks, segs))
+    loads = []
+    live = lp._live
+    monkeypatch.setattr(lp, "_live", lambda conn: loads.append(1) or live(conn))
+    segs = [r[0] for r in db.execute("SELECT seg FROM lexp_seg")]
+    lp.insert(db, [100, 101], ["apple cherry", "banana banana"])
+    db.commit()
+    new = max(segs) + 1
+    texts.update({100: "apple cherry", 101: "banana banana"})
+    same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
+    assert reads == [(["appl", "banana", "cherri"], [new])]  # one read, the new segment only
+    assert not loads  # grown, not reloaded
+    reads.clear()
+    lp.delete(db, [3], [texts.pop(3)])
+    db.commit()
+    same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
+    assert loads == [1] and not reads  # no segment changed: the rows stay (df read again), the arrays reload
+    for k in range(2):  # 8 segments: merged into one
+        lp.insert(db, [200 + k], ["cherry"])
+        texts[200 + k] = "cherry"
+        db.commit()
+    assert db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] == 1
+    reads.clear()
+    same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
+    merged = db.execute("SELECT seg FROM lexp_seg").fetchone()[0]
+    assert reads == [(["appl", "banana", "cherri"], [merged])]
+    assert all(r[0] == merged for e in s._cache.values() for r in e[1])  # the merged-away rows are gone
+
+
+@pytest.mark.parametrize("seed", [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 6))])
+def test_small_allow_lists_equal_the_oracle(seed: int) -> None:
+    """Allow-lists of 1..50 ids (live, deleted, indexed again, never used) over segments of both id
+    formats: each search reads only the allowed ids' segments, and ranks as the numpy oracle to the
+    last bit, cached or not, one query or many; df and avgdl stay the collection's."""
+    ids = gapped_ids(500)
+    texts = dict(zip(ids, corpus_with_ties(500, seed + 30), strict=True))
+    db = open_db(texts, batch=90)  # 6 segments, 7 with the re-inserts: no merge
+    gone = ids[5::9]
+    lp.delete(db, gone, [texts[i] for i in gone])
+    back = gone[::3]
+    lp.insert(db, back, [texts[i] + " apple" for i in back])
+    db.commit()
+    assert formats(db) == {"int32", "gaps"}
+    warm, cold = lp.Searcher(db), lp.Searcher(db, cache_mb=0)
+    half = lp.Searcher(db)  # half of the terms cached: both kinds of read in one query
+    rng = np.random.default_rng(seed)
+    qs = [lexical.query_terms(" ".join(w)) for w in queries(seed + 30, 16)]
+    for t in qs:
+        warm.search(t, 5)
+    for t in qs[::2]:
+        half.search(t, 5)
+    n = max(ids) + 1
+    nseg = db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0]
+    for size in range(1, 51):
+        pick = rng.choice(n + 10, size, replace=False)  # past the last id too
+        if size % 3 == 0:
+            pick[: size // 2] = rng.choice(ids, size // 2, replace=False)  # mostly indexed ids
+        mask = np.zeros(n + 10, bool)
+        mask[pick] = True
+        allowed = {int(i) for i in pick}
+        for terms in qs[size % 4 :: 4]:
+            for k in (1, 5, 100):
+                want = reference(cold, terms, k, allowed=mask)
+                for s in (warm, cold, half):
+                    assert s.search(terms, k, allowed=mask) == want
+                assert cold.search(terms, k, allowed=allowed) == want  # a set: the same mask
+        assert warm.search_many(qs, 7, allowed=mask) == [reference(cold, t, 7, allowed=mask) for t in qs]
+    # what an uncached token reads: its rows of the allowed ids' segments, every segment's df
+    need = {int(cold._seg_live[ids[0]]), int(cold._seg_live[ids[-1]])}
+    for t in qs[0]:
+        tok = cold._query_tokens([t])[0][0]
+        df, rows, anywhere = cold._lists_in(tok, need)
+        full_df, full_rows = cold._lists(tok)
+        assert df == full_df and anywhere == bool(full_rows)
+        assert {r[0] for r in rows} <= need and rows == [r for r in full_rows if r[0] in need]
+    assert nseg >= 5

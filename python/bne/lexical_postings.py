@@ -13,13 +13,13 @@ Each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appe
 the b-tree (ids: uint16 gaps where they fit, else int32; tfs: uint8 where they fit, else uint16);
 segments of one level are merged F at a time (tiered, as Lucene). Each quoted query term
 (``bne.lexical.query_terms``) adds its score, as FTS5's OR query does; a word FTS5 would split into
-several tokens is scored as those tokens OR-ed.
+several tokens is scored as those tokens OR-ed. The write side (segments, merges, deletes, the
+blob format) is :mod:`bne.lexical_segments`; its functions are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import os
 import sqlite3
@@ -31,250 +31,23 @@ import numpy as np
 
 from . import _core, lexical
 from .lexical import Allowed, Stats, idf
-
-F = 8  # segments of one level merged at a time
-PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
-CACHE_MB = 256  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS lexp_seg(seg INTEGER PRIMARY KEY, level INTEGER NOT NULL, ids BLOB NOT NULL,"
-    " lens BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS lexp_post(seg INTEGER NOT NULL, term TEXT NOT NULL, df INTEGER NOT NULL,"
-    " docs BLOB NOT NULL, tfs BLOB NOT NULL, PRIMARY KEY(seg, term)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS lexp_dead(id INTEGER NOT NULL, seg INTEGER NOT NULL, PRIMARY KEY(id, seg))"
-    " WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS lexp_deldf(term TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS lexp_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID",
+from .lexical_segments import (  # noqa: F401 - the index's write side, used as lexical_postings.*
+    EXPECTED_SCHEMA,
+    SCHEMA,
+    F,
+    _live,
+    _pack,
+    _unpack,
+    compact,
+    create,
+    delete,
+    insert,
+    merge_levels,
+    tokenize,
 )
 
-# what sqlite_master holds after create(), for the docstore's schema check
-EXPECTED_SCHEMA = {("table", sql.split()[5].split("(")[0]): sql.replace(" IF NOT EXISTS", "") for sql in SCHEMA}
-
-
-def create(conn: sqlite3.Connection) -> None:
-    """Creates the tables when missing (in the caller's transaction)."""
-    for sql in SCHEMA:
-        conn.execute(sql)
-    conn.execute("INSERT OR IGNORE INTO lexp_meta VALUES ('n_docs', 0), ('total_len', 0)")
-
-
-def _tokenizer(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexp_tok USING fts5(text, content='', detail=full, "
-        f"tokenize='{lexical.TOKENIZER}')"
-    )
-    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexp_tokv USING fts5vocab(temp, lexp_tok, instance)")
-
-
-def tokenize(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -> list[tuple[str, int, int]]:
-    """(term, id, tf) sorted by term then id: FTS5's own tokens of each text (ids must be distinct)."""
-    _tokenizer(conn)
-    conn.executemany("INSERT INTO temp.lexp_tok(rowid, text) VALUES (?, ?)", zip(ids, texts, strict=True))
-    rows = conn.execute("SELECT term, doc, count(*) FROM temp.lexp_tokv GROUP BY term, doc").fetchall()
-    conn.execute("INSERT INTO temp.lexp_tok(lexp_tok) VALUES ('delete-all')")
-    return rows
-
-
-def _postings_of(
-    conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]
-) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], np.ndarray]:
-    """The texts' postings by term ((term, ids ascending, tfs), terms sorted) and each text's length
-    in tokens, in ``ids`` order, all from FTS5's tokenizer. One row per term comes back (its
-    token ids as text), which costs far less than a row per (term, document) grouped in SQL."""
-    _tokenizer(conn)
-    conn.executemany("INSERT INTO temp.lexp_tok(rowid, text) VALUES (?, ?)", zip(ids, texts, strict=True))
-    rows = conn.execute("SELECT term, count(*), group_concat(doc, ' ') FROM temp.lexp_tokv GROUP BY term").fetchall()
-    conn.execute("INSERT INTO temp.lexp_tok(lexp_tok) VALUES ('delete-all')")
-    id_arr = np.asarray(ids, np.int64)
-    if not rows:
-        return [], np.zeros(len(id_arr), np.int64)
-    counts = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-    tok_doc = np.array(" ".join(r[2] for r in rows).split(), np.int64)  # one entry per token
-    tok_term = np.repeat(np.arange(len(rows)), counts)
-    key = tok_term << 32 | tok_doc
-    if len(key) > 1 and (np.diff(key) < 0).any():  # fts5vocab yields (term, doc) order; never rely on it
-        o = np.argsort(key, kind="stable")
-        tok_doc, tok_term, key = tok_doc[o], tok_term[o], key[o]
-    starts = np.flatnonzero(np.concatenate(([True], np.diff(key) != 0)))  # one run per (term, doc)
-    docs, tfs = tok_doc[starts], np.diff(np.append(starts, len(key)))
-    bounds = np.searchsorted(tok_term[starts], np.arange(len(rows) + 1))
-    out = [(rows[k][0], docs[bounds[k] : bounds[k + 1]], tfs[bounds[k] : bounds[k + 1]]) for k in range(len(rows))]
-    order = np.argsort(id_arr)
-    lens = np.bincount(order[np.searchsorted(id_arr, tok_doc, sorter=order)], minlength=len(id_arr))
-    return out, lens
-
-
-def _meta(conn: sqlite3.Connection, dn: int, dlen: int) -> None:
-    _bump(conn)
-    conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'n_docs'", (dn,))
-    conn.execute("UPDATE lexp_meta SET v = v + ? WHERE k = 'total_len'", (dlen,))
-
-
-def _pack(d: np.ndarray, tf: np.ndarray) -> tuple[bytes, bytes]:
-    """A posting list's blobs (ids ascending). ids: the first as int32, then uint16 gaps when every gap
-    fits (the common terms, whose lists are long and dense), else int32; tfs: uint8 when all fit,
-    else uint16 (capped). The blob lengths against df tell the formats apart."""
-    if len(d) > 1 and int(d[-1]) - int(d[0]) < 65536 * (len(d) - 1) and (gaps := np.diff(d)).max() < 65536:
-        docs = d[:1].astype(np.int32).tobytes() + gaps.astype(np.uint16).tobytes()
-    else:
-        docs = d.astype(np.int32).tobytes()
-    tf = np.minimum(tf, 65535)
-    return docs, (tf.astype(np.uint8) if tf.max() < 256 else tf.astype(np.uint16)).tobytes()
-
-
-def _unpack(df: int, docs: bytes, tfs: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(int32 ids, uint8 or uint16 tfs) of a posting list written by :func:`_pack`."""
-    if len(docs) == 4 * df:
-        d = np.frombuffer(docs, np.int32)
-    else:
-        d = np.empty(df, np.int32)
-        d[0] = np.frombuffer(docs, np.int32, 1)[0]
-        np.cumsum(np.frombuffer(docs, np.uint16, offset=4), dtype=np.int32, out=d[1:])
-        d[1:] += d[0]
-    return d, np.frombuffer(tfs, np.uint8 if len(tfs) == df else np.uint16)
-
-
-def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], merge: bool = True) -> None:
-    """Indexes ``texts`` under row ``ids`` as one new segment, then merges full levels; no commit."""
-    ids = [int(i) for i in ids]
-    if not ids:
-        return
-    if min(ids) < 0 or max(ids) >= 2**31 or len(set(ids)) != len(ids):
-        raise ValueError("lexical_postings.insert: ids must be distinct and in [0, 2**31)")
-    terms, lens = _postings_of(conn, ids, texts)
-    seg = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
-    id_arr = np.asarray(ids, np.int64)
-    out = [(seg, term, len(d), *_pack(d, tf)) for term, d, tf in terms]
-    conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
-    conn.execute(
-        "INSERT INTO lexp_seg VALUES (?, 0, ?, ?)",
-        (seg, id_arr.astype(np.int32).tobytes(), lens.astype(np.int32).tobytes()),
-    )
-    _meta(conn, len(ids), int(lens.sum()))
-    if merge:
-        merge_levels(conn)
-
-
-def _bump(conn: sqlite3.Connection) -> None:
-    """Every write sets a new version, so a Searcher (of any connection) reloads its arrays and cache.
-    Random rather than + 1: a write rolled back and another one committed must not meet the
-    version the Searcher cached for the first."""
-    conn.execute("INSERT INTO lexp_meta VALUES ('version', random()) ON CONFLICT(k) DO UPDATE SET v = random()")
-
-
-def _live(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
-    """(seg of each live id or -1, length of each id), arrays indexed by id."""
-    segs = conn.execute("SELECT seg, ids, lens FROM lexp_seg").fetchall()
-    dead: dict[int, list[int]] = {}
-    for i, s in conn.execute("SELECT id, seg FROM lexp_dead"):
-        dead.setdefault(int(s), []).append(int(i))
-    size = 1 + max((int(np.frombuffer(b, np.int32).max()) for _, b, _ in segs if b), default=-1)
-    seg_of = np.full(size, -1, np.int64)
-    dl = np.zeros(size, np.float64)
-    for s, b, lb in segs:
-        ids = np.frombuffer(b, np.int32)
-        lens = np.frombuffer(lb, np.int32)
-        if s in dead:
-            keep = ~np.isin(ids, dead[s])
-            ids, lens = ids[keep], lens[keep]
-        seg_of[ids] = s
-        dl[ids] = lens
-    return seg_of, dl
-
-
-def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -> None:
-    """Removes live rows; each text must be the one the row was indexed with (its tokens are
-    subtracted from df, N and the total length). Unknown ids are an error; no commit."""
-    ids = [int(i) for i in ids]
-    if not ids:
-        return
-    seg_of, dl = _live(conn)
-    arr = np.asarray(ids, np.int64)
-    if arr.min() < 0 or arr.max() >= len(seg_of) or (seg_of[arr] < 0).any() or len(set(ids)) != len(ids):
-        raise ValueError("lexical_postings.delete: an id is not in the index")
-    terms, lens = _postings_of(conn, ids, texts)
-    dfs = [(term, len(d)) for term, d, _ in terms]
-    if (lens != dl[arr]).any():
-        raise ValueError("lexical_postings.delete: a text is not the one its row was indexed with")
-    conn.executemany("INSERT INTO lexp_dead VALUES (?, ?)", [(i, int(seg_of[i])) for i in ids])
-    conn.executemany("INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs)
-    _meta(conn, -len(ids), -int(lens.sum()))
-
-
-def _merge(conn: sqlite3.Connection, segs: list[int], level: int) -> None:
-    """Merges ``segs`` into one new segment without their deleted rows (whose tokens leave the df
-    correction with them, so the statistics stay exact)."""
-    new = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
-    seg_of = _live(conn)[0]
-    ph = ",".join("?" * len(segs))
-    cursors = [
-        conn.execute("SELECT term, seg, df, docs, tfs FROM lexp_post WHERE seg = ? ORDER BY term", (s,)).fetchall()
-        for s in segs
-    ]
-    out = []
-    purged: list[tuple[int, str]] = []
-    cur_term = ""
-    parts: list[tuple[np.ndarray, np.ndarray, int]] = []
-
-    def flush() -> None:
-        d = np.concatenate([p[0] for p in parts])
-        t = np.concatenate([p[1].astype(np.uint16) for p in parts])
-        s = np.concatenate([np.full(len(p[0]), p[2], np.int64) for p in parts])
-        keep = seg_of[d] == s
-        if not keep.all():
-            purged.append((int((~keep).sum()), cur_term))
-            d, t = d[keep], t[keep]
-        if len(d) > 1 and (np.diff(d) <= 0).any():  # an id inserted again after a delete: keep ids ascending
-            o = np.argsort(d, kind="stable")
-            d, t = d[o], t[o]
-        if len(d):
-            out.append((new, cur_term, len(d), *_pack(d, t)))
-
-    for term, s, df, d, t in heapq.merge(*cursors, key=lambda r: r[0]):
-        if term != cur_term or not parts:
-            if parts:
-                flush()
-            cur_term, parts = term, []
-        parts.append((*_unpack(df, d, t), s))
-    if parts:
-        flush()
-    rows = conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg", segs).fetchall()
-    ids = np.concatenate([np.frombuffer(r[1], np.int32) for r in rows])
-    lens = np.concatenate([np.frombuffer(r[2], np.int32) for r in rows])
-    sg = np.concatenate([np.full(len(r[1]) // 4, r[0], np.int64) for r in rows])
-    keep = seg_of[ids] == sg
-    ids, lens = ids[keep], lens[keep]
-    conn.execute(f"DELETE FROM lexp_dead WHERE seg IN ({ph})", segs)
-    conn.executemany("UPDATE lexp_deldf SET n = n - ? WHERE term = ?", purged)
-    conn.execute("DELETE FROM lexp_deldf WHERE n = 0")
-    conn.execute(f"DELETE FROM lexp_post WHERE seg IN ({ph})", segs)
-    conn.execute(f"DELETE FROM lexp_seg WHERE seg IN ({ph})", segs)
-    conn.executemany("INSERT INTO lexp_post VALUES (?, ?, ?, ?, ?)", out)
-    conn.execute("INSERT INTO lexp_seg VALUES (?, ?, ?, ?)", (new, level, ids.tobytes(), lens.tobytes()))
-    _bump(conn)
-
-
-def merge_levels(conn: sqlite3.Connection) -> None:
-    """Merges the oldest F segments of any level that holds F or more (repeatedly); no commit."""
-    while True:
-        full = conn.execute(
-            "SELECT level FROM lexp_seg GROUP BY level HAVING count(*) >= ? ORDER BY level LIMIT 1", (F,)
-        ).fetchone()
-        if full is None:
-            return
-        segs = [
-            r[0] for r in conn.execute("SELECT seg FROM lexp_seg WHERE level = ? ORDER BY seg LIMIT ?", (full[0], F))
-        ]
-        _merge(conn, segs, int(full[0]) + 1)
-
-
-def compact(conn: sqlite3.Connection) -> None:
-    """Everything into one segment without the deleted rows (then df needs no correction); no commit."""
-    segs = [r[0] for r in conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
-    if segs:
-        top = int(conn.execute("SELECT max(level) FROM lexp_seg").fetchone()[0])
-        _merge(conn, segs, top)
-
-
+PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
+CACHE_MB = 256  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides
 # --- query ----------------------------------------------------------------------------------------
 
 
@@ -298,7 +71,10 @@ def _check_terms(terms: Sequence[str]) -> None:
 
 Rows = list[tuple[int, int, bytes, bytes]]  # (seg, df, docs, tfs) of one token, one row per segment
 Plan = list[tuple[float, Rows, str]]  # (bound = weight, rows, quoted term) per query token, largest bound first
+# a cached token: (live df, rows, the (segment, nonce) pairs its rows were read for, bytes counted)
+Entry = tuple[int, Rows, frozenset[tuple[int, int]], int]
 
+FEW_ALLOWED = 256  # an allow-list of at most this many ids reads only its segments (= bm25.cpp's kFewAllowed)
 
 _KNORM_KEYS = itertools.count(1)  # names each knorm array made in this process (C++ workers keep a copy by key)
 
@@ -311,28 +87,64 @@ def _cache_bytes() -> int:
         raise ValueError(f"BNE_LEXICAL_CACHE_MB must be a number of megabytes, got {raw[:40]!r}") from None
 
 
+def _knorm(dl: np.ndarray, avg: float) -> np.ndarray:
+    """k1 (1 - b + b dl / avg) per id, in place in one new array (no temporaries: it is redone after
+    every write); the same operations in the same order as the formula, so the same bits."""
+    k = np.multiply(dl, lexical.B)
+    k /= avg
+    k += 1 - lexical.B
+    k *= lexical.K1
+    return k
+
+
+def _size(rows: Rows) -> int:
+    return 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
+
+
 class Searcher:
-    """BM25 over one connection's postings. The per-id arrays and the postings cache are reloaded
-    when the database changed (another connection's commit or this connection's own writes: every
-    write sets ``lexp_meta.version`` anew).
+    """BM25 over one connection's postings. The per-id arrays and the postings cache follow the
+    database (another connection's commit or this connection's own writes: every write sets
+    ``lexp_meta.version`` anew) without starting over: a segment never changes once written, so a
+    cached token keeps its rows of the segments that still exist and reads only those of the new
+    ones (and its deleted-df) when next used; appends extend the id arrays (a delete or a merge
+    reloads them). Segments read while this connection may hold uncommitted writes (a
+    transaction with changes since it was last seen idle) are not trusted past that state: a
+    rolled-back segment's number is used again by the next write.
 
     Thread safe: every SQLite read and cache update holds a lock; the scoring itself runs in C++
     (``bne._core.bm25_search``) without the GIL and without the lock, on arrays that a reload
     replaces rather than changes. ``cache_mb`` (default ``CACHE_MB``, or ``BNE_LEXICAL_CACHE_MB``)
     bounds the raw posting blobs kept between queries (least recently used out first, a second
     chance for those that were hit): the common terms, whose blobs are most of a query's SQLite
-    reads, stay in memory."""
+    reads, stay in memory. Query words are tokenised on a private in-memory connection, so a
+    search never writes to ``conn`` (not even its temp schema)."""
 
     def __init__(self, conn: sqlite3.Connection, cache_mb: float | None = None) -> None:
         self.conn = conn
         self.cache_bytes = _cache_bytes() if cache_mb is None else int(cache_mb * 2**20)
         self._lock = threading.RLock()
+        self._tok = sqlite3.connect(":memory:", check_same_thread=False)  # used under the lock
         self._key: int | None = None
         self._knorm: tuple[float, np.ndarray, int] | None = None  # (avgdl, knorm, its key)
-        self._cache: OrderedDict[str, tuple[int, Rows]] = OrderedDict()  # token -> (df, rows)
+        self._cache: OrderedDict[str, Entry] = OrderedDict()
         self._cache_used = 0
         self._hits: dict[str, int] = {}  # cache hits of a cached token (0-3): its second chances
         self._tokens: dict[str, list[str]] = {}  # quoted term -> tokens (the tokenizer never changes)
+        self._nonces = itertools.count(1)
+        self._segmap: dict[int, int] = {}  # segment -> the nonce it was first read under
+        self._state: frozenset[tuple[int, int]] = frozenset()
+        self._tentative: set[int] = set()  # nonces of segments read in a state that may be rolled back
+        # conn.total_changes when conn was last seen with no transaction open (None: not yet)
+        self._quiet: int | None = None if conn.in_transaction else conn.total_changes
+        self._sure = False  # the state being read is committed (set by _snapshot)
+        self._dead_n = -1  # lexp_dead rows when the id arrays were built
+        self._arrays_sure = False
+        # live segment and length of each id (-1 / 0: none); views of buffers with room to grow
+        self._seg_live = self._seg_buf = np.zeros(0, np.int64)
+        self.dl = self._dl_buf = np.zeros(0, np.float64)
+        self.seg_of: np.ndarray | None = None  # int32 seg_of for the scorer; None: all postings live
+        self.n_docs = self.total_len = 0
+        self.segs: list[int] = []
         self.pruned_terms = 0
         self.skipped_bound = 0.0
         self.prune_min_postings = PRUNE_MIN_POSTINGS
@@ -346,7 +158,10 @@ class Searcher:
         caller has one open), so a commit of another connection between them cannot mix two states."""
         own = not self.conn.in_transaction
         if own:
+            self._quiet = self.conn.total_changes  # nothing uncommitted: what conn wrote is durable
             self.conn.execute("BEGIN")
+        # in the caller's transaction the state is committed unless conn changed rows since it was idle
+        self._sure = own or self._quiet == self.conn.total_changes
         try:
             yield
         finally:
@@ -358,52 +173,170 @@ class Searcher:
         key = int(row[0]) if row else 0
         if key == self._key:
             return
-        seg_of, self.dl = _live(self.conn)
+        segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+        old = self._segmap
+        new = {}
+        for sg in segs:
+            u = old.get(sg)
+            new[sg] = next(self._nonces) if u is None or u in self._tentative else u
+        added = [sg for sg in segs if new[sg] != old.get(sg)]
+        removed = any(new.get(sg) != u for sg, u in old.items())
+        self._tentative = set() if self._sure else {new[sg] for sg in added}
+        dead_n = int(self.conn.execute("SELECT count(*) FROM lexp_dead").fetchone()[0])
+        # appends only (no segment gone, no new delete mark, both states committed): the new segments'
+        # ids are added to copies of the arrays; anything else reads them all again
+        if self._arrays_sure and self._sure and not removed and dead_n == self._dead_n:
+            seg_live, self.dl = self._grow(added)
+        else:
+            seg_live, self.dl = self._seg_buf, self._dl_buf = _live(self.conn)
+        self._seg_live, self._dead_n, self._arrays_sure = seg_live, dead_n, self._sure
         self._knorm = None
-        self._cache.clear()
-        self._hits.clear()
-        self._cache_used = 0
-        has_dead = self.conn.execute("SELECT 1 FROM lexp_dead LIMIT 1").fetchone() is not None
-        self.seg_of: np.ndarray | None = seg_of.astype(np.int32) if has_dead else None  # None: all postings live
+        self.seg_of = seg_live.astype(np.int32) if dead_n else None
         m = dict(self.conn.execute("SELECT k, v FROM lexp_meta").fetchall())
         self.n_docs, self.total_len = int(m.get("n_docs", 0)), int(m.get("total_len", 0))
-        self.segs = [r[0] for r in self.conn.execute("SELECT seg FROM lexp_seg ORDER BY seg")]
+        self.segs = segs
+        self._segmap, self._state = new, frozenset(new.items())
         self._key = key
 
-    def _postings(self, token: str) -> Rows:
-        if not self.segs:
+    def _grow(self, added: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_live`'s arrays after the segments ``added`` (no delete marks among them). They grow
+        in place, in buffers with room: only ids past the old end change (appends), and these two
+        arrays are read under the lock only (the scorer gets knorm and seg_of, new arrays)."""
+        if not added:
+            return self._seg_live, self.dl
+        ph = ",".join(map(str, added))  # integers read from our own table
+        rows = self.conn.execute(f"SELECT seg, ids, lens FROM lexp_seg WHERE seg IN ({ph}) ORDER BY seg").fetchall()
+        top = max((int(np.frombuffer(b, np.int32).max()) for _, b, _ in rows if b), default=-1)
+        n0 = len(self.dl)
+        size = max(n0, top + 1)
+        if size > len(self._dl_buf):
+            cap = size + size // 8
+            sb, db = np.empty(cap, np.int64), np.empty(cap, np.float64)
+            sb[:n0], db[:n0] = self._seg_live, self.dl
+            self._seg_buf, self._dl_buf = sb, db
+        seg_of, dl = self._seg_buf[:size], self._dl_buf[:size]
+        seg_of[n0:], dl[n0:] = -1, 0
+        for sg, b, lb in rows:
+            ids = np.frombuffer(b, np.int32)
+            up = seg_of[ids] < sg  # the newest live segment of an id wins, as in _live
+            seg_of[ids[up]] = sg
+            dl[ids[up]] = np.frombuffer(lb, np.int32)[up]
+        return seg_of, dl
+
+    def _postings(self, token: str, segs: Iterable[int] | None = None) -> Rows:
+        segs = self.segs if segs is None else segs
+        ph = ",".join(map(str, segs))  # integers read from our own table
+        if not ph:
             return []
-        segs = ",".join(map(str, self.segs))  # integers read from our own table
-        sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({segs})"
+        sql = f"SELECT seg, df, docs, tfs FROM lexp_post WHERE term = ? AND seg IN ({ph})"
         return self.conn.execute(sql, (token,)).fetchall()
 
+    def _df(self, token: str, rows: Rows) -> int:
+        if not rows:
+            return 0
+        r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
+        return sum(x[1] for x in rows) - (int(r[0]) if r else 0)
+
     def _lists(self, token: str) -> tuple[int, Rows]:
-        """(live df, rows) of a token, from the cache or SQLite."""
+        """(live df, rows) of a token, from the cache (brought up to date) or SQLite."""
         hit = self._cache.get(token)
+        if hit is not None and hit[2] is not self._state:
+            self._update([token])
+            hit = self._cache.get(token)  # None if it no longer fits
         if hit is not None:
             self._cache.move_to_end(token)
             self._hits[token] = min(3, self._hits.get(token, 0) + 1)
-            return hit
+            return hit[0], hit[1]
         rows = self._postings(token)
-        df = 0
-        if rows:
-            r = self.conn.execute("SELECT n FROM lexp_deldf WHERE term = ?", (token,)).fetchone()
-            df = sum(x[1] for x in rows) - (int(r[0]) if r else 0)
-        size = 200 + sum(len(x[2]) + len(x[3]) + 150 for x in rows)  # with the objects' own overhead
-        if size <= self.cache_bytes:
-            self._cache[token] = (df, rows)
-            self._cache_used += size
-            while self._cache_used > self.cache_bytes:
-                # least recently used out, but a second chance for one that was hit (CLOCK): queries
-                # cycling through more terms than fit would evict every entry before its next use
-                old_tok, old = self._cache.popitem(last=False)
-                chances = self._hits.pop(old_tok, 0)
-                if chances and old_tok != token:
-                    self._cache[old_tok] = old
-                    self._hits[old_tok] = chances - 1
-                    continue
-                self._cache_used -= 200 + sum(len(x[2]) + len(x[3]) + 150 for x in old[1])
+        df = self._df(token, rows)
+        self._keep(token, df, rows, 0)
         return df, rows
+
+    def _update(self, tokens: Iterable[str]) -> None:
+        """Brings the cached entries of ``tokens`` to the current segments: the rows of the segments
+        still there stay, those of the new ones are read, df is read again (a delete changes it);
+        two SQL queries for all of them."""
+        cur = self._state
+        stale = {t: e for t in tokens if (e := self._cache.get(t)) is not None and e[2] is not cur}
+        if not stale:
+            return
+        new: dict[str, set[int]] = {t: {sg for sg, _ in cur - e[2]} for t, e in stale.items()}
+        got: dict[str, Rows] = {t: [] for t in stale}
+        segs = sorted(set().union(*new.values()))
+        for term, sg, df, d, tf in self._postings_many(list(stale), segs) if segs else []:
+            if sg in new[term]:  # not a segment the entry already holds
+                got[term].append((sg, df, d, tf))
+        deleted = self._deleted(list(stale))
+        for t, (_, rows, have, size) in stale.items():
+            if self._cache.get(t) is not stale[t]:  # evicted meanwhile to make room for another
+                continue
+            keep = {sg for sg, _ in have & cur}
+            rows = sorted([r for r in rows if r[0] in keep] + got[t], key=lambda r: r[0])
+            df = sum(x[1] for x in rows) - deleted.get(t, 0) if rows else 0
+            self._keep(t, df, rows, size)
+
+    def _postings_many(self, tokens: list[str], segs: list[int]) -> list[tuple[str, int, int, bytes, bytes]]:
+        """(term, seg, df, docs, tfs) of ``tokens`` in ``segs``."""
+        out: list[tuple[str, int, int, bytes, bytes]] = []
+        ph = ",".join(map(str, segs))  # integers read from our own table
+        for k in range(0, len(tokens), 500):
+            part = tokens[k : k + 500]
+            sql = (
+                f"SELECT term, seg, df, docs, tfs FROM lexp_post WHERE seg IN ({ph})"
+                f" AND term IN ({','.join('?' * len(part))})"
+            )
+            out += self.conn.execute(sql, part).fetchall()
+        return out
+
+    def _deleted(self, tokens: list[str]) -> dict[str, int]:
+        """Each token's postings in deleted rows still in the lists (``lexp_deldf``)."""
+        out: dict[str, int] = {}
+        for k in range(0, len(tokens), 500):
+            part = tokens[k : k + 500]
+            q = f"SELECT term, n FROM lexp_deldf WHERE term IN ({','.join('?' * len(part))})"
+            out.update(self.conn.execute(q, part).fetchall())
+        return out
+
+    def _keep(self, token: str, df: int, rows: Rows, old_size: int) -> None:
+        """Caches (or re-caches, replacing an entry of ``old_size`` bytes) a token's rows."""
+        size = _size(rows)
+        self._cache_used -= old_size
+        if size > self.cache_bytes:
+            if old_size:
+                del self._cache[token]
+                self._hits.pop(token, None)
+            return
+        self._cache[token] = (df, rows, self._state, size)
+        self._cache_used += size
+        while self._cache_used > self.cache_bytes:
+            # least recently used out, but a second chance for one that was hit (CLOCK): queries
+            # cycling through more terms than fit would evict every entry before its next use
+            old_tok, old = self._cache.popitem(last=False)
+            chances = self._hits.pop(old_tok, 0)
+            if chances and old_tok != token:
+                self._cache[old_tok] = old
+                self._hits[old_tok] = chances - 1
+                continue
+            self._cache_used -= old[3]
+
+    def _lists_in(self, token: str, need: set[int]) -> tuple[int, Rows, bool]:
+        """(live df over all segments, rows of the segments ``need`` only, whether any segment has
+        the token). With a cache, a token's rows are read whole once and kept (later queries,
+        allow-list or not, find them); without, only ``need``'s blobs are read (every segment's
+        df still is: the statistics stay the collection's)."""
+        if self.cache_bytes > 0 or token in self._cache:
+            df, rows = self._lists(token)
+            return df, [r for r in rows if r[0] in need], bool(rows)
+        ph = ",".join(map(str, self.segs))  # integers read from our own table
+        if not ph:
+            return 0, [], False
+        inn = ",".join(map(str, sorted(need))) or "NULL"
+        sql = (
+            f"SELECT seg, df, CASE WHEN seg IN ({inn}) THEN docs END, CASE WHEN seg IN ({inn}) THEN tfs END"
+            f" FROM lexp_post WHERE term = ? AND seg IN ({ph})"
+        )
+        got = self.conn.execute(sql, (token,)).fetchall()
+        return self._df(token, got), [r for r in got if r[0] in need], bool(got)
 
     def _query_tokens(self, terms: Sequence[str]) -> list[list[str]]:
         _check_terms(terms)
@@ -411,18 +344,24 @@ class Searcher:
         if missing:
             if len(self._tokens) > 100_000:  # bounded: a long-running server sees many words
                 self._tokens.clear()
-            self._tokens.update(zip(missing, query_tokens(self.conn, missing), strict=True))
+            self._tokens.update(zip(missing, query_tokens(self._tok, missing), strict=True))
         return [self._tokens[t] for t in terms]
 
-    def _plan(self, terms: Sequence[str], stats: Stats | None, n_g: int, skip_floor: bool) -> tuple[Plan, float]:
+    def _plan(
+        self, terms: Sequence[str], stats: Stats | None, n_g: int, skip_floor: bool, need: set[int] | None = None
+    ) -> tuple[Plan, float]:
         """The query's tokens with postings, by bound (largest first, stable), and the bound of the
-        skipped floored-idf terms."""
+        skipped floored-idf terms. ``need``: only these segments' rows (df stays the collection's)."""
         plan: Plan = []
         skipped = 0.0
         for t, toks in zip(terms, self._query_tokens(terms), strict=True):
             for tok in toks:
-                df, rows = self._lists(tok)
-                if not rows:
+                if need is None:
+                    df, rows = self._lists(tok)
+                    anywhere = bool(rows)
+                else:
+                    df, rows, anywhere = self._lists_in(tok, need)
+                if not anywhere:
                     continue
                 if stats is not None:
                     df = stats.df.get(t, 0)
@@ -437,20 +376,38 @@ class Searcher:
         self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool
     ) -> tuple[list[Plan], tuple[np.ndarray, int], np.ndarray | None, float]:
         """Under the lock: each query's plan, and the arrays the scoring reads ((knorm, key), seg_of)."""
+        plans, knorm, seg_of, skipped, _, _ = self._prepare_allowed(queries, stats, skip_floor, None)
+        return plans, knorm, seg_of, skipped
+
+    def _prepare_allowed(
+        self, queries: Sequence[Sequence[str]], stats: Stats | None, skip_floor: bool, allowed: Allowed | np.ndarray
+    ) -> tuple[
+        list[Plan], tuple[np.ndarray, int], np.ndarray | None, float, np.ndarray | None, Callable[[int], bool] | None
+    ]:
+        """:meth:`_prepare`, and ``allowed`` as (mask, predicate) (:func:`_allowed`). A mask of at most
+        ``FEW_ALLOWED`` ids reads only the rows of the segments that hold them."""
         with self._lock, self._snapshot():
             self._refresh()
+            mask, admit = _allowed(allowed, len(self.dl))
             n_g, avg = (
                 (self.n_docs, self.total_len / max(1, self.n_docs)) if stats is None else (stats.n_docs, stats.avgdl)
             )
             if self.n_docs == 0 or len(self.dl) == 0 or n_g == 0 or avg == 0:
-                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0
+                return [[] for _ in queries], (np.zeros(0), 0), None, 0.0, mask, admit
             if self._knorm is None or self._knorm[0] != avg:  # per id, for this average length
-                self._knorm = (avg, lexical.K1 * (1 - lexical.B + lexical.B * self.dl / avg), next(_KNORM_KEYS))
+                self._knorm = (avg, _knorm(self.dl, avg), next(_KNORM_KEYS))
+            need = None
+            if mask is not None:
+                m = mask[: len(self.dl)]
+                if np.count_nonzero(m) <= FEW_ALLOWED:
+                    segs = self._seg_live[np.flatnonzero(m)]
+                    need = set(segs[segs >= 0].tolist())
+            self._update(tok for toks in self._query_tokens([t for q in queries for t in q]) for tok in toks)
             plans, skipped = [], 0.0
             for terms in queries:
-                p, skipped = self._plan(terms, stats, n_g, skip_floor)
+                p, skipped = self._plan(terms, stats, n_g, skip_floor, need)
                 plans.append(p)
-            return plans, self._knorm[1:], self.seg_of, skipped
+            return plans, self._knorm[1:], self.seg_of, skipped, mask, admit
 
     def local_stats(self, terms: Sequence[str]) -> Stats:
         """This index's statistics for ``terms`` (quoted), as ``bne.lexical.local_stats``."""
@@ -509,8 +466,9 @@ class Searcher:
     ) -> list[list[tuple[int, float]]]:
         if limit < 1:
             return [[] for _ in queries]
-        plans, (knorm, key), seg_of, self.skipped_bound = self._prepare(queries, stats, skip_floor)
-        mask, admit = _allowed(allowed, len(knorm))
+        plans, (knorm, key), seg_of, self.skipped_bound, mask, admit = self._prepare_allowed(
+            queries, stats, skip_floor, allowed
+        )
         todo = [k for k, p in enumerate(plans) if p]
         out: list[list[tuple[int, float]]] = [[] for _ in queries]
         want = limit
