@@ -525,7 +525,7 @@ def test_a_folder_of_shards_fuses_its_lexical_search(fake):
     )  # fmt: skip
     assert coll.index.calls == [([['"cat"', '"dog"'], []], 20, None)]
     assert res.mode == "hybrid" and res.modes == ["hybrid", "dense"]
-    want = lexical.rrf_fuse(list(range(20)), [40 - j for j in range(5)], limit=4)
+    want = lexical.rrf_fuse(list(range(20)), [40 - j for j in range(5)], weights=(1.0, 1.0), limit=4)
     assert ranked(res) == [f.id for f in want] and ranked(res, 1) == [0, 1, 2, 3]
     coll.index.lexical_ready = False
     res = hybrid.search(

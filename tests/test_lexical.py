@@ -356,8 +356,8 @@ def test_varints() -> None:
 
 
 def test_rrf_hand_checked() -> None:
-    # dense: 10, 20, 30; lexical: 30, 40, 10; k = 60
-    fused = lexical.rrf_fuse([10, 20, 30], [30, 40, 10], k=60)
+    # dense: 10, 20, 30; lexical: 30, 40, 10; k = 60, equal weights
+    fused = lexical.rrf_fuse([10, 20, 30], [30, 40, 10], k=60, weights=(1.0, 1.0))
     got = {f.id: (f.score, f.dense_rank, f.lexical_rank) for f in fused}
     assert got[10] == (pytest.approx(1 / 61 + 1 / 63), 1, 3)
     assert got[30] == (pytest.approx(1 / 63 + 1 / 61), 3, 1)
@@ -372,6 +372,9 @@ def test_rrf_weights_depth_limit() -> None:
     # depth 2: dense 1, 2; lexical 4, 3 -> 1: 1/1, 2: 1/2, 4: 3/1, 3: 3/2
     assert [(f.id, f.score) for f in fused] == [(4, 3.0), (3, 1.5), (1, 1.0), (2, 0.5)]
     assert [f.id for f in lexical.rrf_fuse([1, 2], [], limit=1)] == [1]
+    # the default weights favour the lexical side (1 : 1.5): its first beats the dense side's first
+    assert lexical.WEIGHTS == (1.0, 1.5)
+    assert [(f.id, f.score) for f in lexical.rrf_fuse([1], [2], k=60)] == [(2, 1.5 / 61), (1, 1 / 61)]
     assert lexical.rrf_fuse([], []) == []
     only_lex = lexical.rrf_fuse([], [7, 8])
     assert [(f.id, f.dense_rank, f.lexical_rank) for f in only_lex] == [(7, None, 1), (8, None, 2)]

@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import warnings
 
-from . import _core
+from . import _core, lexical
 from .commands import (
     EXIT_FAIL,
     EXIT_INTERRUPTED,
@@ -229,20 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
         "words only (default: hybrid where the docstore has its lexical index, else dense)",
     )
     s.add_argument(
-        "--rrf-k", type=float_at_least(0), default=60.0, metavar="K", help="hybrid: the RRF constant (default 60)"
+        "--rrf-k",
+        type=float_at_least(0),
+        default=lexical.RRF_K,
+        metavar="K",
+        help=f"hybrid: the RRF constant (default {lexical.RRF_K:g})",
     )
     s.add_argument(
         "--depth",
         type=int_in(1, MAX_K),
-        default=100,
-        help="hybrid: how many of each side's best are fused (default 100; at least -k)",
+        default=lexical.DEPTH,
+        help=f"hybrid: how many of each side's best are fused (default {lexical.DEPTH}; at least -k)",
     )
     s.add_argument(
         "--weights",
         type=weights_arg,
-        default=(1.0, 1.0),
+        default=lexical.WEIGHTS,
         metavar="DENSE,LEXICAL",
-        help="hybrid: each side's weight in the fusion (default 1,1)",
+        help="hybrid: each side's weight in the fusion (default {:g},{:g})".format(*lexical.WEIGHTS),
     )
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true", help="print the hits and timings as JSON on stdout")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, distributed, hybrid, mapped, storage, upkeep
+from . import _core, distributed, hybrid, lexical, mapped, storage, upkeep
 from .codes import check_bits
 from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
@@ -367,9 +367,9 @@ class Collection:
         rescore: int | None = None,
         threads: int | None = None,
         allow: Iterable[int] | np.ndarray | None = None,
-        rrf_k: float = 60.0,
-        depth: int = 100,
-        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: float = lexical.RRF_K,
+        depth: int = lexical.DEPTH,
+        weights: tuple[float, float] = lexical.WEIGHTS,
     ) -> SearchResult:
         """Top-``k`` documents per query text.
 
