@@ -36,13 +36,13 @@ DEPTHS = [(d, d) for d in (20, 50, 100, 200, 500, 1000)] + [(500, 100), (1000, 1
 
 
 def bm25_ranked(doc_texts, query_texts, depth, repeats):
-    from bne import lexical, lexical_postings
+    from bne import lexical, lexical_postings, lexical_segments
 
     db = sqlite3.connect(":memory:")
-    lexical_postings.create(db)
+    lexical_segments.create(db)
     for start in range(0, len(doc_texts), 4096):
         chunk = range(start, min(start + 4096, len(doc_texts)))
-        lexical_postings.insert(db, list(chunk), [doc_texts[i] for i in chunk])
+        lexical_segments.insert(db, list(chunk), [doc_texts[i] for i in chunk])
     s = lexical_postings.Searcher(db)
     out = np.full((len(query_texts), depth), -1, np.int64)
     score = np.zeros((len(query_texts), depth), np.float64)

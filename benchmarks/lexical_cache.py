@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import lexical_engines as le  # noqa: E402
 from bne import lexical  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
+from bne import lexical_segments as lseg  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from test_lexical_postings import reference  # noqa: E402
@@ -81,7 +82,7 @@ def append(src: str, work: str, rounds: int, per_round: int) -> dict:
     for rnd in range(rounds):
         segs = w.execute("SELECT count(*) FROM lexp_seg").fetchone()[0]
         t0 = time.perf_counter()
-        lp.insert(w, list(range(n, n + BATCH)), texts[rnd * BATCH : (rnd + 1) * BATCH])
+        lseg.insert(w, list(range(n, n + BATCH)), texts[rnd * BATCH : (rnd + 1) * BATCH])
         w.commit()
         write_s += time.perf_counter() - t0
         merges += w.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] != segs + 1

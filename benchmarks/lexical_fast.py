@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lexical_engines as le  # noqa: E402
 from bne import lexical  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
+from bne import lexical_segments as lseg  # noqa: E402
 from bne.docstore import DOCS_SQL, INDEX_SQL  # noqa: E402
 
 # the numpy oracle of the tests (exhaustive, bit-identical to the C++ scorer) is the baseline here
@@ -52,7 +53,7 @@ def build(path: str, layout: str, n: int) -> dict:
     if fts:
         lexical.create(db)
     if post:
-        lp.create(db)
+        lseg.create(db)
     db.commit()
     rows = le.corpus(n)
     first = next(rows)  # the base corpus is read before the clock starts
@@ -71,7 +72,7 @@ def build(path: str, layout: str, n: int) -> dict:
             lexical.insert(db, ids, texts)
         t2 = time.perf_counter()
         if post:
-            lp.insert(db, ids, texts)
+            lseg.insert(db, ids, texts)
         t3 = time.perf_counter()
         db.commit()
         t4 = time.perf_counter()
@@ -262,12 +263,12 @@ def quality() -> dict:
     row = {d: i for i, d in enumerate(dids)}
     db = sqlite3.connect(":memory:")
     lexical.create(db)
-    lp.create(db)
+    lseg.create(db)
     texts = [corpus[d] for d in dids]
     for k in range(0, len(texts), le.COMMIT_EVERY):  # segments as a build makes them
         ids = list(range(k, min(k + le.COMMIT_EVERY, len(texts))))
         lexical.insert(db, ids, [texts[i] for i in ids])
-        lp.insert(db, ids, [texts[i] for i in ids])
+        lseg.insert(db, ids, [texts[i] for i in ids])
         db.commit()
     rels = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
     s = lp.Searcher(db)

@@ -24,7 +24,7 @@ import pytest
 
 import bne
 from bne import collection as bcoll
-from bne import lexical, lexical_postings, upkeep
+from bne import lexical, lexical_postings, lexical_segments, upkeep
 from bne.corpus import Doc
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError, DocStoreError
@@ -179,17 +179,17 @@ def test_creating_the_lexical_tables_is_one_transaction(tmp_path, monkeypatch):
     store = DocStore(path, create=True, lexical=False)
     store.insert(range(3), docs_of(3))
     store.commit()
-    real = lexical_postings.create
+    real = lexical_segments.create
 
     def dies(conn):
         real(conn)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lexical_postings, "create", dies)
+    monkeypatch.setattr(lexical_segments, "create", dies)
     with pytest.raises(KeyboardInterrupt):
         next(store.add_lexical())
     store.close()  # closing without a commit: what a kill does
-    monkeypatch.setattr(lexical_postings, "create", real)
+    monkeypatch.setattr(lexical_segments, "create", real)
     store = DocStore(path, create=True)
     assert not store.has_lexical
     assert list(store.add_lexical()) == [(3, 3)] and store.check_lexical() is None

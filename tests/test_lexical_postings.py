@@ -13,6 +13,7 @@ import pytest
 
 from bne import lexical, lexical_segments
 from bne import lexical_postings as lp
+from bne import lexical_segments as lseg
 from test_lexical import VOCAB, brute_bm25, make_corpus, same_ranking
 
 
@@ -31,7 +32,7 @@ def reference(
     acc = np.zeros(len(knorm), np.float64)
     for w, rows, _ in plans[0]:
         for seg, df, db, tb in rows:
-            d, t = lp._unpack(df, db, tb)
+            d, t = lseg._unpack(df, db, tb)
             tf = t.astype(np.float64)
             if seg_of is not None:
                 keep = seg_of[d] == seg
@@ -62,12 +63,12 @@ def reference_search(db: sqlite3.Connection, terms: list[str], limit: int, **kw)
 def open_db(texts: dict[int, str], batch: int = 7) -> sqlite3.Connection:
     """Postings and FTS5 side by side, one commit per ``batch`` documents (one segment each)."""
     db = sqlite3.connect(":memory:")
-    lp.create(db)
+    lseg.create(db)
     lexical.create(db)
     items = list(texts.items())
     for k in range(0, len(items), batch):
         part = items[k : k + batch]
-        lp.insert(db, [i for i, _ in part], [t for _, t in part])
+        lseg.insert(db, [i for i, _ in part], [t for _, t in part])
         lexical.insert(db, [i for i, _ in part], [t for _, t in part])
         db.commit()
     return db
@@ -83,7 +84,7 @@ def test_matches_brute_force_and_fts5(seed: int) -> None:
     texts = dict(enumerate(make_corpus(300, seed)))
     db = open_db(texts, batch=7)  # 43 segments: merged twice at level 0 (F = 8), 3 levels in use
     levels = dict(db.execute("SELECT level, count(*) FROM lexp_seg GROUP BY level").fetchall())
-    assert levels[1] >= 1 and all(c < lp.F for c in levels.values())
+    assert levels[1] >= 1 and all(c < lseg.F for c in levels.values())
     s = lp.Searcher(db)
     s.prune_min_postings = 0  # check before every term: this corpus is small
     pruned = 0
@@ -119,7 +120,7 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
     s.prune_min_postings = 0  # MaxScore's candidate lookups meet deleted postings too
     pruned = 0
     gone = list(range(3, 120, 4))
-    lp.delete(db, gone, [texts[i] for i in gone])
+    lseg.delete(db, gone, [texts[i] for i in gone])
     lexical.delete(db, gone, [texts[i] for i in gone])
     db.commit()
     live = {i: t for i, t in texts.items() if i not in gone}
@@ -133,7 +134,7 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
         pruned += s.pruned_terms
     assert pruned > 0
     # an id deleted and inserted again with another text (as after DocStore.delete_above)
-    lp.insert(db, [3], ["apple apple zucchini"])
+    lseg.insert(db, [3], ["apple apple zucchini"])
     db.commit()
     live[3] = "apple apple zucchini"
     same_ranking(s.search(lexical.query_terms("apple zucchini"), 1000), brute_bm25(live, ["apple", "zucchini"]))
@@ -141,7 +142,7 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
     more = dict(zip(range(200, 300), make_corpus(100, 8), strict=True))
     for k in range(200, 300, 9):
         ids = [i for i in range(k, min(k + 9, 300))]
-        lp.insert(db, ids, [more[i] for i in ids])
+        lseg.insert(db, ids, [more[i] for i in ids])
         db.commit()
     live.update(more)
     assert db.execute("SELECT max(level) FROM lexp_seg").fetchone()[0] >= 1
@@ -150,7 +151,7 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
         same_ranking(s.search(terms, 1000), brute_bm25(live, words))
         same_ranking(s.search(terms, 5), brute_bm25(live, words)[:5])
     # compaction purges the dead postings and keeps the ranking
-    lp.compact(db)
+    lseg.compact(db)
     db.commit()
     assert db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] == 1
     assert db.execute("SELECT count(*) FROM lexp_dead").fetchone()[0] == 0
@@ -163,19 +164,19 @@ def test_deletes_are_exact_and_ids_can_come_back() -> None:
 def test_bad_deletes_are_refused() -> None:
     db = open_db({0: "apple pie", 1: "banana"})
     with pytest.raises(ValueError, match="not in the index"):
-        lp.delete(db, [7], ["x"])
+        lseg.delete(db, [7], ["x"])
     with pytest.raises(ValueError, match="not the one"):
-        lp.delete(db, [0], ["apple"])
+        lseg.delete(db, [0], ["apple"])
     with pytest.raises(ValueError, match="distinct"):
-        lp.insert(db, [5, 5], ["a", "b"])
+        lseg.insert(db, [5, 5], ["a", "b"])
 
 
 def test_rollback_leaves_nothing() -> None:
     db = open_db({0: "apple pie", 1: "banana"})
     s = lp.Searcher(db)
     assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 1}
-    lp.insert(db, [2], ["apple apple apple"])
-    lp.delete(db, [1], ["banana"])
+    lseg.insert(db, [2], ["apple apple apple"])
+    lseg.delete(db, [1], ["banana"])
     assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 2}  # own writes are seen
     db.rollback()
     assert {i for i, _ in s.search(lexical.query_terms("apple banana"), 5)} == {0, 1}
@@ -215,8 +216,8 @@ def test_three_shards_rank_as_their_union() -> None:
 def test_file_backed_readonly_search(tmp_path) -> None:
     path = tmp_path / "d.sqlite"
     db = sqlite3.connect(path)
-    lp.create(db)
-    lp.insert(db, [0, 1], ["apple pie", "banana split"])
+    lseg.create(db)
+    lseg.insert(db, [0, 1], ["apple pie", "banana split"])
     db.commit()
     db.close()
     ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -226,11 +227,11 @@ def test_file_backed_readonly_search(tmp_path) -> None:
     s = lp.Searcher(r)
     assert s.search(lexical.query_terms("split"), 5)[0][0] == 1 and not r.in_transaction
     w = sqlite3.connect(path, timeout=1)
-    lp.insert(w, [2], ["split split split"])
+    lseg.insert(w, [2], ["split split split"])
     w.commit()  # "database is locked" if the reader held its shared lock
     assert s.search(lexical.query_terms("split"), 5)[0][0] == 2
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        lp.insert(ro, [6], ["more"])
+        lseg.insert(ro, [6], ["more"])
 
 
 def test_posting_formats_round_trip() -> None:
@@ -242,11 +243,11 @@ def test_posting_formats_round_trip() -> None:
         (np.array([0, 1, 65535, 65536 * 2]), np.array([1, 300, 2, 70000])),  # a gap over 65535, big tfs
         (np.cumsum(rng.integers(1, 65536, 1000)), rng.integers(1, 256, 1000)),  # uint16 gaps, uint8 tfs
     ]:
-        docs, tfs = lp._pack(d, tf)
-        got_d, got_t = lp._unpack(len(d), docs, tfs)
+        docs, tfs = lseg._pack(d, tf)
+        got_d, got_t = lseg._unpack(len(d), docs, tfs)
         assert got_d.tolist() == d.tolist()
         assert got_t.tolist() == np.minimum(tf, 65535).tolist()
-    assert len(lp._pack(np.arange(0, 3000, 3), np.ones(1000, np.int64))[0]) == 2 * 1000 + 2
+    assert len(lseg._pack(np.arange(0, 3000, 3), np.ones(1000, np.int64))[0]) == 2 * 1000 + 2
 
 
 def test_skip_floor_is_near_exact_with_its_bound() -> None:
@@ -272,12 +273,12 @@ def test_skip_floor_is_near_exact_with_its_bound() -> None:
 
 def test_schema_is_exactly_what_is_expected() -> None:
     db = sqlite3.connect(":memory:")
-    lp.create(db)
-    lp.create(db)  # idempotent
-    lp.insert(db, [0, 1], ["apple pie", "banana"])
+    lseg.create(db)
+    lseg.create(db)  # idempotent
+    lseg.insert(db, [0, 1], ["apple pie", "banana"])
     db.commit()
     objects = {(t, n): s for t, n, s in db.execute("SELECT type, name, sql FROM sqlite_master")}
-    assert objects == lp.EXPECTED_SCHEMA
+    assert objects == lseg.EXPECTED_SCHEMA
     assert len(objects) == 5  # no index or shadow table beside the five
 
 
@@ -321,13 +322,13 @@ def test_fast_path_is_the_reference_to_the_last_bit(seed: int) -> None:
     texts = dict(zip(ids, corpus_with_ties(400, seed), strict=True))
     db = open_db(texts, batch=70)  # 6 segments, the 3rd across the hole; 7 with the re-inserts: no merge
     gone = ids[3::7]
-    lp.delete(db, gone, [texts[i] for i in gone])
+    lseg.delete(db, gone, [texts[i] for i in gone])
     lexical.delete(db, gone, [texts[i] for i in gone])
     db.commit()
     back = gone[::2]  # deleted and inserted again with other texts: their old postings are dead
     for i, t in zip(back, corpus_with_ties(len(back), seed + 50), strict=True):
         texts[i] = t
-    lp.insert(db, back, [texts[i] for i in back])
+    lseg.insert(db, back, [texts[i] for i in back])
     lexical.insert(db, back, [texts[i] for i in back])
     db.commit()
     live = {i: t for i, t in texts.items() if i not in set(gone) - set(back)}
@@ -401,8 +402,8 @@ def test_one_searcher_many_python_threads(tmp_path) -> None:
     path = tmp_path / "d.sqlite"
     w = sqlite3.connect(path)
     texts = dict(enumerate(corpus_with_ties(300, 6)))
-    lp.create(w)
-    lp.insert(w, list(texts), list(texts.values()))
+    lseg.create(w)
+    lseg.insert(w, list(texts), list(texts.values()))
     w.commit()
     db = sqlite3.connect(path, check_same_thread=False)  # as a collection shares its connection
     s = lp.Searcher(db, cache_mb=0.05)  # a tiny cache: entries come and go while threads read
@@ -436,10 +437,10 @@ def test_cache_follows_writes_and_its_bound(monkeypatch) -> None:
     terms = lexical.query_terms("apple zucchini")
     assert [i for i, _ in s.search(terms, 3)] != [500]
     assert s._cache  # the postings were kept
-    lp.insert(db, [500], ["zucchini zucchini apple"])  # a write, not yet committed: seen (own connection)
+    lseg.insert(db, [500], ["zucchini zucchini apple"])  # a write, not yet committed: seen (own connection)
     assert s.search(terms, 1)[0][0] == 500
     db.rollback()
-    lp.insert(db, [501], ["zucchini apple apple"])  # another write after the rollback: a new version
+    lseg.insert(db, [501], ["zucchini apple apple"])  # another write after the rollback: a new version
     db.commit()
     texts[501] = "zucchini apple apple"
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "zucchini"]))
@@ -485,7 +486,7 @@ def test_damaged_postings_are_a_clear_error() -> None:
 
 
 def live_texts_delete(db: sqlite3.Connection, live: dict[int, str], ids: list[int]) -> None:
-    lp.delete(db, ids, [live.pop(i) for i in ids])
+    lseg.delete(db, ids, [live.pop(i) for i in ids])
 
 
 def agree_with_fresh(readers: list[lp.Searcher], qs: list[list[str]], rng: random.Random) -> None:
@@ -512,7 +513,7 @@ def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: in
     rng = random.Random(seed)
     path = tmp_path / "d.sqlite"
     w = sqlite3.connect(path)
-    lp.create(w)
+    lseg.create(w)
     w.commit()
     r = sqlite3.connect(path)
     readers = [lp.Searcher(r), lp.Searcher(r, cache_mb=0.01), lp.Searcher(r, cache_mb=0.0005)]
@@ -532,7 +533,7 @@ def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: in
             nxt += n + (70_000 if rng.random() < 0.1 else 0)  # now and then a gap: int32 ids in the merged lists
             for i in ids:
                 live[i] = corpus[(i * 7 + step) % len(corpus)]
-            lp.insert(w, ids, [live[i] for i in ids])
+            lseg.insert(w, ids, [live[i] for i in ids])
         elif kind == "delete":
             ids = rng.sample(sorted(live), rng.randint(1, 4))
             live_texts_delete(w, live, ids)
@@ -546,14 +547,14 @@ def test_long_lived_searcher_follows_every_write(tmp_path, monkeypatch, seed: in
             gone = [i for i in gone if i not in ids]
             for i in ids:
                 live[i] = corpus[rng.randrange(len(corpus))]
-            lp.insert(w, ids, [live[i] for i in ids])
+            lseg.insert(w, ids, [live[i] for i in ids])
         elif kind == "rollback":  # a write that never commits: its segment number is used again next
-            lp.insert(w, [nxt], ["apple apple zucchini"])
-            lp.delete(w, [min(live)], [live[min(live)]])
+            lseg.insert(w, [nxt], ["apple apple zucchini"])
+            lseg.delete(w, [min(live)], [live[min(live)]])
             w.rollback()
             continue
         else:
-            lp.compact(w)
+            lseg.compact(w)
         w.commit()
         agree_with_fresh(readers, qs, rng)
         words = ["apple", "zucchini", VOCAB[step % len(VOCAB)]]
@@ -577,13 +578,13 @@ def test_own_uncommitted_writes_and_rollbacks(monkeypatch) -> None:
     agree_with_fresh([s], qs, rng)
     for k, extra in enumerate(["apple apple apple", "zucchini zucchini", "apple zucchini apple"]):
         ids = list(range(100 + 10 * k, 103 + 10 * k))
-        lp.insert(db, ids, [extra] * 3)  # uncommitted; with F = 3 some of these merge
+        lseg.insert(db, ids, [extra] * 3)  # uncommitted; with F = 3 some of these merge
         agree_with_fresh([s], qs, rng)
         db.rollback()
         agree_with_fresh([s], qs, rng)
-        lp.insert(db, ids[:1], ["zucchini banana"])  # the rolled-back segment's number, other postings
+        lseg.insert(db, ids[:1], ["zucchini banana"])  # the rolled-back segment's number, other postings
         agree_with_fresh([s], qs, rng)
-        lp.insert(db, ids[1:2], ["banana"])
+        lseg.insert(db, ids[1:2], ["banana"])
         db.commit()
         agree_with_fresh([s], qs, rng)
     # a caller's read transaction with no writes of its own: segments read in it are trusted
@@ -591,12 +592,12 @@ def test_own_uncommitted_writes_and_rollbacks(monkeypatch) -> None:
     s.search(qs[-1], 5)
     db.rollback()
     assert not s._tentative
-    lp.insert(db, [500], ["apple"])
+    lseg.insert(db, [500], ["apple"])
     s.search(qs[-1], 5)  # read in the writer's open transaction: not trusted past it
     assert s._tentative
     db.commit()  # the same version: nothing is read again until the next write
     agree_with_fresh([s], qs, rng)
-    lp.insert(db, [501], ["banana"])
+    lseg.insert(db, [501], ["banana"])
     db.commit()
     agree_with_fresh([s], qs, rng)
     assert not s._tentative
@@ -616,10 +617,10 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     monkeypatch.setattr(s, "_postings", lambda tok, segs=None: reads.append(([tok], segs)) or post(tok, segs))
     monkeypatch.setattr(s, "_postings_many", lambda toks, segs: reads.append((toks, segs)) or many(toks, segs))
     loads = []
-    live = lp._live
+    live = lseg._live
     monkeypatch.setattr(lp, "_live", lambda conn: loads.append(1) or live(conn))
     segs = [r[0] for r in db.execute("SELECT seg FROM lexp_seg")]
-    lp.insert(db, [100, 101], ["apple cherry", "banana banana"])
+    lseg.insert(db, [100, 101], ["apple cherry", "banana banana"])
     db.commit()
     new = max(segs) + 1
     texts.update({100: "apple cherry", 101: "banana banana"})
@@ -627,12 +628,12 @@ def test_an_append_reads_only_the_new_segment(monkeypatch) -> None:
     assert reads == [(["appl", "banana", "cherri"], [new])]  # one read, the new segment only
     assert not loads  # grown, not reloaded
     reads.clear()
-    lp.delete(db, [3], [texts.pop(3)])
+    lseg.delete(db, [3], [texts.pop(3)])
     db.commit()
     same_ranking(s.search(terms, 1000), brute_bm25(texts, ["apple", "banana", "cherry"]))
     assert loads == [1] and not reads  # no segment changed: the rows stay (df read again), the arrays reload
     for k in range(2):  # 8 segments: merged into one
-        lp.insert(db, [200 + k], ["cherry"])
+        lseg.insert(db, [200 + k], ["cherry"])
         texts[200 + k] = "cherry"
         db.commit()
     assert db.execute("SELECT count(*) FROM lexp_seg").fetchone()[0] == 1
@@ -652,9 +653,9 @@ def test_small_allow_lists_equal_the_oracle(seed: int) -> None:
     texts = dict(zip(ids, corpus_with_ties(500, seed + 30), strict=True))
     db = open_db(texts, batch=90)  # 6 segments, 7 with the re-inserts: no merge
     gone = ids[5::9]
-    lp.delete(db, gone, [texts[i] for i in gone])
+    lseg.delete(db, gone, [texts[i] for i in gone])
     back = gone[::3]
-    lp.insert(db, back, [texts[i] + " apple" for i in back])
+    lseg.insert(db, back, [texts[i] + " apple" for i in back])
     db.commit()
     assert formats(db) == {"int32", "gaps"}
     warm, cold = lp.Searcher(db), lp.Searcher(db, cache_mb=0)

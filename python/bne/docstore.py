@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import lexical_postings
+from . import lexical_segments
 from .corpus import Doc, doc_text
 from .errors import DocStoreError
 
@@ -39,7 +39,7 @@ INDEX_SQL = "CREATE INDEX docs_ext_id ON docs(ext_id)"
 EXPECTED_SCHEMA = {
     ("table", "docs"): DOCS_SQL,
     ("index", "docs_ext_id"): INDEX_SQL,
-    **lexical_postings.EXPECTED_SCHEMA,  # present in docstores written since the lexical index (issue 17)
+    **lexical_segments.EXPECTED_SCHEMA,  # present in docstores written since the lexical index (issue 17)
 }
 # lexp_meta keys of the docstore's own (the rest are lexical_postings'): 'ready' = 1 once every docs row
 # is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order)
@@ -120,7 +120,7 @@ class DocStore:
                     self.db.execute(DOCS_SQL)
                     self.db.execute(INDEX_SQL)
                     if lexical:
-                        lexical_postings.create(self.db)
+                        lexical_segments.create(self.db)
                         self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 1)")
                     self.db.execute(f"PRAGMA user_version={USER_VERSION}")
                     self.db.commit()
@@ -254,7 +254,7 @@ class DocStore:
     def _index_texts(self, rows: Sequence[tuple[int, str | None, str]]) -> None:
         for start in range(0, len(rows), LEXICAL_CHUNK):
             chunk = rows[start : start + LEXICAL_CHUNK]
-            lexical_postings.insert(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
+            lexical_segments.insert(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
 
     def add_lexical(self, step: int = LEXICAL_STEP) -> Iterator[tuple[int, int]]:
         """Builds the lexical index of an older docstore, ``step`` rows per commit, in id order;
@@ -263,7 +263,7 @@ class DocStore:
         with self._errors("write"):
             if not self.has_lexical:
                 self.db.execute("BEGIN IMMEDIATE")  # the tables and their meta rows, or nothing (see __init__)
-                lexical_postings.create(self.db)
+                lexical_segments.create(self.db)
                 self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 0), ('backfilled', -1)")
                 self.db.commit()
             total = self.count()
@@ -320,7 +320,7 @@ class DocStore:
                     rows += self.db.execute(q, part).fetchall()
                 # a row the lexical index holds leaves it with its text (the postings store no text)
                 indexed = [r for r in rows if upto is not None and r[0] <= upto]
-                lexical_postings.delete(self.db, [r[0] for r in indexed], [doc_text(r[1] or "", r[2]) for r in indexed])
+                lexical_segments.delete(self.db, [r[0] for r in indexed], [doc_text(r[1] or "", r[2]) for r in indexed])
                 for at in range(0, len(chunk), 500):
                     part = chunk[at : at + 500]
                     cur = self.db.execute(f"DELETE FROM docs WHERE id IN ({','.join('?' * len(part))})", part)
@@ -362,7 +362,7 @@ class DocStore:
         with self._errors("read"):
             if not self.has_lexical:
                 return np.zeros(0, np.int64)
-            seg_of = lexical_postings._live(self.db)[0]
+            seg_of = lexical_segments._live(self.db)[0]
         return np.flatnonzero(seg_of >= 0).astype(np.int64)
 
     def check_lexical(self) -> str | None:
@@ -394,7 +394,7 @@ class DocStore:
         freed pages back to the file system. Each step is one transaction."""
         with self._errors("write"):
             if self.has_lexical:
-                lexical_postings.compact(self.db)
+                lexical_segments.compact(self.db)
                 self.db.commit()
             self.db.execute("VACUUM")
 

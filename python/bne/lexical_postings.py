@@ -2,11 +2,11 @@
 
 FTS5 calls ``bm25()`` on every matching row of an OR query (seconds at 1M documents); this keeps the
 postings as compact blobs and scores them in C++ (``bne._core.bm25_search``, MaxScore, exact). Kept
-from FTS5: **one transaction** (:func:`insert` / :func:`delete` only execute on the caller's
+from FTS5: **one transaction** (``bne.lexical_segments.insert`` / ``delete`` only execute on the caller's
 connection); **its tokens** (texts are tokenised by a temporary in-memory FTS5 table with
 ``bne.lexical.TOKENIZER``, so terms, stems, lengths and the scores are ``bne.lexical``'s: k1 = 1.2,
 b = 0.75, FTS5's idf); **deletes** (given the row's text, its tokens leave df, N and the total length
-exactly; the (id, seg) pair is marked dead and :func:`compact` purges it; an id may come back);
+exactly; the (id, seg) pair is marked dead and ``compact`` purges it; an id may come back);
 **shards** (:func:`local_stats` / ``bne.lexical.merge_stats`` / ``stats=``).
 
 Each insert call writes one segment, rows ``(seg, term) -> (df, ids, tfs)`` appended at the end of
@@ -14,7 +14,7 @@ the b-tree (ids: uint16 gaps where they fit, else int32; tfs: uint8 where they f
 segments of one level are merged F at a time (tiered, as Lucene). Each quoted query term
 (``bne.lexical.query_terms``) adds its score, as FTS5's OR query does; a word FTS5 would split into
 several tokens is scored as those tokens OR-ed. The write side (segments, merges, deletes, the
-blob format) is :mod:`bne.lexical_segments`; its functions are re-exported here.
+blob format) is :mod:`bne.lexical_segments`; this module reads and scores.
 """
 
 from __future__ import annotations
@@ -31,20 +31,7 @@ import numpy as np
 
 from . import _core, lexical
 from .lexical import Allowed, Stats, idf
-from .lexical_segments import (  # noqa: F401 - the index's write side, used as lexical_postings.*
-    EXPECTED_SCHEMA,
-    SCHEMA,
-    F,
-    _live,
-    _pack,
-    _unpack,
-    compact,
-    create,
-    delete,
-    insert,
-    merge_levels,
-    tokenize,
-)
+from .lexical_segments import _live, tokenize
 
 PRUNE_MIN_POSTINGS = 2048  # MaxScore checks only before terms with more postings than this (left to score)
 CACHE_MB = 256  # a Searcher's postings cache (raw blobs of the terms last queried); BNE_LEXICAL_CACHE_MB overrides

@@ -123,7 +123,7 @@ def insert(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str], m
     if not ids:
         return
     if min(ids) < 0 or max(ids) >= 2**31 or len(set(ids)) != len(ids):
-        raise ValueError("lexical_postings.insert: ids must be distinct and in [0, 2**31)")
+        raise ValueError("lexical_segments.insert: ids must be distinct and in [0, 2**31)")
     terms, lens = _postings_of(conn, ids, texts)
     seg = int(conn.execute("SELECT coalesce(max(seg), -1) + 1 FROM lexp_seg").fetchone()[0])
     id_arr = np.asarray(ids, np.int64)
@@ -174,11 +174,11 @@ def delete(conn: sqlite3.Connection, ids: Sequence[int], texts: Iterable[str]) -
     seg_of, dl = _live(conn)
     arr = np.asarray(ids, np.int64)
     if arr.min() < 0 or arr.max() >= len(seg_of) or (seg_of[arr] < 0).any() or len(set(ids)) != len(ids):
-        raise ValueError("lexical_postings.delete: an id is not in the index")
+        raise ValueError("lexical_segments.delete: an id is not in the index")
     terms, lens = _postings_of(conn, ids, texts)
     dfs = [(term, len(d)) for term, d, _ in terms]
     if (lens != dl[arr]).any():
-        raise ValueError("lexical_postings.delete: a text is not the one its row was indexed with")
+        raise ValueError("lexical_segments.delete: a text is not the one its row was indexed with")
     conn.executemany("INSERT INTO lexp_dead VALUES (?, ?)", [(i, int(seg_of[i])) for i in ids])
     conn.executemany("INSERT INTO lexp_deldf VALUES (?, ?) ON CONFLICT(term) DO UPDATE SET n = n + excluded.n", dfs)
     _meta(conn, -len(ids), -int(lens.sum()))

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from . import docstore, lexical_postings, mapped, storage
+from . import docstore, lexical_segments, mapped, storage
 from .corpus import doc_text
 from .errors import DocStoreError
 from .fileio import replacing, write_atomic
@@ -300,9 +300,9 @@ def write_lexical(
         try:
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
-            lexical_postings.create(conn)
+            lexical_segments.create(conn)
             for ids, texts in chunks:
-                lexical_postings.insert(conn, [int(i) - base for i in ids], texts)
+                lexical_segments.insert(conn, [int(i) - base for i in ids], texts)
                 n += len(ids)
             conn.execute("INSERT INTO lexp_meta VALUES ('ready', 1), ('id_base', ?)", (int(base),))
             conn.commit()
@@ -315,7 +315,7 @@ def write_lexical(
 
 def open_lexical(path: str | os.PathLike) -> sqlite3.Connection:
     """A read-only connection to a complete lexical postings file, opened as data: ``mode=ro``,
-    ``trusted_schema=OFF``, and exactly the tables of :data:`lexical_postings.EXPECTED_SCHEMA`
+    ``trusted_schema=OFF``, and exactly the tables of :data:`lexical_segments.EXPECTED_SCHEMA`
     (a trigger, view or any other object is refused). A missing file raises FileNotFoundError;
     any other problem DocStoreError, in one line naming the file."""
     path = os.fspath(path)
@@ -333,13 +333,13 @@ def open_lexical(path: str | os.PathLike) -> sqlite3.Connection:
         for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"):
             if str(name).startswith(("sqlite_autoindex_", "sqlite_stat")):
                 continue
-            expected = lexical_postings.EXPECTED_SCHEMA.get((kind, name))
+            expected = lexical_segments.EXPECTED_SCHEMA.get((kind, name))
             if expected is None or " ".join((sql or "").split()) != " ".join(expected.split()):
                 raise DocStoreError(
                     f"lexical index {path} holds a {kind} {name!r} that bne did not write; refusing to use it"
                 )
             found[kind, name] = True
-        if len(found) != len(lexical_postings.EXPECTED_SCHEMA):
+        if len(found) != len(lexical_segments.EXPECTED_SCHEMA):
             raise DocStoreError(f"lexical index {path} is not a bne lexical index (tables missing)")
         row = conn.execute("SELECT v FROM lexp_meta WHERE k = 'ready'").fetchone()
         if row is None or row[0] != 1:

@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 import bne  # noqa: E402
 from bne import distributed, lexical, shards  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
+from bne import lexical_segments as lseg  # noqa: E402
 from bne.corpus import Doc, doc_text  # noqa: E402
 from bne.docstore import DocStore  # noqa: E402
 from bne.errors import DocStoreError  # noqa: E402
@@ -149,8 +150,8 @@ def test_distributed_build_resumes(local_ray, tmp_path):
     D, I = sharded.search(codes[:5], 1)
     np.testing.assert_array_equal(I[:, 0], np.arange(5))
     one = sqlite3.connect(":memory:")  # one lexical index over all 60 texts, ids = positions
-    lp.create(one)
-    lp.insert(one, range(60), texts)
+    lseg.create(one)
+    lseg.insert(one, range(60), texts)
     queries = [lexical.query_terms(q, repeats=True) for q in ("cats", "finance number 7", "document 41 41")]
     for got, terms in zip(sharded.lexical_search(queries, 25), queries, strict=True):
         same_ranking(got, lp.bm25_search(one, terms, 25))

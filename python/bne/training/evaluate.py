@@ -152,13 +152,13 @@ def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int)
     ``bne search`` reads them."""
     import sqlite3
 
-    from .. import lexical, lexical_postings
+    from .. import lexical, lexical_postings, lexical_segments
 
     db = sqlite3.connect(":memory:")
-    lexical_postings.create(db)
+    lexical_segments.create(db)
     for start in range(0, len(doc_texts), 4096):
         chunk = range(start, min(start + 4096, len(doc_texts)))
-        lexical_postings.insert(db, list(chunk), [doc_texts[i] for i in chunk])
+        lexical_segments.insert(db, list(chunk), [doc_texts[i] for i in chunk])
     searcher = lexical_postings.Searcher(db)
     out = np.full((len(query_texts), depth), -1, np.int64)
     for qi, q in enumerate(query_texts):
