@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import math
-import sqlite3
 import time
 
 import numpy as np
@@ -36,22 +35,9 @@ DEPTHS = [(d, d) for d in (20, 50, 100, 200, 500, 1000)] + [(500, 100), (1000, 1
 
 
 def bm25_ranked(doc_texts, query_texts, depth, repeats):
-    from bne import lexical, lexical_postings, lexical_segments
+    from bne.training.evaluate import bm25_scored
 
-    db = sqlite3.connect(":memory:")
-    lexical_segments.create(db)
-    for start in range(0, len(doc_texts), 4096):
-        chunk = range(start, min(start + 4096, len(doc_texts)))
-        lexical_segments.insert(db, list(chunk), [doc_texts[i] for i in chunk])
-    s = lexical_postings.Searcher(db)
-    out = np.full((len(query_texts), depth), -1, np.int64)
-    score = np.zeros((len(query_texts), depth), np.float64)
-    for qi, q in enumerate(query_texts):
-        hits = s.search(lexical.query_terms(q, repeats=repeats), depth)
-        out[qi, : len(hits)] = [i for i, _ in hits]
-        score[qi, : len(hits)] = [x for _, x in hits]
-    db.close()
-    return out, score
+    return bm25_scored(doc_texts, query_texts, depth, repeats=repeats)
 
 
 def rescored_prefix(ids, rids, m):

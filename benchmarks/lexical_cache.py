@@ -58,6 +58,18 @@ def load() -> dict:
     return {"load_avg": [round(x, 1) for x in os.getloadavg()], "bne": os.path.dirname(lp.__file__)}
 
 
+def warm_then_time(s, qs) -> list[float]:
+    """Each query's search time after one untimed pass over them all."""
+    for t in qs:
+        s.search(t, LIMIT)
+    out = []
+    for t in qs:
+        t0 = time.perf_counter()
+        s.search(t, LIMIT)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def append(src: str, work: str, rounds: int, per_round: int) -> dict:
     os.makedirs(work, exist_ok=True)
     path = os.path.join(work, "append.sqlite")
@@ -66,13 +78,7 @@ def append(src: str, work: str, rounds: int, per_round: int) -> dict:
     r = sqlite3.connect(path, check_same_thread=False)
     s = lp.Searcher(r)
     qs = [lexical.query_terms(q, repeats=True) for q in le.queries()[:100]]
-    for t in qs:  # the cache as a running collection has it
-        s.search(t, LIMIT)
-    idle = []
-    for t in qs:
-        t0 = time.perf_counter()
-        s.search(t, LIMIT)
-        idle.append(time.perf_counter() - t0)
+    idle = warm_then_time(s, qs)  # the cache as a running collection has it
     start = int(w.execute("SELECT max(id) FROM docs").fetchone()[0]) + 1
     n = start
     rows = le.corpus(start + rounds * BATCH)
@@ -95,13 +101,7 @@ def append(src: str, work: str, rounds: int, per_round: int) -> dict:
             if j == 0:
                 first.append(dt)
             k += 1
-    for t in qs:  # the new segments' rows into the cache: then the file as it is now, with no writes
-        s.search(t, LIMIT)
-    after = []
-    for t in qs:
-        t0 = time.perf_counter()
-        s.search(t, LIMIT)
-        after.append(time.perf_counter() - t0)
+    after = warm_then_time(s, qs)  # the new segments' rows cached: the file as it is now, with no writes
     fresh = lp.Searcher(r, cache_mb=0)
     same = sum(s.search(t, LIMIT) == fresh.search(t, LIMIT) for t in qs)
     w.close()

@@ -146,14 +146,17 @@ def eval_sts(
     return out
 
 
-def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int) -> np.ndarray:
-    """(nq, depth) document rows ranked by BM25 (-1 = no more matches): the docs are indexed in an
-    in-memory SQLite file exactly as ``bne build`` indexes a docstore, the queries read as
-    ``bne search`` reads them."""
+def bm25_scored(
+    doc_texts: Sequence[str], query_texts: Sequence[str], depth: int, *, repeats: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nq, depth) document rows ranked by BM25 (-1 = no more matches) and their scores (0 there): the
+    docs are indexed in an in-memory SQLite file exactly as ``bne build`` indexes a docstore, the
+    queries read as ``bne search`` reads them (``repeats``: ``bne.lexical.QUERY_REPEATS`` unless given)."""
     import sqlite3
 
     from .. import lexical, lexical_postings, lexical_segments
 
+    rep = lexical.QUERY_REPEATS if repeats is None else repeats
     db = sqlite3.connect(":memory:")
     lexical_segments.create(db)
     for start in range(0, len(doc_texts), 4096):
@@ -161,11 +164,18 @@ def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int)
         lexical_segments.insert(db, list(chunk), [doc_texts[i] for i in chunk])
     searcher = lexical_postings.Searcher(db)
     out = np.full((len(query_texts), depth), -1, np.int64)
+    scores = np.zeros((len(query_texts), depth), np.float64)
     for qi, q in enumerate(query_texts):
-        hits = searcher.search(lexical.query_terms(q, repeats=lexical.QUERY_REPEATS), depth)
+        hits = searcher.search(lexical.query_terms(q, repeats=rep), depth)
         out[qi, : len(hits)] = [i for i, _ in hits]
+        scores[qi, : len(hits)] = [x for _, x in hits]
     db.close()
-    return out
+    return out, scores
+
+
+def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int) -> np.ndarray:
+    """The rows of :func:`bm25_scored` (what ``bne eval``'s bm25 and +hybrid rows rank)."""
+    return bm25_scored(doc_texts, query_texts, depth)[0]
 
 
 def fuse_lists(dense: np.ndarray, lexical_rows: np.ndarray, k: int) -> np.ndarray:
