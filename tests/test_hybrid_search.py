@@ -128,6 +128,28 @@ def test_hybrid_is_rrf_of_the_dense_and_the_fts5_lists(built, fake, rrf_k, depth
     assert depth >= 50 or weights[1] < weights[0] or any(h.dense_rank is None for h in every)
 
 
+@pytest.mark.parametrize("depth, weights, rescore", [(100, None, None), (12, (0.3, 2.0), None), (30, (1.0, 1.0), 20)])
+def test_linear_fusion_of_the_dense_and_the_fts5_lists(built, fake, depth, weights, rescore):
+    oracle = fts_oracle(DOCS)
+    k = 10
+    with bne.Collection.open(built) as c:
+        res = c.search(QUERIES, k, rescore=rescore, depth=depth, weights=weights, fusion="linear")
+    assert res.mode == "hybrid"
+    for qi, q in enumerate(QUERIES):
+        side = max(depth, k)
+        dense, val = dense_oracle(fake, built, q, side, rescore=rescore)
+        scored = list(zip(dense, val if rescore else [-v for v in val], strict=True))  # higher is better
+        lex = lexical.bm25_search(oracle, lexical.query_terms(q, repeats=True), side)
+        want = lexical.linear_fuse(scored, lex, weights=weights or lexical.LINEAR_WEIGHTS, limit=k)
+        hits = res.hits[qi]
+        assert [h.id for h in hits] == [f.id for f in want], q
+        assert [h.score for h in hits] == pytest.approx([f.score for f in want])
+        assert [(h.dense_rank, h.lexical_rank) for h in hits] == [(f.dense_rank, f.lexical_rank) for f in want]
+        assert all(0.0 <= h.score <= sum(weights or lexical.LINEAR_WEIGHTS) + 1e-12 for h in hits)
+    every = [h for row in res.hits for h in row]
+    assert any(h.lexical_rank is None for h in every) or any(h.dense_rank is None for h in every)
+
+
 def test_lexical_mode_is_fts5_bm25_and_dense_mode_is_hamming(built, fake):
     oracle = fts_oracle(DOCS)
     with bne.Collection.open(built) as c:
@@ -412,6 +434,22 @@ def test_json_fields_match_the_api(built, fake):
     code, out, err = run_main("search", built, "item7 bird", "-k", "3")
     assert code == 0 and out.startswith("mode: hybrid (dense + lexical, reciprocal rank fusion k=60"), out
     assert "rrf=" in out and "bm25=" in out and "ranks=" in out
+    with bne.Collection.open(built) as c:
+        api = c.search(QUERIES[:2], 4, fusion="linear", weights=(1.0, 3.0))
+    code, out, err = run_main(
+        "search", built, *QUERIES[:2], "-k", "4", "--fusion", "linear", "--weights", "1,3", "--json"
+    )
+    assert code == 0, err
+    got = [
+        [(h["id"], h["score"], h["dense_rank"], h["lexical_rank"]) for h in r["hits"]]
+        for r in json.loads(out)["results"]
+    ]
+    assert got == [[(h.id, h.score, h.dense_rank, h.lexical_rank) for h in row] for row in api.hits]
+    code, out, err = run_main("search", built, "item7 bird", "-k", "3", "--fusion", "linear")
+    assert code == 0 and out.startswith(
+        "mode: hybrid (dense + lexical, linear fusion of min-max scores, depth 100, weights 1,1;"
+    )
+    assert "linear=" in out and "rrf=" not in out
 
 
 @pytest.mark.parametrize(
@@ -426,6 +464,7 @@ def test_json_fields_match_the_api(built, fake):
         (["--weights", "0,0"], "not both 0"),
         (["--weights", "1,-2"], "DENSE,LEXICAL"),
         (["--weights", "inf,1"], "DENSE,LEXICAL"),
+        (["--fusion", "dbsf"], "invalid choice"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(built, fake, args, needle):
@@ -436,7 +475,8 @@ def test_bad_options_are_one_line_and_exit_2(built, fake, args, needle):
 
 def test_bad_api_arguments(built, fake):
     with bne.Collection.open(built) as c:
-        for kw in ({"mode": "bits"}, {"rrf_k": -1}, {"depth": 0}, {"weights": (1, 2, 3)}, {"weights": (0, 0)}):
+        bad = ({"mode": "bits"}, {"rrf_k": -1}, {"depth": 0}, {"weights": (1, 2, 3)}, {"weights": (0, 0)})
+        for kw in (*bad, {"fusion": "dbsf"}, {"fusion": "linear", "weights": (0, 0)}):
             with pytest.raises(ValueError):
                 c.search(["cat"], 3, **kw)
         with pytest.raises(TypeError, match="list of query texts"):
@@ -527,6 +567,13 @@ def test_a_folder_of_shards_fuses_its_lexical_search(fake):
     assert res.mode == "hybrid" and res.modes == ["hybrid", "dense"]
     want = lexical.rrf_fuse(list(range(20)), [40 - j for j in range(5)], weights=(1.0, 1.0), limit=4)
     assert ranked(res) == [f.id for f in want] and ranked(res, 1) == [0, 1, 2, 3]
+    res = hybrid.search(
+        coll, ["cat dog"], 4, mode=None, rescore=None, threads=None, allow=None, rrf_k=60.0, depth=20,
+        weights=(1.0, 1.0), documents=docs, fusion="linear",
+    )  # fmt: skip
+    dense = [(i, -float(i)) for i in range(20)]  # the shards' distances 0..19, higher is better
+    want = lexical.linear_fuse(dense, [(40 - j, 10.0 - j) for j in range(5)], weights=(1.0, 1.0), limit=4)
+    assert [(h.id, h.score) for h in res.hits[0]] == [(f.id, pytest.approx(f.score)) for f in want]
     coll.index.lexical_ready = False
     res = hybrid.search(
         coll, ["cat"], 4, mode=None, rescore=None, threads=None, allow=None, rrf_k=60.0, depth=20,

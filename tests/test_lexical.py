@@ -367,6 +367,24 @@ def test_rrf_hand_checked() -> None:
     assert [f.id for f in fused] == [10, 30, 20, 40]
 
 
+def test_linear_fusion_hand_checked() -> None:
+    # dense scores (minus distances) -1, -3, -5 -> 1, 0.5, 0; lexical 9, 6, 3 -> 1, 0.5, 0
+    dense, lex = [(10, -1.0), (20, -3.0), (30, -5.0)], [(30, 9.0), (40, 6.0), (10, 3.0)]
+    got = {f.id: (f.score, f.dense_rank, f.lexical_rank) for f in lexical.linear_fuse(dense, lex, weights=(1.0, 1.0))}
+    assert got == {10: (1.0, 1, 3), 30: (1.0, 3, 1), 20: (0.5, 2, None), 40: (0.5, None, 2)}
+    # ties as RRF: the better dense rank, then a dense rank at all
+    assert [f.id for f in lexical.linear_fuse(dense, lex, weights=(1.0, 1.0))] == [10, 30, 20, 40]
+    # weights scale each side; the gaps count, not only the order (RRF would put 20 above 40 here)
+    fused = lexical.linear_fuse([(1, 0.0), (2, -1.0), (3, -100.0)], [(4, 5.0), (3, 1.0)], weights=(1.0, 2.0))
+    assert [(f.id, f.score) for f in fused] == [(4, 2.0), (1, 1.0), (2, pytest.approx(0.99)), (3, 0.0)]
+    # depth cuts each list before its min and max are taken; equal scores all map to 1
+    fused = lexical.linear_fuse([(1, 5.0), (2, 5.0), (3, 0.0)], [], depth=2)
+    assert [(f.id, f.score) for f in fused] == [(1, 1.0), (2, 1.0)]
+    assert lexical.linear_fuse([], []) == [] and [f.id for f in lexical.linear_fuse([(7, 1.0)], [], limit=1)] == [7]
+    with pytest.raises(ValueError, match="weights"):
+        lexical.linear_fuse(dense, lex, weights=(1.0, float("nan")))
+
+
 def test_rrf_weights_depth_limit() -> None:
     fused = lexical.rrf_fuse([1, 2, 3, 4], [4, 3, 9], k=0, weights=(1.0, 3.0), depth=2)
     # depth 2: dense 1, 2; lexical 4, 3 -> 1: 1/1, 2: 1/2, 4: 3/1, 3: 3/2

@@ -244,9 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--weights",
         type=weights_arg,
-        default=lexical.WEIGHTS,
+        default=None,
         metavar="DENSE,LEXICAL",
-        help="hybrid: each side's weight in the fusion (default {:g},{:g})".format(*lexical.WEIGHTS),
+        help="hybrid: each side's weight in the fusion (default {:g},{:g} for rrf, {:g},{:g} for linear)".format(
+            *lexical.WEIGHTS, *lexical.LINEAR_WEIGHTS
+        ),
+    )
+    s.add_argument(
+        "--fusion",
+        choices=lexical.FUSIONS,
+        default="rrf",
+        help="hybrid: rrf = reciprocal rank fusion (default); linear = weighted sum of each side's scores "
+        "min-max normalised over its --depth list (Elasticsearch's linear retriever)",
     )
     s.add_argument("--model", default=None, help="override the model recorded in the index")
     s.add_argument("--json", action="store_true", help="print the hits and timings as JSON on stdout")

@@ -369,13 +369,17 @@ class Collection:
         allow: Iterable[int] | np.ndarray | None = None,
         rrf_k: float = lexical.RRF_K,
         depth: int = lexical.DEPTH,
-        weights: tuple[float, float] = lexical.WEIGHTS,
+        weights: tuple[float, float] | None = None,
+        fusion: str = "rrf",
     ) -> SearchResult:
         """Top-``k`` documents per query text.
 
         ``mode``: 'dense' (the query's code, Hamming distance), 'lexical' (BM25 over the
         docstore's lexical index) or 'hybrid' (reciprocal rank fusion of the two:
-        ``sum(weight / (rrf_k + rank))`` over each side's top ``depth``, at least ``k``). None:
+        ``sum(weight / (rrf_k + rank))`` over each side's top ``depth``, at least ``k``; with
+        ``fusion="linear"``, ``sum(weight * score)`` with each side's scores min-max normalised over
+        its list, see :func:`bne.lexical.linear_fuse`). ``weights`` (dense, lexical), None: the
+        fusion's defaults (``bne.lexical.WEIGHTS``, ``LINEAR_WEIGHTS``). ``mode`` None:
         hybrid where the docstore's lexical index is ready, else dense with ``SearchResult.note``
         saying why; an explicit hybrid or lexical mode there raises CollectionError.
         ``rescore=M`` re-ranks the top ``M`` Hamming candidates by the float query logits
@@ -396,6 +400,7 @@ class Collection:
             depth=depth,
             weights=weights,
             documents=self._documents,
+            fusion=fusion,
         )
 
     def _documents(self, ids: np.ndarray) -> tuple[dict[int, StoredDoc], str | None]:

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from . import _core
+from . import _core, lexical
 from .console import ProgressBar, json_text, safe, snippet
 from .errors import UserError
 
@@ -282,6 +282,7 @@ def cmd_search(args) -> int:
             rrf_k=args.rrf_k,
             depth=args.depth,
             weights=args.weights,
+            fusion=args.fusion,
         )
     if res.warning:
         print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
@@ -325,7 +326,7 @@ def cmd_search(args) -> int:
             for h in r["hits"]:
                 title = f"[{safe(h['title'])}] " if h["title"] else ""
                 print(
-                    f"  {h['rank']:3d}. {_hit_numbers(h, r['mode'], args.rescore)}  "
+                    f"  {h['rank']:3d}. {_hit_numbers(h, r['mode'], args.rescore, args.fusion)}  "
                     f"{safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
                 )
         print(
@@ -338,15 +339,15 @@ def cmd_search(args) -> int:
 
 def _describe_mode(mode: str, args) -> str:
     if mode == "hybrid":
-        w = ",".join(f"{x:g}" for x in args.weights)
-        return (
-            f"hybrid (dense + lexical, reciprocal rank fusion k={args.rrf_k:g}, depth {args.depth}, weights {w}; "
-            f"ranks=dense/lexical)"
-        )
+        linear = args.fusion == "linear"
+        default = lexical.LINEAR_WEIGHTS if linear else lexical.WEIGHTS
+        w = ",".join(f"{x:g}" for x in (args.weights or default))
+        how = "linear fusion of min-max scores" if linear else f"reciprocal rank fusion k={args.rrf_k:g}"
+        return f"hybrid (dense + lexical, {how}, depth {args.depth}, weights {w}; ranks=dense/lexical)"
     return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
 
 
-def _hit_numbers(h: dict[str, Any], mode: str, rescore: int | None) -> str:
+def _hit_numbers(h: dict[str, Any], mode: str, rescore: int | None, fusion: str = "rrf") -> str:
     """The numbers a reader needs to see why a hit ranks where it does, in fixed-width columns."""
     d = "   -" if h["distance"] is None else f"{h['distance']:4d}"
     bm25 = "      -" if h["bm25"] is None else f"{h['bm25']:7.2f}"
@@ -355,7 +356,7 @@ def _hit_numbers(h: dict[str, Any], mode: str, rescore: int | None) -> str:
     if mode == "dense":
         return f"s={h['score']:8.2f}" if rescore and h["score"] is not None else f"d={d}"
     ranks = "/".join("-" if r is None else str(r) for r in (h["dense_rank"], h["lexical_rank"]))
-    return f"rrf={h['score']:.4f} d={d} bm25={bm25} ranks={ranks:>7}"
+    return f"{fusion}={h['score']:.4f} d={d} bm25={bm25} ranks={ranks:>7}"
 
 
 # -- info / verify ------------------------------------------------------------------------------

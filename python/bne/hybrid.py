@@ -81,10 +81,17 @@ class SearchResult:
 # -- arguments ------------------------------------------------------------------------------------
 
 
-def check_options(mode: str | None, rrf_k: float, depth: int, weights: Sequence[float]) -> tuple[float, float]:
-    """Raises ValueError naming a bad option; returns the weights as two floats."""
+def check_options(
+    mode: str | None, rrf_k: float, depth: int, weights: Sequence[float] | None, fusion: str = "rrf"
+) -> tuple[float, float]:
+    """Raises ValueError naming a bad option; returns the weights as two floats (None: the fusion's
+    defaults, ``bne.lexical.WEIGHTS`` or ``LINEAR_WEIGHTS``)."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (or None: hybrid where ready), got {mode!r}")
+    if fusion not in lexical.FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(lexical.FUSIONS)}, got {fusion!r}")
+    if weights is None:
+        weights = lexical.WEIGHTS if fusion == "rrf" else lexical.LINEAR_WEIGHTS
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float)) or not math.isfinite(rrf_k) or rrf_k < 0:
         raise ValueError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= MAX_DEPTH:
@@ -253,12 +260,13 @@ def search(
     allow: object,
     rrf_k: float,
     depth: int,
-    weights: Sequence[float],
+    weights: Sequence[float] | None,
     documents: Callable[[np.ndarray], tuple[dict[int, StoredDoc], str | None]],
+    fusion: str = "rrf",
 ) -> SearchResult:
     """:meth:`bne.Collection.search` (which documents the arguments); ``documents`` fetches the
     hits' stored documents."""
-    w = check_options(mode, rrf_k, depth, weights)
+    w = check_options(mode, rrf_k, depth, weights, fusion)
     if isinstance(texts, str):  # as the encoder's own check, in the caller's words
         raise TypeError("search takes a list of query texts; wrap a single text as [text]")
     texts = CodeEncoder._check_texts(texts)
@@ -338,7 +346,11 @@ def search(
             modes.append("hybrid")
             dist = {} if rescore else {int(i): int(v) for i, v in zip(di, dv, strict=True)}
             bm25 = dict(lx)
-            fused = lexical.rrf_fuse(di.tolist(), [i for i, _ in lx], k=rrf_k, weights=w, limit=k)
+            if fusion == "linear":  # higher is better on both sides: minus the distance, or the rescore
+                dense_scored = list(zip(di.tolist(), (dv if rescore else -dv).tolist(), strict=True))
+                fused = lexical.linear_fuse(dense_scored, lx, weights=w, limit=k)
+            else:
+                fused = lexical.rrf_fuse(di.tolist(), [i for i, _ in lx], k=rrf_k, weights=w, limit=k)
             rows.append([(f.id, dist.get(f.id), f.score, bm25.get(f.id), f.dense_rank, f.lexical_rank) for f in fused])
     if codes is not None and not coll.sharded:
         _fill_distances(index, codes, rows)

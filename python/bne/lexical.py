@@ -48,6 +48,9 @@ MAX_TERM_CHARS = 64  # longer "words" are ids or garbage, and FTS5 would index t
 RRF_K = 60.0
 DEPTH = 100
 WEIGHTS = (1.0, 1.5)
+FUSIONS = ("rrf", "linear")
+# linear fusion's weights (dense, lexical): equal, the best on the same cross-fitted SciFact train
+LINEAR_WEIGHTS = (1.0, 1.0)
 QUERY_REPEATS = True  # a word the query says twice counts twice (Lucene, and the issue's BM25 baseline)
 MAX_TERMS = 256  # bounds the FTS5 expression; a long query (a CISI paragraph) keeps all its words
 _WORD = re.compile(r"[^\W_]+")  # unicode letters and digits, like unicode61's token characters
@@ -357,6 +360,39 @@ def rrf_fuse(
         )
         for i, rs in ranks.items()
     ]
+    big = 1 << 62
+    out.sort(key=lambda f: (-f.score, f.dense_rank or big, f.lexical_rank or big, f.id))
+    return out if limit is None else out[:limit]
+
+
+def linear_fuse(
+    dense: Sequence[tuple[int, float]],
+    lexical: Sequence[tuple[int, float]],
+    weights: tuple[float, float] = LINEAR_WEIGHTS,
+    depth: int | None = None,
+    limit: int | None = None,
+) -> list[Fused]:
+    """Linear fusion of min-max normalised scores (Elasticsearch's linear retriever with the minmax
+    normaliser, Weaviate's relative score fusion): each side's (id, score) list, best first and higher
+    scores better, is cut to its first ``depth`` and mapped to [0, 1] by its own min and max (all 1
+    when they are equal); an id scores ``sum(w * normalised)`` over the lists it is in. Unlike RRF it
+    keeps how far apart the scores are, not only their order. Ties as :func:`rrf_fuse`."""
+    if any(not w >= 0 for w in weights):
+        raise ValueError("linear_fuse: the weights must be >= 0")
+    if depth is not None:
+        dense, lexical = dense[:depth], lexical[:depth]
+    ranks: dict[int, list[int | None]] = {}
+    score: dict[int, float] = {}
+    for side, rows in enumerate((dense, lexical)):
+        vals = [float(v) for _, v in rows]
+        lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
+        for r, (i, v) in enumerate(rows, 1):
+            slot = ranks.setdefault(int(i), [None, None])
+            if slot[side] is None:  # a repeated id keeps its best rank
+                slot[side] = r
+                norm = (float(v) - lo) / (hi - lo) if hi > lo else 1.0
+                score[int(i)] = score.get(int(i), 0.0) + weights[side] * norm
+    out = [Fused(i, score[i], rs[0], rs[1]) for i, rs in ranks.items()]
     big = 1 << 62
     out.sort(key=lambda f: (-f.score, f.dense_rank or big, f.lexical_rank or big, f.id))
     return out if limit is None else out[:limit]
