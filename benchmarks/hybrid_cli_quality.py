@@ -41,6 +41,8 @@ RUNS = [  # (label, extra CLI arguments)
     ("lexical", ["--mode", "lexical"]),
     ("hybrid", ["--mode", "hybrid"]),
     ("hybrid --rescore 100", ["--mode", "hybrid", "--rescore", "100"]),
+    ("hybrid --fusion linear", ["--mode", "hybrid", "--fusion", "linear"]),
+    ("hybrid --fusion linear --depth 1000", ["--mode", "hybrid", "--fusion", "linear", "--depth", "1000"]),
 ]
 K = 10
 
