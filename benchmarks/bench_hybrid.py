@@ -69,6 +69,16 @@ def docs(n: int):
         yield Doc(ext_id, text, title)
 
 
+def timed_add(coll, n: int):
+    """(the result of adding the first ``n`` documents, wall seconds, CPU seconds); closes ``coll``."""
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        res = coll.add(docs(n))
+    finally:
+        coll.close()
+    return res, time.perf_counter() - t, time.process_time() - c
+
+
 def base_texts() -> list[str]:
     """The distinct texts the encoder sees (``bne.doc_text``), in first-seen order."""
     from bne.corpus import doc_text
@@ -150,12 +160,7 @@ def build(path: str, n: int, table: dict[str, np.ndarray], *, lexical: bool = Tr
     if not lexical:
         lexical_off(coll)
     load0 = load_text()
-    t, c = time.perf_counter(), time.process_time()
-    try:
-        res = coll.add(docs(n))
-    finally:
-        coll.close()
-    seconds, cpu = time.perf_counter() - t, time.process_time() - c
+    res, seconds, cpu = timed_add(coll, n)
     assert res.added == n, (res.added, n)
     return {
         "n": n,
@@ -367,12 +372,7 @@ def test_build_rate_real_encoder(benchmark):
             coll.encoder("bulk", docs=REAL_N)  # loaded before the clock, as the build's model load is not the add
             if not lex:
                 lexical_off(coll)
-            t, c = time.perf_counter(), time.process_time()
-            try:
-                res = coll.add(docs(REAL_N))
-            finally:
-                coll.close()
-            seconds, cpu = time.perf_counter() - t, time.process_time() - c
+            res, seconds, cpu = timed_add(coll, REAL_N)
             assert res.added == REAL_N
             rows.append(
                 {

@@ -394,15 +394,21 @@ def _as_a_user() -> list[str]:
     return ["unshare", "-U"]
 
 
-@pytest.mark.parametrize("what", ["file", "folder"])
-def test_a_read_only_docstore_is_never_written(tmp_path, fake, what):
-    """Root ignores permission bits: as root, bne runs in a new user namespace (`unshare -U`)."""
-    prefix = _as_a_user()
+def _collection_in_a_folder(tmp_path, n: int):
+    """(the folder, the collection of ``n`` documents in it) whose permissions a test then narrows."""
     folder = tmp_path / "ro"
     folder.mkdir()
     path = folder / "c.bne"
     with bne.Collection.create(path) as c:
-        c.add(docs_of(20))
+        c.add(docs_of(n))
+    return folder, path
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_a_read_only_docstore_is_never_written(tmp_path, fake, what):
+    """Root ignores permission bits: as root, bne runs in a new user namespace (`unshare -U`)."""
+    prefix = _as_a_user()
+    folder, path = _collection_in_a_folder(tmp_path, 20)
     make_older(path)
     os.chmod(folder, 0o777)
     os.chmod(path, 0o666)
@@ -697,11 +703,7 @@ def test_a_write_cut_by_kill_9_is_rolled_back_by_the_next_reader(tmp_path, fake)
 
 def test_a_cut_write_that_this_user_may_not_roll_back_is_one_line(tmp_path, fake):
     prefix = _as_a_user()
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    path = folder / "c.bne"
-    with bne.Collection.create(path) as c:
-        c.add(docs_of(10))
+    folder, path = _collection_in_a_folder(tmp_path, 10)
     _cut_write(path)
     os.chmod(folder, 0o555)
     try:
