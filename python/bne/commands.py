@@ -339,9 +339,8 @@ def cmd_search(args) -> int:
 
 def _describe_mode(mode: str, args) -> str:
     if mode == "hybrid":
+        w = ",".join(f"{x:g}" for x in (args.weights or lexical.default_weights(args.fusion)))
         linear = args.fusion == "linear"
-        default = lexical.LINEAR_WEIGHTS if linear else lexical.WEIGHTS
-        w = ",".join(f"{x:g}" for x in (args.weights or default))
         how = "linear fusion of min-max scores" if linear else f"reciprocal rank fusion k={args.rrf_k:g}"
         return f"hybrid (dense + lexical, {how}, depth {args.depth}, weights {w}; ranks=dense/lexical)"
     return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]

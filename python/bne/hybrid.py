@@ -91,7 +91,7 @@ def check_options(
     if fusion not in lexical.FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(lexical.FUSIONS)}, got {fusion!r}")
     if weights is None:
-        weights = lexical.WEIGHTS if fusion == "rrf" else lexical.LINEAR_WEIGHTS
+        weights = lexical.default_weights(fusion)
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float)) or not math.isfinite(rrf_k) or rrf_k < 0:
         raise ValueError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= MAX_DEPTH:

@@ -322,6 +322,11 @@ def merge_ranked(parts: Iterable[Sequence[tuple[int, float]]], limit: int) -> li
 # --- fusion ---------------------------------------------------------------------------------------
 
 
+def default_weights(fusion: str) -> tuple[float, float]:
+    """The (dense, lexical) weights a fusion uses when none are given."""
+    return LINEAR_WEIGHTS if fusion == "linear" else WEIGHTS
+
+
 @dataclasses.dataclass(frozen=True)
 class Fused:
     id: int
