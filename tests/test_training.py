@@ -391,34 +391,57 @@ def test_eval_tiny_slice(tmp_path, capsys):
     assert "binary-1024+rescore" in ret and 0 <= ret["binary-1024"]["recall@10"] <= 1
     for row in ("bm25", "float+hybrid", "binary-1024+hybrid", "binary-1024+rescore+hybrid"):
         assert 0 <= ret[row]["ndcg@10"] <= 1, row
+        assert 0 <= ret[row.replace("+hybrid", "+linear")]["ndcg@10"] <= 1, row
     assert "STS Spearman" in capsys.readouterr().out
 
 
 def test_eval_bm25_and_fusion_rows_equal_the_search_path():
-    """bne eval's BM25 lists are FTS5's bm25() ranking of the same texts (the oracle), and its
-    +hybrid lists are rrf_fuse of the two lists with the search defaults."""
+    """bne eval's BM25 lists are FTS5's bm25() ranking of the same texts (the oracle), its +hybrid
+    lists are rrf_fuse of the two lists and its +linear lists linear_fuse of the two scored lists,
+    with the search defaults."""
     import sqlite3
 
     from bne import lexical
-    from bne.training.evaluate import bm25_lists, fuse_lists
+    from bne.training.evaluate import bm25_scored, fuse_lists
 
     rng = np.random.default_rng(3)
     words = [f"w{i}" for i in range(40)]
     docs = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(300)]
     queries = [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(25)] + ["", "?!", "w1 w1 w2"]
-    got = bm25_lists(docs, queries, 30)
+    got, got_scores = bm25_scored(docs, queries, 30)
     db = sqlite3.connect(":memory:")
     lexical.create(db)
     lexical.insert(db, range(len(docs)), docs)
-    for row, q in zip(got, queries, strict=True):
-        want = [i for i, _ in lexical.bm25_search(db, lexical.query_terms(q, repeats=True), 30)]
+    for row, sc, q in zip(got, got_scores, queries, strict=True):
+        oracle = lexical.bm25_search(db, lexical.query_terms(q, repeats=True), 30)
+        want = [i for i, _ in oracle]
         assert [int(i) for i in row if i >= 0] == want
+        assert sc[: len(want)] == pytest.approx([s for _, s in oracle], rel=1e-9)
         assert (row[len(want) :] == -1).all()
     dense = np.array([rng.permutation(300)[:30] for _ in queries])
     fused = fuse_lists(dense, got, 10)
     for f, d, lx in zip(fused, dense, got, strict=True):
         want = [x.id for x in lexical.rrf_fuse(list(d), [int(i) for i in lx if i >= 0], limit=10)]
         assert list(f[: len(want)]) == want
+    # linear: dense scores that are not in rank order's spacing, so min-max differs from ranks
+    dscores = -np.sort(rng.integers(0, 50, (len(queries), 30)), axis=1).astype(float)
+    lin = fuse_lists(dense, got, 10, fusion="linear", dense_scores=dscores, lexical_scores=got_scores)
+    differs = 0
+    for f, d, ds, lx, ls, r in zip(lin, dense, dscores, got, got_scores, fused, strict=True):
+        m = lx >= 0
+        want = [
+            x.id
+            for x in lexical.linear_fuse(
+                list(zip(map(int, d), map(float, ds))), list(zip(map(int, lx[m]), map(float, ls[m]))), (1.0, 1.0), limit=10
+            )
+        ]
+        assert list(f[: len(want)]) == want and (f[len(want) :] == -1).all()
+        differs += list(f) != list(r)
+    assert differs > 0  # the two fusions are not the same ranking
+    with pytest.raises(ValueError, match="dense_scores"):
+        fuse_lists(dense, got, 10, fusion="linear")
+    with pytest.raises(ValueError, match="fusion must be"):
+        fuse_lists(dense, got, 10, fusion="max")
 
 
 def test_spearman_matches_scipy_with_ties():

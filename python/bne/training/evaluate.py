@@ -11,7 +11,9 @@ For every text the backbone runs once; the methods compared on the same features
 * ``bm25`` - retrieval only: BM25 over the document texts (:mod:`bne.lexical_postings`, the index
   ``bne build`` writes into the docstore), query words as ``bne search`` reads them;
 * ``<method>+hybrid`` - reciprocal rank fusion of that method's list and BM25's, with the defaults of
-  ``bne search --mode hybrid`` (``bne.lexical.RRF_K``, ``DEPTH``, ``WEIGHTS``).
+  ``bne search --mode hybrid`` (``bne.lexical.RRF_K``, ``DEPTH``, ``WEIGHTS``);
+* ``<method>+linear`` - the same two lists fused as ``bne search --fusion linear`` fuses them (min-max
+  normalised scores: cosine, minus the Hamming distance or the rescore score; BM25), its default weights.
 
 Retrieval searches go through :class:`bne.Index` (exact Hamming top-k). Metrics: STS numbers are
 Spearman correlations (not x100); retrieval Recall@10 / nDCG@10 (graded gains, BEIR style).
@@ -173,20 +175,37 @@ def bm25_scored(
     return out, scores
 
 
-def bm25_lists(doc_texts: Sequence[str], query_texts: Sequence[str], depth: int) -> np.ndarray:
-    """The rows of :func:`bm25_scored` (what ``bne eval``'s bm25 and +hybrid rows rank)."""
-    return bm25_scored(doc_texts, query_texts, depth)[0]
-
-
-def fuse_lists(dense: np.ndarray, lexical_rows: np.ndarray, k: int) -> np.ndarray:
-    """(nq, k) rows of the RRF fusion of two ranked row lists (-1 = none), with the search defaults."""
+def fuse_lists(
+    dense: np.ndarray,
+    lexical_rows: np.ndarray,
+    k: int,
+    *,
+    fusion: str = "rrf",
+    dense_scores: np.ndarray | None = None,
+    lexical_scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """(nq, k) rows of the fusion of two ranked row lists (-1 = none), with the search defaults.
+    ``fusion="linear"`` needs each list's scores (higher = better), aligned with its rows."""
     from .. import lexical
 
+    if fusion not in lexical.FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(lexical.FUSIONS)}, got {fusion!r}")
+    if fusion == "linear" and (dense_scores is None or lexical_scores is None):
+        raise ValueError("linear fusion needs dense_scores and lexical_scores")
     out = np.full((len(dense), k), -1, np.int64)
     for qi, (d, lx) in enumerate(zip(dense, lexical_rows, strict=True)):
-        fused = lexical.rrf_fuse(
-            [int(i) for i in d if i >= 0], [int(i) for i in lx if i >= 0], depth=lexical.DEPTH, limit=k
-        )
+        dn = [int(i) for i in d if i >= 0]
+        ln = [int(i) for i in lx if i >= 0]
+        if fusion == "rrf":
+            fused = lexical.rrf_fuse(dn, ln, depth=lexical.DEPTH, limit=k)
+        else:
+            fused = lexical.linear_fuse(
+                list(zip(dn, map(float, dense_scores[qi][d >= 0]))),
+                list(zip(ln, map(float, lexical_scores[qi][lx >= 0]))),
+                lexical.default_weights("linear"),
+                depth=lexical.DEPTH,
+                limit=k,
+            )
         out[qi, : len(fused)] = [f.id for f in fused]
     return out
 
@@ -200,10 +219,11 @@ def eval_retrieval(
     k: int = 10,
     rescore: int = 0,
     threads: int | None = None,
-    bm25: np.ndarray | None = None,
+    bm25: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Recall@k / nDCG@k of every method; with ``bm25`` (the BM25 lists of :func:`bm25_lists`), also
-    a ``bm25`` row and each method fused with it (``+hybrid``)."""
+    """Recall@k / nDCG@k of every method; with ``bm25`` (the rows and scores of :func:`bm25_scored`),
+    also a ``bm25`` row and the float and binary methods fused with it (``+hybrid``: RRF, the default
+    fusion; ``+linear``: linear fusion)."""
     from .. import lexical
     from ..index import Index
 
@@ -213,9 +233,14 @@ def eval_retrieval(
         r, n = retrieval_metrics(ranked, qrels, k)
         out[key] = {"recall@10": r, "ndcg@10": n}
 
+    def fused(key: str, rows: np.ndarray, scores: np.ndarray) -> None:
+        assert bm25 is not None
+        score(key + "+hybrid", fuse_lists(rows, bm25[0], k))
+        score(key + "+linear", fuse_lists(rows, bm25[0], k, fusion="linear", dense_scores=scores, lexical_scores=bm25[1]))
+
     depth = max(k, lexical.DEPTH) if bm25 is not None else k
     if bm25 is not None:
-        score("bm25", bm25)
+        score("bm25", bm25[0])
     for name in methods.names():
         rq, lq = methods.represent(name, qf)
         rd, _ = methods.represent(name, df)
@@ -224,23 +249,23 @@ def eval_retrieval(
             top = np.argsort(-s, axis=1, kind="stable")[:, :depth]
             score(name, top)
             if bm25 is not None:
-                score(name + "+hybrid", fuse_lists(top, bm25, k))
+                fused(name, top, np.take_along_axis(s, top, 1))
             continue
         index = Index(rd.shape[1] * 8)
         index.add(rd)
         m = max(depth, rescore or 0)
-        _, ids = index.search(rq, m, threads=threads)
+        dist, ids = index.search(rq, m, threads=threads)
         score(name, ids)
-        lex = bm25 if name.startswith("binary") else None  # fused: the model's own rows, not the baselines
-        if lex is not None:
-            score(name + "+hybrid", fuse_lists(ids, lex, k))
+        lex = bm25 is not None and name.startswith("binary")  # fused: the model's own rows, not the baselines
+        if lex:
+            fused(name, ids, -dist.astype(np.float64))
         if rescore and name.startswith("binary"):
             from ..encoder.base import rescore_candidates
 
-            _, rids = rescore_candidates(lq, rd, ids[:, : max(k, rescore)], max(k, min(rescore, depth)))
+            rs, rids = rescore_candidates(lq, rd, ids[:, : max(k, rescore)], max(k, min(rescore, depth)))
             score(name + "+rescore", rids)
-            if lex is not None:
-                score(name + "+rescore+hybrid", fuse_lists(rids, lex, k))
+            if lex:
+                fused(name + "+rescore", rids, rs)
     return out
 
 
@@ -302,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-lexical",
         dest="lexical",
         action="store_false",
-        help="do not add the bm25 and +hybrid retrieval rows (BM25 over the document texts, fused by RRF)",
+        help="do not add the bm25, +hybrid and +linear retrieval rows (BM25 over the document texts, fused "
+        "by RRF and by linear fusion)",
     )
     p.add_argument("--lsh-seed", type=int, default=0, help="seed of the LSH baseline's hyperplanes (default 0)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
@@ -421,7 +447,7 @@ def run(args) -> dict[str, Any]:
         qf = _embed(enc0, [queries[q] for q in qids], args, show)
         lex = None
         if getattr(args, "lexical", True):
-            lex = bm25_lists([corpus[d] for d in dids], [queries[q] for q in qids], lexical.DEPTH)
+            lex = bm25_scored([corpus[d] for d in dids], [queries[q] for q in qids], lexical.DEPTH)
         beir_data.append((f"{name}-{split}", qf, df, qrel_rows, lex))
     runs = []
     for i, enc in enumerate(encs):
