@@ -14,7 +14,11 @@ stay. Then the chosen and the current defaults are reported on SciFact test, CIS
 the shipped head (held out: reported, never used to choose).
 
     python benchmarks/hybrid_fusion_tuning.py --data ../shared/data --crossfit /tmp/crossfit \\
-        [--cache-dir /tmp/evcache] [--json results.json]
+        [--cache-dir /tmp/evcache] [--json results.json] [--checks]
+
+``--checks`` instead tests two more candidate changes on train alone, at the defaults: BM25's k1 and
+b (FTS5's are fixed at 1.2 and 0.75; bne's scorer reads ``bne.lexical.K1``/``B``), and dense ranks
+that give documents at the same Hamming distance the same rank (instead of ordering them by id).
 """
 
 from __future__ import annotations
@@ -143,12 +147,55 @@ def paired_p(a, b, rounds=10000, seed=0):
     return float((null >= abs(d.mean()) - 1e-15).mean())
 
 
+def tie_ranked_grid(g: Grid, ids: np.ndarray, dist: np.ndarray) -> Grid:
+    """``g`` with each dense rank replaced by 1 + the number of strictly closer candidates."""
+    for qi in range(len(ids)):
+        rmin = np.searchsorted(dist[qi], dist[qi], side="left") + 1
+        col = {int(x): j for j, x in enumerate(g.ids[qi])}
+        for r, x in enumerate(ids[qi]):
+            j = col[int(x)]
+            if g.rd[qi, j] == r + 1:
+                g.rd[qi, j] = rmin[r]
+    return g
+
+
+def checks(docs, qtexts, qrel_rows, z) -> None:
+    """Train-only tests of BM25's k1 and b and of tie-aware dense ranks, at the current defaults."""
+    from bne import lexical
+
+    k, w, d = lexical.RRF_K, lexical.WEIGHTS[1], lexical.DEPTH
+    ids, dist = z["ids"], z["dist"]
+    base = Grid(ids, bm25_ranked(docs, qtexts, DEPTH, True)[0], qrel_rows).ndcg(k, w, d, d)[0]
+    print(f"default (k1 {lexical.K1}, b {lexical.B}): hybrid nDCG@10 {base.mean():.4f}")
+    k1b = lexical.K1, lexical.B
+    try:
+        for lexical.K1, lexical.B in itertools.product((0.6, 0.9, 1.2, 1.5, 2.0), (0.3, 0.5, 0.75, 0.9)):
+            rows = bm25_ranked(docs, qtexts, DEPTH, True)[0]
+            nd = Grid(ids, rows, qrel_rows).ndcg(k, w, d, d)[0]
+            alone = np.mean([_ndcg10(r, q) for r, q in zip(rows, qrel_rows, strict=True)])
+            print(f"  k1 {lexical.K1} b {lexical.B}: BM25 {alone:.4f}  hybrid {nd.mean():.4f}  p {paired_p(nd, base):.3f}")
+    finally:
+        lexical.K1, lexical.B = k1b
+    g = tie_ranked_grid(Grid(ids, bm25_ranked(docs, qtexts, DEPTH, True)[0], qrel_rows), ids, dist)
+    nd = g.ndcg(k, w, d, d)[0]
+    tied = float((dist[:, 1:d] == dist[:, : d - 1]).mean())
+    print(f"tie-aware dense ranks: {nd.mean():.4f}  p {paired_p(nd, base):.3f}  ({tied:.0%} of neighbours tie)")
+
+
+def _ndcg10(rows, qrel) -> float:
+    g = [qrel.get(int(x), 0) for x in rows[:10]]
+    dcg = sum(x / math.log2(i + 2) for i, x in enumerate(g))
+    ideal = sum(x / math.log2(i + 2) for i, x in enumerate(sorted(qrel.values(), reverse=True)[:10]))
+    return dcg / ideal if ideal else 0.0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--crossfit", required=True, help="the --out folder of hybrid_crossfit.py")
     p.add_argument("--cache-dir", default=None, help="backbone feature cache for the held-out sets")
     p.add_argument("--json", default=None)
+    p.add_argument("--checks", action="store_true", help="test BM25 k1/b and tie-aware dense ranks instead")
     a = p.parse_args()
 
     from bne import lexical
@@ -163,6 +210,9 @@ def main() -> int:
     row = {d: i for i, d in enumerate(dids)}
     qrel_rows = [{row[d]: s for d, s in qrels[q].items() if d in row} for q in qids]
     docs = [corpus[d] for d in dids]
+    if a.checks:
+        checks(docs, [queries[q] for q in qids], qrel_rows, z)
+        return 0
     t0 = time.time()
     lex = {r: bm25_ranked(docs, [queries[q] for q in qids], DEPTH, r) for r in (True, False)}
     print(f"BM25 lists of {len(qids)} train queries in {time.time() - t0:.0f}s", flush=True)
