@@ -173,7 +173,9 @@ def checks(docs, qtexts, qrel_rows, z) -> None:
             rows = bm25_ranked(docs, qtexts, DEPTH, True)[0]
             nd = Grid(ids, rows, qrel_rows).ndcg(k, w, d, d)[0]
             alone = np.mean([_ndcg10(r, q) for r, q in zip(rows, qrel_rows, strict=True)])
-            print(f"  k1 {lexical.K1} b {lexical.B}: BM25 {alone:.4f}  hybrid {nd.mean():.4f}  p {paired_p(nd, base):.3f}")
+            print(
+                f"  k1 {lexical.K1} b {lexical.B}: BM25 {alone:.4f}  hybrid {nd.mean():.4f}  p {paired_p(nd, base):.3f}"
+            )
     finally:
         lexical.K1, lexical.B = k1b
     g = tie_ranked_grid(Grid(ids, bm25_ranked(docs, qtexts, DEPTH, True)[0], qrel_rows), ids, dist)

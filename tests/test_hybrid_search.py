@@ -453,6 +453,35 @@ def test_json_fields_match_the_api(built, fake):
 
 
 @pytest.mark.parametrize(
+    "args, note",
+    [
+        (["--mode", "dense", "--fusion", "linear"], "--fusion applies to hybrid mode only; ignored in dense mode"),
+        (
+            ["--mode", "lexical", "--depth", "50", "--weights", "1,2"],
+            "--depth, --weights apply to hybrid mode only; ignored in lexical mode",
+        ),
+        (["--mode", "lexical", "--rescore", "5"], "--rescore re-ranks the dense side; ignored in lexical mode"),
+        (["--fusion", "linear", "--rrf-k", "10"], "--rrf-k applies to --fusion rrf only; ignored with --fusion linear"),
+        (["--rrf-k", "10", "--depth", "20", "--weights", "1,2", "--rescore", "5"], None),
+        (["--mode", "dense", "--rescore", "5"], None),
+    ],
+)
+def test_an_option_the_search_cannot_use_gets_one_note(built, fake, args, note):
+    """A fusion option outside hybrid mode (or --rrf-k with linear fusion, --rescore in lexical mode)
+    changes nothing: the hits equal the search without it, and stderr says it was ignored."""
+    code, out, err = run_main("search", built, "item7 bird", "-k", "3", "--json", *args)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("bne: note:")]
+    assert notes == ([] if note is None else [f"bne: note: {note}"])
+    if note is not None:  # the ignored options removed: the same hits
+        kept = [a for a in args if a in ("--mode", "dense", "lexical")]
+        if "--fusion" in args and "--rrf-k" in args:
+            kept = ["--fusion", "linear"]
+        code2, out2, _ = run_main("search", built, "item7 bird", "-k", "3", "--json", *kept)
+        assert code2 == 0 and json.loads(out)["results"] == json.loads(out2)["results"]
+
+
+@pytest.mark.parametrize(
     "args, needle",
     [
         (["--mode", "bits"], "invalid choice"),

@@ -432,7 +432,10 @@ def test_eval_bm25_and_fusion_rows_equal_the_search_path():
         want = [
             x.id
             for x in lexical.linear_fuse(
-                list(zip(map(int, d), map(float, ds))), list(zip(map(int, lx[m]), map(float, ls[m]))), (1.0, 1.0), limit=10
+                list(zip(map(int, d), map(float, ds), strict=True)),
+                list(zip(map(int, lx[m]), map(float, ls[m]), strict=True)),
+                (1.0, 1.0),
+                limit=10,
             )
         ]
         assert list(f[: len(want)]) == want and (f[len(want) :] == -1).all()

@@ -231,14 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--rrf-k",
         type=float_at_least(0),
-        default=lexical.RRF_K,
+        default=None,  # None: not given (a given option the search cannot use gets a note)
         metavar="K",
         help=f"hybrid: the RRF constant (default {lexical.RRF_K:g})",
     )
     s.add_argument(
         "--depth",
         type=int_in(1, MAX_K),
-        default=lexical.DEPTH,
+        default=None,
         help=f"hybrid: how many of each side's best are fused (default {lexical.DEPTH}; at least -k)",
     )
     s.add_argument(
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--fusion",
         choices=lexical.FUSIONS,
-        default="rrf",
+        default=None,
         help="hybrid: rrf = reciprocal rank fusion (default); linear = weighted sum of each side's scores "
         "min-max normalised over its --depth list (Elasticsearch's linear retriever)",
     )

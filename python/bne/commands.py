@@ -271,6 +271,10 @@ def cmd_search(args) -> int:
     index_arg(args.index, folder_ok=True)
     asked = read_queries(args)
     queries = [q for q, _ in asked]
+    given = _fusion_options_given(args)
+    args.rrf_k = lexical.RRF_K if args.rrf_k is None else args.rrf_k
+    args.depth = lexical.DEPTH if args.depth is None else args.depth
+    args.fusion = args.fusion or "rrf"
     with Collection.open(
         args.index, model=args.model, device=args.device, threads=args.threads, ray_address=args.ray_address
     ) as coll:
@@ -288,6 +292,8 @@ def cmd_search(args) -> int:
         print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
     if res.note:
         print(f"bne: note: {safe(res.note)}", file=sys.stderr)
+    for note in _ignored_options(given, args, res.mode):
+        print(f"bne: note: {note}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     for (q, qid), row, mode in zip(asked, res.hits, res.modes, strict=True):
         hits = []
@@ -335,6 +341,33 @@ def cmd_search(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _fusion_options_given(args) -> list[str]:
+    return [
+        opt
+        for opt, v in (
+            ("--rrf-k", args.rrf_k),
+            ("--depth", args.depth),
+            ("--weights", args.weights),
+            ("--fusion", args.fusion),
+        )
+        if v is not None
+    ]
+
+
+def _ignored_options(given: list[str], args, mode: str) -> list[str]:
+    """A note for each option the user gave that this search could not use: a silent no-op reads
+    as if it had been applied."""
+    notes = []
+    if mode != "hybrid" and given:
+        verb = "applies" if len(given) == 1 else "apply"
+        notes.append(f"{', '.join(given)} {verb} to hybrid mode only; ignored in {mode} mode")
+    elif mode == "hybrid" and "--rrf-k" in given and args.fusion == "linear":
+        notes.append("--rrf-k applies to --fusion rrf only; ignored with --fusion linear")
+    if mode == "lexical" and args.rescore is not None:
+        notes.append("--rescore re-ranks the dense side; ignored in lexical mode")
+    return notes
 
 
 def _describe_mode(mode: str, args) -> str:

@@ -199,9 +199,10 @@ def fuse_lists(
         if fusion == "rrf":
             fused = lexical.rrf_fuse(dn, ln, depth=lexical.DEPTH, limit=k)
         else:
+            assert dense_scores is not None and lexical_scores is not None  # checked above
             fused = lexical.linear_fuse(
-                list(zip(dn, map(float, dense_scores[qi][d >= 0]))),
-                list(zip(ln, map(float, lexical_scores[qi][lx >= 0]))),
+                list(zip(dn, map(float, dense_scores[qi][d >= 0]), strict=True)),
+                list(zip(ln, map(float, lexical_scores[qi][lx >= 0]), strict=True)),
                 lexical.default_weights("linear"),
                 depth=lexical.DEPTH,
                 limit=k,
@@ -236,7 +237,9 @@ def eval_retrieval(
     def fused(key: str, rows: np.ndarray, scores: np.ndarray) -> None:
         assert bm25 is not None
         score(key + "+hybrid", fuse_lists(rows, bm25[0], k))
-        score(key + "+linear", fuse_lists(rows, bm25[0], k, fusion="linear", dense_scores=scores, lexical_scores=bm25[1]))
+        score(
+            key + "+linear", fuse_lists(rows, bm25[0], k, fusion="linear", dense_scores=scores, lexical_scores=bm25[1])
+        )
 
     depth = max(k, lexical.DEPTH) if bm25 is not None else k
     if bm25 is not None:
