@@ -350,24 +350,35 @@ def rrf_fuse(
         raise ValueError("rrf_fuse: k and the weights must be >= 0")
     if depth is not None:
         dense, lexical = dense[:depth], lexical[:depth]
-    ranks: dict[int, list[int | None]] = {}
-    for side, ids in enumerate((dense, lexical)):
-        for r, i in enumerate(ids, 1):
-            slot = ranks.setdefault(int(i), [None, None])
-            if slot[side] is None:  # a repeated id keeps its best rank
-                slot[side] = r
-    out = [
-        Fused(
-            i,
-            sum(w / (k + r) for w, r in zip(weights, rs, strict=True) if r is not None),
-            rs[0],
-            rs[1],
-        )
-        for i, rs in ranks.items()
-    ]
+    rd, rl = _first_ranks(dense), _first_ranks(lexical)
+    wd, wl = weights
+    # the same sum, in the same order, as sum(w / (k + rank)) over the lists the id is in
+    scores = {
+        i: (wd / (k + a) if (a := rd.get(i)) is not None else 0.0)
+        + (wl / (k + b) if (b := rl.get(i)) is not None else 0.0)
+        for i in rd.keys() | rl.keys()
+    }
+    return _ranked(scores, rd, rl, limit)
+
+
+def _first_ranks(ids: Iterable[int]) -> dict[int, int]:
+    """id -> its 1-based rank in ``ids`` (a repeated id keeps its best rank)."""
+    out: dict[int, int] = {}
+    for r, i in enumerate(ids, 1):
+        out.setdefault(int(i), r)
+    return out
+
+
+def _ranked(scores: dict[int, float], rd: dict[int, int], rl: dict[int, int], limit: int | None) -> list[Fused]:
+    """Best first; ties by the better dense rank, then the better lexical rank, then the id. Sorted
+    as plain tuples, and Fused objects made only for the ids returned (a query fuses up to 2 x depth
+    ids and keeps k)."""
     big = 1 << 62
-    out.sort(key=lambda f: (-f.score, f.dense_rank or big, f.lexical_rank or big, f.id))
-    return out if limit is None else out[:limit]
+    rows = sorted((-sc, rd.get(i, big), rl.get(i, big), i) for i, sc in scores.items())
+    return [
+        Fused(i, -ns, a if a != big else None, b if b != big else None)
+        for ns, a, b, i in (rows if limit is None else rows[:limit])
+    ]
 
 
 def linear_fuse(
@@ -386,18 +397,20 @@ def linear_fuse(
         raise ValueError("linear_fuse: the weights must be >= 0")
     if depth is not None:
         dense, lexical = dense[:depth], lexical[:depth]
-    ranks: dict[int, list[int | None]] = {}
-    score: dict[int, float] = {}
-    for side, rows in enumerate((dense, lexical)):
-        vals = [float(v) for _, v in rows]
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
-        for r, (i, v) in enumerate(rows, 1):
-            slot = ranks.setdefault(int(i), [None, None])
-            if slot[side] is None:  # a repeated id keeps its best rank
-                slot[side] = r
-                norm = (float(v) - lo) / (hi - lo) if hi > lo else 1.0
-                score[int(i)] = score.get(int(i), 0.0) + weights[side] * norm
-    out = [Fused(i, score[i], rs[0], rs[1]) for i, rs in ranks.items()]
-    big = 1 << 62
-    out.sort(key=lambda f: (-f.score, f.dense_rank or big, f.lexical_rank or big, f.id))
-    return out if limit is None else out[:limit]
+    rd, rl = _first_ranks(i for i, _ in dense), _first_ranks(i for i, _ in lexical)
+    nd, nl = _minmax(dense), _minmax(lexical)
+    wd, wl = weights
+    # the same sum, in the same order, as sum(w * normalised) over the lists the id is in
+    scores = {
+        i: (wd * nd(dense[a - 1][1]) if (a := rd.get(i)) is not None else 0.0)
+        + (wl * nl(lexical[b - 1][1]) if (b := rl.get(i)) is not None else 0.0)
+        for i in rd.keys() | rl.keys()
+    }
+    return _ranked(scores, rd, rl, limit)
+
+
+def _minmax(rows: Sequence[tuple[int, float]]) -> Callable[[float], float]:
+    """A score mapped to [0, 1] by the min and max of ``rows``' scores (1 when they are equal)."""
+    vals = [float(v) for _, v in rows]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 0.0)
+    return (lambda v: (float(v) - lo) / (hi - lo)) if hi > lo else (lambda v: 1.0)
