@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 
 from bne import lexical
@@ -409,3 +410,53 @@ def test_rrf_is_deterministic() -> None:
     assert a == b
     keys = [(-f.score, f.dense_rank or 1 << 62, f.lexical_rank or 1 << 62, f.id) for f in a]
     assert keys == sorted(keys)
+
+
+def _fusion_oracle(dense, lex, score_of, depth, limit):
+    """The fusions' definition, plainly: each id's first rank per side, its score from them, sorted by
+    (-score, dense rank, lexical rank, id), a missing rank last."""
+    if depth is not None:
+        dense, lex = dense[:depth], lex[:depth]
+    first: dict[int, list] = {}
+    for side, rows in enumerate((dense, lex)):
+        for r, row in enumerate(rows, 1):
+            slot = first.setdefault(row[0], [None, None])
+            if slot[side] is None:
+                slot[side] = r
+    out = [(score_of(dense, lex, i, rs), rs[0], rs[1], i) for i, rs in first.items()]
+    inf = float("inf")
+    out.sort(key=lambda t: (-t[0], t[1] or inf, t[2] or inf, t[3]))
+    return out if limit is None else out[:limit]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fusions_equal_their_definition_on_random_lists_with_repeats_and_ties(seed) -> None:
+    rng = np.random.default_rng(seed)
+
+    def rrf_score(k, w):
+        return lambda d, lx, i, rs: sum(w[s] / (k + rs[s]) for s in (0, 1) if rs[s] is not None)
+
+    def linear_score(w):
+        def norm(rows, r):
+            vals = [v for _, v in rows]
+            lo, hi = min(vals), max(vals)
+            return (rows[r - 1][1] - lo) / (hi - lo) if hi > lo else 1.0
+
+        return lambda d, lx, i, rs: sum(w[s] * norm((d, lx)[s], rs[s]) for s in (0, 1) if rs[s] is not None)
+
+    for _ in range(300):
+        n = int(rng.choice([4, 40, 4000]))  # few ids: many repeats and shared ids
+        dense = [(int(i), float(-rng.integers(0, 6))) for i in rng.integers(0, n, rng.integers(0, 60))]
+        lex = [(int(i), float(rng.integers(0, 4))) for i in rng.integers(0, n, rng.integers(0, 60))]
+        depth = [None, 1, 7, 50][rng.integers(4)]
+        limit = [None, 1, 10][rng.integers(3)]
+        k = float(rng.choice([0.0, 1.0, 60.0]))
+        w = (float(rng.choice([0.0, 1.0, 0.5])), float(rng.choice([1.0, 1.5, 3.0])))
+        got = lexical.rrf_fuse([i for i, _ in dense], [i for i, _ in lex], k=k, weights=w, depth=depth, limit=limit)
+        want = _fusion_oracle(dense, lex, rrf_score(k, w), depth, limit)
+        assert [(f.score, f.dense_rank, f.lexical_rank, f.id) for f in got] == want  # same sums, same order
+        assert [f.id for f in got] == [t[3] for t in want]
+        got = lexical.linear_fuse(dense, lex, weights=w, depth=depth, limit=limit)
+        want = _fusion_oracle(dense, lex, linear_score(w), depth, limit)
+        assert [(f.score, f.dense_rank, f.lexical_rank, f.id) for f in got] == want  # same sums, same order
+        assert [f.id for f in got] == [t[3] for t in want]
