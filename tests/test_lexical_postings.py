@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -409,24 +409,16 @@ def test_one_searcher_many_python_threads(tmp_path) -> None:
     s = lp.Searcher(db, cache_mb=0.05)  # a tiny cache: entries come and go while threads read
     qs = [lexical.query_terms(" ".join(x)) for x in queries(6, 40)]
     want = [reference_search(db, q, 10) for q in qs]
-    errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
-        try:
-            order = list(range(len(qs)))
-            random.Random(seed).shuffle(order)
-            for _ in range(3):
-                for k in order:
-                    assert s.search(qs[k], 10) == want[k]
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            errors.append(e)
+        order = list(range(len(qs)))
+        random.Random(seed).shuffle(order)
+        for _ in range(3):
+            for k in order:
+                assert s.search(qs[k], 10) == want[k]
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(worker, range(4)))  # a worker's failure is raised here
     assert s._cache_used <= 0.05 * 2**20
 
 

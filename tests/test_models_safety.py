@@ -14,20 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bne.encoder.base import have
 from runner import run_bne, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-needs_torch = pytest.mark.skipif(not (_has("torch") and _has("safetensors")), reason="torch not installed")
+needs_torch = pytest.mark.skipif(not (have("torch") and have("safetensors")), reason="torch not installed")
 
 
 # ------------------------------------------------------------------ item 1: --resume checkpoints

