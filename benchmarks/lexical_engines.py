@@ -98,7 +98,9 @@ VARIANTS = {
 }
 
 
-def build(path: str, variant: str, n: int) -> dict:
+def fresh_docstore(path: str) -> sqlite3.Connection:
+    """A new, empty docstore file at ``path`` (any old one removed) with the docstore's tables and
+    its durability settings, as ``bne build`` writes them."""
     for suffix in ("", "-journal"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
@@ -107,6 +109,11 @@ def build(path: str, variant: str, n: int) -> dict:
     db.execute("PRAGMA synchronous=FULL")
     db.execute(DOCS_SQL)
     db.execute(INDEX_SQL)
+    return db
+
+
+def build(path: str, variant: str, n: int) -> dict:
+    db = fresh_docstore(path)
     if VARIANTS[variant]:
         db.execute(VARIANTS[variant])
     db.commit()

@@ -32,7 +32,6 @@ import lexical_engines as le  # noqa: E402
 from bne import lexical  # noqa: E402
 from bne import lexical_postings as lp  # noqa: E402
 from bne import lexical_segments as lseg  # noqa: E402
-from bne.docstore import DOCS_SQL, INDEX_SQL  # noqa: E402
 
 # the numpy oracle of the tests (exhaustive, bit-identical to the C++ scorer) is the baseline here
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -41,14 +40,7 @@ from test_lexical_postings import reference  # noqa: E402
 
 def build(path: str, layout: str, n: int) -> dict:
     """layout: docs | fts5 | postings | both. Times each part of every commit batch separately."""
-    for suffix in ("", "-journal"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=DELETE")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute(DOCS_SQL)
-    db.execute(INDEX_SQL)
+    db = le.fresh_docstore(path)
     fts, post = layout in ("fts5", "both"), layout in ("postings", "both")
     if fts:
         lexical.create(db)

@@ -87,15 +87,24 @@ const bne::KernelTable* table_for(const std::optional<std::string>& isa) {
     return isa ? &bne::kernels_for(*isa) : nullptr;
 }
 
-py::tuple knn(const bne::Segments& db, const py::array& queries, long long k, int threads,
-              const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
-    if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
-    auto q = as_codes(queries, "queries", db.code_bytes());
-    auto filter_words = read_filter(allow, db.size());
+// One search's options: threads, the kernels and the allow-list, whose words `filter_words` keeps
+// alive for the search.
+bne::SearchOptions search_options(const bne::Segments& db, int threads, const std::optional<py::array>& allow,
+                                  const std::optional<std::string>& isa, std::vector<uint64_t>& filter_words) {
+    filter_words = read_filter(allow, db.size());
     bne::SearchOptions opt;
     opt.threads = threads;
     opt.kernels = table_for(isa);
     opt.filter.words = allow ? filter_words.data() : nullptr;
+    return opt;
+}
+
+py::tuple knn(const bne::Segments& db, const py::array& queries, long long k, int threads,
+              const std::optional<py::array>& allow, const std::optional<std::string>& isa) {
+    if (k < 1) throw py::value_error("k must be >= 1, got " + std::to_string(k));
+    auto q = as_codes(queries, "queries", db.code_bytes());
+    std::vector<uint64_t> filter_words;
+    auto opt = search_options(db, threads, allow, isa, filter_words);
     const auto nq = static_cast<py::ssize_t>(q.n), kk = static_cast<py::ssize_t>(k);
     py::array_t<int32_t> D({nq, kk});
     py::array_t<int64_t> I({nq, kk});
@@ -144,11 +153,8 @@ py::tuple range(const bne::Segments& db, const py::array& queries, long long rad
     if (max_results < 0) throw py::value_error("max_results must be >= 0, got " + std::to_string(max_results));
     if (radius < 0) throw py::value_error("radius must be >= 0, got " + std::to_string(radius));
     auto q = as_codes(queries, "queries", db.code_bytes());
-    auto filter_words = read_filter(allow, db.size());
-    bne::SearchOptions opt;
-    opt.threads = threads;
-    opt.kernels = table_for(isa);
-    opt.filter.words = allow ? filter_words.data() : nullptr;
+    std::vector<uint64_t> filter_words;
+    auto opt = search_options(db, threads, allow, isa, filter_words);
     opt.max_results = static_cast<size_t>(max_results);
     const uint32_t r = radius > static_cast<long long>(UINT32_MAX - 1) ? UINT32_MAX - 1 : static_cast<uint32_t>(radius);
     bne::RangeResult res;
