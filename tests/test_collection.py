@@ -186,9 +186,9 @@ def test_reader_error_keeps_what_was_committed(tmp_path, fake):
     assert consistent(path) == (read // 1000 * 1000,) * 2
 
 
-def fail_second_index_commit(monkeypatch):
-    """MappedIndex.commit raises ENOSPC at its second call (the first batch commits); returns the
-    real commit, to put back."""
+def add_with_a_failed_second_index_commit(path, monkeypatch) -> None:
+    """A new collection at ``path`` gets 30 documents in batches of 10, and MappedIndex.commit
+    raises ENOSPC at its second call (the first batch commits); the real commit is back after."""
     real = bne.MappedIndex.commit
     calls = []
 
@@ -199,17 +199,16 @@ def fail_second_index_commit(monkeypatch):
         return real(self)
 
     monkeypatch.setattr(bne.MappedIndex, "commit", failing)
-    return real
-
-
-def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake, monkeypatch):
-    path = tmp_path / "c.bne"
-    real = fail_second_index_commit(monkeypatch)
     c = bne.Collection.create(path)
     with pytest.raises(OSError, match="No space"):
         c.add(docs_of(30), commit_every=10)
     c.close()
     monkeypatch.setattr(bne.MappedIndex, "commit", real)
+
+
+def test_commit_failure_stops_and_the_next_add_drops_orphan_rows(tmp_path, fake, monkeypatch):
+    path = tmp_path / "c.bne"
+    add_with_a_failed_second_index_commit(path, monkeypatch)
     store = DocStore(path)
     assert store.count() == 20  # the texts of batch 2 were committed, its codes were not
     store.close()

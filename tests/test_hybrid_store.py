@@ -29,7 +29,7 @@ from bne.corpus import Doc
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError, DocStoreError
 from runner import run_main, run_python
-from test_collection import FakeEncoder, docs_of, fail_second_index_commit
+from test_collection import FakeEncoder, add_with_a_failed_second_index_commit, docs_of
 from test_collection_build import fake_bne
 
 QUERIES = ["document number 7", "topic 3", "about topic", "T11 number", "number 42 about topic 5", "zebra"]
@@ -217,12 +217,7 @@ def test_ctrl_c_then_append_keeps_the_three_stores_consistent(tmp_path, fake):
 
 def test_a_failed_index_commit_then_append(tmp_path, fake, monkeypatch):
     path = tmp_path / "c.bne"
-    real = fail_second_index_commit(monkeypatch)
-    c = bne.Collection.create(path)
-    with pytest.raises(OSError, match="No space"):
-        c.add(docs_of(30), commit_every=10)
-    c.close()
-    monkeypatch.setattr(bne.MappedIndex, "commit", real)
+    add_with_a_failed_second_index_commit(path, monkeypatch)
     # batch 2's rows and postings were committed together, its codes were not
     assert three(path, past_commit=10) == (10, 20, 20)
     with bne.Collection.open(path, mode="a") as c:
