@@ -109,6 +109,48 @@ def test_a_failed_new_build_still_removes_its_own_files(tmp_path, fake, monkeypa
     assert os.listdir(tmp_path) == []
 
 
+def test_a_new_index_is_removed_only_if_it_is_still_ours_and_unlocked(tmp_path):
+    """The cleanup of a build that holds no lock on its new index (ingest.remove_if_unused): the file
+    goes only while it is the one this build created and no other process holds its writer lock;
+    a FIFO put in its place is neither waited on nor removed."""
+    import fcntl
+
+    path = str(tmp_path / "c.bne")
+
+    def made() -> tuple[int, int]:
+        with open(path, "wb") as f:
+            f.write(b"x")
+        return ingest.file_identity(path)
+
+    ident = made()
+    ingest.remove_if_unused(path, ident, locked=False)
+    assert not os.path.exists(path)  # ours, unlocked: removed
+
+    ident = made()
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer has it open
+    try:
+        ingest.remove_if_unused(path, ident, locked=False)
+        assert os.path.exists(path)
+    finally:
+        os.close(fd)
+
+    held = os.open(path, os.O_RDONLY)  # keeps our inode in use, so the new file cannot reuse it
+    try:
+        with open(path + ".other", "wb") as f:
+            f.write(b"y")
+        os.replace(path + ".other", path)  # another build's file at the same path: not ours
+        ingest.remove_if_unused(path, ident, locked=False)
+        assert os.path.exists(path) and ingest.file_identity(path) != ident
+    finally:
+        os.close(held)
+
+    os.remove(path)
+    os.mkfifo(path)  # opened without a writer: must not block
+    ingest.remove_if_unused(path, (-1, -1), locked=False)
+    assert os.path.exists(path)  # not the identity asked for: kept
+
+
 # A `bne` whose model is the fake (codes from a hash of the text), slow enough to be raced or
 # signalled: BNE_FAKE_FIRST seconds before the first batch, BNE_FAKE_DELAY before each other one.
 FAKE_BNE = """

@@ -6,7 +6,6 @@ file identities that let a failed new build remove only its own files."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import threading
@@ -271,17 +270,5 @@ def remove_if_unused(path: str, ident: tuple[int, int], *, locked: bool) -> None
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != ident or file_identity(path) != ident:
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another writer has it: keep
-        os.remove(path)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    # still the file we created (by its descriptor and by its name), and no writer holds it
+    storage.unlink_if_unlocked(path, lambda st: (st.st_dev, st.st_ino) == ident and file_identity(path) == ident)

@@ -19,7 +19,7 @@ import stat
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -279,22 +279,30 @@ def clean_temps(target: str) -> int:
     removed = 0
     pattern = os.path.join(glob.escape(os.path.dirname(target) or "."), glob.escape(_temp_prefix(target)) + "*.tmp")
     for tmp in glob.glob(pattern):
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < TEMP_MAX_AGE:
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(tmp)
-            removed += 1
-        except OSError:
-            pass  # locked: its writer is alive
-        finally:
-            os.close(fd)
+        removed += unlink_if_unlocked(
+            tmp, lambda st: stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime >= TEMP_MAX_AGE
+        )
     return removed
+
+
+def unlink_if_unlocked(path: str, may_remove: Callable[[os.stat_result], bool]) -> bool:
+    """Unlinks ``path`` if ``may_remove`` says yes to the file it opens and no process holds that
+    file's writer lock (taken here without waiting: a live writer keeps its file). Opened with
+    O_NONBLOCK, so a FIFO in its place cannot block. True when it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not may_remove(os.fstat(fd)):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: locked, its writer is alive
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def real_target(path: StrPath) -> str:
