@@ -479,7 +479,15 @@ def test_demo_prints_hits_from_its_docstore(tmp_path):
     needs_encoder()
     code, out, err = run_main("demo", "--limit", "30", "--keep", tmp_path)
     assert code == 0, err
-    assert out.count("query: ") == 5 and len(re.findall(r"^\s+d=\s*\d+\s+\S", out, re.M)) == 15
+    assert out.count("query: ") == 5
+    # hybrid by default, and each hit says why it ranks there, as `bne search` does
+    assert "\nmode: hybrid (dense + lexical, reciprocal rank fusion k=60" in out
+    hits = re.findall(r"^\s+rrf=(\d\.\d+) d=\s*(\d+) bm25=\s*(\S+) ranks=\s*(\S+)/(\S+)\s+\S", out, re.M)
+    assert len(hits) == 15
+    for q in range(5):
+        scores = [float(h[0]) for h in hits[3 * q : 3 * q + 3]]
+        assert scores == sorted(scores, reverse=True)
+    assert any(h[2] != "-" for h in hits) and all(h[3] != "-" or h[4] != "-" for h in hits)
     assert count(tmp_path / "stdlib.bne") == 30
 
 

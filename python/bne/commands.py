@@ -324,7 +324,7 @@ def cmd_search(args) -> int:
     if args.json:
         print(json_text({"results": results, "mode": res.mode, "timing": timing}))
     else:
-        print(f"mode: {_describe_mode(res.mode, args)}")
+        print(f"mode: {describe_mode(res.mode, args.fusion, args.rrf_k, args.depth, args.weights)}")
         for r in results:
             print(f"query: {safe(r['query'])}" + (f"  [{safe(r['query_id'])}]" if "query_id" in r else ""))
             if r["mode"] != res.mode:
@@ -332,7 +332,7 @@ def cmd_search(args) -> int:
             for h in r["hits"]:
                 title = f"[{safe(h['title'])}] " if h["title"] else ""
                 print(
-                    f"  {h['rank']:3d}. {_hit_numbers(h, r['mode'], args.rescore, args.fusion)}  "
+                    f"  {h['rank']:3d}. {hit_numbers(h, r['mode'], args.rescore, args.fusion)}  "
                     f"{safe(h.get('source', h['doc_id'])):>12}  {title}{safe(h['snippet'])}"
                 )
         print(
@@ -370,16 +370,22 @@ def _ignored_options(given: list[str], args, mode: str) -> list[str]:
     return notes
 
 
-def _describe_mode(mode: str, args) -> str:
+def describe_mode(
+    mode: str,
+    fusion: str = "rrf",
+    rrf_k: float = lexical.RRF_K,
+    depth: int = lexical.DEPTH,
+    weights: tuple[float, float] | None = None,
+) -> str:
+    """The search's mode and fusion settings, in words (the first line of ``bne search``)."""
     if mode == "hybrid":
-        w = ",".join(f"{x:g}" for x in (args.weights or lexical.default_weights(args.fusion)))
-        linear = args.fusion == "linear"
-        how = "linear fusion of min-max scores" if linear else f"reciprocal rank fusion k={args.rrf_k:g}"
-        return f"hybrid (dense + lexical, {how}, depth {args.depth}, weights {w}; ranks=dense/lexical)"
+        w = ",".join(f"{x:g}" for x in (weights or lexical.default_weights(fusion)))
+        how = "linear fusion of min-max scores" if fusion == "linear" else f"reciprocal rank fusion k={rrf_k:g}"
+        return f"hybrid (dense + lexical, {how}, depth {depth}, weights {w}; ranks=dense/lexical)"
     return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
 
 
-def _hit_numbers(h: dict[str, Any], mode: str, rescore: int | None, fusion: str = "rrf") -> str:
+def hit_numbers(h: dict[str, Any], mode: str, rescore: int | None = None, fusion: str = "rrf") -> str:
     """The numbers a reader needs to see why a hit ranks where it does, in fixed-width columns."""
     d = "   -" if h["distance"] is None else f"{h['distance']:4d}"
     bm25 = "      -" if h["bm25"] is None else f"{h['bm25']:7.2f}"

@@ -5,6 +5,7 @@ nothing downloaded, no data shipped)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import sys
 import sysconfig
@@ -65,6 +66,7 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
 
 def run_demo(args) -> int:
     from .collection import Collection
+    from .commands import describe_mode, hit_numbers
     from .console import ProgressBar, safe
     from .corpus import Doc
     from .docstore import path_for
@@ -89,10 +91,12 @@ def run_demo(args) -> int:
         rate = added.added / added.seconds if added.seconds else 0.0
         print(f"encoded {added.added} documents in {added.seconds:.1f} s ({rate:.0f} docs/s); index: {path}")
         res = coll.search(QUERIES, 3)
-    for q, row in zip(QUERIES, res.hits, strict=True):
+    print(f"\nmode: {describe_mode(res.mode)}")  # as `bne search` shows it
+    for q, row, mode in zip(QUERIES, res.hits, res.modes, strict=True):
         print(f"\nquery: {q}")
         for h in row:
-            print(f"  d={h.distance:4d}  {safe(h.doc_id):38s} {safe(h.text[:70])}")
+            nums = hit_numbers(dataclasses.asdict(h), mode)
+            print(f"  {nums}  {safe(h.doc_id):34s} {safe(h.text[:60])}")
     print(
         f"\n{len(QUERIES)} queries encoded and searched in {res.encode_ms + res.search_ms:.0f} ms; "
         f"whole demo {time.perf_counter() - t0:.0f} s"
