@@ -16,9 +16,10 @@ the shipped head (held out: reported, never used to choose).
     python benchmarks/hybrid_fusion_tuning.py --data ../shared/data --crossfit /tmp/crossfit \\
         [--cache-dir /tmp/evcache] [--json results.json] [--checks]
 
-``--checks`` instead tests two more candidate changes on train alone, at the defaults: BM25's k1 and
-b (FTS5's are fixed at 1.2 and 0.75; bne's scorer reads ``bne.lexical.K1``/``B``), and dense ranks
-that give documents at the same Hamming distance the same rank (instead of ordering them by id).
+``--checks`` instead tests three more candidate changes on train alone, at the defaults: BM25's k1
+and b (FTS5's are fixed at 1.2 and 0.75; bne's scorer reads ``bne.lexical.K1``/``B``), query words
+without English stopwords, and dense ranks that give documents at the same Hamming distance the
+same rank (instead of ordering them by id).
 """
 
 from __future__ import annotations
@@ -147,6 +148,13 @@ def paired_p(a, b, rounds=10000, seed=0):
     return float((null >= abs(d.mean()) - 1e-15).mean())
 
 
+# Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET
+ENGLISH_STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "  # noqa: SIM905
+    "they this to was will with".split()
+)
+
+
 def tie_ranked_grid(g: Grid, ids: np.ndarray, dist: np.ndarray) -> Grid:
     """``g`` with each dense rank replaced by 1 + the number of strictly closer candidates."""
     for qi in range(len(ids)):
@@ -178,6 +186,15 @@ def checks(docs, qtexts, qrel_rows, z) -> None:
             )
     finally:
         lexical.K1, lexical.B = k1b
+    orig = lexical.query_terms
+    try:  # query words without English stopwords (Lucene's EnglishAnalyzer set; Weaviate and Qdrant drop them)
+        lexical.query_terms = lambda text, repeats=False: [
+            t for t in orig(text, repeats=repeats) if t.strip('"') not in ENGLISH_STOPWORDS
+        ]
+        nd = Grid(ids, bm25_ranked(docs, qtexts, DEPTH, True)[0], qrel_rows).ndcg(k, w, d, d)[0]
+    finally:
+        lexical.query_terms = orig
+    print(f"query stopwords dropped: {nd.mean():.4f}  p {paired_p(nd, base):.3f}")
     g = tie_ranked_grid(Grid(ids, bm25_ranked(docs, qtexts, DEPTH, True)[0], qrel_rows), ids, dist)
     nd = g.ndcg(k, w, d, d)[0]
     tied = float((dist[:, 1:d] == dist[:, : d - 1]).mean())
