@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from . import _core, lexical
-from .console import ProgressBar, json_text, safe, snippet
+from .console import ProgressBar, describe_mode, hit_numbers, json_text, safe, snippet
 from .errors import UserError
 
 EXIT_USAGE, EXIT_FAIL, EXIT_INTERRUPTED = 2, 1, 130
@@ -324,7 +324,8 @@ def cmd_search(args) -> int:
     if args.json:
         print(json_text({"results": results, "mode": res.mode, "timing": timing}))
     else:
-        print(f"mode: {describe_mode(res.mode, args.fusion, args.rrf_k, args.depth, args.weights)}")
+        weights = args.weights or lexical.default_weights(args.fusion)
+        print(f"mode: {describe_mode(res.mode, args.fusion, args.rrf_k, args.depth, weights)}")
         for r in results:
             print(f"query: {safe(r['query'])}" + (f"  [{safe(r['query_id'])}]" if "query_id" in r else ""))
             if r["mode"] != res.mode:
@@ -368,33 +369,6 @@ def _ignored_options(given: list[str], args, mode: str) -> list[str]:
     if mode == "lexical" and args.rescore is not None:
         notes.append("--rescore re-ranks the dense side; ignored in lexical mode")
     return notes
-
-
-def describe_mode(
-    mode: str,
-    fusion: str = "rrf",
-    rrf_k: float = lexical.RRF_K,
-    depth: int = lexical.DEPTH,
-    weights: tuple[float, float] | None = None,
-) -> str:
-    """The search's mode and fusion settings, in words (the first line of ``bne search``)."""
-    if mode == "hybrid":
-        w = ",".join(f"{x:g}" for x in (weights or lexical.default_weights(fusion)))
-        how = "linear fusion of min-max scores" if fusion == "linear" else f"reciprocal rank fusion k={rrf_k:g}"
-        return f"hybrid (dense + lexical, {how}, depth {depth}, weights {w}; ranks=dense/lexical)"
-    return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
-
-
-def hit_numbers(h: dict[str, Any], mode: str, rescore: int | None = None, fusion: str = "rrf") -> str:
-    """The numbers a reader needs to see why a hit ranks where it does, in fixed-width columns."""
-    d = "   -" if h["distance"] is None else f"{h['distance']:4d}"
-    bm25 = "      -" if h["bm25"] is None else f"{h['bm25']:7.2f}"
-    if mode == "lexical":
-        return f"bm25={bm25}"
-    if mode == "dense":
-        return f"s={h['score']:8.2f}" if rescore and h["score"] is not None else f"d={d}"
-    ranks = "/".join("-" if r is None else str(r) for r in (h["dense_rank"], h["lexical_rank"]))
-    return f"{fusion}={h['score']:.4f} d={d} bm25={bm25} ranks={ranks:>7}"
 
 
 # -- info / verify ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 :func:`json_text`), and progress on stderr: a tqdm bar on a terminal; elsewhere (a log file, a
 pipe, CI) a plain line every :data:`INTERVAL` seconds, ``encoding: 12000/50000 docs, 410 docs/s,
 ETA 1m33s``, because a bar there prints either nothing or one endless line of carriage returns
-until the end. Imports nothing from bne, so every layer may use it."""
+until the end; and a search's results in words (:func:`describe_mode`, :func:`hit_numbers`), for
+``bne search`` and ``bne demo``. Imports nothing from bne, so every layer may use it."""
 
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ def snippet(text: str, width: int = 100) -> str:
 
 #: Seconds between plain progress lines when stderr is not a terminal.
 INTERVAL = 10.0
+
+
+def describe_mode(mode: str, fusion: str, rrf_k: float, depth: int, weights: tuple[float, float]) -> str:
+    """A search's mode and fusion settings, in words (the first line of ``bne search`` and the demo)."""
+    if mode == "hybrid":
+        w = ",".join(f"{x:g}" for x in weights)
+        how = "linear fusion of min-max scores" if fusion == "linear" else f"reciprocal rank fusion k={rrf_k:g}"
+        return f"hybrid (dense + lexical, {how}, depth {depth}, weights {w}; ranks=dense/lexical)"
+    return {"dense": "dense (Hamming distance d)", "lexical": "lexical (BM25)"}[mode]
+
+
+def hit_numbers(h: dict[str, Any], mode: str, rescore: int | None = None, fusion: str = "rrf") -> str:
+    """The numbers a reader needs to see why a hit ranks where it does, in fixed-width columns."""
+    d = "   -" if h["distance"] is None else f"{h['distance']:4d}"
+    bm25 = "      -" if h["bm25"] is None else f"{h['bm25']:7.2f}"
+    if mode == "lexical":
+        return f"bm25={bm25}"
+    if mode == "dense":
+        return f"s={h['score']:8.2f}" if rescore and h["score"] is not None else f"d={d}"
+    ranks = "/".join("-" if r is None else str(r) for r in (h["dense_rank"], h["lexical_rank"]))
+    return f"{fusion}={h['score']:.4f} d={d} bm25={bm25} ranks={ranks:>7}"
 
 
 def is_terminal(file: Any) -> bool:

@@ -65,9 +65,9 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
 
 
 def run_demo(args) -> int:
+    from . import lexical
     from .collection import Collection
-    from .commands import describe_mode, hit_numbers
-    from .console import ProgressBar, safe
+    from .console import ProgressBar, describe_mode, hit_numbers, safe
     from .corpus import Doc
     from .docstore import path_for
 
@@ -91,7 +91,8 @@ def run_demo(args) -> int:
         rate = added.added / added.seconds if added.seconds else 0.0
         print(f"encoded {added.added} documents in {added.seconds:.1f} s ({rate:.0f} docs/s); index: {path}")
         res = coll.search(QUERIES, 3)
-    print(f"\nmode: {describe_mode(res.mode)}")  # as `bne search` shows it
+    # as `bne search` shows it, with the search defaults
+    print(f"\nmode: {describe_mode(res.mode, 'rrf', lexical.RRF_K, lexical.DEPTH, lexical.WEIGHTS)}")
     for q, row, mode in zip(QUERIES, res.hits, res.modes, strict=True):
         print(f"\nquery: {q}")
         for h in row:
