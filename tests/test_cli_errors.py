@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import bne
-from bne import cli, console, distributed
+from bne import cli, console, distributed, ingest
+from bne.collection import Collection
 from bne.corpus import CorpusError, Doc, read_corpus, txt_key
 from bne.docstore import DocStore, DocStoreError, path_for
 from runner import needs_encoder, popen_bne, run_bne, run_main, run_python
@@ -119,6 +120,38 @@ def test_resume_of_the_same_txt_file_adds_nothing_twice(quick, tmp_path):
     code, out, err = run_main("build", tmp_path / "docs.txt", "-o", idx, "--append", "-q")
     assert "(0 added, 5 already present)" in out, out + err
     assert len(bne.open(idx)) == 5 and count(idx) == 5
+
+
+def test_a_repeated_id_in_one_input_keeps_the_first_document(tmp_path, monkeypatch):
+    src = tmp_path / "docs.jsonl"
+    rows = [("a", "the cat sat on the mat"), ("b", "dogs bark at night"), ("a", "quantum chromodynamics")]
+    rows += [(5, "five apples"), ("5", "five again")]  # the same id once read as text
+    src.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in rows))
+    idx = tmp_path / "d.bne"
+    code, out, err = run_main("build", src, "-o", idx, "-q")
+    assert code == 0 and "(3 added, 0 already present, 2 skipped: their id came earlier in the input)" in out, out
+    assert len(bne.open(idx)) == 3 and count(idx) == 3
+    for query, text in (("quantum cat", "the cat sat on the mat"), ("five", "five apples")):
+        hits = search_json(idx, query, "--mode", "lexical", "-k", "5")[0]["hits"]
+        assert [h["snippet"] for h in hits] == [text], hits  # the later text is nowhere, not even in BM25
+    code, out, err = run_main("remove", idx, "a")
+    assert code == 0 and count(idx) == 2, out + err
+    # the same through the API, across chunks of the reader, and with a sharded build's reader
+    monkeypatch.setattr(ingest, "ENCODE_CHUNK", 2)
+    docs = [Doc(str(i % 3), f"text {i}") for i in range(7)]
+    with Collection.create(tmp_path / "api.bne", model="default") as coll:
+        r = coll.add(docs)
+        assert (r.added, r.present, r.repeated) == (3, 0, 4)
+        got = coll.search(["text"], 10, mode="lexical").hits[0]
+        assert sorted((h.doc_id, h.text) for h in got) == [("0", "text 0"), ("1", "text 1"), ("2", "text 2")]
+    encoded = []
+    monkeypatch.setattr(distributed, "start_ray", lambda *a: None)
+    monkeypatch.setattr(distributed, "encode_shards", lambda texts, *a, **kw: encoded.append(texts) or {"shards": []})
+    result = distributed.build_sharded(tmp_path / "shards", docs, shards=2)
+    assert result["documents"] == 3 and result["repeated"] == 4 and encoded == [["text 0", "text 1", "text 2"]]
+    store = DocStore(distributed.docstore_key(tmp_path / "shards"))
+    assert [d.text for d in store.get(range(5)).values()] == ["text 0", "text 1", "text 2"]
+    store.close()
 
 
 def test_append_over_a_line_number_keyed_docstore_of_an_older_bne(tmp_path):
@@ -322,6 +355,22 @@ def test_queries_jsonl_gives_query_ids_and_bad_lines_are_one_line_errors(quick, 
     one_line_error(*run_main("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "text")
     q.write_text('{"_id": "q1", "text": "a", "n": ' + "1" * 5000 + "}\n")  # json raises a plain ValueError
     one_line_error(*run_main("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:1", "not valid JSON")
+
+    q.write_text('{"_id": "q1", "text": "a cat"}\n{"_id": "q2", "text": "bad \\ud800 half"}\n')
+    one_line_error(*run_main("search", quick / "docs.bne", "--queries", q)[::2], "queries.jsonl:2", "surrogate \\ud800")
+
+
+def test_a_lone_surrogate_in_a_json_document_names_its_line_and_a_pair_is_text(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    # a JSON escape can decode to half a UTF-16 pair, a str that no encoder or SQLite can take
+    src.write_text('{"_id": "a", "text": "good"}\n{"_id": "b", "title": "x \\uDC00", "text": "fine"}\n')
+    one_line_error(*run_main("build", src, "-o", tmp_path / "a.bne")[::2], "docs.jsonl:2", "surrogate \\udc00")
+    assert not (tmp_path / "a.bne").exists() and not (tmp_path / "a.bne.docs.sqlite").exists()
+    src.write_text('{"_id": "e", "text": "smile \\ud83d\\ude00 please", "meta": ["\\ud83d\\ude00"]}\n')
+    code, _, err = run_main("build", src, "-o", tmp_path / "b.bne")
+    assert code == 0, err
+    res = search_json(tmp_path / "b.bne", "smile", "-k", "1")
+    assert res[0]["hits"][0]["snippet"] == "smile \U0001f600 please"
 
 
 def test_rescore_without_a_number_keeps_the_query(quick):

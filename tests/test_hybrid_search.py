@@ -462,7 +462,7 @@ def test_json_fields_match_the_api(built, fake):
         ),
         (["--mode", "lexical", "--rescore", "5"], "--rescore re-ranks the dense side; ignored in lexical mode"),
         (["--fusion", "linear", "--rrf-k", "10"], "--rrf-k applies to --fusion rrf only; ignored with --fusion linear"),
-        (["--rrf-k", "10", "--depth", "20", "--weights", "1,2", "--rescore", "5"], None),
+        (["--rrf-k", "10", "--depth", "20", "--weights", "1,2", "--rescore", "20"], None),
         (["--mode", "dense", "--rescore", "5"], None),
     ],
 )
@@ -479,6 +479,49 @@ def test_an_option_the_search_cannot_use_gets_one_note(built, fake, args, note):
             kept = ["--fusion", "linear"]
         code2, out2, _ = run_main("search", built, "item7 bird", "-k", "3", "--json", *kept)
         assert code2 == 0 and json.loads(out)["results"] == json.loads(out2)["results"]
+
+
+@pytest.mark.parametrize(
+    "args, same, note",
+    [
+        (["--depth", "2"], ["--depth", "3"], "--depth 2 is below -k 3: each side's list holds 3"),
+        (["--mode", "dense", "--rescore", "2"], ["--mode", "dense", "--rescore", "3"], "all 3 are re-ranked"),
+        (["--depth", "4", "--rescore", "2"], ["--depth", "4", "--rescore", "4"], "below the 4 dense candidates"),
+    ],
+)
+def test_an_option_raised_to_what_the_search_needs_gets_one_note(built, args, same, note):
+    """--depth below -k, or --rescore below the dense list, is searched at the larger value: the
+    hits equal the search given that value, stderr says so, and the header shows the depth used."""
+    code, out, err = run_main("search", built, "item7 bird", "-k", "3", "--json", *args)
+    notes = [ln for ln in err.splitlines() if ln.startswith("bne: note:")]
+    assert code == 0 and len(notes) == 1 and note in notes[0], err
+    code2, out2, err2 = run_main("search", built, "item7 bird", "-k", "3", "--json", *same)
+    assert code2 == 0 and "bne: note:" not in err2 and json.loads(out)["results"] == json.loads(out2)["results"]
+    if args[0] == "--depth":
+        code, out, _ = run_main("search", built, "item7 bird", "-k", "3", *args)
+        assert code == 0 and f"depth {same[1]}," in out.splitlines()[0], out
+
+
+def test_api_rescore_must_be_a_whole_number_of_candidates(built):
+    with bne.Collection.open(built) as c:
+        for bad in (0, -1, 2.5, True, "10"):
+            with pytest.raises(ValueError, match="rescore must be None or a whole number >= 1"):
+                c.search(["item7 bird"], 3, mode="dense", rescore=bad)
+        assert c.search(["item7 bird"], 3, mode="dense", rescore=np.int64(5)).hits[0][0].score is not None
+
+
+def test_api_allow_takes_any_iterable_of_ids(built):
+    allow = [3, 5, 11, 12, 40]
+    with bne.Collection.open(built) as c:
+        want = [[h.id for h in row] for row in c.search(QUERIES, 4, allow=allow).hits]
+        wide = np.array(allow + [2**63, 2**64 - 1], np.uint64)  # past int64: no document, never wrapped
+        for same in (set(allow), (i for i in allow), np.array(allow, np.uint64), wide, allow + [-1, 2**63 - 1]):
+            assert [[h.id for h in row] for row in c.search(QUERIES, 4, allow=same).hits] == want
+        assert c.search(QUERIES, 4, allow=range(3)).hits != c.search(QUERIES, 4).hits
+        assert {h.id for row in c.search(QUERIES, 4, allow=range(3)).hits for h in row} <= {0, 1, 2}
+        for bad in ("12", [[3, 5]], [1.5]):
+            with pytest.raises(TypeError, match="allow must be"):
+                c.search(QUERIES, 4, allow=bad)
 
 
 @pytest.mark.parametrize(

@@ -582,11 +582,12 @@ def test_cli_remove_then_compact(tmp_path, fake):
     docs = docs_of(50)
     with bne.Collection.create(path) as c:
         c.add(docs, commit_every=16)
-    (tmp_path / "ids.txt").write_text("d10\n\nd11\nnot-there\n")
+    (tmp_path / "ids.txt").write_text("d10\n\nd11\nnot-there\nno\x1b[2J\n")
     code, out, err = run_main("remove", path, "d3", "--ids", tmp_path / "ids.txt")
     assert code == 0, err
-    assert (
-        out.strip() == f"{path}: removed 3 documents, 1 not found; 47 remain (bne remove --compact shrinks the files)"
+    assert out.strip() == (
+        f"{path}: removed 3 documents, 2 not found (not-there, no\\x1b[2J); 47 remain "
+        "(bne remove --compact shrinks the files)"
     )
     kept = [d for d in docs if d.ext_id not in ("d3", "d10", "d11")]
     assert three(path) == (47, 47, 47)

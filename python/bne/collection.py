@@ -71,6 +71,7 @@ class Collection:
         self.device, self.threads = device, threads
         self._encoders: dict[str, Any] = {}
         self.last_add = AddResult()  # what the latest add() did, also when it raised
+        self.last_missing: list[str] = []  # the ids the latest remove() did not find
         # (st_dev, st_ino) of each file this object created: a failed new build removes these
         # and nothing else (another process may have created the same path meanwhile)
         self._created: dict[str, tuple[int, int]] = {}
@@ -274,9 +275,11 @@ class Collection:
 
     def remove(self, ext_ids: Iterable[str]) -> int:
         """Removes the documents with these ids (``Doc.ext_id``) from the index, then from the
-        docstore and its lexical index (see :mod:`bne.upkeep`); returns how many were removed."""
+        docstore and its lexical index (see :mod:`bne.upkeep`); returns how many were removed.
+        ``last_missing`` then lists the ids it did not find."""
         with upkeep.writer(self, "remove documents from") as store:
-            return upkeep.remove(store, self.index, ext_ids)[0]
+            removed, self.last_missing = upkeep.remove(store, self.index, ext_ids)
+            return removed
 
     def compact(self) -> None:
         """Rewrites the index without its removed codes and the lexical index as one segment."""

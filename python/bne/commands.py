@@ -64,9 +64,10 @@ def cmd_build(args) -> int:
             ray_address=args.ray_address,
             source=args.input,
         )
+        repeated = f", {result['repeated']} skipped: their id came earlier in the input" if result["repeated"] else ""
         print(
             f"{safe(out)}: {result['documents']} documents in {args.shards} shards ({len(result['skipped'])} already "
-            f'written, skipped); search with: bne search {safe(out)} "query"'
+            f'written, skipped{repeated}); search with: bne search {safe(out)} "query"'
         )
         return 0
     if not out:
@@ -131,7 +132,7 @@ def cmd_build(args) -> int:
     if r.dropped:
         print(f"bne: dropped {r.dropped} document rows left by an interrupted build", file=sys.stderr)
     if r.interrupted:
-        todo = r.total - r.present
+        todo = r.total - r.present - r.repeated
         by = f" by {signal.Signals(got[0]).name}" if got else ""
         print(
             f"bne: interrupted{by}; {r.added} of {todo if todo > r.added else 'the'} new documents committed to "
@@ -140,7 +141,11 @@ def cmd_build(args) -> int:
         )
         return 128 + got[0] if got else EXIT_INTERRUPTED
     assert info is not None
-    print(f"{safe(out)}: {info['live']} codes of {info['bits']} bits ({r.added} added, {r.present} already present)")
+    repeated = f", {r.repeated} skipped: their id came earlier in the input" if r.repeated else ""
+    print(
+        f"{safe(out)}: {info['live']} codes of {info['bits']} bits "
+        f"({r.added} added, {r.present} already present{repeated})"
+    )
     return 0
 
 
@@ -292,7 +297,7 @@ def cmd_search(args) -> int:
         print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
     if res.note:
         print(f"bne: note: {safe(res.note)}", file=sys.stderr)
-    for note in _ignored_options(given, args, res.mode):
+    for note in _option_notes(given, args, res.mode):
         print(f"bne: note: {note}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     for (q, qid), row, mode in zip(asked, res.hits, res.modes, strict=True):
@@ -325,7 +330,8 @@ def cmd_search(args) -> int:
         print(json_text({"results": results, "mode": res.mode, "timing": timing}))
     else:
         weights = args.weights or lexical.default_weights(args.fusion)
-        print(f"mode: {describe_mode(res.mode, args.fusion, args.rrf_k, args.depth, weights)}")
+        depth = max(args.depth, args.k)  # each side's list holds at least k
+        print(f"mode: {describe_mode(res.mode, args.fusion, args.rrf_k, depth, weights)}")
         for r in results:
             print(f"query: {safe(r['query'])}" + (f"  [{safe(r['query_id'])}]" if "query_id" in r else ""))
             if r["mode"] != res.mode:
@@ -357,9 +363,9 @@ def _fusion_options_given(args) -> list[str]:
     ]
 
 
-def _ignored_options(given: list[str], args, mode: str) -> list[str]:
-    """A note for each option the user gave that this search could not use: a silent no-op reads
-    as if it had been applied."""
+def _option_notes(given: list[str], args, mode: str) -> list[str]:
+    """A note for each option the user gave that this search could not use, or used at a larger
+    value: a silent no-op or change reads as if the option had been applied as given."""
     notes = []
     if mode != "hybrid" and given:
         verb = "applies" if len(given) == 1 else "apply"
@@ -368,6 +374,12 @@ def _ignored_options(given: list[str], args, mode: str) -> list[str]:
         notes.append("--rrf-k applies to --fusion rrf only; ignored with --fusion linear")
     if mode == "lexical" and args.rescore is not None:
         notes.append("--rescore re-ranks the dense side; ignored in lexical mode")
+    # options that were raised to what the search needs: the header and the ranks show the real ones
+    if mode == "hybrid" and "--depth" in given and args.depth < args.k:
+        notes.append(f"--depth {args.depth} is below -k {args.k}: each side's list holds {args.k}")
+    side = max(args.depth, args.k) if mode == "hybrid" else args.k
+    if mode != "lexical" and args.rescore is not None and args.rescore < side:
+        notes.append(f"--rescore {args.rescore} is below the {side} dense candidates: all {side} are re-ranked")
     return notes
 
 
@@ -454,10 +466,12 @@ def cmd_remove(args) -> int:
         raise UserError("give the ids of the documents to remove (or --ids FILE), or --compact")
     with Collection.open(args.index, mode="a") as coll:
         removed = coll.remove(ids) if ids else 0
+        lost = coll.last_missing if ids else []
         if args.compact:
             coll.compact()
         live = len(coll)
-    missing = f", {len(ids) - removed} not found" if len(ids) > removed else ""
+    named = ", ".join(safe(e) for e in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+    missing = f", {len(lost)} not found ({named})" if lost else ""
     done = "; compacted" if args.compact else (" (bne remove --compact shrinks the files)" if removed else "")
     print(f"{safe(args.index)}: removed {removed} documents{missing}; {live} remain{done}")
     return 0

@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,11 +83,41 @@ def json_lines(path: Path) -> Iterator[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            value = json.loads(line)
         except ValueError as e:  # also a plain ValueError: an integer with more than 4300 digits
             raise CorpusError(f"{path}:{lineno}: not valid JSON ({json_error_detail(e)})") from None
         except RecursionError:
             raise CorpusError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if _SURROGATE_ESCAPE.search(line):  # only an escape can put one in: the line itself is UTF-8
+            bad = _lone_surrogate(value)
+            if bad is not None:
+                raise CorpusError(
+                    f"{path}:{lineno}: a lone surrogate \\u{bad:04x} in a JSON string is not Unicode text "
+                    "(half of a \\ud8xx\\udcxx pair?)"
+                )
+        yield lineno, value
+
+
+#: a JSON escape of a UTF-16 surrogate (a pair is fine, one alone decodes to a str nothing can encode)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: object) -> int | None:
+    """The code point of the first lone surrogate in a decoded JSON value's strings, or None."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return ord(v[e.start])
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
 
 
 def _jsonl(path: Path) -> Iterator[Doc]:

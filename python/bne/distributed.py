@@ -468,7 +468,8 @@ def build_sharded(
 ) -> dict[str, Any]:
     """Encodes ``docs`` on a Ray cluster into ``shards`` shard files, a manifest and the folder's
     docstore (ids are the documents' positions). Shards written by an interrupted run are kept.
-    Returns :func:`encode_shards`' summary plus ``documents``."""
+    A document whose id came earlier in ``docs`` is skipped. Returns :func:`encode_shards`' summary
+    plus ``documents`` and ``repeated`` (the skipped)."""
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CollectionError(f"{folder} exists and is not a folder (a sharded build writes a folder of shards)")
@@ -480,6 +481,11 @@ def build_sharded(
     docs = list(docs)
     if not docs:
         raise CollectionError(f"empty corpus: no documents in {source}")
+    n_read = len(docs)
+    firsts: dict[str, Doc] = {}
+    for d in docs:  # one document per id, the first, as Collection.add keeps
+        firsts.setdefault(d.ext_id, d)
+    docs = list(firsts.values())
     start_ray(ray_address)
     os.makedirs(folder, exist_ok=True)
     store = DocStore(docstore_key(folder), create=True, lexical=False)  # the shards hold the lexical index
@@ -501,4 +507,5 @@ def build_sharded(
     if result["shards"]:  # the docstore gets the shards' permission bits, as beside an index file
         os.chmod(store.path, stat.S_IMODE(os.stat(result["shards"][0]).st_mode))
     result["documents"] = len(docs)
+    result["repeated"] = n_read - len(docs)  # skipped: their id came earlier in the input
     return result

@@ -36,6 +36,7 @@ from . import lexical, lexical_postings
 from .docstore import DocStore, StoredDoc, path_for
 from .encoder.base import CodeEncoder, search_codes
 from .errors import CollectionError, DocStoreError
+from .index import integer_array, lookup_ids
 
 MODES = ("hybrid", "dense", "lexical")
 Ranked = list[list[tuple[int, float]]]  # per query: (id, BM25 score), best first
@@ -82,7 +83,12 @@ class SearchResult:
 
 
 def check_options(
-    mode: str | None, rrf_k: float, depth: int, weights: Sequence[float] | None, fusion: str = "rrf"
+    mode: str | None,
+    rrf_k: float,
+    depth: int,
+    weights: Sequence[float] | None,
+    fusion: str = "rrf",
+    rescore: int | None = None,
 ) -> tuple[float, float]:
     """Raises ValueError naming a bad option; returns the weights as two floats (None: the fusion's
     defaults, ``bne.lexical.WEIGHTS`` or ``LINEAR_WEIGHTS``)."""
@@ -96,6 +102,9 @@ def check_options(
         raise ValueError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"depth must be a whole number in 1..{MAX_DEPTH}, got {depth!r}")
+    if rescore is not None and (isinstance(rescore, bool) or not isinstance(rescore, (int, np.integer)) or rescore < 1):
+        # 0 or a negative number would otherwise mean "no rescore" or "a few" in silence
+        raise ValueError(f"rescore must be None or a whole number >= 1 (candidates to re-rank), got {rescore!r}")
     try:
         w = tuple(float(x) for x in weights)
     except (TypeError, ValueError):
@@ -106,13 +115,19 @@ def check_options(
 
 
 def allow_ids(allow: object) -> np.ndarray | None:
-    """An allow-list as sorted unique int64 ids (ids, not a mask: both sides index by id)."""
+    """An allow-list (a list, set, range, generator or 1-D array of ids; not a mask: both sides
+    index by id) as sorted unique int64 ids. Ids outside 0..2**63-1 match no document, as in
+    ``Index.search(allow=...)``."""
     if allow is None:
         return None
-    a = np.asarray(allow)
-    if a.dtype == np.bool_ or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)) or a.ndim > 1:
-        raise TypeError("allow must be a list or 1-D array of integer ids")
-    return np.unique(a.astype(np.int64, copy=False))
+    try:
+        a = integer_array(allow, "allow")
+    except TypeError:
+        raise TypeError("allow must be integer ids: a list, set, range or 1-D int array (not a bool mask)") from None
+    if a.ndim > 1:
+        raise TypeError(f"allow must be a 1-D list or array of integer ids, got shape {a.shape}")
+    ids = lookup_ids(a)
+    return np.unique(ids[ids >= 0])
 
 
 # -- the lexical side -----------------------------------------------------------------------------
@@ -266,7 +281,7 @@ def search(
 ) -> SearchResult:
     """:meth:`bne.Collection.search` (which documents the arguments); ``documents`` fetches the
     hits' stored documents."""
-    w = check_options(mode, rrf_k, depth, weights, fusion)
+    w = check_options(mode, rrf_k, depth, weights, fusion, rescore)
     if isinstance(texts, str):  # as the encoder's own check, in the caller's words
         raise TypeError("search takes a list of query texts; wrap a single text as [text]")
     texts = CodeEncoder._check_texts(texts)
@@ -280,7 +295,9 @@ def search(
     n = max(len(index), 1)  # more hits than codes would only be padding
     k = min(int(k), n)
     side = k if run != "hybrid" else min(max(int(depth), k), n)  # each side's list: at least k
-    rescore = rescore if rescore and not coll.sharded else None  # shards answer in Hamming distance
+    if rescore is not None and coll.sharded and run != "lexical":  # shards answer in Hamming distance
+        note = "; ".join(x for x in (note, "rescore is not available on a folder of shards: Hamming ranking") if x)
+    rescore = rescore if rescore and not coll.sharded else None
     t0 = time.perf_counter()
 
     # the lexical side of one collection runs after the dense side, not beside it: on a few cores

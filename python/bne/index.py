@@ -11,7 +11,7 @@ tie rule: by distance, then by position (insertion order).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,8 +27,12 @@ PAD_DISTANCE = int(np.iinfo(np.int32).max)
 MAX_ID = int(np.iinfo(np.int64).max)
 
 
-def _integer_array(ids: object, what: str) -> np.ndarray:
+def integer_array(ids: object, what: str) -> np.ndarray:
+    if isinstance(ids, Iterable) and not isinstance(ids, (Sequence, np.ndarray)):
+        ids = list(ids)  # a set or a generator: numpy would make one object of it
     a = np.asarray(ids)
+    if a.size == 0 and a.dtype != np.bool_:
+        return a.astype(np.int64)  # [] is float64 to numpy
     if a.dtype == np.object_:  # Python ints too large for int64 / uint64
         raise ValueError(f"{what} must be integers in 0..2**63-1")
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
@@ -38,7 +42,7 @@ def _integer_array(ids: object, what: str) -> np.ndarray:
 
 def _check_ids(ids: object, n: int) -> np.ndarray:
     """New ids: int64 in 0..2**63-1 (uint64 values are range-checked before the cast, never wrapped)."""
-    a = _integer_array(ids, "ids")
+    a = integer_array(ids, "ids")
     if a.shape != (n,):
         raise ValueError(f"ids must have shape ({n},), one per code, got {a.shape}")
     if n and (a.min() < 0 or (a.dtype == np.uint64 and a.max() > MAX_ID)):
@@ -47,10 +51,10 @@ def _check_ids(ids: object, n: int) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def _lookup_ids(ids: object) -> np.ndarray:
+def lookup_ids(ids: object) -> np.ndarray:
     """Ids to look up (positions_of, remove, allow): out-of-domain values become -1 (absent)
     instead of wrapping onto a real id."""
-    a = _integer_array(ids, "ids").ravel()
+    a = integer_array(ids, "ids").ravel()
     if a.dtype == np.uint64:
         return np.where(a > MAX_ID, -1, a.astype(np.int64))
     return a.astype(np.int64, copy=False)
@@ -278,7 +282,7 @@ class _SearchMixin:
 
     def positions_of(self, ids: np.typing.ArrayLike) -> np.ndarray:
         """Positions of the given live ids (-1 where an id is absent or removed)."""
-        ids = _lookup_ids(ids)
+        ids = lookup_ids(ids)
         sorted_ids, pos = self._lookup()
         if not len(sorted_ids):
             return np.full(len(ids), -1, np.int64)
@@ -288,7 +292,7 @@ class _SearchMixin:
     def reconstruct(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored codes of live ids (any shape of ids; -1 or absent ids give all-zero codes)."""
         shape = np.shape(ids)
-        ids = _lookup_ids(ids).reshape(shape)
+        ids = lookup_ids(ids).reshape(shape)
         pos = self.positions_of(ids.ravel())
         out = np.zeros((len(pos), self.code_bytes), np.uint8)
         for p, sel, local in self._by_part(pos):

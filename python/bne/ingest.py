@@ -33,6 +33,7 @@ READ_AHEAD = INT8_MIN_DOCS + 2 * ENCODE_CHUNK
 class AddResult:
     added: int = 0  # documents committed by this call
     present: int = 0  # documents skipped: already in the collection
+    repeated: int = 0  # documents skipped: their id came earlier in this input (the first is kept)
     dropped: int = 0  # rows an interrupted earlier add left in the docstore, removed
     total: int = 0  # documents in the input (read so far, if it was not read to its end)
     interrupted: bool = False
@@ -61,15 +62,17 @@ def run_pipeline(
     progress: Callable[[Progress], None] | None,
 ) -> None:
     """Reads, encodes and hands batches of ``commit_every`` new documents to ``committer``;
-    ``seen``/``legacy`` tell the documents already present (counted in ``result.present``)."""
+    ``seen``/``legacy`` tell the documents already present (counted in ``result.present``); a
+    document whose id came earlier in this input is skipped too (``result.repeated``)."""
     started = time.perf_counter()
     encoded = 0
     pending: list[Doc] = []
     codes: list[np.ndarray] = []
+    mine: set[str] = set()  # the ids of this input so far
 
     def report() -> None:
         if progress is not None:
-            total = None if reader.total is None else reader.total - result.present
+            total = None if reader.total is None else reader.total - result.present - result.repeated
             progress(Progress(encoded, committer.committed, total, started))
 
     report()  # the model is loaded: the caller can say "encoding" before the first chunk is done
@@ -80,6 +83,15 @@ def run_pipeline(
             old = legacy(todo)
             todo = [d for d in todo if d.ext_id not in old]
         result.present += len(chunk) - len(todo)
+        # one document per id, as across --append: a later line with the same id is skipped (its
+        # text would otherwise be a second document under the id, and remove would drop both)
+        kept = []
+        for d in todo:
+            if d.ext_id not in mine:
+                mine.add(d.ext_id)
+                kept.append(d)
+        result.repeated += len(todo) - len(kept)
+        todo = kept
         while todo:
             take = todo[: commit_every - len(pending)]
             todo = todo[len(take) :]

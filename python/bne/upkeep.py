@@ -108,16 +108,16 @@ def add_lexical(store: DocStore, progress: LexicalProgress | None = None, step: 
     return True
 
 
-def remove(store: DocStore, index: Any, ext_ids: Iterable[str]) -> tuple[int, int]:
-    """Removes the documents with these ids: (codes removed, ids not found)."""
+def remove(store: DocStore, index: Any, ext_ids: Iterable[str]) -> tuple[int, list[str]]:
+    """Removes the documents with these ids: (codes removed, the ids not found, in the order given)."""
     drop_stale(store, index)  # an earlier crash's rows first: their ext_ids are not in the collection
     wanted = list(dict.fromkeys(str(e) for e in ext_ids))
     ids = store.ids_of(wanted)
-    found = len({d.ext_id for d in store.get(ids).values()})
+    found = {d.ext_id for d in store.get(ids).values()}
     removed = index.remove(np.asarray(ids, np.int64)) if ids else 0
     index.commit()  # the tombstones first: a crash before the rows go leaves rows no search returns
     store.delete_ids(ids)
-    return removed, len(wanted) - found
+    return removed, [e for e in wanted if e not in found]
 
 
 def compact(store: DocStore, index: Any) -> None:
