@@ -595,6 +595,32 @@ def test_a_reader_sees_a_writers_new_documents_on_both_sides_after_refresh(built
     reader.close()
 
 
+def test_a_reader_leaves_out_what_a_newer_commit_removed(tmp_path, fake):
+    """A reader's snapshot still holds a code that a newer commit removed, but the docstore no
+    longer has its text or its own id: the hit is left out with a note, never shown empty."""
+    path = tmp_path / "c.bne"
+    with bne.Collection.create(path) as c:
+        c.add(corpus(40))
+    q = [doc_text(DOCS[7].title, DOCS[7].text)]
+    reader = bne.Collection.open(path)
+    for mode in ("hybrid", "dense", "lexical"):
+        first = reader.search(q, 3, mode=mode)
+        assert first.hits[0][0].doc_id == "d7" and first.note is None, mode
+    with bne.Collection.open(path, mode="a") as w:
+        assert w.remove(["d7"]) == 1
+    for mode in ("hybrid", "dense", "lexical"):
+        res = reader.search(q, 3, mode=mode)
+        got = [(h.rank, h.doc_id) for h in res.hits[0]]
+        assert "d7" not in [d for _, d in got] and all(h.text for h in res.hits[0]), (mode, got)
+        assert [r for r, _ in got] == list(range(1, len(got) + 1))
+        if mode == "dense":  # (the lexical side reads the docstore's newest commit: d7 is not found there)
+            assert len(got) == 2 and "1 hit(s) left out: removed by a commit newer" in (res.note or "")
+    assert reader.refresh()
+    res = reader.search(q, 3, mode="dense")
+    assert res.note is None and len(res.hits[0]) == 3 and "d7" not in [h.doc_id for h in res.hits[0]]
+    reader.close()
+
+
 # -- a folder of shards: the call to the sharded index's lexical side ------------------------------
 
 
