@@ -18,7 +18,8 @@ import pytest
 
 import bne
 from bne import collection as bcoll
-from bne import ingest, storage
+from bne import docstore, ingest, lexical_segments, storage
+from bne.corpus import Doc
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
 from runner import run_main
@@ -254,6 +255,63 @@ def test_the_reader_stays_a_bounded_distance_ahead_of_the_encoder(tmp_path, fake
     assert r.added == n and encoded[0] == n
     # the queue, the one document waiting to enter it, and the chunk being encoded
     assert max(lead) <= ingest.READ_AHEAD + 1 + ingest.ENCODE_CHUNK, max(lead)
+
+
+def test_long_documents_are_read_encoded_and_committed_in_bounded_characters(tmp_path, fake, monkeypatch):
+    """Documents of 20k characters: the reader's lead, each encoded chunk, each commit and each
+    lexical insert stop at their character bounds (a count bound alone would hold thousands of
+    long documents at once), and the collection equals one built without the bounds."""
+    size, n = 20_000, 120
+    monkeypatch.setattr(ingest, "READ_AHEAD_CHARS", 5 * size)
+    monkeypatch.setattr(ingest, "CHUNK_CHARS", 3 * size)
+    monkeypatch.setattr(ingest, "COMMIT_CHARS", 8 * size)
+    monkeypatch.setattr(docstore, "LEXICAL_CHUNK_CHARS", 2 * size)
+    inserts: list[int] = []
+    real_insert = lexical_segments.insert
+    monkeypatch.setattr(
+        lexical_segments,
+        "insert",
+        lambda conn, ids, texts, **kw: inserts.append(len(ids)) or real_insert(conn, ids, texts, **kw),
+    )
+    produced, encoded, lead, chunks = [0], [0], [], []
+    long_docs = [Doc(f"d{i}", f"doc {i} " + f"word{i % 13} " * (size // 6)) for i in range(n)]
+
+    def docs():
+        for d in long_docs:
+            produced[0] += 1
+            yield d
+
+    def on_call(call: int) -> None:
+        if call == 1:
+            time.sleep(0.3)  # a reader bounded by count alone would have read all 120 by now
+        lead.append(produced[0] - encoded[0])
+        chunks.append(len(fake.calls[-1]))
+        encoded[0] += len(fake.calls[-1])
+
+    fake.on_call = on_call
+    batches: list[int] = []
+    real_put = ingest.Committer.put
+    monkeypatch.setattr(
+        ingest.Committer, "put", lambda self, d, codes: batches.append(len(d)) or real_put(self, d, codes)
+    )
+    with bcoll.Collection.create(tmp_path / "c.bne") as c:
+        r = c.add(docs(), commit_every=1000)
+    assert r.added == n and consistent(tmp_path / "c.bne") == (n, n)
+    per = len(long_docs[0].text)
+    assert max(lead) <= 5 * size // per + 2 + 3, lead  # the queue, the one waiting to enter it, the chunk
+    assert max(chunks) <= 3 * size // per + 1, chunks
+    assert sum(batches) == n and max(batches) <= 8 * size // per + 1, batches
+    assert max(inserts) <= 2 * size // per + 1 and sum(inserts) == n, inserts
+    for name in ("READ_AHEAD_CHARS", "CHUNK_CHARS", "COMMIT_CHARS"):
+        monkeypatch.setattr(ingest, name, 2**40)
+    monkeypatch.setattr(docstore, "LEXICAL_CHUNK_CHARS", 2**40)
+    with bcoll.Collection.create(tmp_path / "one.bne") as c:
+        c.add(long_docs, commit_every=1000)
+    q = ["word3 doc 16", "word7", "doc 100"]
+    with bcoll.Collection.open(tmp_path / "c.bne") as a, bcoll.Collection.open(tmp_path / "one.bne") as b:
+        for mode in ("hybrid", "lexical"):
+            got = [[(h.doc_id, h.bm25, h.score) for h in row] for row in a.search(q, 5, mode=mode).hits]
+            assert got == [[(h.doc_id, h.bm25, h.score) for h in row] for row in b.search(q, 5, mode=mode).hits]
 
 
 def test_ctrl_c_stops_a_reader_that_waits_for_room(tmp_path, fake):

@@ -44,6 +44,7 @@ EXPECTED_SCHEMA = {
 # lexp_meta keys of the docstore's own (the rest are lexical_postings'): 'ready' = 1 once every docs row
 # is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order)
 LEXICAL_CHUNK = 4096  # texts tokenised per lexical insert: bounds the memory of one big insert
+LEXICAL_CHUNK_CHARS = 16 * 2**20  # and their characters (building postings takes ~12 bytes a character)
 LEXICAL_STEP = 65536  # rows per committed step of adding the lexical index (resumes from the last)
 # user_version 1: .txt documents are keyed by content (see corpus.py); 0: by line number (bne <= 0.x)
 USER_VERSION = 1
@@ -252,9 +253,16 @@ class DocStore:
         return self._meta("backfilled")
 
     def _index_texts(self, rows: Sequence[tuple[int, str | None, str]]) -> None:
-        for start in range(0, len(rows), LEXICAL_CHUNK):
-            chunk = rows[start : start + LEXICAL_CHUNK]
-            lexical_segments.insert(self.db, [r[0] for r in chunk], [doc_text(r[1] or "", r[2]) for r in chunk])
+        chunk: list[tuple[int, str]] = []
+        chars = 0
+        for i, title, text in rows:
+            chunk.append((i, doc_text(title or "", text)))
+            chars += len(chunk[-1][1])
+            if len(chunk) == LEXICAL_CHUNK or chars >= LEXICAL_CHUNK_CHARS:
+                lexical_segments.insert(self.db, [c[0] for c in chunk], [c[1] for c in chunk])
+                chunk, chars = [], 0
+        if chunk:
+            lexical_segments.insert(self.db, [c[0] for c in chunk], [c[1] for c in chunk])
 
     def add_lexical(self, step: int = LEXICAL_STEP) -> Iterator[tuple[int, int]]:
         """Builds the lexical index of an older docstore, ``step`` rows per commit, in id order;

@@ -27,6 +27,16 @@ ENCODE_CHUNK = 512
 #: Documents the reader may hold ahead of the encoder: enough to tell the model whether
 #: INT8_MIN_DOCS come and to keep it fed, while memory follows the work, not the input's size.
 READ_AHEAD = INT8_MIN_DOCS + 2 * ENCODE_CHUNK
+#: The same bounds in characters of text, for corpora of long documents (a 1 MB text per line):
+#: the reader's queue, an encoded chunk and a commit batch each stop growing past these, whatever
+#: their document counts (a batch's lexical index costs about 12 bytes per character to build).
+READ_AHEAD_CHARS = 128 * 2**20
+CHUNK_CHARS = 32 * 2**20
+COMMIT_CHARS = 64 * 2**20
+
+
+def doc_chars(d: Doc) -> int:
+    return len(d.text) + len(d.title)
 
 
 @dataclass
@@ -76,6 +86,7 @@ def run_pipeline(
             progress(Progress(encoded, committer.committed, total, started))
 
     report()  # the model is loaded: the caller can say "encoding" before the first chunk is done
+    pending_chars = 0
     for chunk in reader.chunks(ENCODE_CHUNK):
         result.total += len(chunk)
         todo = [d for d in chunk if d.ext_id not in seen]
@@ -93,17 +104,23 @@ def run_pipeline(
         result.repeated += len(todo) - len(kept)
         todo = kept
         while todo:
-            take = todo[: commit_every - len(pending)]
+            take, room = [], COMMIT_CHARS - pending_chars
+            for d in todo[: commit_every - len(pending)]:  # at least one, then up to the character bound
+                if take and doc_chars(d) > room:
+                    break
+                take.append(d)
+                room -= doc_chars(d)
             todo = todo[len(take) :]
             codes.append(
                 encoder.encode([doc_text(d.title, d.text) for d in take], batch_size=batch_size, show_progress=False)
             )
             pending += take
+            pending_chars = COMMIT_CHARS - room
             encoded += len(take)
             report()
-            if len(pending) == commit_every:
+            if len(pending) == commit_every or room <= 0 or (todo and doc_chars(todo[0]) > room):
                 committer.put(pending, np.concatenate(codes))
-                pending, codes = [], []
+                pending, codes, pending_chars = [], [], 0
                 report()
     if pending:
         committer.put(pending, np.concatenate(codes))
@@ -128,8 +145,11 @@ class Reader:
     the time it takes to encode them), at most ``ahead`` documents ahead: memory follows the
     work, not the size of the input. The total is known once the reader reaches the end."""
 
-    def __init__(self, docs: Iterable[Doc], ahead: int = READ_AHEAD) -> None:
+    def __init__(self, docs: Iterable[Doc], ahead: int = READ_AHEAD, ahead_chars: int | None = None) -> None:
         self._q: queue.Queue = queue.Queue(maxsize=ahead)
+        self._chars = 0  # characters of text queued (bounded by ahead_chars as well as by count)
+        self._ahead_chars = READ_AHEAD_CHARS if ahead_chars is None else ahead_chars
+        self._chars_lock = threading.Lock()
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.total: int | None = None
@@ -140,6 +160,10 @@ class Reader:
         n = 0
         try:
             for d in docs:
+                while self._chars > self._ahead_chars and not self._q.empty() and not self._stop.is_set():
+                    time.sleep(0.01)  # long documents: wait for the encoder to take some
+                with self._chars_lock:
+                    self._chars += doc_chars(d)
                 if not self._put(d):
                     return
                 n += 1
@@ -167,14 +191,16 @@ class Reader:
             total, queued = self.total, self._q.qsize()
             if total is not None:
                 return total
-            if queued >= min(n, self._q.maxsize or n):  # a full queue: the reader waits for the encoder
-                return None
+            if queued >= min(n, self._q.maxsize or n) or self._chars > self._ahead_chars:
+                return None  # a full queue (in count or characters): the reader waits for the encoder
             if self.error is not None:  # a bad input fails before the model is loaded
                 raise self.error
             time.sleep(0.005)
 
-    def chunks(self, size: int) -> Iterator[list[Doc]]:
+    def chunks(self, size: int, max_chars: int | None = None) -> Iterator[list[Doc]]:
+        max_chars = CHUNK_CHARS if max_chars is None else max_chars
         chunk: list[Doc] = []
+        chars = 0
         while True:
             item = self._q.get()
             if item is _END:
@@ -182,9 +208,16 @@ class Reader:
             if isinstance(item, _Failed):
                 raise item.error
             chunk.append(item)
-            if len(chunk) == size or (self._q.empty() and chunk and self.total is None and len(chunk) >= 64):
+            chars += doc_chars(item)
+            with self._chars_lock:
+                self._chars -= doc_chars(item)
+            if (
+                len(chunk) == size
+                or chars >= max_chars
+                or (self._q.empty() and chunk and self.total is None and len(chunk) >= 64)
+            ):
                 yield chunk
-                chunk = []
+                chunk, chars = [], 0
         if chunk:
             yield chunk
 
