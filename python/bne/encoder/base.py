@@ -8,8 +8,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,91 @@ def bert_wordpiece(vocab_file: str | os.PathLike, max_length: int):
     tok.enable_truncation(max_length=int(max_length))
     tok.no_padding()
     return tok
+
+
+#: A text longer than this many characters per token of ``max_length`` is clipped before it is
+#: tokenised (:func:`clip_to_token_window`); English prose runs 4-6 characters per token.
+CLIP_CHARS_PER_TOKEN = 16
+
+# Where a BERT word ends for sure: before an ASCII whitespace character (' ', \t, \n, \r; not
+# \x0b/\x0c/\x1c-\x1f, which clean_text deletes, joining the words around them) or an ASCII
+# punctuation character (always a word of its own).
+_WORD_START = re.compile(r"[\t\n\r !-/:-@\[-`{-~]")
+
+
+def clip_for_tokenizer(tok, texts: list[str], max_length: int) -> list[str]:
+    """:func:`clip_to_token_window` for ``tok``: a ``tokenizers.Tokenizer`` truncating to
+    ``max_length`` (:func:`bert_wordpiece`) or a transformers fast tokenizer called with
+    ``truncation=True, max_length=max_length``. ``texts`` come back unchanged for a tokenizer whose
+    pipeline is not BERT's (the clipping is exact only for that one)."""
+    backend = getattr(tok, "backend_tokenizer", tok)  # transformers wraps a tokenizers.Tokenizer
+    if not (
+        type(getattr(backend, "normalizer", None)).__name__ == "BertNormalizer"
+        and type(getattr(backend, "pre_tokenizer", None)).__name__ == "BertPreTokenizer"
+        and type(getattr(backend, "model", None)).__name__ == "WordPiece"
+        and getattr(tok, "truncation_side", "right") == "right"
+    ):
+        return texts
+    if backend is not tok:
+
+        def count(prefixes: list[str]) -> list[int]:
+            return [len(x) for x in tok(prefixes, truncation=True, max_length=max_length)["input_ids"]]
+
+    else:
+        trunc = tok.truncation or {}
+        if trunc.get("max_length") != max_length or trunc.get("direction", "right") != "right":
+            return texts
+
+        def count(prefixes: list[str]) -> list[int]:
+            return [len(e.ids) for e in tok.encode_batch(prefixes)]
+
+    return clip_to_token_window(texts, max_length, count)
+
+
+def clip_to_token_window(
+    texts: list[str], max_length: int, count_tokens: Callable[[list[str]], Sequence[int]]
+) -> list[str]:
+    """``texts`` with each long text cut to a prefix that a BERT WordPiece tokenizer truncated to
+    ``max_length`` turns into exactly the same token ids as the whole text.
+
+    Why: the model reads ``max_length`` tokens, but a tokenizer keeps ids, offsets, token strings and
+    overflow for every token of its input (about 35x the text), so a 10 MB text cost 1.5 GB.
+
+    Why it is exact: BERT's normaliser works character by character and its pre-tokenizer splits
+    words at whitespace and punctuation, and WordPiece splits each word alone. So a prefix ending
+    right before ASCII whitespace or punctuation tokenises to a prefix of the whole text's tokens,
+    and once it fills ``max_length`` (``count_tokens`` of it, specials included, reaches it) the
+    truncated ids are the same. A text of at most ``CLIP_CHARS_PER_TOKEN * max_length`` characters
+    is returned untouched (no extra tokenisation); a longer one is cut at the first word start past
+    that budget, and if the prefix falls short (long whitespace runs, words of over 100 characters
+    that become one [UNK]) the budget grows 4x and it is tried again. A text with no word start past
+    the budget (e.g. 1 MB of letters without a space: one [UNK]) is tokenised whole: it yields few
+    tokens, so it costs the tokenizer's transient ~35x of that one text, not a token list.
+
+    ``count_tokens(prefixes)``: the number of ids of each prefix after truncation to ``max_length``
+    (called once per round with all the prefixes of that round, so a fast tokenizer runs them in
+    parallel).
+    """
+    budget = CLIP_CHARS_PER_TOKEN * max(int(max_length), 1)
+    pending = [i for i, t in enumerate(texts) if len(t) > budget]
+    if not pending:
+        return texts
+    out = list(texts)
+    while pending:
+        cuts = {}
+        for i in pending:
+            m = _WORD_START.search(texts[i], budget)
+            if m is not None:  # none: the whole text is tokenised (see above)
+                cuts[i] = texts[i][: m.start()]
+        counts = count_tokens(list(cuts.values())) if cuts else []
+        pending = []
+        for (i, prefix), n in zip(cuts.items(), counts, strict=True):
+            if n >= max_length:
+                out[i] = prefix
+            else:
+                pending.append(i)
+        budget *= 4
+    return out
 
 
 def open_regular(path: str | os.PathLike):
@@ -311,6 +397,14 @@ class CodeEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+            if not t.isascii():
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800", surrogateescape)
+                    raise ValueError(
+                        f"texts[{i}] holds a lone surrogate U+{ord(t[e.start]):04X} at character {e.start}: "
+                        "text must be valid Unicode (decode files as UTF-8)"
+                    ) from None
         return texts
 
     def encode(

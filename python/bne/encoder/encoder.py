@@ -25,6 +25,7 @@ from .base import (  # noqa: F401
     PROGRESS_THRESHOLD,
     CodeEncoder,
     available_heads,
+    clip_for_tokenizer,
     default_head,
     head_path,
     length_batches,
@@ -167,6 +168,7 @@ class Encoder(CodeEncoder):
     def _batches(self, texts: list[str], batch_size: int, show_progress: bool | None, desc: str):
         if not texts:
             return
+        texts = clip_for_tokenizer(self.tokenizer, texts, self.max_length)  # memory follows max_length
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         if show_progress is None:
             show_progress = len(texts) > PROGRESS_THRESHOLD

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import FOLDER_WEIGHTS, is_regular, length_batches, minilm_dir, open_regular  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
+from .base import FOLDER_WEIGHTS, clip_for_tokenizer, is_regular, length_batches, minilm_dir, open_regular  # noqa: F401  (minilm_dir re-exported: bne.encoder.model.minilm_dir)
 
 #: prajjwal1/bert-mini, the seed model's backbone, as a config (no download).
 BERT_MINI_CONFIG: dict[str, Any] = {
@@ -204,6 +204,7 @@ class BinaryEmbedder(nn.Module):
         dev = torch.device(device) if device is not None else next(self.parameters()).device
         out = torch.empty((len(texts), self.binary_dim), dtype=torch.float32)
         try:
+            texts = clip_for_tokenizer(tokenizer, texts, max_length)  # memory follows max_length
             ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
             for rows in length_batches([len(x) for x in ids], batch_size):
                 b = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")

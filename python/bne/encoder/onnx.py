@@ -25,6 +25,7 @@ from .base import (
     PROGRESS_THRESHOLD,
     CodeEncoder,
     bert_wordpiece,
+    clip_for_tokenizer,
     default_head,
     length_batches,
     minilm_dir,
@@ -173,13 +174,17 @@ class OnnxEncoder(CodeEncoder):
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="bne-tokenize")  # tokenizers releases the GIL
+        max_length = self.max_length
+
+        def tokenize(chunk: list[str]):
+            return tok.encode_batch(clip_for_tokenizer(tok, chunk, max_length))  # memory follows max_length
 
         def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-            nxt = pool.submit(tok.encode_batch, texts[:TOKENIZE_CHUNK])
+            nxt = pool.submit(tokenize, texts[:TOKENIZE_CHUNK])
             for c0 in range(0, len(texts), TOKENIZE_CHUNK):
                 encs = nxt.result()
                 if c0 + TOKENIZE_CHUNK < len(texts):
-                    nxt = pool.submit(tok.encode_batch, texts[c0 + TOKENIZE_CHUNK : c0 + 2 * TOKENIZE_CHUNK])
+                    nxt = pool.submit(tokenize, texts[c0 + TOKENIZE_CHUNK : c0 + 2 * TOKENIZE_CHUNK])
                 lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
                 for rows in length_batches(lens, batch_size):
                     width = int(lens[rows[0]])
