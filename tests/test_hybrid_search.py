@@ -25,6 +25,7 @@ from bne.errors import CollectionError
 from runner import run_main
 from test_cli_errors import one_line_error
 from test_collection import FakeEncoder
+from test_hybrid_store import drop_index_tag
 
 WORDS = [
     *("cat", "dog", "mat", "sun", "moon", "tree", "river", "stone", "bird", "fish", "apple", "bread", "cloud"),
@@ -244,11 +245,13 @@ def test_allow_restricts_both_sides(built, fake):
 
 
 def drop_lexical(path) -> None:
+    """The collection as an older bne wrote it: no lexical tables, no docstore tag on either side."""
     conn = sqlite3.connect(path_for(path))
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'lexp_%'").fetchall():
         conn.execute(f"DROP TABLE {name}")
     conn.commit()
     conn.close()
+    drop_index_tag(path)
 
 
 def snapshot_of(folder) -> dict[str, tuple[bytes, int]]:
@@ -293,6 +296,7 @@ def test_a_docstore_made_without_the_lexical_index_and_an_incomplete_one(tmp_pat
     store = DocStore(path, create=True, lexical=False)
     store.insert(range(40), DOCS[:40])
     store.commit()
+    drop_index_tag(path)  # an older bne's collection: no tag on either side
     with bne.Collection.open(path) as c:
         assert c.search(["cat"], 3).mode == "dense"
         steps = store.add_lexical(step=16)

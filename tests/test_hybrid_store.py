@@ -24,7 +24,7 @@ import pytest
 
 import bne
 from bne import collection as bcoll
-from bne import lexical, lexical_postings, lexical_segments, upkeep
+from bne import lexical, lexical_postings, lexical_segments, storage, upkeep
 from bne.corpus import Doc
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError, DocStoreError
@@ -94,12 +94,29 @@ def same_as_fresh(tmp_path, path, docs: list[Doc]) -> None:
 
 
 def make_older(path) -> None:
-    """The docstore as an older bne wrote it: no lexical tables."""
+    """The collection as an older bne wrote it: no lexical tables, and no docstore tag binding the
+    index to its docstore (neither side has one)."""
     db = sqlite3.connect(path_for(path))
     for t in ("lexp_seg", "lexp_post", "lexp_dead", "lexp_deldf", "lexp_meta"):
         db.execute(f"DROP TABLE {t}")
     db.commit()
     db.close()
+    drop_index_tag(path)
+
+
+def drop_index_tag(path) -> None:
+    """Rewrites the index file without the docstore tag in its metadata, as bne did before the tag
+    (its codes and ids as they are; a file with removed codes is not handled)."""
+    idx = bne.open(path)
+    try:
+        assert not len(idx.removed_positions())
+        meta = idx.metadata
+        meta.pop("docstore_tag", None)
+        header = storage.new_header(idx.bits, idx.bit_order, meta)
+        parts, max_id = [(np.array(idx.codes()), np.array(idx.ids()))], idx.info()["max_id"]
+    finally:
+        idx.close()
+    storage.save_atomic(path, header, parts, max_id)
 
 
 # -- the docstore's own lexical index ------------------------------------------------------------

@@ -14,13 +14,16 @@ input, encoding and committing run on three threads (:mod:`bne.ingest`), so neit
 the reader waits on the model (nor the model on them); Ctrl-C stops after the commit in flight.
 
 A docstore lives at ``docstore.path_for(P)``: ``P.docs.sqlite`` beside an index file ``P``, and
-``<folder>/corpus.docs.sqlite`` in a folder of shards. Its row ids are the index's ids.
+``<folder>/corpus.docs.sqlite`` in a folder of shards. Its row ids are the index's ids. A new
+index file and its docstore record one random tag (``docstore_tag``), checked at every open, so
+another collection's docstore put beside an index is refused (see :mod:`bne.upkeep`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +35,7 @@ from . import _core, distributed, hybrid, lexical, mapped, storage, upkeep
 from .codes import check_bits
 from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
-from .docstore import DocStore, StoredDoc, path_for
+from .docstore import TAG_KEY, DocStore, StoredDoc, path_for
 from .encoder.backend import INT8_MIN_DOCS
 from .errors import CollectionError, DocStoreError, IndexLockedError
 from .hybrid import Hit, SearchResult  # noqa: F401  (bne.collection.Hit, .SearchResult)
@@ -129,6 +132,7 @@ class Collection:
         try:
             recorded = ModelRef.from_metadata(idx.metadata, idx.bits)
             ref = _chosen_model(path, recorded, model, idx.bits)
+            upkeep.check_tag_at(path, idx.metadata)  # a docstore of another collection beside it
         except BaseException:
             idx.close()
             raise
@@ -288,7 +292,8 @@ class Collection:
 
     def _writer_store(self) -> DocStore:
         mode = stat.S_IMODE(os.stat(self.path).st_mode)  # the docstore holds the same corpus: same bits
-        return DocStore(self.path, create=True, file_mode=mode, threaded=True)
+        tag = None if self.index is None else upkeep.index_tag(self.index.metadata, self.path)
+        return DocStore(self.path, create=True, file_mode=mode, threaded=True, tag=tag)
 
     def _start_index(self) -> DocStore:
         """Creates the index file (and its docstore) at the first commit of a new collection.
@@ -297,14 +302,15 @@ class Collection:
         anything is there (two builds of one new path: one wins, the other changes nothing).
         The file's identity is kept, so a failure later removes only this build's own files."""
         assert self.model is not None  # create() always has one
-        header = storage.new_header(
-            check_bits(self.bits),
-            metadata={
-                **self.model.to_metadata(),
-                "max_length": self.encoder("bulk").max_length,
-                "created_by": f"bne {_core.__version__}",
-            },
-        )
+        metadata = {
+            **self.model.to_metadata(),
+            "max_length": self.encoder("bulk").max_length,
+            "created_by": f"bne {_core.__version__}",
+        }
+        tag = _new_tag()
+        if tag is not None:  # the docstore gets the same (in _writer_store): the two files are bound
+            metadata[TAG_KEY] = tag
+        header = storage.new_header(check_bits(self.bits), metadata=metadata)
         try:
             self._created[self.path] = storage.save_atomic(self.path, header, [], -1, overwrite=False)
         except FileExistsError:
@@ -456,8 +462,9 @@ class Collection:
         return info
 
     def verify(self) -> dict[str, Any]:
-        """Checks every checksum of the index, the docstore's integrity and its lexical index
-        against its rows; raises on damage. Returns what was checked."""
+        """Checks every checksum of the index, the docstore's integrity, that it is this index's
+        docstore (the tags, and a row for every live code: DocStoreMismatchError) and its lexical
+        index against its rows; raises on damage. Returns what was checked."""
         if self.index is None or self.sharded:
             raise CollectionError(f"{self.path}: verify takes an index file")
         self.index.verify()
@@ -474,6 +481,8 @@ class Collection:
             return out
         try:
             store.check_integrity()
+            upkeep.check_tag(store, self.index.metadata, self.path)
+            upkeep.verify_coverage(store, self.index, self.path)
             out["documents"] = store.count()
             out["past_commit"] = store.count_above(info["max_id"])
             out["lexical"] = upkeep.verify_lexical(store, self.index)  # raises on a mismatch
@@ -483,6 +492,11 @@ class Collection:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _new_tag() -> int | None:
+    """The tag binding a new index file to its docstore (63 bits: SQLite's INTEGER is signed)."""
+    return secrets.randbits(63)
 
 
 def check_new_path(path: str) -> None:

@@ -42,7 +42,10 @@ EXPECTED_SCHEMA = {
     **lexical_segments.EXPECTED_SCHEMA,  # present in docstores written since the lexical index (issue 17)
 }
 # lexp_meta keys of the docstore's own (the rest are lexical_postings'): 'ready' = 1 once every docs row
-# is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order)
+# is indexed; while 0, 'backfilled' is the highest docs id indexed so far (rows are indexed in id order);
+# 'docstore_tag' = the random tag of the index this docstore was made for (the same key in the index's
+# metadata), written once at creation; docstores of older bne have none (see upkeep.check_tag)
+TAG_KEY = "docstore_tag"
 LEXICAL_CHUNK = 4096  # texts tokenised per lexical insert: bounds the memory of one big insert
 LEXICAL_CHUNK_CHARS = 16 * 2**20  # and their characters (building postings takes ~12 bytes a character)
 LEXICAL_STEP = 65536  # rows per committed step of adding the lexical index (resumes from the last)
@@ -68,7 +71,9 @@ def _norm(sql: str | None) -> str:
 class DocStore:
     """``create=False`` (the default): read-only, the file must exist. ``create=True``: read-write,
     created when missing; ``file_mode`` gives a new file those permission bits (the index's).
-    ``lexical=False``: a new file gets no lexical index (a folder of shards keeps one per shard)."""
+    ``lexical=False``: a new file gets no lexical index (a folder of shards keeps one per shard).
+    ``tag``: a new file records it (``lexp_meta.docstore_tag``, with the lexical index only): the
+    tag its index's metadata holds, which binds the two files."""
 
     def __init__(
         self,
@@ -78,6 +83,7 @@ class DocStore:
         file_mode: int | None = None,
         threaded: bool = False,
         lexical: bool = True,
+        tag: int | None = None,
     ) -> None:
         self.path = path_for(index_path)
         self._threaded = threaded  # used from another thread than the one that opened it (one at a time)
@@ -123,6 +129,8 @@ class DocStore:
                     if lexical:
                         lexical_segments.create(self.db)
                         self.db.execute("INSERT INTO lexp_meta VALUES ('ready', 1)")
+                        if tag is not None:  # a row, not a table: an older bne opens the file as before
+                            self.db.execute("INSERT INTO lexp_meta VALUES (?, ?)", (TAG_KEY, int(tag)))
                     self.db.execute(f"PRAGMA user_version={USER_VERSION}")
                     self.db.commit()
 
@@ -232,6 +240,16 @@ class DocStore:
             return None
         row = self.db.execute("SELECT v FROM lexp_meta WHERE k = ?", (key,)).fetchone()
         return None if row is None else int(row[0])
+
+    @property
+    def tag(self) -> object:
+        """The tag of the index this docstore was made for (an int as bne writes it), or None where
+        it records none (an older bne, or no lexical index). One row read."""
+        with self._errors("read"):
+            if not self.has_lexical:
+                return None
+            row = self.db.execute("SELECT v FROM lexp_meta WHERE k = ?", (TAG_KEY,)).fetchone()
+        return None if row is None else row[0]
 
     @property
     def has_lexical(self) -> bool:

@@ -30,6 +30,11 @@ class CollectionError(ValueError):
     """A collection cannot be created, opened or used as asked (names the path)."""
 
 
+class DocStoreMismatchError(CollectionError):
+    """The docstore beside an index is not that index's: their tags differ, or live codes have no
+    text. The collection is inconsistent (the CLI exits 1, as for a damaged index); names both files."""
+
+
 class CheckpointError(ValueError):
     """A ``--resume`` file is not a bne training checkpoint (the message names it and what is wrong)."""
 

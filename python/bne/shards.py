@@ -123,6 +123,7 @@ def shard_index(
         raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
     total = sum(len(h) for h in heads)
     meta = dict(heads[0].metadata)
+    meta.pop("docstore_tag", None)  # binds the source to its docstore, not the shards
     top_id = max((int(np.max(h.ids())) for h in heads if h.npositions), default=-1)
     for h in heads:
         h.close()
