@@ -104,7 +104,8 @@ def run_pipeline(
         result.repeated += len(todo) - len(kept)
         todo = kept
         while todo:
-            take, room = [], COMMIT_CHARS - pending_chars
+            take: list[Doc] = []
+            room = COMMIT_CHARS - pending_chars
             for d in todo[: commit_every - len(pending)]:  # at least one, then up to the character bound
                 if take and doc_chars(d) > room:
                     break
