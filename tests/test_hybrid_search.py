@@ -19,7 +19,7 @@ import bne
 from bne import collection as bcoll
 from bne import hybrid, lexical
 from bne.corpus import Doc, doc_text
-from bne.docstore import DocStore, path_for
+from bne.docstore import DocStore, StoredDoc, path_for
 from bne.encoder.base import search_codes
 from bne.errors import CollectionError
 from runner import run_main
@@ -618,7 +618,7 @@ def test_a_reader_leaves_out_what_a_newer_commit_removed(tmp_path, fake):
         assert "d7" not in [d for _, d in got] and all(h.text for h in res.hits[0]), (mode, got)
         assert [r for r, _ in got] == list(range(1, len(got) + 1))
         if mode == "dense":  # (the lexical side reads the docstore's newest commit: d7 is not found there)
-            assert len(got) == 2 and "1 hit(s) left out: removed by a commit newer" in (res.note or "")
+            assert len(got) == 2 and "1 hit(s) left out: not in the docstore" in (res.note or "")
     assert reader.refresh()
     res = reader.search(q, 3, mode="dense")
     assert res.note is None and len(res.hits[0]) == 3 and "d7" not in [h.doc_id for h in res.hits[0]]
@@ -660,7 +660,7 @@ class _ShardedColl:
 
 def test_a_folder_of_shards_fuses_its_lexical_search(fake):
     coll = _ShardedColl(fake)
-    docs = lambda ids: ({}, None)  # noqa: E731
+    docs = lambda ids: ({int(i): StoredDoc(f"x{i}", "", "text", "") for i in ids}, None)  # noqa: E731
     res = hybrid.search(
         coll, ["cat dog", "!!"], 4, mode=None, rescore=None, threads=None, allow=None, rrf_k=60.0, depth=20,
         weights=(1.0, 1.0), documents=docs,
@@ -699,7 +699,7 @@ def test_huge_index_ids_allocate_no_huge_mask(tmp_path, fake):
         res = c.search([texts[2], texts[1]], 3)
         mask = c.lexical.live_mask(c.index)
     assert res.mode == "hybrid" and mask.tolist() == [True, True]  # row 2 is no index id: never a lexical hit
-    big = next(h for h in res.hits[0] if h.id == 10**15)
-    assert (big.dense_rank, big.lexical_rank, big.distance, big.doc_id) == (1, None, 0, str(10**15))
+    # the code with no document is left out, with a note, rather than shown with no text under its number
+    assert 10**15 not in [h.id for h in res.hits[0]] and "1 hit(s) left out: not in the docstore" in res.note
     assert res.hits[1][0].id == 1 and (res.hits[1][0].dense_rank, res.hits[1][0].lexical_rank) == (1, 1)
     assert 2 not in [h.id for row in res.hits for h in row]

@@ -374,9 +374,12 @@ def search(
     found = np.array(sorted({r[0] for row in rows for r in row}), np.int64)
     docs, warning = documents(found)
     gone = {int(i) for i in found} - docs.keys() if warning is None else set()
-    if gone:  # removed by a commit newer than this reader's snapshot: its text and own id are gone
+    if gone:  # removed by a commit newer than this reader's snapshot (or never stored): no text, no own id
         rows = [[r for r in row if r[0] not in gone] for row in rows]
-        left_out = f"{len(gone)} hit(s) left out: removed by a commit newer than this reader's (refresh() to see it)"
+        left_out = (
+            f"{len(gone)} hit(s) left out: not in the docstore (removed by a commit newer than this "
+            "reader's: refresh() to search it; or codes added without their documents)"
+        )
         note = "; ".join(x for x in (note, left_out) if x)
     hits = []
     for row in rows:
