@@ -173,12 +173,13 @@ def _delimited(path: Path, delimiter: str) -> Iterator[Doc]:
 
 
 def _txt(path: Path) -> Iterator[Doc]:
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # occurrences by key, not by line: the lines themselves are not kept
     for lineno, line in read_lines(path):
         line = line.rstrip("\r\n")
         if line.strip():
-            n = seen[line] = seen.get(line, 0) + 1
-            yield Doc(txt_key(line, n), line, meta=json.dumps({"file": path.name, "line": lineno}))
+            key = txt_key(line)
+            n = seen[key] = seen.get(key, 0) + 1
+            yield Doc(key if n == 1 else f"{key}-{n}", line, meta=json.dumps({"file": path.name, "line": lineno}))
 
 
 def read_corpus(path: str | os.PathLike) -> Iterator[Doc]:
