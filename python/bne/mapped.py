@@ -13,6 +13,7 @@ import inspect
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, cast
 
@@ -29,10 +30,16 @@ class _Snapshot(_SearchMixin):
     tombstones and the caches built over them. Every read of the index (search, ids, lookups)
     goes through the snapshot current when it starts, so a refresh() in another thread, which
     installs a new snapshot with one assignment, never mixes two commits inside one call. The
-    numpy views keep their mapping alive while a snapshot uses them."""
+    numpy views keep their mapping alive while a snapshot uses them.
+
+    It holds its MappedIndex through a weak reference: a strong one would make a cycle, and a
+    writer or reader dropped without close() would keep its descriptor (and the writer lock)
+    until the cycle collector ran. Every call that reads a snapshot runs inside a method of its
+    MappedIndex, which keeps the owner alive for that call."""
 
     def __init__(self, owner: MappedIndex, parts: list[_Part], tomb: np.ndarray, end: int, fd: int) -> None:
-        self._owner, self._p, self._tomb, self._end, self._fd = owner, parts, tomb, end, fd
+        self._owner_ref = weakref.ref(owner)
+        self._p, self._tomb, self._end, self._fd = parts, tomb, end, fd
         self._ino = os.fstat(fd).st_ino  # which file: a descriptor number can be reused
         self.bits, self.code_bytes, self.path = owner._header.bits, owner._header.code_bytes, owner.path
         self._own_fd = -1  # set when a refresh moved the index to a new file: this closes the old one
@@ -45,9 +52,12 @@ class _Snapshot(_SearchMixin):
         return self._tomb
 
     def _check_mapping(self) -> None:
-        self._owner._check_open()
-        st = os.fstat(self._owner._fd)
-        if self._fd != self._owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
+        owner = self._owner_ref()
+        if owner is None:
+            raise ValueError(f"{self.path}: index is closed")
+        owner._check_open()
+        st = os.fstat(owner._fd)
+        if self._fd != owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
             return
         size = st.st_size
         if size < self._end:
