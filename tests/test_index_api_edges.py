@@ -124,3 +124,54 @@ def test_running_search_keeps_its_snapshot_after_the_last_reference_goes(tmp_pat
         del old
         assert nfds() == before
         r.close()
+
+
+# -- 2. a file truncated under a reader: every read raises, none is SIGBUS ----------------------
+
+TRUNCATED = """
+import os, sys, numpy as np, bne
+db = np.random.default_rng(1).integers(0, 256, (5000, 128), dtype=np.uint8)
+i = bne.Index(1024)
+i.add(db, ids=np.arange(5000) * 3)
+i.remove([3])
+i.save(sys.argv[1])
+r = bne.open(sys.argv[1])
+os.truncate(sys.argv[1], 50000)
+try:
+    out = eval(sys.argv[2])
+except bne.IndexFormatError as e:
+    print("IndexFormatError", "shrank" in str(e))
+else:
+    print("returned", type(out).__name__)
+"""
+
+# Calls that read codes or ids of the mapping must refuse; the others return without reading it.
+READS = [
+    "r.reconstruct(3 * 4999)",
+    "r.reconstruct([0, 3 * 4999])",
+    "r.ids_at([4999])",
+    "r.ids_at(np.array([0]))",
+    "r.positions_of([3 * 4999])",
+    "r.ids()",
+    "r.codes()",
+    "r.verify()",
+    "r.search(db[:2], 3)",
+    "r.search(db[:2], 3, allow=[0, 3])",
+    "r.range_search(db[:2], 10)",
+    "r.compact(sys.argv[1] + '.copy')",
+]
+NO_READS = ["r.removed_positions()", "r.info()", "len(r)", "r.npositions", "r.refresh()"]
+
+
+@pytest.mark.parametrize("call", READS + NO_READS)
+def test_truncated_file_raises_instead_of_sigbus(tmp_path, call):
+    p = subprocess.run(
+        [sys.executable, "-c", TRUNCATED, str(tmp_path / "tr.bne"), call], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, (p.returncode, p.stderr[-500:])  # -7: killed by SIGBUS
+    if call == "r.verify()":  # verify rereads the commit records: it names what is missing
+        assert p.stdout.startswith("IndexFormatError"), p.stdout
+    elif call in READS:
+        assert p.stdout.strip() == "IndexFormatError True", p.stdout
+    else:
+        assert p.stdout.startswith(("returned", "IndexFormatError True")), p.stdout

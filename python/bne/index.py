@@ -229,6 +229,7 @@ class _SearchMixin:
     # -- ids --------------------------------------------------------------------------------
     def ids(self) -> np.ndarray:
         """External ids of every stored position (removed ones included), in insertion order."""
+        self._check_mapping()
         out = [p.ids if p.ids is not None else np.arange(p.base, p.base + p.n, dtype=np.int64) for p in self._parts()]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
@@ -249,6 +250,7 @@ class _SearchMixin:
         """The ids stored at `positions` (-1 where a position is -1 or out of range)."""
         positions = np.asarray(positions, np.int64)
         out = np.full(positions.shape, -1, np.int64)
+        self._check_mapping()
         for p, sel, local in self._by_part(positions):
             out[sel] = local + p.base if p.ids is None else p.ids[local]
         return out
@@ -295,6 +297,7 @@ class _SearchMixin:
         ids = lookup_ids(ids).reshape(shape)
         pos = self.positions_of(ids.ravel())
         out = np.zeros((len(pos), self.code_bytes), np.uint8)
+        self._check_mapping()
         for p, sel, local in self._by_part(pos):
             out[sel] = p.codes[local]
         return out.reshape(*ids.shape, self.code_bytes)
@@ -412,7 +415,8 @@ class _SearchMixin:
         return lims, D, self.ids_at(P)
 
     def _check_mapping(self) -> None:
-        """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS)."""
+        """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS).
+        Every method that reads codes or ids of the mapping calls it first."""
 
     # -- shared mutation helpers ---------------------------------------------------------------
     def _new_ids(self, n: int, ids: object, max_id: int) -> np.ndarray:

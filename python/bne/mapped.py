@@ -315,6 +315,7 @@ class MappedIndex(_SearchMixin):
     def codes(self) -> np.ndarray:
         """All stored codes (removed ones included): the mapped array itself for a one-segment
         file (no copy), a concatenated copy otherwise."""
+        self._check_mapping()
         parts = [p.codes for p in self._parts()]
         if len(parts) == 1:
             return parts[0]
@@ -368,6 +369,7 @@ class MappedIndex(_SearchMixin):
         if path is None:
             self._check_writable("compact() in place")
             self.commit()
+        self._check_mapping()
         keep = np.ones(self.npositions, bool)
         keep[self._tomb] = False
         codes, ids = self.codes()[keep], self.ids()[keep]
