@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import bne
+from bne import IndexFormatError
 from bne import index as index_mod
 
 
@@ -175,3 +176,32 @@ def test_truncated_file_raises_instead_of_sigbus(tmp_path, call):
         assert p.stdout.strip() == "IndexFormatError True", p.stdout
     else:
         assert p.stdout.startswith(("returned", "IndexFormatError True")), p.stdout
+
+
+# -- 3. bne.open checks bit_order against the file ------------------------------------------------
+
+
+def test_open_checks_bit_order(tmp_path):
+    big, little = str(tmp_path / "big.bne"), str(tmp_path / "little.bne")
+    i = bne.Index(64)
+    i.add(rand(5, 8))
+    i.save(big)
+    i.save(little, bit_order="little")
+    assert bne.open(little).bit_order == "little"  # the default opens either order
+    assert bne.open(big, bit_order="big").bit_order == "big"
+    assert bne.open(little, "a", bit_order="little").bit_order == "little"
+    for mode in ("r", "a"):
+        with pytest.raises(IndexFormatError, match="'little' bit order, expected 'big'"):
+            bne.open(little, mode, bit_order="big")
+        with pytest.raises(IndexFormatError, match="'big' bit order, expected 'little'"):
+            bne.open(big, mode, bit_order="little")
+        with pytest.raises(ValueError, match="bit_order must be 'big'.*got 'foo'"):
+            bne.open(big, mode, bit_order="foo")
+    w = bne.open(little, "a")  # the refused opens released the writer lock
+    w.close()
+    new = str(tmp_path / "new.bne")
+    with pytest.raises(ValueError, match="bit_order"):
+        bne.open(new, "a", bits=64, bit_order="foo")
+    assert not os.path.exists(new)  # refused before creating anything
+    assert bne.open(new, "a", bits=64).bit_order == "big"
+    assert bne.open(str(tmp_path / "new2.bne"), "a", bits=64, bit_order="little").bit_order == "little"

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, cast
 import numpy as np
 
 from . import _core, fileformat, storage
-from .codes import check_bits, check_codes
+from .codes import check_bit_order, check_bits, check_codes
 from .errors import IndexFormatError
 from .index import _Part, _Rows, _SearchMixin
 
@@ -89,11 +89,13 @@ class MappedIndex(_SearchMixin):
         expect_bits: int | None = None,
         bits: int | None = None,
         metadata: dict | None = None,
-        bit_order: str = "big",
+        bit_order: str | None = None,
         repair: bool = False,
     ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
+        if bit_order is not None:
+            check_bit_order(bit_order)
         self.path = os.fspath(path)
         self.mode = mode
         self._fd = -1
@@ -104,7 +106,7 @@ class MappedIndex(_SearchMixin):
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
             with contextlib.suppress(FileExistsError):  # another process created it first: append to theirs
                 storage.save_atomic(
-                    self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1, overwrite=False
+                    self.path, storage.new_header(check_bits(bits), bit_order or "big", metadata), [], -1, overwrite=False
                 )
         self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
@@ -112,6 +114,10 @@ class MappedIndex(_SearchMixin):
             expect_bits = expect_bits if expect_bits is not None else bits
             if expect_bits is not None and expect_bits != self.bits:
                 raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
+            if bit_order is not None and bit_order != self.bit_order:  # distances would be silently wrong
+                raise IndexFormatError(
+                    f"{self.path}: index holds codes in {self.bit_order!r} bit order, expected {bit_order!r}"
+                )
             if mode == "a":
                 self._repair(repair)
                 storage.clean_temps(storage.real_target(self.path))
@@ -445,7 +451,9 @@ def open(*args: Any, **kwargs: Any) -> MappedIndex:
     ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
     ``mode="a"``: append (one writer at a time, a file lock); creates the file when ``bits`` is
     given and it does not exist. ``verify=True`` checks every checksum first. ``expect_bits``
-    raises IndexFormatError when the file holds codes of another width. A writer repairs what a
+    raises IndexFormatError when the file holds codes of another width; ``bit_order`` ('big' or
+    'little') likewise when the file records the other order (None: whatever the file has; a
+    new file gets 'big' unless given). A writer repairs what a
     crash leaves (a torn tail, a torn commit slot) but refuses a file where that could drop a
     commit whose record was lost (a zeroed slot with data after the last valid commit);
     ``repair=True`` accepts that loss explicitly.
