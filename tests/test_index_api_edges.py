@@ -205,3 +205,71 @@ def test_open_checks_bit_order(tmp_path):
     assert not os.path.exists(new)  # refused before creating anything
     assert bne.open(new, "a", bits=64).bit_order == "big"
     assert bne.open(str(tmp_path / "new2.bne"), "a", bits=64, bit_order="little").bit_order == "little"
+
+
+# -- 4. allow= takes any iterable of ids, as remove() does ----------------------------------------
+
+
+def small_index():
+    i = bne.Index(64)
+    i.add(np.arange(80, dtype=np.uint8).reshape(10, 8), ids=np.arange(10) * 10)
+    return i
+
+
+@pytest.mark.parametrize(
+    "allow, want",
+    [
+        ([], []),
+        (np.array([], np.int64), []),
+        ({20, 30}, [20, 30]),
+        ((x for x in [40]), [40]),
+        ({50: "a", 60: "b"}.keys(), [50, 60]),
+        (frozenset([70]), [70]),
+        (range(0, 30, 10), [0, 10, 20]),
+        ([True] + [False] * 9, [0]),
+        (np.arange(10) == 3, [30]),
+        ([5, 2**63 - 1], []),  # absent ids
+    ],
+)
+def test_allow_takes_what_remove_takes(allow, want):
+    i = small_index()
+    q = i.codes()[:2]
+    D, ids = i.search(q, 4, allow=allow)
+    assert sorted(set(ids[0].tolist()) - {-1}) == sorted(want)
+    assert (ids[:, len(want) :] == -1).all() and (D[:, len(want) :] == bne.PAD_DISTANCE).all()
+
+
+def test_allow_on_a_file_and_range_search(tmp_path):
+    i = small_index()
+    i.save(tmp_path / "a.bne")
+    r = bne.open(tmp_path / "a.bne")
+    q = i.codes()[:1]
+    assert (r.search(q, 3, allow=[])[1] == -1).all()
+    assert r.search(q, 3, allow={90, 10})[1].tolist() == [[10, 90, -1]]
+    lims, D, ids = r.range_search(q, 64, allow=(x for x in [0, 20]))
+    assert sorted(ids.tolist()) == [0, 20]
+    lims, D, ids = r.range_search(q, 64, allow=[])
+    assert lims.tolist() == [0, 0] and len(ids) == 0
+
+
+@pytest.mark.parametrize("bad", [[2**64], [2**63, 0, 1], [2**63, -1], [[2**70]]])
+def test_out_of_range_python_ints_are_a_range_error(bad):
+    i = small_index()
+    q = i.codes()[:1]
+    with pytest.raises(ValueError, match=r"allow must be integers in 0\.\.2\*\*63-1, got \["):
+        i.search(q, 2, allow=bad)
+    with pytest.raises(ValueError, match=r"ids must be integers in 0\.\.2\*\*63-1"):
+        i.remove(bad)
+    flat = np.array(bad, dtype=object).ravel().tolist()
+    with pytest.raises(ValueError, match=r"ids must be integers in 0\.\.2\*\*63-1, got \[\d+"):
+        i.add(np.zeros((len(flat), 8), np.uint8), ids=flat)
+    assert len(i) == 10
+
+
+def test_allow_still_refuses_floats_and_bad_masks():
+    i = small_index()
+    q = i.codes()[:1]
+    with pytest.raises(TypeError, match="allow must be a list/array of ids or a bool mask, got dtype float64"):
+        i.search(q, 2, allow=[1.5])
+    with pytest.raises(ValueError, match=r"bool mask must have shape \(10,\)"):
+        i.search(q, 2, allow=np.zeros(3, bool))

@@ -27,17 +27,36 @@ PAD_DISTANCE = int(np.iinfo(np.int32).max)
 MAX_ID = int(np.iinfo(np.int64).max)
 
 
-def integer_array(ids: object, what: str) -> np.ndarray:
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def integer_array(ids: object, what: str, expected: str = "integers (int64)") -> np.ndarray:
+    """`ids` as an integer array (any iterable; [] is int64); TypeError "{what} must be
+    {expected}, got dtype ..." for other dtypes, ValueError for ints outside 0..2**63-1 that
+    numpy cannot hold as integers."""
     if isinstance(ids, Iterable) and not isinstance(ids, (Sequence, np.ndarray)):
-        ids = list(ids)  # a set or a generator: numpy would make one object of it
+        ids = list(ids)  # a set, a generator, dict keys: numpy would make one object of them
     a = np.asarray(ids)
     if a.size == 0 and a.dtype != np.bool_:
         return a.astype(np.int64)  # [] is float64 to numpy
-    if a.dtype == np.object_:  # Python ints too large for int64 / uint64
-        raise ValueError(f"{what} must be integers in 0..2**63-1")
+    if a.dtype == np.object_ or (a.dtype.kind == "f" and not isinstance(ids, np.ndarray) and all(map(_is_int, _flat(ids)))):
+        # Python ints outside int64/uint64 (object), or a list mixing 2**63.. with small or
+        # negative ints (numpy makes floats of it): a range error, not a dtype one.
+        bad = [int(v) for v in _flat(ids) if _is_int(v) and not 0 <= v <= MAX_ID][:5]  # type: ignore[operator]
+        raise ValueError(f"{what} must be integers in 0..2**63-1" + (f", got {bad}" if bad else ""))
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{what} must be integers (int64), got dtype {a.dtype}")
+        raise TypeError(f"{what} must be {expected}, got dtype {a.dtype}")
     return a
+
+
+def _flat(x: object) -> Iterator[object]:
+    """The scalars of nested lists/tuples/arrays (for naming bad values in an error)."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x
 
 
 def _check_ids(ids: object, n: int) -> np.ndarray:
@@ -306,17 +325,17 @@ class _SearchMixin:
     def _allowed_positions(self, allow: object) -> np.ndarray | None:
         if allow is None:
             return None
-        a = np.asarray(allow)
+        if isinstance(allow, Iterable) and not isinstance(allow, (Sequence, np.ndarray)):
+            allow = list(allow)  # a set, a generator, dict keys: as remove() takes them
+        a = np.asarray(allow) if isinstance(allow, (Sequence, np.ndarray)) else None
         n = self.npositions
-        if a.dtype == np.bool_:
+        if a is not None and a.dtype == np.bool_:
             if a.shape != (n,):
                 raise ValueError(
                     f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}"
                 )
             return np.flatnonzero(a)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"allow must be a list/array of ids or a bool mask, got dtype {a.dtype}")
-        pos = self.positions_of(a)
+        pos = self.positions_of(integer_array(allow, "allow", "a list/array of ids or a bool mask"))
         return np.unique(pos[pos >= 0])
 
     def _search_bits(self, allowed: np.ndarray | None) -> np.ndarray | None:
