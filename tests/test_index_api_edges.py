@@ -10,15 +10,14 @@ import gc
 import os
 import subprocess
 import sys
-import textwrap
 import threading
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import bne
 from bne import IndexFormatError
-from bne import index as index_mod
 
 
 def rand(n, nbytes=16, seed=0):
@@ -273,3 +272,73 @@ def test_allow_still_refuses_floats_and_bad_masks():
         i.search(q, 2, allow=[1.5])
     with pytest.raises(ValueError, match=r"bool mask must have shape \(10,\)"):
         i.search(q, 2, allow=np.zeros(3, bool))
+
+
+# -- 5. the result limit is checked on the shape, before any copy ---------------------------------
+
+
+def peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("layout", ["broadcast", "fortran", "strided"])
+def test_search_refuses_before_copying_the_queries(monkeypatch, tmp_path, layout):
+    monkeypatch.setenv("BNE_MAX_RESULT_BYTES", str(10**6))
+    db = rand(1000, 128, seed=4)
+    n = 100_000  # 12.8 MB of queries; the results need 12 MB, over the 1 MB limit
+    q = {
+        "broadcast": np.broadcast_to(db[:1], (n, 128)),
+        "fortran": np.asfortranarray(np.repeat(db, n // 1000, 0)),
+        "strided": np.repeat(db, 2 * n // 1000, 0)[::2],
+    }[layout]
+    assert not q.flags.c_contiguous
+    i = bne.Index(1024)
+    i.add(db)
+    i.save(tmp_path / "q.bne")
+    r = bne.open(tmp_path / "q.bne")
+    for call in (lambda: i.search(q, 10), lambda: r.search(q, 10), lambda: bne.knn(db, q, 10)):
+
+        def run(call=call):
+            with pytest.raises(bne.ResultTooLargeError, match=r"k=10 asks for results for 100000 queries"):
+                call()
+
+        assert peak_bytes(run) < 10**6  # a copy of the queries would be 12.8 MB
+
+
+def test_non_contiguous_queries_still_searched_exactly(monkeypatch):
+    db = rand(300, 16, seed=5)
+    i = bne.Index(128)
+    i.add(db)
+    q = np.asfortranarray(db[:7])
+    want = i.search(np.ascontiguousarray(q), 4)
+    for got in (i.search(q, 4), i.search(db[:14:2], 4)):
+        assert got[1].shape == (7, 4)
+    assert np.array_equal(i.search(q, 4)[1], want[1])
+    lims, D, ids = i.range_search(q, 0)
+    assert ids.tolist() == list(range(7))
+    assert np.array_equal(bne.hamming(q, db[::3]), bne.hamming(db[:7], np.ascontiguousarray(db[::3])))
+
+
+def test_hamming_has_the_result_limit(monkeypatch):
+    a = rand(20000, 16, seed=6)
+    monkeypatch.setenv("BNE_MAX_RESULT_BYTES", str(10**6))
+
+    def run():
+        with pytest.raises(
+            bne.ResultTooLargeError, match=r"bne\.hamming of 20000 x 20000 rows .*needs 1\.49 GiB, over"
+        ):
+            bne.hamming(a, a)
+
+    assert peak_bytes(run) < 10**6
+    b = np.broadcast_to(a[:1], (20000, 16))
+    with pytest.raises(bne.ResultTooLargeError, match="20000 x 20000"):
+        bne.hamming(b, b)
+    assert bne.hamming(a[:100], a[:2000]).shape == (100, 2000)  # 800 KB: under the limit
+    with pytest.raises(bne.ResultTooLargeError, match=r"100 x 3000 rows"):
+        bne.hamming(a[:100], a[:3000])

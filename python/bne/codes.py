@@ -101,11 +101,12 @@ def check_uint8(x: object, name: str) -> np.ndarray:
     return x
 
 
-def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarray:
+def check_codes(x: object, name: str, code_bytes: int | None = None, *, contiguous: bool = True) -> np.ndarray:
     """A C-contiguous (n, code_bytes) uint8 array, or a TypeError/ValueError naming ``name``.
 
     1-D arrays are refused (use ``x.reshape(1, -1)`` for one code); non-contiguous arrays are
-    accepted and copied once.
+    accepted and copied once (``contiguous=False``: not yet, so that a caller can check the
+    result size on the shape before the copy).
     """
     a = check_uint8(x, name)
     if a.ndim != 2:
@@ -117,7 +118,7 @@ def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarr
         raise ValueError(f"{name} must have {code_bytes} bytes per row ({code_bytes * 8} bits), got {a.shape[1]}")
     if code_bytes is None and (a.shape[1] == 0 or a.shape[1] % 8):
         raise ValueError(f"{name} must have a multiple of 8 bytes per row (bits a multiple of 64), got {a.shape[1]}")
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a) if contiguous else a
 
 
 #: Widest code an index takes: 2**20 bits (128 KiB per code), far above any text embedding;

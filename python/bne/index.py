@@ -40,7 +40,9 @@ def integer_array(ids: object, what: str, expected: str = "integers (int64)") ->
     a = np.asarray(ids)
     if a.size == 0 and a.dtype != np.bool_:
         return a.astype(np.int64)  # [] is float64 to numpy
-    if a.dtype == np.object_ or (a.dtype.kind == "f" and not isinstance(ids, np.ndarray) and all(map(_is_int, _flat(ids)))):
+    if a.dtype == np.object_ or (
+        a.dtype.kind == "f" and not isinstance(ids, np.ndarray) and all(map(_is_int, _flat(ids)))
+    ):
         # Python ints outside int64/uint64 (object), or a list mixing 2**63.. with small or
         # negative ints (numpy makes floats of it): a range error, not a dtype one.
         bad = [int(v) for v in _flat(ids) if _is_int(v) and not 0 <= v <= MAX_ID][:5]  # type: ignore[operator]
@@ -123,6 +125,19 @@ def _check_result_size(nq: int, k: int, n: int) -> None:
     if k > n:
         advice += f" (the index holds {n} codes: slots past them are only padding)"
     check_result_bytes(nq * k * 12, f"k={k} asks for results for {nq} queries, which", advice)
+
+
+def contiguous_codes(a: np.ndarray, name: str) -> np.ndarray:
+    """A checked code array made C-contiguous, after the result-size check: a copy of a
+    non-contiguous (broadcast, Fortran-order, strided) array is refused past the same limit."""
+    if a.flags.c_contiguous:
+        return a
+    check_result_bytes(
+        a.shape[0] * a.shape[1],
+        f"copying the non-contiguous {name} ({a.shape[0]} rows)",
+        "pass fewer rows at once or a C-contiguous array",
+    )
+    return np.ascontiguousarray(a)
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -378,12 +393,13 @@ class _SearchMixin:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns stored positions (insertion order, -1 = padding)
         instead of ids: what a sharded search merges under the tie rule."""
-        q = check_codes(queries, "queries", self.code_bytes)
+        q = check_codes(queries, "queries", self.code_bytes, contiguous=False)
         k = check_k(k)
         threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("search on an empty index: add codes first")
-        _check_result_size(len(q), k, len(self))
+        _check_result_size(len(q), k, len(self))  # on the shape, before any copy of the queries
+        q = contiguous_codes(q, "queries")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
         return _core.search_segments(self._views(), q, k, threads, bits)
@@ -409,7 +425,7 @@ class _SearchMixin:
         more stops early and raises ResultTooLargeError naming the cap: FAISS grows its result
         without bound, and a large radius can match every code for every query.
         """
-        q = check_codes(queries, "queries", self.code_bytes)
+        q = contiguous_codes(check_codes(queries, "queries", self.code_bytes, contiguous=False), "queries")
         radius = check_radius(radius)
         threads = check_threads(threads)
         by_limit = max_results is None
@@ -539,20 +555,28 @@ class Index(_SearchMixin):
 
 def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against a code array without building an index; ids are row numbers."""
-    c = check_codes(codes, "codes")
-    q = check_codes(queries, "queries", c.shape[1])
+    c = check_codes(codes, "codes", contiguous=False)
+    q = check_codes(queries, "queries", c.shape[1], contiguous=False)
     k = check_k(k)
     if len(c) == 0:
         raise ValueError("codes is empty: nothing to search")
     _check_result_size(len(q), k, len(c))
+    c, q = contiguous_codes(c, "codes"), contiguous_codes(q, "queries")
     return _core.knn(c, q, k, check_threads(threads))
 
 
 def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.ndarray:
-    """Pairwise Hamming distances between rows of ``a`` and ``b``: int32 of shape ``(len(a), len(b))``."""
-    ca = check_codes(a, "a")
-    cb = check_codes(b, "b", ca.shape[1])
-    return _core.hamming(ca, cb, check_threads(threads))
+    """Pairwise Hamming distances between rows of ``a`` and ``b``: int32 of shape ``(len(a), len(b))``.
+    A matrix over the result limit (:func:`max_result_bytes`) raises ResultTooLargeError first."""
+    ca = check_codes(a, "a", contiguous=False)
+    cb = check_codes(b, "b", ca.shape[1], contiguous=False)
+    threads = check_threads(threads)
+    check_result_bytes(
+        len(ca) * len(cb) * 4,
+        f"bne.hamming of {len(ca)} x {len(cb)} rows (an int32 matrix), which",
+        "compare fewer rows at once, or use knn / an Index for the nearest codes only",
+    )
+    return _core.hamming(contiguous_codes(ca, "a"), contiguous_codes(cb, "b"), threads)
 
 
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:

@@ -106,7 +106,11 @@ class MappedIndex(_SearchMixin):
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
             with contextlib.suppress(FileExistsError):  # another process created it first: append to theirs
                 storage.save_atomic(
-                    self.path, storage.new_header(check_bits(bits), bit_order or "big", metadata), [], -1, overwrite=False
+                    self.path,
+                    storage.new_header(check_bits(bits), bit_order or "big", metadata),
+                    [],
+                    -1,
+                    overwrite=False,
                 )
         self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
