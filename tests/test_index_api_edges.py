@@ -342,3 +342,90 @@ def test_hamming_has_the_result_limit(monkeypatch):
     assert bne.hamming(a[:100], a[:2000]).shape == (100, 2000)  # 800 KB: under the limit
     with pytest.raises(bne.ResultTooLargeError, match=r"100 x 3000 rows"):
         bne.hamming(a[:100], a[:3000])
+
+
+# -- 6. one-line errors instead of overflows and pybind dumps -------------------------------------
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    text = str(e.value)
+    assert "\n" not in text and "incompatible function arguments" not in text
+    return text
+
+
+def test_default_ids_exhausted(tmp_path):
+    c = rand(1, 8)
+    i = bne.Index(64)
+    i.add(c, ids=[2**63 - 1])
+    w = bne.open(tmp_path / "x.bne", "a", bits=64)
+    w.add(c, ids=[2**63 - 2])
+    w.add(c)  # takes the last id, 2**63-1
+    for index in (i, w):
+        before = (len(index), index.ids().tolist())
+        with pytest.raises(ValueError, match=r"default ids are exhausted: .* stop at 2\*\*63-1; pass ids=") as e:
+            index.add(rand(3, 8))
+        one_line(e)
+        assert (len(index), index.ids().tolist()) == before  # nothing changed
+        index.add(c, ids=[7])  # explicit ids still work
+    assert w.ids().tolist() == [2**63 - 2, 2**63 - 1, 7]
+    w.close()
+
+
+@pytest.mark.parametrize("threads", [2**31, 2**63, 10**30])
+def test_huge_threads_are_clamped(threads):
+    i = small_index()
+    q = i.codes()[:2]
+    want = i.search(q, 3)
+    assert np.array_equal(i.search(q, 3, threads=threads)[1], want[1])
+    assert i.range_search(q, 8, threads=threads)[2].tolist() == i.range_search(q, 8)[2].tolist()
+    assert np.array_equal(bne.knn(i.codes(), q, 3, threads=threads)[1], np.array(want[1]) // 10)
+    assert bne.hamming(q, q, threads=threads).shape == (2, 2)
+    before = bne.get_num_threads()
+    try:
+        bne.set_num_threads(0)
+        cores = bne.get_num_threads()
+        bne.set_num_threads(threads)
+        assert bne.get_num_threads() == cores  # clamped to the cores
+    finally:
+        bne.set_num_threads(before)
+
+
+def test_set_num_threads_checks_its_argument():
+    for bad, err in ((1.5, TypeError), ("2", TypeError), (-1, ValueError), (True, TypeError)):
+        with pytest.raises(err, match="threads must be") as e:
+            bne.set_num_threads(bad)
+        one_line(e)
+
+
+def test_huge_radius_and_max_results():
+    i = small_index()
+    q = i.codes()[:2]
+    every = i.range_search(q, 64)
+    for radius in (65, 2**40, 2**63, 2**70):
+        got = i.range_search(q, radius)
+        assert all(np.array_equal(a, b) for a, b in zip(got, every, strict=True))
+    for cap in (2**63 - 1, 2**63, 2**70):
+        got = i.range_search(q, 64, max_results=cap)
+        assert all(np.array_equal(a, b) for a, b in zip(got, every, strict=True))
+    with pytest.raises(bne.ResultTooLargeError, match="more than 5 results"):
+        i.range_search(q, 2**70, max_results=5)
+
+
+def test_split_ranges_checks_its_inputs():
+    lims, D, ids = small_index().range_search(rand(3, 8, seed=9), 40)
+    assert [len(x) for x in bne.split_ranges(lims, ids)] == np.diff(lims).tolist()
+    assert bne.split_ranges(np.array([0], np.uint64), np.arange(0)) == []
+    for bad_lims, values in (
+        (np.array([0, 5]), np.arange(3)),  # ends past the values
+        ([3, 1], np.arange(3)),  # does not start at 0
+        ([0, 2, 1, 3], np.arange(3)),  # decreases
+        ([0, 1], np.arange(3)),  # ends before the values
+        (np.array([0, 2, 1, 3], np.uint64), np.arange(3)),
+    ):
+        with pytest.raises(ValueError, match=r"lims must start at 0, never decrease and end at len\(values\) = 3") as e:
+            bne.split_ranges(bad_lims, values)
+        one_line(e)
+    for bad_lims in ([], [[0, 3]], [0.0, 3.0], np.array(0)):
+        with pytest.raises(ValueError, match="lims must be a 1-D integer array") as e:
+            bne.split_ranges(bad_lims, np.arange(3))
+        one_line(e)

@@ -16,49 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from . import _core, storage
-from .codes import check_bits, check_codes, check_k, check_radius, check_threads
+from .codes import MAX_ID, check_bits, check_codes, check_k, check_radius, check_threads, integer_array
 from .errors import IndexFormatError, ResultTooLargeError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
-
-
-#: Ids are integers in [0, MAX_ID]: int64 without the negatives, so -1 means only "no hit".
-MAX_ID = int(np.iinfo(np.int64).max)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def integer_array(ids: object, what: str, expected: str = "integers (int64)") -> np.ndarray:
-    """`ids` as an integer array (any iterable; [] is int64); TypeError "{what} must be
-    {expected}, got dtype ..." for other dtypes, ValueError for ints outside 0..2**63-1 that
-    numpy cannot hold as integers."""
-    if isinstance(ids, Iterable) and not isinstance(ids, (Sequence, np.ndarray)):
-        ids = list(ids)  # a set, a generator, dict keys: numpy would make one object of them
-    a = np.asarray(ids)
-    if a.size == 0 and a.dtype != np.bool_:
-        return a.astype(np.int64)  # [] is float64 to numpy
-    if a.dtype == np.object_ or (
-        a.dtype.kind == "f" and not isinstance(ids, np.ndarray) and all(map(_is_int, _flat(ids)))
-    ):
-        # Python ints outside int64/uint64 (object), or a list mixing 2**63.. with small or
-        # negative ints (numpy makes floats of it): a range error, not a dtype one.
-        bad = [int(v) for v in _flat(ids) if _is_int(v) and not 0 <= v <= MAX_ID][:5]  # type: ignore[operator]
-        raise ValueError(f"{what} must be integers in 0..2**63-1" + (f", got {bad}" if bad else ""))
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{what} must be {expected}, got dtype {a.dtype}")
-    return a
-
-
-def _flat(x: object) -> Iterator[object]:
-    """The scalars of nested lists/tuples/arrays (for naming bad values in an error)."""
-    if isinstance(x, (list, tuple, np.ndarray)):
-        for v in x:
-            yield from _flat(v)
-    else:
-        yield x
 
 
 def _check_ids(ids: object, n: int) -> np.ndarray:
@@ -433,12 +395,16 @@ class _SearchMixin:
             max_results = max(max_result_bytes() // RANGE_BYTES_PER_HIT, 1)
         elif isinstance(max_results, bool) or not isinstance(max_results, (int, np.integer)) or max_results < 0:
             raise ValueError(f"max_results must be an int >= 0, got {max_results!r}")
+        max_results = min(int(max_results), MAX_ID)  # past int64: no cap
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
         try:
-            lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits, max_results=int(max_results))
+            # A distance never exceeds bits: a larger radius matches every code, as bits does.
+            lims, D, P = _core.range_segments(
+                self._views(), q, min(radius, self.bits), threads, bits, max_results=max_results
+            )
         except ResultTooLargeError as e:
             if "more than" not in str(e):  # out of memory: the core's own message
                 raise
@@ -456,6 +422,11 @@ class _SearchMixin:
     # -- shared mutation helpers ---------------------------------------------------------------
     def _new_ids(self, n: int, ids: object, max_id: int) -> np.ndarray:
         if ids is None:
+            if max_id + n > MAX_ID:  # int64 would overflow: refuse before anything changes
+                raise ValueError(
+                    f"default ids are exhausted: they continue after the largest id ({max_id}) and stop at "
+                    f"2**63-1; pass ids=... for these {n} codes"
+                )
             return np.arange(max_id + 1, max_id + 1 + n, dtype=np.int64)
         new = _check_ids(ids, n)
         if len(np.unique(new)) != n:
@@ -580,5 +551,19 @@ def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.n
 
 
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
-    """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
+    """Turns range-search output into one array per query: ``split_ranges(lims, I)``.
+
+    ``lims`` must be what range_search returned with ``values``: 1-D integers starting at 0,
+    never decreasing, ending at ``len(values)``; anything else is a ValueError."""
+    lims = np.asarray(lims)
+    if lims.ndim != 1 or not len(lims) or not np.issubdtype(lims.dtype, np.integer):
+        raise ValueError(
+            f"lims must be a 1-D integer array of nq + 1 offsets, got shape {lims.shape} dtype {lims.dtype}"
+        )
+    n = len(values)
+    if lims[0] != 0 or lims[-1] != n or bool((lims[1:] < lims[:-1]).any()):
+        raise ValueError(
+            f"lims must start at 0, never decrease and end at len(values) = {n} (range_search's lims "
+            f"with its D or I), got {lims[:5].tolist()}{' ...' if len(lims) > 5 else ''}"
+        )
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]
