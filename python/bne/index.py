@@ -532,7 +532,7 @@ def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None =
     if len(c) == 0:
         raise ValueError("codes is empty: nothing to search")
     _check_result_size(len(q), k, len(c))
-    c, q = contiguous_codes(c, "codes"), contiguous_codes(q, "queries")
+    c, q = np.ascontiguousarray(c), contiguous_codes(q, "queries")  # the database is the caller's to size
     return _core.knn(c, q, k, check_threads(threads))
 
 
