@@ -15,10 +15,10 @@ from ._core import (
     available_kernels,
     get_num_threads,
     kernel_info,
-    set_num_threads,
 )
 from ._core import set_isa as _set_isa
-from .codes import pack, unpack
+from ._core import set_num_threads as _set_num_threads
+from .codes import check_threads, pack, unpack
 from .errors import IndexFormatError, IndexLockedError, ResultTooLargeError
 from .index import PAD_DISTANCE, Index, hamming, knn, split_ranges
 from .mapped import MappedIndex, open
@@ -57,6 +57,12 @@ def set_isa(isa: str) -> None:
     ``kernel_info()`` says which kernel is in use and why: its ``'kernel'`` is the name of that
     variant, one that ``set_isa`` takes."""
     _set_isa(isa)
+
+
+def set_num_threads(threads: int | None) -> None:
+    """Default thread count for searches (``threads=None`` or 0 in a call); 0 or None restores
+    all cores, more than the cores this process may use is clamped to them."""
+    _set_num_threads(check_threads(threads))
 
 
 # The lazy names (_LAZY) are left out of __all__ so that `from bne import *` stays numpy-only.

@@ -1,4 +1,4 @@
-"""Packing embeddings to binary codes and back, and the checks every code array goes through.
+"""Packing embeddings to binary codes and back, and the checks every code (and id) array goes through.
 
 Bit order: dimension 0 is the most significant bit of byte 0 (numpy ``packbits`` order, the same
 as sentence-transformers' ``quantize_embeddings(precision="ubinary")``). ``bit_order="little"``
@@ -9,6 +9,7 @@ A dimension is 1 when its value is > 0.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -101,11 +102,12 @@ def check_uint8(x: object, name: str) -> np.ndarray:
     return x
 
 
-def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarray:
+def check_codes(x: object, name: str, code_bytes: int | None = None, *, contiguous: bool = True) -> np.ndarray:
     """A C-contiguous (n, code_bytes) uint8 array, or a TypeError/ValueError naming ``name``.
 
     1-D arrays are refused (use ``x.reshape(1, -1)`` for one code); non-contiguous arrays are
-    accepted and copied once.
+    accepted and copied once (``contiguous=False``: not yet, so that a caller can check the
+    result size on the shape before the copy).
     """
     a = check_uint8(x, name)
     if a.ndim != 2:
@@ -117,7 +119,7 @@ def check_codes(x: object, name: str, code_bytes: int | None = None) -> np.ndarr
         raise ValueError(f"{name} must have {code_bytes} bytes per row ({code_bytes * 8} bits), got {a.shape[1]}")
     if code_bytes is None and (a.shape[1] == 0 or a.shape[1] % 8):
         raise ValueError(f"{name} must have a multiple of 8 bytes per row (bits a multiple of 64), got {a.shape[1]}")
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a) if contiguous else a
 
 
 #: Widest code an index takes: 2**20 bits (128 KiB per code), far above any text embedding;
@@ -158,4 +160,43 @@ def check_threads(threads: object) -> int:
         raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 or None = all cores), got {threads}")
-    return int(threads)
+    return min(int(threads), 2**31 - 1)  # more than the cores is clamped to them anyway
+
+
+#: Ids are integers in [0, MAX_ID]: int64 without the negatives, so -1 means only "no hit".
+MAX_ID = int(np.iinfo(np.int64).max)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def integer_array(ids: object, what: str, expected: str = "integers (int64)") -> np.ndarray:
+    """`ids` as an integer array (any iterable; [] is int64); TypeError "{what} must be
+    {expected}, got dtype ..." for other dtypes, ValueError for ints outside 0..2**63-1 that
+    numpy cannot hold as integers."""
+    if isinstance(ids, Iterable) and not isinstance(ids, (Sequence, np.ndarray)):
+        ids = list(ids)  # a set, a generator, dict keys: numpy would make one object of them
+    a = np.asarray(ids)
+    if a.size == 0 and a.dtype != np.bool_:
+        return a.astype(np.int64)  # [] is float64 to numpy
+    if a.dtype == np.object_ or (
+        a.dtype.kind == "f" and not isinstance(ids, np.ndarray) and all(map(_is_int, _flat(ids)))
+    ):
+        # Python ints outside int64/uint64 (object), or a list mixing 2**63.. with small or
+        # negative ints (numpy makes floats of it): a range error, not a dtype one.
+        ints = [v for v in _flat(ids) if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))]
+        bad = [int(v) for v in ints if not 0 <= v <= MAX_ID][:5]
+        raise ValueError(f"{what} must be integers in 0..2**63-1" + (f", got {bad}" if bad else ""))
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{what} must be {expected}, got dtype {a.dtype}")
+    return a
+
+
+def _flat(x: object) -> Iterator[object]:
+    """The scalars of nested lists/tuples/arrays (for naming bad values in an error)."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x

@@ -16,28 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from . import _core, storage
-from .codes import check_bits, check_codes, check_k, check_radius, check_threads
+from .codes import MAX_ID, check_bits, check_codes, check_k, check_radius, check_threads, integer_array
 from .errors import IndexFormatError, ResultTooLargeError
 
 #: Distance reported in padded result slots (ids == -1), when k exceeds the searchable codes.
 PAD_DISTANCE = int(np.iinfo(np.int32).max)
-
-
-#: Ids are integers in [0, MAX_ID]: int64 without the negatives, so -1 means only "no hit".
-MAX_ID = int(np.iinfo(np.int64).max)
-
-
-def integer_array(ids: object, what: str) -> np.ndarray:
-    if isinstance(ids, Iterable) and not isinstance(ids, (Sequence, np.ndarray)):
-        ids = list(ids)  # a set or a generator: numpy would make one object of it
-    a = np.asarray(ids)
-    if a.size == 0 and a.dtype != np.bool_:
-        return a.astype(np.int64)  # [] is float64 to numpy
-    if a.dtype == np.object_:  # Python ints too large for int64 / uint64
-        raise ValueError(f"{what} must be integers in 0..2**63-1")
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{what} must be integers (int64), got dtype {a.dtype}")
-    return a
 
 
 def _check_ids(ids: object, n: int) -> np.ndarray:
@@ -104,6 +87,19 @@ def _check_result_size(nq: int, k: int, n: int) -> None:
     if k > n:
         advice += f" (the index holds {n} codes: slots past them are only padding)"
     check_result_bytes(nq * k * 12, f"k={k} asks for results for {nq} queries, which", advice)
+
+
+def contiguous_codes(a: np.ndarray, name: str) -> np.ndarray:
+    """A checked code array made C-contiguous, after the result-size check: a copy of a
+    non-contiguous (broadcast, Fortran-order, strided) array is refused past the same limit."""
+    if a.flags.c_contiguous:
+        return a
+    check_result_bytes(
+        a.shape[0] * a.shape[1],
+        f"copying the non-contiguous {name} ({a.shape[0]} rows)",
+        "pass fewer rows at once or a C-contiguous array",
+    )
+    return np.ascontiguousarray(a)
 
 
 def _bitmap(n: int, positions: np.ndarray, allow: bool) -> np.ndarray:
@@ -229,6 +225,7 @@ class _SearchMixin:
     # -- ids --------------------------------------------------------------------------------
     def ids(self) -> np.ndarray:
         """External ids of every stored position (removed ones included), in insertion order."""
+        self._check_mapping()
         out = [p.ids if p.ids is not None else np.arange(p.base, p.base + p.n, dtype=np.int64) for p in self._parts()]
         return np.concatenate(out) if out else np.empty(0, np.int64)
 
@@ -249,6 +246,7 @@ class _SearchMixin:
         """The ids stored at `positions` (-1 where a position is -1 or out of range)."""
         positions = np.asarray(positions, np.int64)
         out = np.full(positions.shape, -1, np.int64)
+        self._check_mapping()
         for p, sel, local in self._by_part(positions):
             out[sel] = local + p.base if p.ids is None else p.ids[local]
         return out
@@ -295,6 +293,7 @@ class _SearchMixin:
         ids = lookup_ids(ids).reshape(shape)
         pos = self.positions_of(ids.ravel())
         out = np.zeros((len(pos), self.code_bytes), np.uint8)
+        self._check_mapping()
         for p, sel, local in self._by_part(pos):
             out[sel] = p.codes[local]
         return out.reshape(*ids.shape, self.code_bytes)
@@ -303,17 +302,17 @@ class _SearchMixin:
     def _allowed_positions(self, allow: object) -> np.ndarray | None:
         if allow is None:
             return None
-        a = np.asarray(allow)
+        if isinstance(allow, Iterable) and not isinstance(allow, (Sequence, np.ndarray)):
+            allow = list(allow)  # a set, a generator, dict keys: as remove() takes them
+        a = np.asarray(allow) if isinstance(allow, (Sequence, np.ndarray)) else None
         n = self.npositions
-        if a.dtype == np.bool_:
+        if a is not None and a.dtype == np.bool_:
             if a.shape != (n,):
                 raise ValueError(
                     f"allow as a bool mask must have shape ({n},) (one entry per stored code), got {a.shape}"
                 )
             return np.flatnonzero(a)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"allow must be a list/array of ids or a bool mask, got dtype {a.dtype}")
-        pos = self.positions_of(a)
+        pos = self.positions_of(integer_array(allow, "allow", "a list/array of ids or a bool mask"))
         return np.unique(pos[pos >= 0])
 
     def _search_bits(self, allowed: np.ndarray | None) -> np.ndarray | None:
@@ -356,12 +355,13 @@ class _SearchMixin:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, but returns stored positions (insertion order, -1 = padding)
         instead of ids: what a sharded search merges under the tie rule."""
-        q = check_codes(queries, "queries", self.code_bytes)
+        q = check_codes(queries, "queries", self.code_bytes, contiguous=False)
         k = check_k(k)
         threads = check_threads(threads)
         if len(self) == 0:
             raise ValueError("search on an empty index: add codes first")
-        _check_result_size(len(q), k, len(self))
+        _check_result_size(len(q), k, len(self))  # on the shape, before any copy of the queries
+        q = contiguous_codes(q, "queries")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
         return _core.search_segments(self._views(), q, k, threads, bits)
@@ -387,7 +387,7 @@ class _SearchMixin:
         more stops early and raises ResultTooLargeError naming the cap: FAISS grows its result
         without bound, and a large radius can match every code for every query.
         """
-        q = check_codes(queries, "queries", self.code_bytes)
+        q = contiguous_codes(check_codes(queries, "queries", self.code_bytes, contiguous=False), "queries")
         radius = check_radius(radius)
         threads = check_threads(threads)
         by_limit = max_results is None
@@ -395,12 +395,16 @@ class _SearchMixin:
             max_results = max(max_result_bytes() // RANGE_BYTES_PER_HIT, 1)
         elif isinstance(max_results, bool) or not isinstance(max_results, (int, np.integer)) or max_results < 0:
             raise ValueError(f"max_results must be an int >= 0, got {max_results!r}")
+        max_results = min(int(max_results), MAX_ID)  # past int64: no cap
         if len(self) == 0:
             raise ValueError("range_search on an empty index: add codes first")
         self._check_mapping()
         bits = self._search_bits(self._allowed_positions(allow))
         try:
-            lims, D, P = _core.range_segments(self._views(), q, radius, threads, bits, max_results=int(max_results))
+            # A distance never exceeds bits: a larger radius matches every code, as bits does.
+            lims, D, P = _core.range_segments(
+                self._views(), q, min(radius, self.bits), threads, bits, max_results=max_results
+            )
         except ResultTooLargeError as e:
             if "more than" not in str(e):  # out of memory: the core's own message
                 raise
@@ -412,11 +416,17 @@ class _SearchMixin:
         return lims, D, self.ids_at(P)
 
     def _check_mapping(self) -> None:
-        """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS)."""
+        """Mapped indexes: refuse to read a file that shrank (reading past its end is SIGBUS).
+        Every method that reads codes or ids of the mapping calls it first."""
 
     # -- shared mutation helpers ---------------------------------------------------------------
     def _new_ids(self, n: int, ids: object, max_id: int) -> np.ndarray:
         if ids is None:
+            if max_id + n > MAX_ID:  # int64 would overflow: refuse before anything changes
+                raise ValueError(
+                    f"default ids are exhausted: they continue after the largest id ({max_id}) and stop at "
+                    f"2**63-1; pass ids=... for these {n} codes"
+                )
             return np.arange(max_id + 1, max_id + 1 + n, dtype=np.int64)
         new = _check_ids(ids, n)
         if len(np.unique(new)) != n:
@@ -516,22 +526,44 @@ class Index(_SearchMixin):
 
 def knn(codes: np.ndarray, queries: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against a code array without building an index; ids are row numbers."""
-    c = check_codes(codes, "codes")
-    q = check_codes(queries, "queries", c.shape[1])
+    c = check_codes(codes, "codes", contiguous=False)
+    q = check_codes(queries, "queries", c.shape[1], contiguous=False)
     k = check_k(k)
     if len(c) == 0:
         raise ValueError("codes is empty: nothing to search")
     _check_result_size(len(q), k, len(c))
+    c, q = np.ascontiguousarray(c), contiguous_codes(q, "queries")  # the database is the caller's to size
     return _core.knn(c, q, k, check_threads(threads))
 
 
 def hamming(a: np.ndarray, b: np.ndarray, *, threads: int | None = None) -> np.ndarray:
-    """Pairwise Hamming distances between rows of ``a`` and ``b``: int32 of shape ``(len(a), len(b))``."""
-    ca = check_codes(a, "a")
-    cb = check_codes(b, "b", ca.shape[1])
-    return _core.hamming(ca, cb, check_threads(threads))
+    """Pairwise Hamming distances between rows of ``a`` and ``b``: int32 of shape ``(len(a), len(b))``.
+    A matrix over the result limit (:func:`max_result_bytes`) raises ResultTooLargeError first."""
+    ca = check_codes(a, "a", contiguous=False)
+    cb = check_codes(b, "b", ca.shape[1], contiguous=False)
+    threads = check_threads(threads)
+    check_result_bytes(
+        len(ca) * len(cb) * 4,
+        f"bne.hamming of {len(ca)} x {len(cb)} rows (an int32 matrix), which",
+        "compare fewer rows at once, or use knn / an Index for the nearest codes only",
+    )
+    return _core.hamming(contiguous_codes(ca, "a"), contiguous_codes(cb, "b"), threads)
 
 
 def split_ranges(lims: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
-    """Turns range-search output into one array per query: ``split_ranges(lims, I)``."""
+    """Turns range-search output into one array per query: ``split_ranges(lims, I)``.
+
+    ``lims`` must be what range_search returned with ``values``: 1-D integers starting at 0,
+    never decreasing, ending at ``len(values)``; anything else is a ValueError."""
+    lims = np.asarray(lims)
+    if lims.ndim != 1 or not len(lims) or not np.issubdtype(lims.dtype, np.integer):
+        raise ValueError(
+            f"lims must be a 1-D integer array of nq + 1 offsets, got shape {lims.shape} dtype {lims.dtype}"
+        )
+    n = len(values)
+    if lims[0] != 0 or lims[-1] != n or bool((lims[1:] < lims[:-1]).any()):
+        raise ValueError(
+            f"lims must start at 0, never decrease and end at len(values) = {n} (range_search's lims "
+            f"with its D or I), got {lims[:5].tolist()}{' ...' if len(lims) > 5 else ''}"
+        )
     return [values[lims[i] : lims[i + 1]] for i in range(len(lims) - 1)]

@@ -13,13 +13,14 @@ import inspect
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, cast
 
 import numpy as np
 
 from . import _core, fileformat, storage
-from .codes import check_bits, check_codes
+from .codes import check_bit_order, check_bits, check_codes
 from .errors import IndexFormatError
 from .index import _Part, _Rows, _SearchMixin
 
@@ -29,10 +30,16 @@ class _Snapshot(_SearchMixin):
     tombstones and the caches built over them. Every read of the index (search, ids, lookups)
     goes through the snapshot current when it starts, so a refresh() in another thread, which
     installs a new snapshot with one assignment, never mixes two commits inside one call. The
-    numpy views keep their mapping alive while a snapshot uses them."""
+    numpy views keep their mapping alive while a snapshot uses them.
+
+    It holds its MappedIndex through a weak reference: a strong one would make a cycle, and a
+    writer or reader dropped without close() would keep its descriptor (and the writer lock)
+    until the cycle collector ran. Every call that reads a snapshot runs inside a method of its
+    MappedIndex, which keeps the owner alive for that call."""
 
     def __init__(self, owner: MappedIndex, parts: list[_Part], tomb: np.ndarray, end: int, fd: int) -> None:
-        self._owner, self._p, self._tomb, self._end, self._fd = owner, parts, tomb, end, fd
+        self._owner_ref = weakref.ref(owner)
+        self._p, self._tomb, self._end, self._fd = parts, tomb, end, fd
         self._ino = os.fstat(fd).st_ino  # which file: a descriptor number can be reused
         self.bits, self.code_bytes, self.path = owner._header.bits, owner._header.code_bytes, owner.path
         self._own_fd = -1  # set when a refresh moved the index to a new file: this closes the old one
@@ -45,9 +52,12 @@ class _Snapshot(_SearchMixin):
         return self._tomb
 
     def _check_mapping(self) -> None:
-        self._owner._check_open()
-        st = os.fstat(self._owner._fd)
-        if self._fd != self._owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
+        owner = self._owner_ref()
+        if owner is None:
+            raise ValueError(f"{self.path}: index is closed")
+        owner._check_open()
+        st = os.fstat(owner._fd)
+        if self._fd != owner._fd or self._ino != st.st_ino:  # a file replaced since: never truncated
             return
         size = st.st_size
         if size < self._end:
@@ -79,11 +89,13 @@ class MappedIndex(_SearchMixin):
         expect_bits: int | None = None,
         bits: int | None = None,
         metadata: dict | None = None,
-        bit_order: str = "big",
+        bit_order: str | None = None,
         repair: bool = False,
     ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (append), got {mode!r}")
+        if bit_order is not None:
+            check_bit_order(bit_order)
         self.path = os.fspath(path)
         self.mode = mode
         self._fd = -1
@@ -94,7 +106,11 @@ class MappedIndex(_SearchMixin):
                 raise FileNotFoundError(f"{self.path}: no such index; pass bits=... to create one")
             with contextlib.suppress(FileExistsError):  # another process created it first: append to theirs
                 storage.save_atomic(
-                    self.path, storage.new_header(check_bits(bits), bit_order, metadata), [], -1, overwrite=False
+                    self.path,
+                    storage.new_header(check_bits(bits), bit_order or "big", metadata),
+                    [],
+                    -1,
+                    overwrite=False,
                 )
         self._fd = storage.lock_writer(self.path) if mode == "a" else storage.open_index_file(self.path, False)
         try:
@@ -102,6 +118,10 @@ class MappedIndex(_SearchMixin):
             expect_bits = expect_bits if expect_bits is not None else bits
             if expect_bits is not None and expect_bits != self.bits:
                 raise IndexFormatError(f"{self.path}: index holds {self.bits}-bit codes, expected {expect_bits}")
+            if bit_order is not None and bit_order != self.bit_order:  # distances would be silently wrong
+                raise IndexFormatError(
+                    f"{self.path}: index holds codes in {self.bit_order!r} bit order, expected {bit_order!r}"
+                )
             if mode == "a":
                 self._repair(repair)
                 storage.clean_temps(storage.real_target(self.path))
@@ -305,6 +325,7 @@ class MappedIndex(_SearchMixin):
     def codes(self) -> np.ndarray:
         """All stored codes (removed ones included): the mapped array itself for a one-segment
         file (no copy), a concatenated copy otherwise."""
+        self._check_mapping()
         parts = [p.codes for p in self._parts()]
         if len(parts) == 1:
             return parts[0]
@@ -358,6 +379,7 @@ class MappedIndex(_SearchMixin):
         if path is None:
             self._check_writable("compact() in place")
             self.commit()
+        self._check_mapping()
         keep = np.ones(self.npositions, bool)
         keep[self._tomb] = False
         codes, ids = self.codes()[keep], self.ids()[keep]
@@ -433,7 +455,9 @@ def open(*args: Any, **kwargs: Any) -> MappedIndex:
     ``mode="r"``: read-only mapping; opening reads a few pages whatever the file size.
     ``mode="a"``: append (one writer at a time, a file lock); creates the file when ``bits`` is
     given and it does not exist. ``verify=True`` checks every checksum first. ``expect_bits``
-    raises IndexFormatError when the file holds codes of another width. A writer repairs what a
+    raises IndexFormatError when the file holds codes of another width; ``bit_order`` ('big' or
+    'little') likewise when the file records the other order (None: whatever the file has; a
+    new file gets 'big' unless given). A writer repairs what a
     crash leaves (a torn tail, a torn commit slot) but refuses a file where that could drop a
     commit whose record was lost (a zeroed slot with data after the last valid commit);
     ``repair=True`` accepts that loss explicitly.
