@@ -538,6 +538,19 @@ def test_demo_prints_hits_from_its_docstore(tmp_path):
         assert scores == sorted(scores, reverse=True)
     assert any(h[2] != "-" for h in hits) and all(h[3] != "-" or h[4] != "-" for h in hits)
     assert count(tmp_path / "stdlib.bne") == 30
+    code, out, err = run_main("demo", "--limit", "20", "--keep", tmp_path)  # an earlier demo's: replaced
+    assert code == 0 and count(tmp_path / "stdlib.bne") == 20, err
+
+
+def test_demo_keep_never_replaces_a_file_it_did_not_write(tmp_path):
+    (tmp_path / "stdlib.bne").write_text("my precious\n")
+    code, _, err = run_main("demo", "--limit", "5", "--keep", tmp_path)
+    one_line_error(code, err, "stdlib.bne exists and was not written by bne demo")
+    assert (tmp_path / "stdlib.bne").read_text() == "my precious\n" and not (
+        tmp_path / "stdlib.bne.docs.sqlite"
+    ).exists()
+    one_line_error(*run_main("demo", "--keep", tmp_path / "stdlib.bne")[::2], "is not a folder")
+    one_line_error(*run_main("demo", "--keep", tmp_path / "nowhere")[::2], "does not exist")
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ nothing downloaded, no data shipped)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import os
 import sys
@@ -64,23 +65,37 @@ def stdlib_docstrings(limit: int) -> list[tuple[str, str]]:
     return out
 
 
+#: written beside the demo's index: a later ``--keep`` of the same folder may replace those files
+DEMO_MARK = ".bne-demo"
+
+
 def run_demo(args) -> int:
     from . import lexical
     from .collection import Collection
     from .console import ProgressBar, describe_mode, hit_numbers, safe
     from .corpus import Doc
     from .docstore import path_for
+    from .errors import UserError
 
     t0 = time.perf_counter()
     docs = stdlib_docstrings(args.limit)
     print(f"corpus: {len(docs)} docstrings of the Python {sys.version.split()[0]} standard library (read with ast)")
+    if args.keep is not None and not os.path.isdir(args.keep):
+        what = "is not a folder" if os.path.lexists(args.keep) else "does not exist"
+        raise UserError(f"--keep {args.keep} {what}: give a folder for the demo index")
     folder = args.keep or tempfile.mkdtemp(prefix="bne-demo-")
     path = os.path.join(folder, "stdlib.bne")
-    coll = Collection.create(path, model="default", bits=1024) if not os.path.exists(path) else None
-    if coll is None:  # --keep of an earlier demo: start again
+    mark = os.path.join(folder, DEMO_MARK)
+    if os.path.lexists(path) or os.path.lexists(path_for(path)):
+        # only an earlier demo's files are replaced: a file of the user's by that name is refused
+        if not os.path.isfile(mark):
+            raise UserError(f"{path} exists and was not written by bne demo: remove it, or give --keep another folder")
         for p in (path, path_for(path)):
-            os.remove(p)
-        coll = Collection.create(path, model="default", bits=1024)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+    with open(mark, "w") as f:
+        f.write("bne demo wrote stdlib.bne here; a later bne demo --keep replaces it\n")
+    coll = Collection.create(path, model="default", bits=1024)
     with coll:
         print(f"model: {coll.model.name if coll.model else '?'} ({coll.bits} bits, all-MiniLM-L6-v2 backbone, offline)")
         bar = ProgressBar(quiet=False)
