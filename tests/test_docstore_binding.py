@@ -256,3 +256,25 @@ def test_a_damaged_tag_in_the_index_is_one_line(tmp_path, fake):
     shutil.move(path_for(path), tmp_path / "elsewhere")
     with bne.Collection.open(path) as c:
         assert len(c) == 5
+
+
+def test_verify_fails_on_a_missing_or_damaged_docstore_with_exit_1(tmp_path, fake):
+    """A tagged index was built with a docstore: verify says it is missing (not "OK"); a damaged
+    docstore exits 1 as a damaged index does, in one line of bounded length."""
+    path = tmp_path / "x.bne"
+    build(path, corpus(40, "vitamin"))
+    ds = path_for(path)
+    shutil.copy(ds, tmp_path / "saved.sqlite")
+    os.remove(ds)
+    code, out, err = run_main("verify", path)
+    assert code == 1 and out == "" and err.startswith("bne: error: ") and "is missing" in err, (code, out, err)
+    assert len(err.strip().splitlines()) == 1
+    shutil.copy(tmp_path / "saved.sqlite", ds)
+    assert run_main("verify", path)[0] == 0
+    size = os.path.getsize(ds)
+    with open(ds, "r+b") as f:  # garbage over the pages after the first: the file is still SQLite's
+        f.seek(4096)
+        f.write(bytes(range(256)) * ((size - 4096) // 256))
+    code, out, err = run_main("verify", path)
+    assert code == 1 and ("damaged" in err or "malformed" in err), (code, err)
+    assert len(err.strip().splitlines()) == 1 and len(err) < 600, err

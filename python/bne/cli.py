@@ -36,7 +36,7 @@ from .commands import (
 )
 from .console import safe
 from .encoder.base import threads_option
-from .errors import DocStoreMismatchError, IndexFormatError, UserError
+from .errors import DocStoreDamagedError, DocStoreMismatchError, IndexFormatError, UserError
 
 # -- argument types (checked by argparse, before anything is read or created) ------------------
 
@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError, KeyError, sqlite3.Error) as e:
         if debug:
             raise
-        code = EXIT_FAIL if isinstance(e, (IndexFormatError, DocStoreMismatchError)) else EXIT_USAGE
+        damaged = (IndexFormatError, DocStoreMismatchError, DocStoreDamagedError)
+        code = EXIT_FAIL if isinstance(e, damaged) else EXIT_USAGE
         if isinstance(e, KeyError):
             msg = f"missing {e}"
         elif isinstance(e, OSError) and e.strerror and e.filename is not None:  # e.g. disk full, permission denied

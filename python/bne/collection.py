@@ -37,7 +37,7 @@ from .corpus import Doc
 from .distributed import build_sharded  # noqa: F401  (bne.build_sharded, collection.build_sharded)
 from .docstore import TAG_KEY, DocStore, StoredDoc, path_for
 from .encoder.backend import INT8_MIN_DOCS
-from .errors import CollectionError, DocStoreError, IndexLockedError
+from .errors import CollectionError, DocStoreError, DocStoreMismatchError, IndexLockedError
 from .hybrid import Hit, SearchResult  # noqa: F401  (bne.collection.Hit, .SearchResult)
 from .ingest import (
     AddResult,
@@ -478,6 +478,10 @@ class Collection:
         try:
             store = DocStore(self.path)
         except FileNotFoundError:
+            if upkeep.index_tag(self.index.metadata, self.path) is not None:  # it was built with one
+                raise DocStoreMismatchError(
+                    f"{path_for(self.path)} is missing: {self.path} was built with it (restore it, or rebuild)"
+                ) from None
             return out
         try:
             store.check_integrity()

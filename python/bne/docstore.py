@@ -32,7 +32,7 @@ import numpy as np
 
 from . import lexical_segments
 from .corpus import Doc, doc_text
-from .errors import DocStoreError
+from .errors import DocStoreDamagedError, DocStoreError
 
 DOCS_SQL = "CREATE TABLE docs (id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL, title TEXT, text TEXT NOT NULL, meta TEXT)"
 INDEX_SQL = "CREATE INDEX docs_ext_id ON docs(ext_id)"
@@ -191,7 +191,11 @@ class DocStore:
             msg = "damaged (an error message that is not UTF-8)" if isinstance(e, UnicodeDecodeError) else str(e)
             if "readonly" in msg or "read-only" in msg:
                 msg += " (the file or its folder is not writable)"
-            raise DocStoreError(f"cannot {what} document store {self.path}: {msg}") from None
+            damaged = isinstance(e, UnicodeDecodeError) or any(
+                m in msg for m in ("malformed", "not a database", "corrupt")
+            )
+            err = DocStoreDamagedError if damaged else DocStoreError
+            raise err(f"cannot {what} document store {self.path}: {msg[:300]}") from None
 
     def _objects(self) -> list[tuple[str, str, str | None]]:
         return self.db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
@@ -444,8 +448,9 @@ class DocStore:
         with self._errors("check"):
             rows = [r[0] for r in self.db.execute("PRAGMA quick_check")]
         if rows != ["ok"]:
-            raise DocStoreError(
-                f"document store {self.path} is damaged: {rows[0]}"
+            first = rows[0] if len(rows[0]) <= 200 else rows[0][:200] + "..."  # one readable line
+            raise DocStoreDamagedError(
+                f"document store {self.path} is damaged: {first}"
                 + (f" (+{len(rows) - 1} more)" if len(rows) > 1 else "")
             )
 

@@ -18,6 +18,11 @@ class DocStoreError(ValueError):
     objects bne did not write. The message names the file."""
 
 
+class DocStoreDamagedError(DocStoreError):
+    """The document store's file is damaged (SQLite's check fails, or it is no longer a database):
+    the CLI exits 1, as for a damaged index."""
+
+
 class CorpusError(ValueError):
     """The input cannot be read as a corpus (missing, unknown format, malformed, empty)."""
 
