@@ -57,6 +57,19 @@ def test_mode_is_not_read_as_model():
     assert "idx.bne" not in err  # refused while parsing: no search was attempted with model 'dense'
 
 
+@pytest.mark.parametrize(
+    "argv", [["search", "idx.bne", "q", "--jsn"], ["verify", "idx.bne", "--json"], ["demo", "--limt", "5"]]
+)
+def test_an_unknown_option_shows_its_commands_usage(argv):
+    """The usage line of the command given (the one that lists its options), not bne's own."""
+    code, out, err = run_main(*argv)
+    assert code == 2 and out == ""
+    assert (
+        err.startswith(f"usage: bne {argv[0]} ")
+        and f"unrecognized arguments: {argv[-1 if argv[0] != 'demo' else 1]}" in err
+    ), err
+
+
 def _refuses(name: str, option: str, prefix: str) -> str | None:
     """None when ``prefix`` is left unparsed, else what the parser made of it."""
     p = all_parsers()[name]

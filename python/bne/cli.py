@@ -322,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one ``bne`` command (for its usage line in an error)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -340,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(rest)
         if extra:  # argparse ends the query list at the first option: `search x.bne -k 2 "query"`
             if args.command != "search" or any(e.startswith("-") and e != "-" for e in extra):
-                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+                # the command's own usage line, not bne's: it is the one that lists the options
+                subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
             args.query = list(args.query or []) + extra
         typed = typed_threads(rest)
         if typed and args.threads and typed > args.threads:  # threads_option clamped it to the CPUs
