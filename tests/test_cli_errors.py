@@ -408,6 +408,16 @@ def test_info_escapes_metadata(tmp_path):
     assert code == 0 and not RAW.search(out) and json.loads(out)["metadata"]["model_name"] == EVIL
 
 
+def test_info_without_a_docstore_says_so_and_shards_without_ray_get_a_note(tmp_path):
+    idx = plain_index(tmp_path, QUICK, store=False)
+    code, out, err = run_main("info", idx)
+    assert code == 0 and "documents       - (no docstore beside it: search prints ids only)" in out, out
+    assert "None" not in out
+    (tmp_path / "d.txt").write_text("one line\n")
+    code, out, err = run_main("build", tmp_path / "d.txt", "-o", tmp_path / "x.bne", "--shards", "3", "-q")
+    assert "bne: note: --shards applies to --ray builds only; ignored" in err
+
+
 def test_search_escapes_docstore_text_and_ids(quick, tmp_path):
     texts = [f"text {i} {EVIL} end" for i in range(4)]
     idx = plain_index(tmp_path, texts, ext_ids=[f"id{i}{EVIL}" for i in range(4)])

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
     )
-    b.add_argument("--shards", type=int_in(1, 1 << 16), default=4, help="shards for --ray")
+    b.add_argument("--shards", type=int_in(1, 1 << 16), default=None, help="shards for --ray (default 4)")
     b.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     b.set_defaults(fn=cmd_build)
 

@@ -52,7 +52,10 @@ def cmd_build(args) -> int:
     out = args.output
     if args.input is None and (args.ray or not args.append):
         raise UserError("give the input to encode (only --append may leave it out: then the lexical index is added)")
+    if args.shards is not None and not args.ray:
+        print("bne: note: --shards applies to --ray builds only; ignored", file=sys.stderr)
     if args.ray:
+        args.shards = 4 if args.shards is None else args.shards
         result = build_sharded(
             out,
             read_corpus(args.input),
@@ -413,7 +416,10 @@ def cmd_info(args) -> int:
         "documents",
         "isa",
     ):
-        print(f"{key:15s} {safe(info.get(key))}")
+        value = info.get(key)
+        if key == "documents" and value is None:  # not "None": say what it means
+            value = "- (no docstore beside it: search prints ids only)"
+        print(f"{key:15s} {safe(value)}")
     if "lexical" in info:
         print(f"{'lexical':15s} {lexical_line(info.pop('lexical'), args.index)}")
     for key in ("model", "model_sha256", "model_kind"):
