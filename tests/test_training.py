@@ -346,6 +346,80 @@ def test_train_full_deterministic_and_resume(tmp_path, monkeypatch):
     assert all(torch.equal(w[0][k], r[k]) for k in w[0])
 
 
+@needs_torch
+def test_train_resume_refuses_a_changed_training_flag(tmp_path, monkeypatch):
+    """The optimiser resumes with the checkpoint's settings: a changed flag would be recorded in
+    OUT.json but never used, so it is refused naming the flag and both values."""
+    from safetensors.torch import load_file
+
+    from bne.encoder import model as mdl
+
+    monkeypatch.setattr(mdl, "BERT_MINI_CONFIG", {**mdl.BERT_MINI_CONFIG, **TINY})
+    tsv = _tiny_tsv(tmp_path)
+    common = ["train", "--data", tsv, "--bits", "64", "--backbone", "bert-mini", "--full", "--epochs", "2"]
+    common += ["--batch-size", "4", "--max-length", "16", "--seed", "5", "--quiet"]
+    assert run_main(*common, "--out", tmp_path / "a" / "m", "--checkpoint-every", "2")[0] == 0
+    ck = tmp_path / "a" / "m.ckpt.pt"
+    for flag, given, was in [
+        ("--lr", "0.5", "2e-05"),
+        ("--seed", "6", "5"),
+        ("--objective", "distill", "'contrastive'"),
+        ("--max-length", "32", "16"),
+        ("--epochs", "3.0", "2.0"),
+    ]:
+        argv = list(common)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = given
+        else:
+            argv += [flag, given]
+        code, _, err = run_main(*argv, "--out", tmp_path / "r" / "m", "--resume", ck)
+        assert code == 2 and err.count("\n") == 1, (flag, err)
+        assert f"{flag} is {given if flag != '--objective' else repr(given)} here but {was} in the checkpoint" in err
+        assert not (tmp_path / "r" / "m.json").exists()
+    # flags that do not shape the weights may differ; OUT.json records the settings used
+    code, _, err = run_main(*common, "--out", tmp_path / "r" / "m", "--resume", ck, "--log-every", "7")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r" / "m.json").read_text())
+    assert rec["lr_head"] == pytest.approx(2e-5 * 50) and rec["seed"] == 5 and rec["max_length"] == 16
+    a, r = load_file(str(tmp_path / "a" / "m.safetensors")), load_file(str(tmp_path / "r" / "m.safetensors"))
+    assert all(torch.equal(a[k], r[k]) for k in a)
+
+
+@needs_torch
+def test_train_input_errors_name_the_file(tmp_path):
+    good = _tiny_tsv(tmp_path)
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "header.tsv").write_text("anchor\tpositive\n\n")
+    (tmp_path / "one.tsv").write_text("just one column\nanother\n")
+    lines = good.read_text().splitlines()
+    (tmp_path / "bad.tsv").write_text("\n".join(lines[:4] + ["no tab on this line"] + lines[4:]) + "\n")
+    (tmp_path / "gap.tsv").write_text("a\tb\n\tmissing anchor\n")
+    cases = [
+        ("empty.tsv", "no training pairs in {}: expected anchor<TAB>positive[<TAB>negative] lines"),
+        ("header.tsv", "no training pairs in {}: expected anchor<TAB>positive[<TAB>negative] lines"),
+        ("one.tsv", "{}:1: expected anchor<TAB>positive[<TAB>negative], found no tab"),
+        ("bad.tsv", "{}:5: expected anchor<TAB>positive[<TAB>negative], found no tab"),
+        ("gap.tsv", "{}:2: expected anchor<TAB>positive[<TAB>negative], found an empty anchor or positive"),
+    ]
+    for name, says in cases:
+        path = tmp_path / name
+        code, _, err = run_main("train", "--data", path, "--out", tmp_path / "h", "--quiet")
+        assert code == 2 and err == "bne: error: " + says.format(path) + "\n", err
+    code, _, err = run_main("train", "--out", tmp_path / "h", "--quiet")
+    assert (code, err) == (2, "bne: error: no training pairs: pass --data TSV and/or --recipe\n")
+    code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--max-pairs", "0")
+    assert code == 2 and "argument --max-pairs: must be >= 1, got 0" in err
+    code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--device", "tpu")
+    assert code == 2 and "argument --device: invalid choice: 'tpu'" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--device", "cuda")
+        assert (code, err) == (
+            2,
+            "bne: error: --device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)\n",
+        )
+    assert not (tmp_path / "h.safetensors").exists() and not (tmp_path / "h.json").exists()
+
+
 # ------------------------------------------------------------------------------ evaluation
 @needs_torch
 @needs_minilm
