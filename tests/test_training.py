@@ -459,7 +459,37 @@ def test_eval_tiny_slice(tmp_path, capsys):
     for row in ("bm25", "float+hybrid", "binary-1024+hybrid", "binary-1024+rescore+hybrid"):
         assert 0 <= ret[row]["ndcg@10"] <= 1, row
         assert 0 <= ret[row.replace("+hybrid", "+linear")]["ndcg@10"] <= 1, row
-    assert "STS Spearman" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "STS Spearman" in printed
+    # a slice scores higher than the full set: the JSON and the table both say it was one
+    assert json.loads(out.read_text())["limit"] == 8 and res["limit"] == 8
+    assert "SLICE (--limit 8): first 8 STS pairs / 8 queries per set; not comparable to full runs" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["--limit", "-1"], "argument --limit: must be >= 1, got -1"),
+        (["--rescore", "-1"], "argument --rescore: must be between 0 and 100000, got -1"),
+    ],
+)
+def test_eval_refuses_a_bad_limit_or_rescore(tmp_path, argv, says):
+    code, _, err = run_main("eval", "--data", tmp_path, *argv)
+    assert code == 2 and err.strip().splitlines()[-1].endswith(says), err
+
+
+def test_eval_checks_the_json_path_before_the_run(tmp_path, monkeypatch):
+    import bne.training.evaluate as ev
+
+    monkeypatch.setattr(ev, "run", lambda args: pytest.fail("ran before the --json path was checked"))
+    for path, says in [
+        (tmp_path / "no" / "r.json", f"--json {tmp_path / 'no' / 'r.json'}: folder {tmp_path / 'no'} does not exist"),
+        (tmp_path, f"--json {tmp_path} is a folder: give a file name"),
+    ]:
+        code, _, err = run_main("eval", "--data", tmp_path, "--json", path)
+        assert (code, err) == (2, f"bne: error: {says}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_bm25_and_fusion_rows_equal_the_search_path():

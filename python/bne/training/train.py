@@ -39,7 +39,7 @@ import numpy as np
 
 from ..encoder.backend import resolve_device
 from ..encoder.base import threads_option
-from .config import OBJECTIVES, TrainConfig
+from .config import OBJECTIVES, TrainConfig, int_between
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not L2-normalise pooled features before the head",
     )
-    p.add_argument("--max-pairs", type=_at_least_one, default=None, help="train on the first N pairs only (N >= 1)")
+    p.add_argument("--max-pairs", type=int_between(1), default=None, help="train on the first N pairs only (N >= 1)")
     p.add_argument(
         "--seed", type=int, default=0, help="random seed: the same seed and threads give the same model (default 0)"
     )
@@ -154,16 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100, help="log the loss every N steps (default 100)")
     p.add_argument("--quiet", action="store_true", help="no log lines or progress bars")
     return p
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
