@@ -376,8 +376,10 @@ def test_train_resume_refuses_a_changed_training_flag(tmp_path, monkeypatch):
         assert code == 2 and err.count("\n") == 1, (flag, err)
         assert f"{flag} is {given if flag != '--objective' else repr(given)} here but {was} in the checkpoint" in err
         assert not (tmp_path / "r" / "m.json").exists()
-    # flags that do not shape the weights may differ; OUT.json records the settings used
-    code, _, err = run_main(*common, "--out", tmp_path / "r" / "m", "--resume", ck, "--log-every", "7")
+    # flags that do not shape the weights may differ (--pool-batch: head-only); OUT.json records the settings used
+    code, _, err = run_main(
+        *common, "--out", tmp_path / "r" / "m", "--resume", ck, "--log-every", "7", "--pool-batch", "9"
+    )
     assert code == 0, err
     rec = json.loads((tmp_path / "r" / "m.json").read_text())
     assert rec["lr_head"] == pytest.approx(2e-5 * 50) and rec["seed"] == 5 and rec["max_length"] == 16

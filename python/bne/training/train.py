@@ -190,7 +190,8 @@ _FLAG = {"head_only": "--head-only/--full", "normalize": "--no-normalize", "init
 
 def _settings(cfg: TrainConfig, args) -> dict[str, Any]:
     """What shapes the weights, stored in each checkpoint and compared on ``--resume``."""
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_ON_RESUME}
+    free = _FREE_ON_RESUME + (() if cfg.head_only else ("pool_batch", "scored_batch", "scored_weight"))
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}  # --full ignores the head-only extras
     return {**d, "backbone": args.backbone}
 
 
