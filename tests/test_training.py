@@ -346,6 +346,82 @@ def test_train_full_deterministic_and_resume(tmp_path, monkeypatch):
     assert all(torch.equal(w[0][k], r[k]) for k in w[0])
 
 
+@needs_torch
+def test_train_resume_refuses_a_changed_training_flag(tmp_path, monkeypatch):
+    """The optimiser resumes with the checkpoint's settings: a changed flag would be recorded in
+    OUT.json but never used, so it is refused naming the flag and both values."""
+    from safetensors.torch import load_file
+
+    from bne.encoder import model as mdl
+
+    monkeypatch.setattr(mdl, "BERT_MINI_CONFIG", {**mdl.BERT_MINI_CONFIG, **TINY})
+    tsv = _tiny_tsv(tmp_path)
+    common = ["train", "--data", tsv, "--bits", "64", "--backbone", "bert-mini", "--full", "--epochs", "2"]
+    common += ["--batch-size", "4", "--max-length", "16", "--seed", "5", "--quiet"]
+    assert run_main(*common, "--out", tmp_path / "a" / "m", "--checkpoint-every", "2")[0] == 0
+    ck = tmp_path / "a" / "m.ckpt.pt"
+    for flag, given, was in [
+        ("--lr", "0.5", "2e-05"),
+        ("--seed", "6", "5"),
+        ("--objective", "distill", "'contrastive'"),
+        ("--max-length", "32", "16"),
+        ("--epochs", "3.0", "2.0"),
+    ]:
+        argv = list(common)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = given
+        else:
+            argv += [flag, given]
+        code, _, err = run_main(*argv, "--out", tmp_path / "r" / "m", "--resume", ck)
+        assert code == 2 and err.count("\n") == 1, (flag, err)
+        assert f"{flag} is {given if flag != '--objective' else repr(given)} here but {was} in the checkpoint" in err
+        assert not (tmp_path / "r" / "m.json").exists()
+    # flags that do not shape the weights may differ (--pool-batch: head-only); OUT.json records the settings used
+    code, _, err = run_main(
+        *common, "--out", tmp_path / "r" / "m", "--resume", ck, "--log-every", "7", "--pool-batch", "9"
+    )
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r" / "m.json").read_text())
+    assert rec["lr_head"] == pytest.approx(2e-5 * 50) and rec["seed"] == 5 and rec["max_length"] == 16
+    a, r = load_file(str(tmp_path / "a" / "m.safetensors")), load_file(str(tmp_path / "r" / "m.safetensors"))
+    assert all(torch.equal(a[k], r[k]) for k in a)
+
+
+@needs_torch
+def test_train_input_errors_name_the_file(tmp_path):
+    good = _tiny_tsv(tmp_path)
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "header.tsv").write_text("anchor\tpositive\n\n")
+    (tmp_path / "one.tsv").write_text("just one column\nanother\n")
+    lines = good.read_text().splitlines()
+    (tmp_path / "bad.tsv").write_text("\n".join(lines[:4] + ["no tab on this line"] + lines[4:]) + "\n")
+    (tmp_path / "gap.tsv").write_text("a\tb\n\tmissing anchor\n")
+    cases = [
+        ("empty.tsv", "no training pairs in {}: expected anchor<TAB>positive[<TAB>negative] lines"),
+        ("header.tsv", "no training pairs in {}: expected anchor<TAB>positive[<TAB>negative] lines"),
+        ("one.tsv", "{}:1: expected anchor<TAB>positive[<TAB>negative], found no tab"),
+        ("bad.tsv", "{}:5: expected anchor<TAB>positive[<TAB>negative], found no tab"),
+        ("gap.tsv", "{}:2: expected anchor<TAB>positive[<TAB>negative], found an empty anchor or positive"),
+    ]
+    for name, says in cases:
+        path = tmp_path / name
+        code, _, err = run_main("train", "--data", path, "--out", tmp_path / "h", "--quiet")
+        assert code == 2 and err == "bne: error: " + says.format(path) + "\n", err
+    code, _, err = run_main("train", "--out", tmp_path / "h", "--quiet")
+    assert (code, err) == (2, "bne: error: no training pairs: pass --data TSV and/or --recipe\n")
+    code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--max-pairs", "0")
+    assert code == 2 and "argument --max-pairs: must be >= 1, got 0" in err
+    code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--device", "tpu")
+    assert code == 2 and "argument --device: invalid choice: 'tpu'" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_main("train", "--data", good, "--out", tmp_path / "h", "--device", "cuda")
+        assert (code, err) == (
+            2,
+            "bne: error: --device cuda: torch sees no CUDA GPU (torch.cuda.is_available() is False)\n",
+        )
+    assert not (tmp_path / "h.safetensors").exists() and not (tmp_path / "h.json").exists()
+
+
 # ------------------------------------------------------------------------------ evaluation
 @needs_torch
 @needs_minilm
@@ -385,7 +461,37 @@ def test_eval_tiny_slice(tmp_path, capsys):
     for row in ("bm25", "float+hybrid", "binary-1024+hybrid", "binary-1024+rescore+hybrid"):
         assert 0 <= ret[row]["ndcg@10"] <= 1, row
         assert 0 <= ret[row.replace("+hybrid", "+linear")]["ndcg@10"] <= 1, row
-    assert "STS Spearman" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "STS Spearman" in printed
+    # a slice scores higher than the full set: the JSON and the table both say it was one
+    assert json.loads(out.read_text())["limit"] == 8 and res["limit"] == 8
+    assert "SLICE (--limit 8): first 8 STS pairs / 8 queries per set; not comparable to full runs" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--limit", "0"], "argument --limit: must be >= 1, got 0"),
+        (["--limit", "-1"], "argument --limit: must be >= 1, got -1"),
+        (["--rescore", "-1"], "argument --rescore: must be between 0 and 100000, got -1"),
+    ],
+)
+def test_eval_refuses_a_bad_limit_or_rescore(tmp_path, argv, says):
+    code, _, err = run_main("eval", "--data", tmp_path, *argv)
+    assert code == 2 and err.strip().splitlines()[-1].endswith(says), err
+
+
+def test_eval_checks_the_json_path_before_the_run(tmp_path, monkeypatch):
+    import bne.training.evaluate as ev
+
+    monkeypatch.setattr(ev, "run", lambda args: pytest.fail("ran before the --json path was checked"))
+    for path, says in [
+        (tmp_path / "no" / "r.json", f"--json {tmp_path / 'no' / 'r.json'}: folder {tmp_path / 'no'} does not exist"),
+        (tmp_path, f"--json {tmp_path} is a folder: give a file name"),
+    ]:
+        code, _, err = run_main("eval", "--data", tmp_path, "--json", path)
+        assert (code, err) == (2, f"bne: error: {says}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_bm25_and_fusion_rows_equal_the_search_path():

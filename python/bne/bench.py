@@ -12,14 +12,46 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import time
 
 import numpy as np
 
 from . import _core
+from .console import safe
+from .fileio import check_writable
 from .index import Index
 
 DIM = 384
+DEFAULT_OUT = "bne-bench"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, as lscpu shows it), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "model name" and value.strip():
+                    return safe(value.strip())[:200]
+    except OSError:
+        pass
+    return safe(platform.processor() or platform.machine() or "unknown CPU")[:200]
+
+
+def out_prefix(out: str) -> str:
+    """The prefix of the files ``bne bench --out OUT`` writes: a folder gets ``bne-bench`` in it,
+    a ``.json`` / ``.png`` ending is dropped; ValueError (one line) when they cannot be written,
+    checked before the benchmark runs, not after."""
+    prefix = str(out)
+    if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        prefix = os.path.join(prefix or ".", DEFAULT_OUT)
+    for ending in (".json", ".png"):
+        if prefix.endswith(ending) and len(os.path.basename(prefix)) > len(ending):
+            prefix = prefix[: -len(ending)]
+    for ending in (".json", ".png"):
+        check_writable(prefix + ending, "--out")
+    return prefix
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -33,6 +65,8 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def run_bench(args) -> int:
+    prefix = out_prefix(args.out)
+    cpu = cpu_model()
     try:
         import faiss
     except ImportError:
@@ -80,7 +114,7 @@ def run_bench(args) -> int:
     head = f"{'method':28s}" + "".join(f"{n:>12,}" for n in sizes)
     print(
         f"\nexact top-{k}, {nq} queries, {threads} thread(s), ms (median of {args.repeat}); "
-        f"bne ISA {_core.active_isa()}"
+        f"bne ISA {_core.active_isa()}; CPU {cpu}"
     )
     print(head)
     for m in methods:
@@ -101,12 +135,13 @@ def run_bench(args) -> int:
         "k": k,
         "threads": threads,
         "isa": _core.active_isa(),
+        "cpu": cpu,
         "ms": table,
         "repeat": args.repeat,
     }
-    with open(args.out + ".json", "w") as f:
+    with open(prefix + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\nwrote {args.out}.json", end="")
+    print(f"\nwrote {safe(prefix)}.json", end="")
     try:
         import matplotlib
 
@@ -126,6 +161,6 @@ def run_bench(args) -> int:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out + ".png", dpi=120)
-    print(f" and {args.out}.png")
+    fig.savefig(prefix + ".png", dpi=120)
+    print(f" and {safe(prefix)}.png")
     return 0

@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int_in(1), default=5, help="timed runs per method and size; the median is reported (default 5)"
     )
     be.add_argument("--threads", type=threads_option, default=None, help="threads for every method (default: all)")
-    be.add_argument("--out", default="bne-bench", help="prefix of the .json and .png files written")
+    be.add_argument(
+        "--out", default="bne-bench", help="prefix of the .json and .png files written (a folder: FOLDER/bne-bench)"
+    )
     be.set_defaults(fn=cmd_bench)
 
     d = cmd("demo", help="offline: index the Python standard library's docstrings and search them")

@@ -64,3 +64,16 @@ def write_atomic(path: StrPath, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(raw)
+
+
+def check_writable(path: StrPath, option: str) -> None:
+    """ValueError (one line) when a file cannot be written at ``path``: checked before a long run
+    (``bne bench --out``, ``bne eval --json``), so a typo does not cost the run."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {p} is a folder: give a file name")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {p}: folder {parent} does not exist")
+    if not (os.access(p, os.W_OK) if p.exists() else os.access(parent, os.W_OK | os.X_OK)):
+        raise ValueError(f"{option} {p}: permission denied")

@@ -24,6 +24,8 @@ from ..fileio import replacing
 FORMAT = "bne-train-checkpoint-v1"
 _GLOBAL = re.compile(r"unsupported GLOBAL ([\w.]+)")
 _KEYS = ("module", "optimizer", "scheduler", "step", "generator", "torch_rng", "perm")
+#: Optional: the settings of the run that wrote it (``bne train`` compares them on --resume).
+_OPTIONAL = ("config",)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -81,7 +83,7 @@ def _problem(state: Any) -> str | None:
     missing = [k for k in _KEYS if k not in state]
     if missing:
         return "missing " + ", ".join(missing)
-    extra = sorted(str(k) for k in state if k not in _KEYS)
+    extra = sorted(str(k) for k in state if k not in _KEYS + _OPTIONAL)
     if extra:
         return "unexpected " + ", ".join(extra[:5])
     mod = state["module"]
@@ -107,4 +109,10 @@ def _problem(state: Any) -> str | None:
     perm = state["perm"]
     if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or perm.dim() != 1:
         return "'perm' is not a permutation"
+    conf = state.get("config")
+    if conf is not None and (
+        not isinstance(conf, dict)
+        or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None))) for k, v in conf.items())
+    ):
+        return "'config' is not a dict of settings"
     return None

@@ -88,14 +88,18 @@ def load_sts(name: str, root: str | os.PathLike | None = None) -> tuple[list[str
 
 def load_pairs(path: str | os.PathLike) -> list[tuple[str, ...]]:
     """Rows of a training TSV: (anchor, positive[, negative]). A header line whose first field
-    is ``anchor`` is skipped."""
+    is ``anchor`` and blank lines are skipped; any other line without a non-empty anchor and
+    positive is bad input: ValueError naming file:line (a pair dropped silently trains on less)."""
     out: list[tuple[str, ...]] = []
     for i, line in enumerate(text_lines(path)):
         fields = line.split("\t")
-        if i == 0 and fields and fields[0].strip().lower() == "anchor":
+        if i == 0 and fields[0].strip().lower() == "anchor":
             continue
-        if len(fields) < 2 or not fields[0] or not fields[1]:
+        if not line.strip():
             continue
+        if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
+            what = "no tab" if len(fields) < 2 else "an empty anchor or positive"
+            raise ValueError(f"{path}:{i + 1}: expected anchor<TAB>positive[<TAB>negative], found {what}")
         out.append(tuple(fields[:3]))
     return out
 
@@ -132,7 +136,10 @@ def read_training_tsvs(paths: Sequence[str], max_pairs: int | None = None) -> li
     for p in paths:
         m = re.fullmatch(r"(.*)\*(\d+)", str(p))
         path, rep = (m.group(1), int(m.group(2))) if m and not Path(str(p)).exists() else (str(p), 1)
-        rows.extend(load_pairs(path) * rep)
+        got = load_pairs(path)
+        if not got:  # empty or header-only: training on nothing is never meant
+            raise ValueError(f"no training pairs in {path}: expected anchor<TAB>positive[<TAB>negative] lines")
+        rows.extend(got * rep)
     if max_pairs:
         rows = rows[:max_pairs]
     return rows

@@ -34,6 +34,8 @@ import numpy as np
 
 from .. import lexical
 from ..encoder.base import threads_option
+from ..fileio import check_writable
+from .config import int_between
 from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
 
 DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", "sts15", "sts16")
@@ -324,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(21-50%% of STS12-16 pairs do; a model trained on STS-B train has seen them)",
     )
     p.add_argument(
-        "--rescore", type=int, default=100, help="Hamming candidates re-ranked by float query logits (0: off)"
+        "--rescore",
+        type=int_between(0, 100_000),
+        default=100,
+        help="Hamming candidates re-ranked by float query logits (0: off; at most 100000)",
     )
     p.add_argument(
         "--no-lexical",
@@ -337,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64, help="texts per encoder call (default 64)")
     p.add_argument(
-        "--limit", type=int, default=None, help="evaluate a slice: first N STS pairs / N queries (smoke tests)"
+        "--limit",
+        type=int_between(1),
+        default=None,
+        help="evaluate a slice: first N STS pairs / N queries (smoke tests; recorded, not comparable to full runs)",
     )
     p.add_argument("--threads", type=threads_option, default=None, help="torch and search threads")
     p.add_argument(
@@ -463,6 +471,7 @@ def run(args) -> dict[str, Any]:
             "max_length": enc.max_length,
             "rescore": args.rescore,
             "lsh_seed": args.lsh_seed,
+            "limit": args.limit,
             "sts": {},
             "retrieval": {},
         }
@@ -473,12 +482,15 @@ def run(args) -> dict[str, Any]:
                 methods, qf, df, qrel_rows, rescore=args.rescore, threads=args.threads, bm25=lex
             )
         runs.append(res)
-    return {"runs": runs, "seconds": round(time.time() - t0, 1)}
+    return {"runs": runs, "limit": args.limit, "seconds": round(time.time() - t0, 1)}
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The results of one head (one entry of ``run(...)["runs"]``) as a text table."""
     lines = [f"model {results['model']}  bits {results['bits']}  max_length {results['max_length']}  (* = held out)"]
+    if results.get("limit"):  # a slice: a smaller corpus scores higher, so say so where the numbers are
+        n = results["limit"]
+        lines.append(f"SLICE (--limit {n}): first {n} STS pairs / {n} queries per set; not comparable to full runs")
     sts = results["sts"]
     if sts:
         names = list(sts)
@@ -516,6 +528,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:  # before the run, not after it
+        check_writable(args.json, "--json")
     if args.threads and args.backend == "torch":
         import torch
 

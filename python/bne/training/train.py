@@ -26,6 +26,7 @@ projection, linear warm-up (``--warmup``) then cosine decay, gradient clipping 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ..encoder.backend import resolve_device
 from ..encoder.base import threads_option
-from .config import OBJECTIVES, TrainConfig
+from .config import OBJECTIVES, TrainConfig, int_between
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
 
@@ -138,11 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not L2-normalise pooled features before the head",
     )
-    p.add_argument("--max-pairs", type=int, default=None, help="train on the first N pairs only")
+    p.add_argument("--max-pairs", type=int_between(1), default=None, help="train on the first N pairs only (N >= 1)")
     p.add_argument(
         "--seed", type=int, default=0, help="random seed: the same seed and threads give the same model (default 0)"
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="cpu (default), cuda, or auto (cuda if usable)"
+    )
     p.add_argument("--threads", type=threads_option, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--cache-dir", default=None, help="cache backbone features here (head-only)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint-every")
@@ -175,8 +179,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         scored_weight=args.scored_weight,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
-        device=args.device,
+        device=resolve_device(args.device),  # ValueError: one line when cuda is not usable
     )
+
+
+#: TrainConfig fields that do not change the trained weights: they may differ on --resume.
+_FREE_ON_RESUME = ("checkpoint_every", "log_every", "device")
+_FLAG = {"head_only": "--head-only/--full", "normalize": "--no-normalize", "init": "init"}
+
+
+def _settings(cfg: TrainConfig, args) -> dict[str, Any]:
+    """What shapes the weights, stored in each checkpoint and compared on ``--resume``."""
+    free = _FREE_ON_RESUME + (() if cfg.head_only else ("pool_batch", "scored_batch", "scored_weight"))
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}  # --full ignores the head-only extras
+    return {**d, "backbone": args.backbone}
+
+
+def _check_resume(saved: dict[str, Any] | None, mine: dict[str, Any], path) -> None:
+    """ValueError naming the first flag whose value differs from the checkpoint's run: the
+    optimiser state resumes with the old values, so OUT.json would record settings never used."""
+    if saved is None:  # written before checkpoints kept their settings: only data and steps are checked
+        return
+    for k, v in mine.items():
+        if k in saved and saved[k] != v:
+            flag = _FLAG.get(k, "--" + k.replace("_", "-"))
+            raise ValueError(
+                f"--resume {path}: {flag} is {v!r} here but {saved[k]!r} in the checkpoint's run "
+                "(resume with the same training flags)"
+            )
 
 
 def _record(cfg: TrainConfig, args, argv, rows, scored, texts) -> dict[str, Any]:
@@ -206,7 +236,7 @@ def _record(cfg: TrainConfig, args, argv, rows, scored, texts) -> dict[str, Any]
 def _train_head_only(cfg: TrainConfig, args, rows, scored, extra_texts, resume, save_ckpt, log) -> tuple[dict, dict]:
     """(state dict of the head as ``projection.*``, its model config) for ``--head-only``."""
     if args.backbone != "minilm":
-        raise SystemExit("--head-only supports --backbone minilm (all-MiniLM-L6-v2)")
+        raise ValueError("--head-only supports --backbone minilm (all-MiniLM-L6-v2)")
     from ..encoder.encoder import Encoder, load_minilm
     from ..encoder.model import BinaryEmbedder, bert_tokenizer, minilm_dir
     from .recipes import train_head
@@ -263,7 +293,7 @@ def _train_full(cfg: TrainConfig, args, rows, scored, extra_texts, resume, save_
     else:
         model = BinaryEmbedder.from_pretrained(args.backbone)
         if model.binary_dim != cfg.bits:
-            raise SystemExit(f"{args.backbone} has {model.binary_dim} bits, --bits is {cfg.bits}")
+            raise ValueError(f"{args.backbone} has {model.binary_dim} bits, --bits is {cfg.bits}")
     if args.backbone in ("bert-mini", "minilm"):
         lsh_init(model.projection, cfg.seed)
     model = train_full(model, default_tokenizer(), rows, cfg, resume=resume, checkpoint_fn=save_ckpt, log=log)
@@ -288,6 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    from .checkpoint import load_checkpoint, save_checkpoint  # imports torch: not for --help
+
+    settings = _settings(cfg, args)
+    resume = load_checkpoint(args.resume) if args.resume else None  # typed: never unpickles code
+    if resume is not None:  # before the data is read: a changed flag is refused at once
+        _check_resume(resume.pop("config", None), settings, args.resume)
     rows = read_training_tsvs(args.data)
     scored = read_scored(args.scored)
     extra_texts = read_texts(args.texts)
@@ -298,19 +334,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_texts = list(dict.fromkeys(extra_texts + r_pool))
     if args.max_pairs:
         rows = rows[: args.max_pairs]
-    if not rows:
-        raise SystemExit("no training pairs: pass --data TSV and/or --recipe")
+    if not rows:  # each --data file has pairs (read_training_tsvs): none given and no recipe
+        raise ValueError("no training pairs: pass --data TSV and/or --recipe")
     out = Path(args.out)
     if out.suffix in (".safetensors", ".json"):
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_path = out.with_name(out.name + ".ckpt.pt")
-    from .checkpoint import load_checkpoint, save_checkpoint  # imports torch: not for --help
-
-    resume = load_checkpoint(args.resume) if args.resume else None  # typed: never unpickles code
 
     def save_ckpt(state):
-        save_checkpoint(state, ckpt_path)
+        save_checkpoint({**state, "config": settings}, ckpt_path)
         log(f"checkpoint -> {ckpt_path}")
 
     record = _record(cfg, args, argv, rows, scored, extra_texts)
