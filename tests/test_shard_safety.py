@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_distributed import make_collection
 
 import bne
 from bne import distributed, shards
@@ -16,6 +15,8 @@ from bne.cli import main as cli_main
 from bne.corpus import Doc
 from bne.docstore import DocStore, path_for
 from bne.errors import CollectionError
+from bne.models import identify
+from test_distributed import make_collection
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -126,3 +127,120 @@ def test_shard_count_is_capped_at_the_live_codes(tmp_path, capsys):
     empty = bne.Index(64)
     empty.save(tmp_path / "e.bne")
     assert len(shards.shard_index(tmp_path / "e.bne", 5, tmp_path / "e")) == 1  # no codes: one empty shard
+
+
+# -- bne build --ray over a folder that holds a collection, without Ray ------------------------------
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """build_sharded without Ray: the encoder writes each shard (empty codes, the shard count in
+    its metadata) unless one is there, and the manifest; calls records the texts of each run."""
+    calls: list[list[str]] = []
+
+    def encode(texts, out_dir, *, n_shards, model, **kw):
+        calls.append(list(texts))
+        paths = [shards.shard_path(out_dir, i) for i in range(n_shards)]
+        written = [i for i, p in enumerate(paths) if not os.path.exists(p)]  # as shard_done keeps a shard
+        for i in written:
+            storage_save(paths[i], n_shards, i)
+        shards.write_manifest(out_dir, paths, model.bits, model.to_metadata())
+        skipped = [i for i in range(n_shards) if i not in written]
+        return {"shards": paths, "encoded": dict.fromkeys(written, 1), "skipped": skipped}
+
+    monkeypatch.setattr(distributed, "start_ray", lambda *a: None)
+    monkeypatch.setattr(distributed, "encode_shards", encode)
+    return calls
+
+
+def storage_save(path, n_shards, i):
+    from bne import storage
+
+    header = storage.new_header(64, metadata={"shards": n_shards, "shard": i, "base": 0})
+    storage.save_atomic(path, header, [(np.zeros((0, 8), np.uint8), np.zeros(0, np.int64))], -1)
+
+
+def folder_texts(folder) -> list[str]:
+    st = DocStore(shards.docstore_key(folder))
+    try:
+        return [d.text for _, d in sorted(st.get(st.ids()).items())]
+    finally:
+        st.close()
+
+
+def corpus(n: int, tag: str = "") -> list[Doc]:
+    return [Doc(f"{tag}{i}", f"text {tag}{i}") for i in range(n)]
+
+
+def test_ray_rerun_with_other_documents_or_shards_is_refused(tmp_path, fake_ray):
+    out = tmp_path / "raysh"
+    first = distributed.build_sharded(out, corpus(30), shards=3)
+    assert first["documents"] == 30 and len(fake_ray) == 1
+    for docs, n, msg in (
+        (corpus(10, "x"), 3, "holds a collection of other documents (30, not these 10); remove it first"),
+        (corpus(31), 3, "other documents (30, not these 31)"),
+        ([*corpus(29), Doc("29", "changed")], 3, "other documents"),
+        (corpus(30), 4, "was built with 3 shards, not 4; remove it first"),
+    ):
+        with pytest.raises(CollectionError, match=msg.replace("(", r"\(").replace(")", r"\)")) as e:
+            distributed.build_sharded(out, docs, shards=n)
+        assert str(out) in str(e.value) and "\n" not in str(e.value)
+    assert len(fake_ray) == 1  # refused before encoding anything
+    assert folder_texts(out) == [f"text {i}" for i in range(30)]  # the 30 are all still there
+    again = distributed.build_sharded(out, corpus(30), shards=3)  # the same build again: a resume
+    assert again["skipped"] == [0, 1, 2] and len(fake_ray) == 2
+    assert len(shards.read_manifest(out)[0]) == 3 and folder_texts(out) == [f"text {i}" for i in range(30)]
+
+
+def test_ray_interrupted_build_resumes_the_same_input_only(tmp_path, fake_ray, monkeypatch):
+    out = tmp_path / "raysh"
+    encode = distributed.encode_shards  # the fake of fake_ray
+    stop = {"after": 2}
+
+    def interrupted(texts, out_dir, **kw):
+        if stop["after"]:  # writes shards 0 and 1, then the run dies (no manifest)
+            for i in range(stop["after"]):
+                storage_save(shards.shard_path(out_dir, i), kw["n_shards"], i)
+            stop["after"] = 0
+            raise RuntimeError("worker died")
+        return encode(texts, out_dir, **kw)
+
+    monkeypatch.setattr(distributed, "encode_shards", interrupted)
+    with pytest.raises(RuntimeError, match="worker died"):
+        distributed.build_sharded(out, corpus(30), shards=3)
+    assert not (out / shards.MANIFEST).exists() and folder_texts(out) == [f"text {i}" for i in range(30)]
+    with pytest.raises(CollectionError, match="other documents"):
+        distributed.build_sharded(out, corpus(30, "y"), shards=3)
+    with pytest.raises(CollectionError, match="built with 3 shards, not 5"):  # read from the shard files
+        distributed.build_sharded(out, corpus(30), shards=5)
+    done = distributed.build_sharded(out, corpus(30), shards=3)
+    assert done["skipped"] == [0, 1] and done["encoded"] == {2: 1}
+    assert len(shards.read_manifest(out)[0]) == 3 and folder_texts(out) == [f"text {i}" for i in range(30)]
+
+
+def test_ray_build_over_a_folder_of_bne_shard_is_refused(two, tmp_path, fake_ray, capsys):
+    a, _ = two
+    assert run(capsys, "shard", a, "--shards", "2", "-o", tmp_path / "sh")[0] == 0
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"_id": f"n{i}", "text": f"new {i}"}) + "\n" for i in range(5)))
+    code, out, err = run(capsys, "build", src, "-o", tmp_path / "sh", "--ray", "--shards", "2")
+    assert code == 2 and "holds shards of another model or bit count; remove it first" in err, err
+    ref = identify("default")  # as if the split collection had been built with the default model
+    shards.write_manifest(tmp_path / "sh", shards.read_manifest(tmp_path / "sh")[0], ref.bits, ref.to_metadata())
+    code, out, err = run(capsys, "build", src, "-o", tmp_path / "sh", "--ray", "--shards", "2")
+    assert code == 2 and "holds a collection of other documents (120, not these 5); remove it first" in err, err
+    assert len(err.strip().splitlines()) == 1 and fake_ray == []
+    assert len(rows(shards.docstore_key(tmp_path / "sh"), range(120))) == 120
+    bare = bne.Index(64)
+    bare.add(np.zeros((4, 8), np.uint8))
+    bare.save(tmp_path / "bare.bne")
+    assert run(capsys, "shard", tmp_path / "bare.bne", "--shards", "2", "-o", tmp_path / "bare")[0] == 0
+    shards.write_manifest(tmp_path / "bare", shards.read_manifest(tmp_path / "bare")[0], ref.bits, ref.to_metadata())
+    code, out, err = run(capsys, "build", src, "-o", tmp_path / "bare", "--ray", "--shards", "2")
+    assert code == 2 and "holds shards without their documents; remove it first" in err, err
+    code, out, err = run(capsys, "build", src, "-o", tmp_path / "new", "--ray", "--shards", "2")
+    assert (
+        code == 0
+        and "5 documents in 2 shards" in out
+        and folder_texts(tmp_path / "new") == [f"new {i}" for i in range(5)]
+    )
