@@ -212,7 +212,17 @@ def shard_index(
             st.close()
 
 
-def _write_shards(paths, stores, n_shards, total, out_dir, prefix, bits_v, meta, lex) -> list[str]:
+def _write_shards(
+    paths: Sequence[str],
+    stores: list[docstore.DocStore] | None,
+    n_shards: int,
+    total: int,
+    out_dir: str | os.PathLike,
+    prefix: str,
+    bits_v: int,
+    meta: dict,
+    lex: bool,
+) -> list[str]:
     """The writing part of :func:`shard_index` (its sources checked)."""
     os.makedirs(out_dir, exist_ok=True)
     final_store = docstore.path_for(docstore_key(out_dir))
