@@ -278,9 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(fn=cmd_models)
 
     sh = cmd("shard", help="split index files into N shard files for a Ray cluster")
-    sh.add_argument("index", nargs="+", help="index files to split (their codes and documents)")
-    sh.add_argument("-o", "--output", required=True, help="folder for the shards and their manifest")
-    sh.add_argument("--shards", type=int_in(1, 1 << 16), required=True, help="number of shard files to write")
+    sh.add_argument(
+        "index",
+        nargs="+",
+        help="index files to split (their codes and documents, which keep their ids); each is verified first, "
+        "and a file given twice or an id in two of them is refused",
+    )
+    sh.add_argument("-o", "--output", required=True, help="folder for the shards, their documents and manifest")
+    sh.add_argument(
+        "--shards",
+        type=int_in(1, 1 << 16),
+        required=True,
+        help="number of shard files to write (at most one per live code: more is capped, with a note)",
+    )
     sh.set_defaults(fn=cmd_shard)
 
     i = cmd("info", help="describe an index file")

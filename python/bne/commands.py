@@ -515,13 +515,19 @@ def cmd_models(args) -> int:
 
 def cmd_shard(args) -> int:
     from . import distributed
+    from .docstore import path_for
+    from .shards import docstore_key
 
     notes: list[str] = []
     paths = distributed.shard_index(args.index, args.shards, args.output, notes=notes)
+    if len(paths) < args.shards:  # capped at the live codes: no empty shards
+        print(f"bne: note: {len(paths)} shards, not {args.shards}: each shard holds one code or more", file=sys.stderr)
     for n in notes:  # no lexical files: the folder searches dense only
         print(f"bne: note: {safe(n)}; the shards search dense only", file=sys.stderr)
     lex = "" if notes else ", their lexical index files"
-    print(f"{safe(args.output)}: {len(paths)} shards{lex} and {distributed.MANIFEST}")
+    store = path_for(docstore_key(args.output))
+    docs = f"; documents in {os.path.basename(store)}" if os.path.exists(store) else ""
+    print(f"{safe(args.output)}: {len(paths)} shards{lex} and {distributed.MANIFEST}{docs}")
     return 0
 
 

@@ -19,6 +19,7 @@ Needs ``pip install 'bne[ray]'`` and a running Ray (``ray.init()`` or ``ray.init
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -454,6 +455,65 @@ def encode_shards(
     }
 
 
+def _same_documents(store: DocStore, docs: Sequence[Doc]) -> bool:
+    """The docstore holds exactly ``docs``, each under its position (what build_sharded writes)."""
+    if store.count() != len(docs):
+        return False
+    rows = store.db.execute("SELECT id, ext_id, title, text, meta FROM docs ORDER BY id")
+    for (i, ext, title, text, meta), (n, d) in zip(rows, enumerate(docs), strict=True):
+        if (i, str(ext), title or "", text, meta or "") != (n, d.ext_id, d.title or "", d.text, d.meta or ""):
+            return False
+    return True
+
+
+def _built_shards(folder: str) -> int | None:
+    """The shard count a folder was (being) built with: its manifest's, else that recorded in its
+    shard files (an interrupted build); None when it holds neither, 0 when they do not say."""
+    if os.path.exists(os.path.join(folder, MANIFEST)):
+        return len(read_manifest(folder)[0])
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "shard-*.bne")))
+    for path in found:
+        try:
+            with mapped.open(path) as idx:
+                n = idx.metadata.get("shards")
+        except (ValueError, OSError):  # a shard the resumed build writes again
+            continue
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    return 0 if found else None  # 0: shard files, none saying how many
+
+
+def _check_same_build(folder: str, docs: Sequence[Doc], shards: int) -> None:
+    """A rerun over a folder that holds a collection must be the same build resumed: the same
+    documents (its docstore, written at the start, records them) and the same shard count;
+    anything else would replace the collection, so it is refused in one line."""
+    if not os.path.isdir(folder):
+        return
+    built = _built_shards(folder)
+    try:
+        store = DocStore(docstore_key(folder))
+    except FileNotFoundError:
+        store = None
+    held = 0
+    try:
+        if store is not None:
+            held = store.count()
+            if held and not _same_documents(store, docs):
+                raise CollectionError(
+                    f"{folder} holds a collection of other documents ({held}, not these {len(docs)}); "
+                    f"remove it first, or build into another folder"
+                )
+    finally:
+        if store is not None:
+            store.close()
+    if built is not None and not held:
+        raise CollectionError(f"{folder} holds shards without their documents; remove it first")
+    if built and built != shards:
+        raise CollectionError(
+            f"{folder} was built with {built} shards, not {shards}; remove it first to split it differently"
+        )
+
+
 def build_sharded(
     folder: str | os.PathLike,
     docs: Iterable[Doc],
@@ -468,7 +528,9 @@ def build_sharded(
 ) -> dict[str, Any]:
     """Encodes ``docs`` on a Ray cluster into ``shards`` shard files, a manifest and the folder's
     docstore (ids are the documents' positions). Shards written by an interrupted run are kept.
-    A document whose id came earlier in ``docs`` is skipped. Returns :func:`encode_shards`' summary
+    A document whose id came earlier in ``docs`` is skipped. A folder that holds a collection is
+    only resumed: other documents or another shard count there raise CollectionError (remove it
+    first). Returns :func:`encode_shards`' summary
     plus ``documents`` and ``repeated`` (the skipped)."""
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -486,12 +548,12 @@ def build_sharded(
     for d in docs:  # one document per id, the first, as Collection.add keeps
         firsts.setdefault(d.ext_id, d)
     docs = list(firsts.values())
+    _check_same_build(folder, docs, shards)
     start_ray(ray_address)
     os.makedirs(folder, exist_ok=True)
     store = DocStore(docstore_key(folder), create=True, lexical=False)  # the shards hold the lexical index
     try:
-        if store.count() != len(docs):  # (re)write the docstore: ids are the documents' positions
-            store.delete_above(-1)
+        if store.count() == 0:  # written first, in one transaction: it records what the folder is built from
             store.insert(range(len(docs)), docs)
             store.commit()
     finally:

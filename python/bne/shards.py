@@ -1,7 +1,8 @@
 """Folders of shards, without Ray: shard files, their names and the manifest that lists them.
 
 * :func:`shard_index` splits one index file (or several, in order) into N shard files of
-  contiguous positions, so shard i covers global positions ``[base_i, base_i + n_i)``.
+  contiguous positions, so shard i covers global positions ``[base_i, base_i + n_i)``, and copies
+  the sources' documents into the folder's docstore (codes and documents keep their ids).
 * :func:`read_manifest` / :func:`write_manifest`: the folder's ``manifest.json``.
 * :func:`is_sharded`, :func:`docstore_key`: a folder of shards and where its docstore lives.
 * :func:`write_lexical` / :func:`open_lexical` / :func:`lexical_done`: each shard's lexical (BM25)
@@ -28,7 +29,7 @@ import numpy as np
 
 from . import docstore, lexical_segments, mapped, storage
 from .corpus import doc_text
-from .errors import DocStoreError
+from .errors import CollectionError, DocStoreError
 from .fileio import replacing, write_atomic
 from .models import ModelRef
 
@@ -74,7 +75,7 @@ def _live_chunks(paths: Sequence[str], chunk: int = 1 << 20):
 
 def _source_stores(paths: Sequence[str], notes: list[str]) -> list[docstore.DocStore] | None:
     """The docstores beside ``paths`` (read-only), or None (with a note) when one is missing or
-    unreadable: the shards then get no lexical files."""
+    unreadable: the shards then get no lexical files and the folder no docstore (ids only)."""
     stores: list[docstore.DocStore] = []
     for p in paths:
         try:
@@ -87,15 +88,74 @@ def _source_stores(paths: Sequence[str], notes: list[str]) -> list[docstore.DocS
     return stores
 
 
-def _stored_texts(store: docstore.DocStore, ids: np.ndarray, chunk: int):
-    """(ids, doc_text of each) in chunks, read from ``store``; a missing row raises DocStoreError."""
+def _stored_rows(store: docstore.DocStore, ids: np.ndarray, chunk: int):
+    """(ids, their rows) in chunks, read from ``store``; a missing row raises DocStoreError."""
     for s in range(0, len(ids), chunk):
         part = [int(i) for i in ids[s : s + chunk]]
         rows = store.get(part)
         if len(rows) != len(part):
             missing = next(i for i in part if i not in rows)
             raise DocStoreError(f"{store.path} has no text for id {missing}")
-        yield part, [doc_text(rows[i].title, rows[i].text) for i in part]
+        yield part, [rows[i] for i in part]
+
+
+def _live_ids(path: str) -> np.ndarray:
+    """The ids of the live codes of an index file."""
+    with mapped.open(path) as idx:
+        return np.delete(idx.ids(), idx.removed_positions())
+
+
+def _check_sources(paths: Sequence[str]) -> None:
+    """Refuses (CollectionError, one line) the same file given twice and ids that two sources share:
+    the shards keep each code's id, so either would make one id name two codes."""
+    seen: dict[tuple[int, int], str] = {}
+    for p in paths:
+        st = os.stat(p)
+        if (st.st_dev, st.st_ino) in seen:
+            raise CollectionError(f"{p} is given twice (as {seen[st.st_dev, st.st_ino]}); give each index file once")
+        seen[st.st_dev, st.st_ino] = p
+    if len(paths) < 2:
+        return
+    live = [_live_ids(p) for p in paths]
+    owner = np.concatenate([np.full(len(ids), n, np.int64) for n, ids in enumerate(live)])
+    ids = np.concatenate(live)
+    order = np.argsort(ids, kind="stable")
+    same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        raise CollectionError(
+            f"id {int(ids[a])} is in both {paths[int(owner[a])]} and {paths[int(owner[b])]} "
+            f"({len(same)} shared ids): the shards keep each code's id, so split collections with distinct ids"
+        )
+
+
+def _ext_ids(store: docstore.DocStore, ids: np.ndarray):
+    """The document id (ext_id) of each of ``ids``, in chunks; a missing row raises DocStoreError."""
+    for s in range(0, len(ids), 500):
+        part = [int(i) for i in ids[s : s + 500]]
+        q = f"SELECT id, ext_id FROM docs WHERE id IN ({','.join('?' * len(part))})"
+        got = dict(store.db.execute(q, part).fetchall())
+        if len(got) != len(part):
+            missing = next(i for i in part if i not in got)
+            raise DocStoreError(f"{store.path} has no text for id {missing}")
+        yield [str(got[i]) for i in part]
+
+
+def _check_ext_ids(paths: Sequence[str], stores: Sequence[docstore.DocStore]) -> None:
+    """Every live code has its document, and no document id (ext_id) is in two sources: search
+    would show one doc_id for two documents."""
+    where: dict[str, int] = {}
+    for n, (p, st) in enumerate(zip(paths, stores, strict=True)):
+        for exts in _ext_ids(st, _live_ids(p)):
+            if len(stores) < 2:
+                continue  # one source: only that each live id has its row
+            for e in exts:
+                first = where.setdefault(e, n)
+                if first != n:
+                    raise CollectionError(
+                        f"document id {e!r} is in both {paths[first]} and {p}: search would show one "
+                        f"doc_id for two documents"
+                    )
 
 
 def shard_index(
@@ -108,39 +168,91 @@ def shard_index(
     notes: list[str] | None = None,
 ) -> list[str]:
     """Splits the live codes of ``sources`` (in order) into ``n_shards`` files of near-equal
-    size in ``out_dir`` and writes a manifest; returns the shard paths.
+    size in ``out_dir`` and writes a manifest; returns the shard paths. Codes keep their ids.
 
-    ``lexical``: each shard also gets its lexical postings file (:func:`write_lexical`), from the
-    texts of the docstore beside its source, when every source has one and every id fits (below
-    2**31); otherwise none does, and why is appended to ``notes``."""
+    Before anything is written, every source's checksums are verified (a damaged one raises
+    IndexFormatError) and a file given twice, or an id (or document id) in two sources, raises
+    CollectionError. ``n_shards`` is capped at the number of live codes (at least 1): no empty shards.
+
+    When every source has a docstore, the folder gets one (``<out_dir>/corpus.docs.sqlite``,
+    :func:`docstore_key`) holding each document under its id, and (``lexical``) each shard its
+    lexical postings file (:func:`write_lexical`) when every id fits (below 2**31); otherwise
+    why is appended to ``notes``."""
     paths = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(p) for p in sources]
     notes = [] if notes is None else notes
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     heads = [mapped.open(p) for p in paths]
-    bits = {h.bits for h in heads}
+    try:
+        for h in heads:  # a damaged source is refused, not copied into shards with fresh checksums
+            h.verify()
+        bits = {h.bits for h in heads}
+        total = sum(len(h) for h in heads)
+        meta = dict(heads[0].metadata)
+        top_id = max((int(np.max(h.ids())) for h in heads if h.npositions), default=-1)
+    finally:
+        for h in heads:
+            h.close()
     if len(bits) != 1:
         raise ValueError(f"sources hold codes of different widths: {sorted(bits)}")
-    total = sum(len(h) for h in heads)
-    meta = dict(heads[0].metadata)
+    _check_sources(paths)
     meta.pop("docstore_tag", None)  # binds the source to its docstore, not the shards
-    top_id = max((int(np.max(h.ids())) for h in heads if h.npositions), default=-1)
-    for h in heads:
-        h.close()
-    stores = _source_stores(paths, notes) if lexical else None
-    if stores is not None and top_id >= 2**31:  # (the ids of one shard then do not fit either)
-        notes.append(f"no lexical index files: ids up to {top_id} do not fit the lexical index (below 2**31)")
-        for st in stores:
+    n_shards = max(1, min(n_shards, total))
+    stores = _source_stores(paths, notes)
+    lex = lexical
+    try:
+        if stores is not None:
+            _check_ext_ids(paths, stores)
+        if stores is not None and lexical and top_id >= 2**31:  # (the ids of one shard then do not fit either)
+            notes.append(f"no lexical index files: ids up to {top_id} do not fit the lexical index (below 2**31)")
+            lex = False
+        return _write_shards(paths, stores, n_shards, total, out_dir, prefix, bits.pop(), meta, lex)
+    finally:
+        for st in stores or []:
             st.close()
-        stores = None
-    bits_v = bits.pop()
+
+
+def _write_shards(
+    paths: Sequence[str],
+    stores: list[docstore.DocStore] | None,
+    n_shards: int,
+    total: int,
+    out_dir: str | os.PathLike,
+    prefix: str,
+    bits_v: int,
+    meta: dict,
+    lex: bool,
+) -> list[str]:
+    """The writing part of :func:`shard_index` (its sources checked)."""
     os.makedirs(out_dir, exist_ok=True)
+    final_store = docstore.path_for(docstore_key(out_dir))
+    with contextlib.suppress(FileNotFoundError):  # never leave the documents of an earlier split
+        os.unlink(final_store)
+    folder_store = None
+    if stores is not None:  # written under a temporary name, renamed when complete
+        tmp_key = os.path.join(os.fspath(out_dir), f".corpus.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(docstore.path_for(tmp_key))
+        folder_store = docstore.DocStore(tmp_key, create=True, lexical=False)
     bounds = [total * i // n_shards for i in range(n_shards + 1)]
     out: list[str] = []
     buf_c: list[np.ndarray] = []
     buf_i: list[np.ndarray] = []
     buf_s: list[np.ndarray] = []
     filled = 0
+
+    def copied(ids: np.ndarray, src: np.ndarray):
+        """(ids, texts) of a shard from the sources' docstores, each row also copied to the folder's."""
+        assert stores is not None and folder_store is not None
+        # a shard's ids come from one source or a few (in order): read each run from its docstore
+        runs = np.flatnonzero(np.diff(src, prepend=-1, append=-1) != 0)
+        for a, b in zip(runs[:-1], runs[1:], strict=True):
+            for part, rows in _stored_rows(stores[int(src[a])], ids[a:b], docstore.LEXICAL_CHUNK):
+                folder_store.db.executemany(
+                    "INSERT INTO docs (id, ext_id, title, text, meta) VALUES (?, ?, ?, ?, ?)",
+                    [(i, r.ext_id, r.title, r.text, r.meta) for i, r in zip(part, rows, strict=True)],
+                )
+                yield part, [doc_text(r.title, r.text) for r in rows]
 
     def flush(i: int) -> None:
         codes = np.concatenate(buf_c) if buf_c else np.zeros((0, bits_v // 8), np.uint8)
@@ -151,16 +263,14 @@ def shard_index(
             os.unlink(lexical_path(path))
         header = storage.new_header(bits_v, metadata={**meta, "shard": i, "shards": n_shards, "base": bounds[i]})
         storage.save_atomic(path, header, [(codes, ids)], int(ids.max()) if len(ids) else -1)
-        if stores is not None:
-            # a shard's ids come from one source or a few (in order): read each run from its docstore
-            runs = np.flatnonzero(np.diff(src, prepend=-1, append=-1) != 0)
-            chunks = (
-                part
-                for a, b in zip(runs[:-1], runs[1:], strict=True)
-                for part in _stored_texts(stores[int(src[a])], ids[a:b], docstore.LEXICAL_CHUNK)
-            )
+        if folder_store is not None:
             base = int(ids.min()) if len(ids) else 0
-            write_lexical(lexical_path(path), chunks, mode=stat.S_IMODE(os.stat(path).st_mode), base=base)
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if lex:
+                write_lexical(lexical_path(path), copied(ids, src), mode=mode, base=base)
+            else:
+                for _ in copied(ids, src):
+                    pass
         out.append(path)
 
     shard = 0
@@ -176,12 +286,20 @@ def shard_index(
                 if filled == bounds[shard + 1]:
                     flush(shard)
                     buf_c, buf_i, buf_s, shard = [], [], [], shard + 1
-        while shard < n_shards:  # empty trailing shards when total < n_shards
+        while shard < n_shards:  # an empty shard only when there are no codes at all
             flush(shard)
             buf_c, buf_i, buf_s, shard = [], [], [], shard + 1
+        if folder_store is not None:
+            folder_store.commit()
+            folder_store.close()
+            os.chmod(folder_store.path, stat.S_IMODE(os.stat(out[0]).st_mode))  # as private as the shards
+            os.replace(folder_store.path, final_store)
+            folder_store = None
     finally:
-        for st in stores or []:
-            st.close()
+        if folder_store is not None:  # failed: no half-written docstore is left
+            folder_store.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder_store.path)
     write_manifest(out_dir, out, bits_v, meta)
     return out
 

@@ -382,6 +382,9 @@ def test_cli_build_and_search_on_ray(tmp_path):
     folder_store = DocStore(tmp_path / "shards" / "corpus")
     assert not folder_store.has_lexical and folder_store.count() == 3  # the folder's docstore: texts only
     folder_store.close()
+    (tmp_path / "other.txt").write_text("Something else entirely.\n")
+    again = run("build", "other.txt", "-o", "shards", "--ray", "--shards", "2", "--model", head)
+    assert again.returncode == 2 and "remove it first" in again.stderr, again.stderr[-3000:]  # the 3 are kept
     out = run("search", "shards", "Stock markets fell sharply.", "-k", "1", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     hit = json.loads(out.stdout)["results"][0]["hits"][0]
