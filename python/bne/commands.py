@@ -391,6 +391,7 @@ def _option_notes(given: list[str], args, mode: str) -> list[str]:
 
 def cmd_info(args) -> int:
     from .collection import Collection
+    from .docstore import path_for
 
     with Collection.open(index_arg(args.index)) as coll:
         info = coll.info()
@@ -418,7 +419,9 @@ def cmd_info(args) -> int:
     ):
         value = info.get(key)
         if key == "documents" and value is None:  # not "None": say what it means
-            value = "- (no docstore beside it: search prints ids only)"
+            there = os.path.lexists(path_for(args.index))
+            value = "- (" + ("docstore unreadable: see the warning" if there else "no docstore beside it")
+            value += "; search prints ids only)"
         print(f"{key:15s} {safe(value)}")
     if "lexical" in info:
         print(f"{'lexical':15s} {lexical_line(info.pop('lexical'), args.index)}")
