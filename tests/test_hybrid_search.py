@@ -6,6 +6,7 @@ on both sides, collections without a lexical index, hostile query text, the CLI'
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -623,6 +624,50 @@ def test_a_reader_leaves_out_what_a_newer_commit_removed(tmp_path, fake):
     res = reader.search(q, 3, mode="dense")
     assert res.note is None and len(res.hits[0]) == 3 and "d7" not in [h.doc_id for h in res.hits[0]]
     reader.close()
+
+
+def test_a_refresh_during_a_search_does_not_change_its_result(built, fake, monkeypatch):
+    """A refresh() in another thread between the dense search and the filling-in of distances
+    (here forced at that point) must not mix commits: the result is the one of the snapshot the
+    search started with, distances included (a removed code read as zeros gave popcount(query))."""
+    q = [doc_text(DOCS[5].title, DOCS[5].text)]
+    reader = bne.Collection.open(built)
+    want = [(h.id, h.distance, h.score) for h in reader.search(q, 3, mode="hybrid", rescore=20).hits[0]]
+    real = hybrid._fill_distances
+
+    def refresh_first(index, codes, rows):
+        with bne.open(built, mode="a") as w:  # bne remove's first commit: the code's tombstone
+            w.remove([want[0][0]])
+        assert reader.refresh()
+        return real(index, codes, rows)
+
+    monkeypatch.setattr(hybrid, "_fill_distances", refresh_first)
+    res = reader.search(q, 3, mode="hybrid", rescore=20)
+    assert [(h.id, h.distance, h.score) for h in res.hits[0]] == want and res.note is None
+    reader.close()
+
+
+def test_a_collection_dropped_or_closed_holds_no_docstore_open(built, fake):
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        base = fds()
+        for _ in range(20):  # dropped without close(): refcounting alone must release the docstore
+            c = bne.Collection.open(built)
+            assert c.search(["item7 bird"], 3, mode="hybrid").hits[0]
+            del c
+        assert fds() <= base + 2, (base, fds())
+    finally:
+        gc.enable()
+    c = bne.Collection.open(built)
+    c.search(["item7 bird"], 3, mode="lexical")
+    c.close()
+    with pytest.raises(ValueError, match="collection is closed"):
+        c.search(["item7 bird"], 3, mode="lexical")
+    assert c.lexical._store is None  # the failed search did not open the docstore again
 
 
 # -- a folder of shards: the call to the sharded index's lexical side ------------------------------

@@ -26,6 +26,7 @@ import os
 import secrets
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -79,6 +80,10 @@ class Collection:
         # and nothing else (another process may have created the same path meanwhile)
         self._created: dict[str, tuple[int, int]] = {}
         self.lexical = hybrid.Lexical(docstore_key(self.path))  # opened at the first search that needs it
+        # a Collection dropped without close() closes its docstore connection at once: sqlite3's
+        # Connection sits in a reference cycle of its own and would wait for the cycle collector
+        weakref.finalize(self, self.lexical.close)
+        self._closed = False
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -145,6 +150,7 @@ class Collection:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self.lexical.close()
         if self.index is not None:
             self.index.close()
@@ -395,6 +401,8 @@ class Collection:
         (single-file collections); in hybrid mode the dense list is the rescored one. ``allow``
         (ids) restricts both sides; removed documents never come back from either.
         See :class:`bne.hybrid.Hit` for what each hit holds."""
+        if self._closed:  # before anything reopens the docstore
+            raise ValueError(f"{self.path}: collection is closed")
         if self.index is None:
             raise CollectionError(f"{self.path} has no documents yet")
         return hybrid.search(

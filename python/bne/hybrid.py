@@ -287,7 +287,9 @@ def search(
     texts = CodeEncoder._check_texts(texts)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-    index = coll.index
+    # one snapshot for the whole call (dense search, live mask, distances of lexical-only hits): a
+    # refresh() in another thread meanwhile must not mix two commits in one result
+    index = coll.index if coll.sharded else getattr(coll.index, "_snap", coll.index)
     allowed_ids = allow_ids(allow)
     if allowed_ids is not None and coll.sharded:
         raise CollectionError(f"{coll.path}: allow is not supported on a folder of shards")
