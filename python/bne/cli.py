@@ -37,27 +37,13 @@ from .commands import (
 from .console import safe
 from .encoder.base import threads_option
 from .errors import DocStoreDamagedError, DocStoreMismatchError, IndexFormatError, UserError
+from .training.config import int_between  # argparse types: one home, beside train's flags
 
 # -- argument types (checked by argparse, before anything is read or created) ------------------
 
 
 MAX_K = 100_000  # hits per query the command prints; the API has its own limit
 RESCORE_DEFAULT = 100
-
-
-def int_in(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}, got {v}"
-            )
-        return v
-
-    return parse
 
 
 def float_at_least(lo: float):
@@ -91,7 +77,7 @@ def bits_arg(text: str) -> int:
     """--bits: a multiple of 64 (what the index stores), at most bne's limit."""
     from .codes import MAX_BITS
 
-    v = int_in(64, MAX_BITS)(text)
+    v = int_between(64, MAX_BITS)(text)
     if v % 64:
         raise argparse.ArgumentTypeError(f"must be a multiple of 64, got {v}")
     return v
@@ -179,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--batch-size",
-        type=int_in(1, 1 << 20),
+        type=int_between(1, 1 << 20),
         default=64,
         help="texts per encoder call (default 64)",
     )
-    b.add_argument("--commit-every", type=int_in(1), default=2048, help="documents per durable commit")
+    b.add_argument("--commit-every", type=int_between(1), default=2048, help="documents per durable commit")
     b.add_argument("--threads", type=threads_option, default=None, help="encoder and search threads (default: all)")
     b.add_argument(
         "--device",
@@ -201,21 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--ray", action="store_true", help="encode on a Ray cluster into a folder of shards (-o is a folder)"
     )
-    b.add_argument("--shards", type=int_in(1, 1 << 16), default=None, help="shards for --ray (default 4)")
+    b.add_argument("--shards", type=int_between(1, 1 << 16), default=None, help="shards for --ray (default 4)")
     b.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     b.set_defaults(fn=cmd_build)
 
     s = cmd("search", help="search an index with text queries")
     s.add_argument("index", help="index file (or a folder of shards from --ray / bne shard)")
     s.add_argument("query", nargs="*", help="query texts (each its own query; quote a query of several words)")
-    s.add_argument("-k", type=int_in(1, MAX_K), default=10, help=f"hits per query (at most {MAX_K})")
+    s.add_argument("-k", type=int_between(1, MAX_K), default=10, help=f"hits per query (at most {MAX_K})")
     s.add_argument(
         "--queries",
         help="file with one query per line, or .jsonl with a \"text\" per line (BEIR queries.jsonl); '-' for stdin",
     )
     s.add_argument(
         "--rescore",
-        type=int_in(1, MAX_K),
+        type=int_between(1, MAX_K),
         default=None,
         metavar="M",
         help=f"re-rank the top M (default {RESCORE_DEFAULT}) Hamming candidates with float query logits; "
@@ -237,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--depth",
-        type=int_in(1, MAX_K),
+        type=int_between(1, MAX_K),
         default=None,
         help=f"hybrid: how many of each side's best are fused (default {lexical.DEPTH}; at least -k)",
     )
@@ -287,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("-o", "--output", required=True, help="folder for the shards, their documents and manifest")
     sh.add_argument(
         "--shards",
-        type=int_in(1, 1 << 16),
+        type=int_between(1, 1 << 16),
         required=True,
         help="number of shard files to write (at most one per live code: more is capped, with a note)",
     )
@@ -313,10 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = cmd("bench", help="the 'Why binary?' speed table: float32, INT8, FAISS binary, bne")
     be.add_argument("--sizes", type=sizes_arg, default="10k,100k,1M", help="comma-separated database sizes (10k, 1M)")
-    be.add_argument("--queries", type=int_in(1, MAX_K), default=16, help="random queries per size (default 16)")
-    be.add_argument("-k", type=int_in(1, MAX_K), default=10, help="neighbours per query (default 10)")
+    be.add_argument("--queries", type=int_between(1, MAX_K), default=16, help="random queries per size (default 16)")
+    be.add_argument("-k", type=int_between(1, MAX_K), default=10, help="neighbours per query (default 10)")
     be.add_argument(
-        "--repeat", type=int_in(1), default=5, help="timed runs per method and size; the median is reported (default 5)"
+        "--repeat",
+        type=int_between(1),
+        default=5,
+        help="timed runs per method and size; the median is reported (default 5)",
     )
     be.add_argument("--threads", type=threads_option, default=None, help="threads for every method (default: all)")
     be.add_argument(
@@ -325,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(fn=cmd_bench)
 
     d = cmd("demo", help="offline: index the Python standard library's docstrings and search them")
-    d.add_argument("--limit", type=int_in(1), default=3000, help="documents to index")
+    d.add_argument("--limit", type=int_between(1), default=3000, help="documents to index")
     d.add_argument("--keep", default=None, help="write the demo index here instead of a temporary folder")
     d.set_defaults(fn=cmd_demo)
 
