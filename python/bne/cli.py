@@ -34,10 +34,9 @@ from .commands import (
     cmd_train,
     cmd_verify,
 )
-from .console import safe
+from .console import int_between, safe
 from .encoder.base import threads_option
 from .errors import DocStoreDamagedError, DocStoreMismatchError, IndexFormatError, UserError
-from .training.config import int_between  # argparse types: one home, beside train's flags
 
 # -- argument types (checked by argparse, before anything is read or created) ------------------
 

@@ -3,10 +3,12 @@
 pipe, CI) a plain line every :data:`INTERVAL` seconds, ``encoding: 12000/50000 docs, 410 docs/s,
 ETA 1m33s``, because a bar there prints either nothing or one endless line of carriage returns
 until the end; and a search's results in words (:func:`describe_mode`, :func:`hit_numbers`), for
-``bne search`` and ``bne demo``. Imports nothing from bne, so every layer may use it."""
+``bne search`` and ``bne demo``; and the whole-number argument type of every command's parser
+(:func:`int_between`). Imports nothing from bne, so every layer may use it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -234,3 +236,20 @@ class ProgressBar:
             self.ready.set()
         if self.bar is not None:
             self.bar.close()
+
+
+def int_between(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi] (argparse then exits 2 with one usage line)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be {f'>= {lo}' if hi is None else f'between {lo} and {hi}'}, got {v}"
+            )
+        return v
+
+    return parse

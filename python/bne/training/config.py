@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 
 OBJECTIVES = ("contrastive", "distill", "distill+contrastive")
-
-
-def int_between(lo: int, hi: int | None = None):
-    """An argparse type: a whole number in [lo, hi] (argparse then exits 2 with one usage line)."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(
-                f"must be {f'>= {lo}' if hi is None else f'between {lo} and {hi}'}, got {v}"
-            )
-        return v
-
-    return parse
 
 
 @dataclasses.dataclass

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from .. import lexical
+from ..console import int_between
 from ..encoder.base import threads_option
 from ..fileio import check_writable
-from .config import int_between
 from .data import HELD_OUT, STS_SETS, data_root, load_beir, load_sts
 
 DEFAULT_STS = ("stsb-dev", "stsb-test", "sick-test", "sts12", "sts13", "sts14", "sts15", "sts16")

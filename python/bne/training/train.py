@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from ..console import int_between
 from ..encoder.backend import resolve_device
 from ..encoder.base import threads_option
-from .config import OBJECTIVES, TrainConfig, int_between
+from .config import OBJECTIVES, TrainConfig
 from .data import RECIPES, read_scored, read_texts, read_training_tsvs
 from .features import backbone_features
 
