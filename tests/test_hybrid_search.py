@@ -469,6 +469,7 @@ def test_json_fields_match_the_api(built, fake):
         (["--fusion", "linear", "--rrf-k", "10"], "--rrf-k applies to --fusion rrf only; ignored with --fusion linear"),
         (["--rrf-k", "10", "--depth", "20", "--weights", "1,2", "--rescore", "20"], None),
         (["--mode", "dense", "--rescore", "5"], None),
+        (["--depth", "500", "--rescore", "120"], None),  # 120 codes: every one is re-ranked, as asked
     ],
 )
 def test_an_option_the_search_cannot_use_gets_one_note(built, fake, args, note):

@@ -300,7 +300,7 @@ def cmd_search(args) -> int:
         print(f"bne: warning: {safe(res.warning)}; printing ids only", file=sys.stderr)
     if res.note:
         print(f"bne: note: {safe(res.note)}", file=sys.stderr)
-    for note in _option_notes(given, args, res.mode):
+    for note in _option_notes(given, args, res.mode, res.codes):
         print(f"bne: note: {note}", file=sys.stderr)
     results: list[dict[str, Any]] = []
     for (q, qid), row, mode in zip(asked, res.hits, res.modes, strict=True):
@@ -366,7 +366,7 @@ def _fusion_options_given(args) -> list[str]:
     ]
 
 
-def _option_notes(given: list[str], args, mode: str) -> list[str]:
+def _option_notes(given: list[str], args, mode: str, codes: int) -> list[str]:
     """A note for each option the user gave that this search could not use, or used at a larger
     value: a silent no-op or change reads as if the option had been applied as given."""
     notes = []
@@ -380,7 +380,7 @@ def _option_notes(given: list[str], args, mode: str) -> list[str]:
     # options that were raised to what the search needs: the header and the ranks show the real ones
     if mode == "hybrid" and "--depth" in given and args.depth < args.k:
         notes.append(f"--depth {args.depth} is below -k {args.k}: each side's list holds {args.k}")
-    side = max(args.depth, args.k) if mode == "hybrid" else args.k
+    side = min(max(args.depth, args.k) if mode == "hybrid" else args.k, codes)  # a list holds at most every code
     if mode != "lexical" and args.rescore is not None and args.rescore < side:
         notes.append(f"--rescore {args.rescore} is below the {side} dense candidates: all {side} are re-ranked")
     return notes
